@@ -1,0 +1,132 @@
+"""The values the syntax stage hands on: weighted text, break marks, embedding references.
+
+No model is needed to build them; every dialect (a1111, comfy, compel, plain) produces the same shape.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+FragmentKind = Literal["text", "break", "embedding"]
+Combine = Literal["single", "and", "blend", "concat"]
+
+#: weights outside ±MAX_WEIGHT (or NaN/inf) are refused: no real prompt needs them, and they
+#: turn conditioning into garbage silently.
+MAX_WEIGHT = 100.0
+
+
+class PromptSyntaxError(ValueError):
+    """The one error every parser raises: where in the prompt, what, and a caret line."""
+
+    def __init__(self, message: str, source: str = "", position: int = 0):
+        self.message = message
+        self.source = source
+        self.position = max(0, min(position, len(source)))
+        super().__init__(self._render())
+
+    @property
+    def caret(self) -> str:
+        """Two lines: a window of the prompt around the position and a ^ under it."""
+        lo = max(0, self.position - 40)
+        hi = min(len(self.source), self.position + 40)
+        window = self.source[lo:hi].replace("\n", " ").replace("\t", " ")
+        prefix = "…" if lo > 0 else ""
+        return f"{prefix}{window}\n{' ' * (len(prefix) + self.position - lo)}^"
+
+    def _render(self) -> str:
+        if not self.source:
+            return self.message
+        return f"{self.message} (at character {self.position})\n{self.caret}"
+
+
+def check_weight(weight: float, fragment: str, source: str = "", position: int = 0) -> float:
+    """Refuse NaN, infinite and absurd weights, naming the fragment they were attached to."""
+    if not math.isfinite(weight) or abs(weight) > MAX_WEIGHT:
+        raise PromptSyntaxError(
+            f"weight {weight!r} on {fragment[:60]!r} is not usable (must be finite and within ±{MAX_WEIGHT:g})",
+            source,
+            position,
+        )
+    return weight
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """A run of text with one weight; `start`/`end` are its character span in the source prompt.
+
+    kind "break" ends the current row (AUTOMATIC1111 `BREAK`); kind "embedding" is a textual-inversion
+    reference whose `text` is the embedding's name.
+    """
+
+    text: str
+    weight: float = 1.0
+    start: int = 0
+    end: int = 0
+    kind: FragmentKind = "text"
+
+
+@dataclass(frozen=True)
+class Sequence:
+    """What becomes one token stream (one encoding): fragments in order."""
+
+    fragments: tuple[Fragment, ...] = ()
+
+    @property
+    def text(self) -> str:
+        """The plain text without syntax (breaks as a space, embeddings by name)."""
+        out = []
+        for f in self.fragments:
+            out.append(" " if f.kind == "break" else f.text)
+        return "".join(out)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One sub-prompt of a combination, with its weight (AND weight, blend weight)."""
+
+    sequence: Sequence
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A parsed prompt.
+
+    combine:
+      - "single": one part (the usual case);
+      - "and": AUTOMATIC1111 `AND` — parts are separate conditionings, mixed by the sampler with weights;
+      - "blend": compel `.blend()` — weighted sum of the parts' encodings (normalised unless `normalize` is False);
+      - "concat": compel `.and()` — encodings concatenated on the token axis.
+    """
+
+    parts: tuple[Part, ...]
+    combine: Combine = "single"
+    normalize: bool = True
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    """The prompt text in force up to and including step `end_step` (1-based, of `steps`)."""
+
+    end_step: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A prompt's per-step texts (AUTOMATIC1111 `[a:b:when]`, `[a|b]`); one entry if nothing is scheduled."""
+
+    steps: int
+    entries: tuple[Scheduled, ...] = field(default_factory=tuple)
+
+    def at(self, step: int) -> str:
+        """The text in force at 1-based `step`."""
+        if not 1 <= step <= self.steps:
+            raise ValueError(f"step {step} outside 1..{self.steps}")
+        for entry in self.entries:
+            if step <= entry.end_step:
+                return entry.text
+        return self.entries[-1].text

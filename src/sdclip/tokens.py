@@ -1,0 +1,34 @@
+"""The tokenizer stage's output: ids with the weight, source span and row breaks of each token."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+BOS = 49406  #: <|startoftext|>
+EOS = 49407  #: <|endoftext|>
+VOCAB_SIZE = 49408
+#: ids from here on name textual-inversion vectors of one request (see TokenStream.vectors)
+FIRST_VECTOR_ID = VOCAB_SIZE
+
+
+@dataclass
+class TokenStream:
+    """Columnar tokens of one Sequence, without BOS/EOS.
+
+    - ids[i] < VOCAB_SIZE is a vocabulary token; ids[i] >= FIRST_VECTOR_ID is a textual-inversion vector
+      slot, described by vectors[ids[i]] = (embedding name, vector index).
+    - spans[i] = (start, end) character span in the source prompt.
+    - breaks: token indices before which a new row must start (BREAK); may equal len(ids).
+    - runs: (start, length) of each embedding's vector run: layouts never split one.
+    """
+
+    ids: list[int] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    spans: list[tuple[int, int]] = field(default_factory=list)
+    breaks: list[int] = field(default_factory=list)
+    vectors: dict[int, tuple[str, int]] = field(default_factory=dict)
+    runs: list[tuple[int, int]] = field(default_factory=list)
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.ids)
