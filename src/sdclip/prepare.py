@@ -1,0 +1,64 @@
+"""Text → rows, without a model: syntax → tokenizer → layout for every part of a prompt.
+
+Shared by `sdclip inspect` (no torch) and the Conditioner, so both always agree on what gets encoded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .family import Family
+from .layout import layout
+from .presets import Options
+from .prompt import Prompt
+from .rows import Rows
+from .syntax import parse
+from .tokenizer import Tokenizer, tokenize
+from .tokens import TokenStream
+
+
+@dataclass(frozen=True)
+class PreparedPart:
+    """One sub-prompt: its weight, tokens and rows (one Rows per encoder: pad ids differ)."""
+
+    weight: float
+    stream: TokenStream
+    rows: tuple[Rows, ...]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    prompt: Prompt
+    parts: tuple[PreparedPart, ...]
+
+    @property
+    def token_count(self) -> int:
+        return sum(p.rows[0].token_count for p in self.parts)
+
+    @property
+    def dropped(self) -> str:
+        return " … ".join(p.rows[0].dropped for p in self.parts if p.rows[0].dropped)
+
+
+def prepare(
+    text: str,
+    options: Options,
+    family: Family,
+    tokenizer: Tokenizer,
+    embeddings: Mapping[str, int] | None = None,
+) -> Prepared:
+    """Parse `text` in the options' dialect and lay every part out for each of the family's encoders."""
+    names = tuple(embeddings or ())
+    prompt = parse(text, options.dialect, embeddings=names)
+    parts = []
+    for part in prompt.parts:
+        stream = tokenize(part.sequence, tokenizer, embeddings)
+        stream.source = text
+        rows = tuple(_layout_for(stream, options, family, role.pad_id) for role in family.roles)
+        parts.append(PreparedPart(part.weight, stream, rows))
+    return Prepared(prompt, tuple(parts))
+
+
+def _layout_for(stream: TokenStream, options: Options, family: Family, pad_id: int) -> Rows:
+    return layout(stream, options.layout_spec(family.length, pad_id))

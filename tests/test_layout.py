@@ -1,0 +1,245 @@
+"""Layout rules, checked against hand-worked cases and an independent transcription of AUTOMATIC1111's
+tokenize_line (which works on parsed (text, weight) segments with "BREAK" markers, not on our stream)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from sdclip.layout import COMMA_ID, LayoutSpec, layout
+from sdclip.tokens import BOS, EOS, FIRST_VECTOR_ID, TokenStream
+
+WORD = 320  # any ordinary token id
+
+
+def stream_of(ids: list[int], weights: list[float] | None = None, breaks=(), runs=()) -> TokenStream:
+    """A stream whose source text has one 'word' per token, separated by spaces."""
+    words = [("," if t == COMMA_ID else f"w{i}") for i, t in enumerate(ids)]
+    spans, pos, source = [], 0, ""
+    for w in words:
+        spans.append((pos, pos + len(w)))
+        source += w + " "
+        pos += len(w) + 1
+    return TokenStream(
+        ids=list(ids),
+        weights=list(weights) if weights else [1.0] * len(ids),
+        spans=spans,
+        breaks=list(breaks),
+        runs=list(runs),
+        vectors={t: ("emb", t - FIRST_VECTOR_ID) for t in ids if t >= FIRST_VECTOR_ID},
+        source=source,
+    )
+
+
+def members(rows) -> list[list[int]]:
+    return [[t for t in row if t >= 0] for row in rows.tokens]
+
+
+# -- an independent AUTOMATIC1111 oracle ------------------------------------------------------------
+
+
+def a1111_oracle(segments, comma_backtrack=20, chunk_length=75, embeddings=None):
+    """segments: list of (token ids, weight) or ("BREAK", -1); returns (chunks as token lists, token_count).
+    Written from REFERENCE.md §5 / sd_hijack_clip.tokenize_line's rules; embeddings: {first id: length}."""
+    embeddings = embeddings or {}
+    chunks, chunk, token_count, last_comma = [], [], 0, -1
+
+    def next_chunk(is_last=False):
+        nonlocal chunk, token_count, last_comma
+        token_count += len(chunk) if is_last else chunk_length
+        chunks.append(list(chunk))
+        chunk, last_comma = [], -1
+
+    for tokens, weight in segments:
+        if tokens == "BREAK" and weight == -1:
+            next_chunk()
+            continue
+        pos = 0
+        while pos < len(tokens):
+            tok = tokens[pos]
+            if tok == COMMA_ID:
+                last_comma = len(chunk)
+            elif comma_backtrack and len(chunk) == chunk_length and last_comma != -1 and len(chunk) - last_comma <= comma_backtrack:
+                reloc = chunk[last_comma + 1 :]
+                chunk = chunk[: last_comma + 1]
+                next_chunk()
+                chunk = reloc
+            if len(chunk) == chunk_length:
+                next_chunk()
+            n = embeddings.get(tok)
+            if n is None:
+                chunk.append(tok)
+                pos += 1
+                continue
+            if len(chunk) + n > chunk_length:
+                next_chunk()
+            chunk.extend(tokens[pos : pos + n])
+            pos += n
+    if chunk or not chunks:
+        next_chunk(is_last=True)
+    return chunks, token_count
+
+
+def test_chunk_matches_a1111_oracle_on_random_streams():
+    rng = random.Random(7)
+    for trial in range(300):
+        n_seg = rng.randint(1, 8)
+        segments, ids, breaks = [], [], []
+        for _ in range(n_seg):
+            if rng.random() < 0.15:
+                segments.append(("BREAK", -1))
+                breaks.append(len(ids))
+                continue
+            seg = [COMMA_ID if rng.random() < rng.choice([0.0, 0.05, 0.2]) else WORD + rng.randint(0, 1000) for _ in range(rng.randint(0, 120))]
+            segments.append((seg, 1.0))
+            ids.extend(seg)
+        backtrack = rng.choice([0, 20, 5, 74])
+        rows = layout(stream_of(ids, breaks=breaks), LayoutSpec(mode="chunk", comma_backtrack=backtrack))
+        want_chunks, want_count = a1111_oracle(segments, comma_backtrack=backtrack)
+        got = [[ids[t] for t in row] for row in members(rows)]
+        assert got == want_chunks, f"trial {trial}"
+        assert rows.token_count == want_count
+
+
+def test_chunk_rows_are_bos_tokens_eos_pad():
+    ids = [WORD + i for i in range(80)]
+    rows = layout(stream_of(ids), LayoutSpec(mode="chunk"))
+    assert len(rows) == 2
+    assert rows.ids[0] == [BOS] + ids[:75] + [EOS]
+    assert rows.ids[1] == [BOS] + ids[75:] + [EOS] * 71
+    assert rows.eos == [76, 6]
+    assert rows.token_count == 80
+
+
+def test_comma_backtrack_moves_text_after_last_comma():
+    ids = [WORD] * 60 + [COMMA_ID] + [WORD + 1] * 29
+    rows = layout(stream_of(ids), LayoutSpec(mode="chunk"))
+    assert members(rows) == [list(range(61)), list(range(61, 90))]
+    far = [WORD] * 50 + [COMMA_ID] + [WORD + 1] * 39  # comma 25 tokens from the end: no backtrack
+    rows = layout(stream_of(far), LayoutSpec(mode="chunk"))
+    assert members(rows) == [list(range(75)), list(range(75, 90))]
+    off = layout(stream_of(ids), LayoutSpec(mode="chunk", comma_backtrack=0))
+    assert members(off) == [list(range(75)), list(range(75, 90))]
+
+
+def test_break_at_start_gives_padding_row_and_at_end_nothing():
+    ids = [WORD] * 3
+    rows = layout(stream_of(ids, breaks=[0]), LayoutSpec(mode="chunk"))
+    assert rows.ids[0] == [BOS, EOS] + [EOS] * 75
+    assert members(rows) == [[], [0, 1, 2]]
+    rows = layout(stream_of(ids, breaks=[3]), LayoutSpec(mode="chunk"))
+    assert members(rows) == [[0, 1, 2]]
+
+
+def test_pad_zero_after_first_eos():
+    rows = layout(stream_of([WORD] * 5), LayoutSpec(mode="chunk", pad_id=0))
+    assert rows.ids[0] == [BOS] + [WORD] * 5 + [EOS] + [0] * 70
+
+
+def test_embedding_run_never_split():
+    emb = [FIRST_VECTOR_ID + k for k in range(4)]
+    ids = [WORD] * 73 + emb + [WORD] * 2
+    rows = layout(stream_of(ids, runs=[(73, 4)]), LayoutSpec(mode="chunk"))
+    assert members(rows) == [list(range(73)), list(range(73, 79))]
+    trunc = layout(stream_of(ids, runs=[(73, 4)]), LayoutSpec(mode="truncate"))
+    assert members(trunc) == [list(range(73))]
+
+
+def test_truncate_reports_dropped_text():
+    ids = [WORD + i for i in range(80)]
+    s = stream_of(ids)
+    rows = layout(s, LayoutSpec(mode="truncate"))
+    assert len(rows) == 1 and rows.ids[0] == [BOS] + ids[:75] + [EOS]
+    assert rows.dropped == "w75 w76 w77 w78 w79"
+    assert layout(stream_of(ids[:10]), LayoutSpec(mode="truncate")).dropped == ""
+
+
+def test_long_layout_has_248_slots():
+    rows = layout(stream_of([WORD] * 300), LayoutSpec(mode="long"))
+    assert rows.length == 248 and len(rows.ids[0]) == 248
+    assert members(rows) == [list(range(246))]
+
+
+def test_window_keeps_each_token_once_from_its_earliest_window():
+    n = 130
+    rows = layout(stream_of([WORD + i for i in range(n)]), LayoutSpec(mode="window", stride=50))
+    assert members(rows) == [list(range(0, 75)), list(range(50, 125)), list(range(100, 130))]
+    kept = [t for toks, keep in zip(rows.tokens, rows.keep) for t, k in zip(toks, keep) if k and t >= 0]
+    assert kept == list(range(n))  # every token exactly once, in order
+    # BOS kept once, EOS + padding only from the last window
+    specials = [(r, s) for r, (toks, keep) in enumerate(zip(rows.tokens, rows.keep)) for s, (t, k) in enumerate(zip(toks, keep)) if k and t < 0]
+    assert specials[0] == (0, 0)
+    assert all(r == 2 for r, _ in specials[1:]) and len(specials) == 1 + 77 - 31
+    # every token outside the first window sees ≥ 75 - stride tokens of left context
+    for r, toks in enumerate(rows.tokens):
+        for s, t in enumerate(toks):
+            if rows.keep[r][s] and t >= 75:
+                assert s - 1 >= 75 - 50
+
+
+def test_window_of_short_prompt_equals_chunk():
+    s = stream_of([WORD] * 40)
+    assert layout(s, LayoutSpec(mode="window")).ids == layout(s, LayoutSpec(mode="chunk")).ids
+
+
+def test_compress_drops_duplicates_zero_weights_and_commas():
+    C = COMMA_ID
+    ids = [WORD, C, WORD + 1, WORD + 2, C, WORD, C, C, WORD + 3, C]
+    weights = [1, 1, 1, 1, 1, 1, 1, 1, 0.0, 1]
+    rows = layout(stream_of(ids, weights), LayoutSpec(mode="compress"))
+    kept = [ids[t] for t in members(rows)[0]]
+    assert kept == [WORD, C, WORD + 1, WORD + 2, C]
+    assert "w5" in rows.dropped and "w8" in rows.dropped
+    assert any("duplicate" in n for n in rows.notes) and any("zero-weight" in n for n in rows.notes)
+
+
+def test_compress_to_rows_drops_lowest_weight_tags_first():
+    C = COMMA_ID
+    ids, weights = [], []
+    for k in range(10):  # ten tags of 14 tokens + comma = 150 tokens
+        ids += [WORD + k] * 14 + [C]
+        weights += [1.0 + k / 10] * 14 + [1.0]
+    weights[15 * 3 : 15 * 3 + 14] = [0.5] * 14  # tag 3 is the least important
+    rows = layout(stream_of(ids, weights), LayoutSpec(mode="compress", max_rows=1))
+    kept_tags = sorted({ids[t] - WORD for t in members(rows)[0] if ids[t] != C})
+    assert len(rows) == 1 and len(members(rows)[0]) <= 75
+    assert 3 not in kept_tags and 0 not in kept_tags  # 0.5 first, then the next lowest (1.0)
+    assert kept_tags == [5, 6, 7, 8, 9]
+
+
+def test_comfy_style_moves_short_words_and_splits_long_ones():
+    # stream: 70 single-token words, then a 6-token word (moves whole), then a 10-token word
+    src, ids, spans, pos = "", [], [], 0
+    def word(ntok):
+        nonlocal src, pos
+        for k in range(ntok):
+            spans.append((pos + k, pos + k + 1))
+            ids.append(WORD)
+        src += "x" * ntok + " "
+        pos += ntok + 1
+    for _ in range(70):
+        word(1)
+    word(6)
+    for _ in range(66):
+        word(1)
+    word(10)
+    s = TokenStream(ids=ids, weights=[1.0] * len(ids), spans=spans, source=src)
+    rows = layout(s, LayoutSpec(mode="chunk", chunk_style="comfy"))
+    m = members(rows)
+    assert m[0] == list(range(70))  # the 6-token word did not fit in the 5 left: moved whole
+    assert m[1][:6] == list(range(70, 76))
+    assert len(m[1]) == 75 and m[2] == list(range(145, 152))  # the 10-token word split at the border
+
+
+@pytest.mark.parametrize("mode", ["truncate", "chunk", "window", "compress", "long"])
+def test_every_layout_handles_empty_stream(mode):
+    rows = layout(stream_of([]), LayoutSpec(mode=mode))
+    assert rows.ids[0][:2] == [BOS, EOS] and len(rows) == 1
+
+
+def test_bad_specs_are_refused():
+    with pytest.raises(ValueError, match="unknown layout"):
+        LayoutSpec(mode="squash")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="stride"):
+        LayoutSpec(mode="window", stride=0)
