@@ -1,0 +1,17 @@
+"""The encoder stage: our CLIP text transformer and every real weight layout it loads from (torch).
+
+    from sdclip.encoder import load_text_encoders, LayerSelect
+    loaded = load_text_encoders("path/to/sd_xl_base_1.0.safetensors")   # family "sdxl", encoders (L, G)
+    out = loaded.encoders[1](ids, LayerSelect.diffusers(None, sdxl=True), pooled=True)
+"""
+
+from .checkpoint import CheckpointError, open_tensor_file
+from .config import LONGCLIP_L, PRESETS, VIT_BIGG, VIT_H, VIT_L, EncoderConfig, LayerSelect
+from .loading import FAMILIES, LoadedEncoders, load_text_encoders
+from .model import CLIPTextEncoder, EncoderOutput
+
+__all__ = [
+    "CLIPTextEncoder", "CheckpointError", "EncoderConfig", "EncoderOutput", "FAMILIES", "LONGCLIP_L",
+    "LayerSelect", "LoadedEncoders", "PRESETS", "VIT_BIGG", "VIT_H", "VIT_L", "load_text_encoders",
+    "open_tensor_file",
+]

@@ -1,0 +1,210 @@
+"""A compact CLIP text transformer (one file, nanoGPT-style) that stops at the layer clip skip selects.
+
+It equals transformers' `CLIPTextModel` / `CLIPTextModelWithProjection` to float32 rounding, with three
+deliberate differences: skipped blocks never run; ids >= 49408 read textual-inversion vectors passed
+with the call; the pooled vector is read at the FIRST EOS (49407), not at argmax(ids) as HF configs with
+the legacy `eos_token_id = 2` do (that breaks as soon as textual-inversion ids > 49407 are present).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..tokens import EOS, FIRST_VECTOR_ID
+from .config import EncoderConfig, LayerSelect
+
+
+@dataclass
+class EncoderOutput:
+    """hidden: [R, L, D] the selected layer's output; pooled: [R, P] (projected if the model has a
+    projection) or None when not asked for."""
+
+    hidden: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    """OpenAI CLIP's activation: x·sigmoid(1.702x)."""
+    return x * torch.sigmoid(1.702 * x)
+
+
+class Attention(nn.Module):
+    """Causal multi-head self-attention, q/k/v fused in one matmul, through SDPA."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.heads = cfg.heads
+        self.qkv = nn.Linear(cfg.width, 3 * cfg.width)
+        self.out = nn.Linear(cfg.width, cfg.width)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        r, n, d = x.shape
+        q, k, v = self.qkv(x).view(r, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if bias is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return self.out(y.transpose(1, 2).reshape(r, n, d))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.width, cfg.mlp)
+        self.proj = nn.Linear(cfg.mlp, cfg.width)
+        self.act = quick_gelu if cfg.act == "quick_gelu" else F.gelu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.act(self.fc(x)))
+
+
+class Block(nn.Module):
+    """Pre-LN residual block."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.width, eps=cfg.eps)
+        self.attn = Attention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.width, eps=cfg.eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), bias)
+        return x + self.mlp(self.ln_2(x))
+
+
+def attention_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[R, L] key mask (1 = attend) → additive [R, 1, L, L] bias, causal included.
+
+    Masked keys get the dtype's most negative value, as transformers does, so a masked encoding equals
+    `CLIPTextModel(ids, attention_mask=mask)` (compel's down-weighting re-encodes prompts this way)."""
+    r, n = mask.shape
+    causal = torch.ones(n, n, dtype=torch.bool, device=mask.device).tril()
+    allowed = causal.unsqueeze(0) & mask.to(torch.bool).unsqueeze(1)
+    bias = torch.zeros(r, 1, n, n, dtype=dtype, device=mask.device)
+    return bias.masked_fill(~allowed.unsqueeze(1), torch.finfo(dtype).min)
+
+
+class CLIPTextEncoder(nn.Module):
+    """The text tower. State-dict keys (what loading.py maps every layout to):
+
+    token_embedding.weight [V, D], position_embedding [P, D], blocks.N.{ln_1, attn.qkv, attn.out, ln_2,
+    mlp.fc, mlp.proj}.{weight, bias} (qkv rows ordered q, k, v), final_norm.{weight, bias},
+    projection.weight [proj, D] (y = x @ W.T) when cfg.projection is set.
+    """
+
+    def __init__(self, cfg: EncoderConfig, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        super().__init__()
+        self.config = cfg
+        with torch.device(device or "cpu"):
+            self.token_embedding = nn.Embedding(cfg.vocab, cfg.width, dtype=dtype)
+            self.position_embedding = nn.Parameter(torch.zeros(cfg.positions, cfg.width, dtype=dtype))
+            self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+            self.final_norm = nn.LayerNorm(cfg.width, eps=cfg.eps)
+            self.projection = nn.Linear(cfg.width, cfg.projection, bias=False) if cfg.projection else None
+        if dtype is not None:
+            self.to(dtype)
+
+    # ---- checks -------------------------------------------------------------------------------------
+
+    def _stop(self, select: LayerSelect, pooled: bool) -> int:
+        """How many blocks to run; errors name the layer and what the weights hold."""
+        cfg = self.config
+        layer = select.layer(cfg.depth)
+        if layer < 0:
+            raise ValueError(f"{cfg.name}: cannot skip {select.skip} of {cfg.depth} layers")
+        if layer > cfg.layers:
+            raise ValueError(
+                f"{cfg.name}: layer {layer} of {cfg.depth} is not stored in these weights (they hold "
+                f"{cfg.layers}); skip at least {cfg.depth - cfg.layers} final layer(s)"
+            )
+        if pooled:
+            if cfg.layers < cfg.depth:
+                raise ValueError(
+                    f"{cfg.name}: the pooled vector needs all {cfg.depth} layers; these weights hold {cfg.layers}"
+                )
+            return cfg.depth
+        return layer
+
+    def _embed(self, ids: torch.Tensor, vectors: torch.Tensor | None) -> torch.Tensor:
+        cfg = self.config
+        if ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"ids must be an integer tensor [R, L], got {tuple(ids.shape)} {ids.dtype}")
+        if not 0 < ids.shape[1] <= cfg.positions:
+            raise ValueError(f"{cfg.name}: {ids.shape[1]} positions per row, the model has {cfg.positions}")
+        if ids.numel() == 0:
+            raise ValueError("ids is empty")
+        custom = ids >= FIRST_VECTOR_ID
+        bad = (ids < 0) | ((ids >= cfg.vocab) & ~custom)
+        if bool(bad.any()):
+            raise ValueError(f"{cfg.name}: token id {int(ids[bad][0])} outside the vocabulary 0..{cfg.vocab - 1}")
+        hi = int(ids.max())
+        x = self.token_embedding(torch.where(custom, 0, ids))
+        if hi >= FIRST_VECTOR_ID:
+            if vectors is None:
+                raise ValueError(f"ids reach {hi} (>= {FIRST_VECTOR_ID}) but no textual-inversion vectors were given")
+            if vectors.dim() != 2 or vectors.shape[1] != cfg.width:
+                raise ValueError(f"vectors must be [K, {cfg.width}], got {tuple(vectors.shape)}")
+            if hi - FIRST_VECTOR_ID >= vectors.shape[0]:
+                raise ValueError(f"id {hi} needs vector {hi - FIRST_VECTOR_ID}, only {vectors.shape[0]} given")
+            rows = vectors.to(x.dtype)[(ids - FIRST_VECTOR_ID).clamp(min=0)]
+            x = torch.where(custom.unsqueeze(-1), rows, x)
+        return x + self.position_embedding[: ids.shape[1]]
+
+    # ---- forward ------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        select: LayerSelect = LayerSelect(),
+        vectors: torch.Tensor | None = None,
+        pooled: bool = False,
+        attention_mask: torch.Tensor | None = None,
+    ) -> EncoderOutput:
+        """Encode [R, L] ids; only the blocks up to the selected layer run unless `pooled` needs them all."""
+        run = self._stop(select, pooled)
+        keep = select.layer(self.config.depth)
+        ids = ids.to(self.token_embedding.weight.device)
+        x = self._embed(ids, vectors)
+        bias = None
+        if attention_mask is not None:
+            if tuple(attention_mask.shape) != tuple(ids.shape):
+                raise ValueError(f"attention_mask must be [R, L] = {list(ids.shape)}, got {list(attention_mask.shape)}")
+            bias = attention_bias(attention_mask.to(ids.device), x.dtype)
+        hidden = x
+        for i in range(run):
+            x = self.blocks[i](x, bias)
+            if i + 1 == keep:
+                hidden = x
+        if select.final_norm:
+            hidden = self.final_norm(hidden)
+        pool = None
+        if pooled:
+            final = hidden if (keep == run and select.final_norm) else self.final_norm(x)
+            pool = self._pool(ids, final)
+        return EncoderOutput(hidden, pool)
+
+    def _pool(self, ids: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
+        is_eos = ids == EOS
+        if not bool(is_eos.any(dim=1).all()):
+            raise ValueError(f"every row needs an EOS ({EOS}) for the pooled vector")
+        at = is_eos.int().argmax(dim=1)  # first EOS
+        out = final[torch.arange(final.shape[0], device=final.device), at]
+        return self.projection(out) if self.projection is not None else out
+
+    @torch.no_grad()
+    def hidden_states(self, ids: torch.Tensor, vectors: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Every stored layer's output, index 0 = embeddings (as transformers' `hidden_states`), then the
+        final-LN output of the last stored layer appended (the HF `last_hidden_state`)."""
+        ids = ids.to(self.token_embedding.weight.device)
+        x = self._embed(ids, vectors)
+        out = [x]
+        for block in self.blocks:
+            x = block(x)
+            out.append(x)
+        out.append(self.final_norm(x))
+        return out
