@@ -15,6 +15,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from .encode_cli import add_encode_parser
 from .family import FAMILIES, get_family
 from .layout import LAYOUTS
 from .presets import PRESETS, Options
@@ -147,12 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normalize", choices=NORMALIZATIONS, default="openclip")
     p.set_defaults(func=cmd_tokenize)
 
-    try:
-        from .encode_cli import add_encode_parser
-    except ImportError:  # pragma: no cover - the encode command is optional in a torch-free install
-        pass
-    else:
-        add_encode_parser(sub, _add_text_options, _options)
+    add_encode_parser(sub, _add_text_options, _options)
     return parser
 
 

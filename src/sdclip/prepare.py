@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from .family import Family
 from .layout import layout
 from .presets import Options
-from .prompt import Prompt
+from .prompt import Prompt, Sequence
 from .rows import Rows
 from .syntax import parse
 from .tokenizer import Tokenizer, tokenize
@@ -25,6 +25,7 @@ class PreparedPart:
     weight: float
     stream: TokenStream
     rows: tuple[Rows, ...]
+    sequence: Sequence
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def prepare(
         stream = tokenize(part.sequence, tokenizer, embeddings)
         stream.source = text
         rows = tuple(_layout_for(stream, options, family, role.pad_id) for role in family.roles)
-        parts.append(PreparedPart(part.weight, stream, rows))
+        parts.append(PreparedPart(part.weight, stream, rows, part.sequence))
     return Prepared(prompt, tuple(parts))
 
 

@@ -1,0 +1,332 @@
+"""The façade: prompt and negative prompt in, the tensors the UNet's cross-attention reads out.
+
+syntax → tokenizer → layout (`prepare`) → encoder (`RowEncoder`, batched and cached) → weighting →
+assembly. Every convention comes from `Options` (a compatibility preset plus overrides) and the model
+`Family`; nothing here asks which tool is being imitated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .assemble import blend, merge_rows, pad_with_empty, pick_pooled
+from .conditioning import Conditioning, ConditioningPair, ScheduledConditioning
+from .embeddings import EmbeddingLibrary
+from .encoder import CLIPTextEncoder, LayerSelect
+from .encoding import RowBatch, RowCache, RowEncoder
+from .family import Family, get_family
+from .prepare import Prepared, PreparedPart, prepare
+from .presets import Options
+from .syntax import schedule
+from .tokenizer import Tokenizer
+from .tokens import BOS, EOS, FIRST_VECTOR_ID
+from .weighting import apply_weights, compel_downweight_plan, slot_fragments
+
+
+@dataclass
+class _Part:
+    """One encoded sub-prompt: its sequence [N, D], pooled [P] or None, weight."""
+
+    seq: Tensor
+    pooled: Tensor | None
+    weight: float
+
+
+class Conditioner:
+    """Turns prompts into conditioning for one model family with one set of conventions.
+
+    >>> cond = Conditioner.from_pretrained("path/to/sd15.safetensors", preset="a1111")
+    >>> pair = cond("a (red:1.3) fox, BREAK forest", negative="blurry")
+    >>> pipe(**pair.diffusers_kwargs())
+    """
+
+    def __init__(
+        self,
+        encoders: Sequence[CLIPTextEncoder],
+        family: str | Family,
+        options: Options | None = None,
+        *,
+        tokenizer: Tokenizer | None = None,
+        embeddings: EmbeddingLibrary | None = None,
+        fingerprint: str = "",
+        cache: RowCache | None = None,
+        batch_size: int = 32,
+    ):
+        self.family = get_family(family) if isinstance(family, str) else family
+        self.options = options or Options.preset("a1111")
+        if len(encoders) != len(self.family.roles):
+            raise ValueError(
+                f"family {self.family.name} needs {len(self.family.roles)} text encoder(s), got {len(encoders)}"
+            )
+        for enc, role in zip(encoders, self.family.roles):
+            if enc.config.width != role.width:
+                raise ValueError(
+                    f"family {self.family.name}: encoder {role.name} should be {role.width} wide, "
+                    f"this one is {enc.config.width} (wrong model for this family?)"
+                )
+        self.encoders = tuple(encoders)
+        self.tokenizer = tokenizer or Tokenizer.default(self.options.normalize)
+        self.embeddings = embeddings or EmbeddingLibrary()
+        self.cache = cache if cache is not None else RowCache()
+        fingerprint = fingerprint or f"model@{id(self.encoders[0])}"
+        self._rows = tuple(
+            RowEncoder(
+                enc,
+                LayerSelect(*self.options.layer(role)),
+                pooled=(i == self.family.pooled_role),
+                key=(fingerprint, i),
+                cache=self.cache,
+                batch_size=batch_size,
+            )
+            for i, (enc, role) in enumerate(zip(self.encoders, self.family.roles))
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | Path,
+        preset: str = "a1111",
+        *,
+        family: str | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        embeddings: Sequence[str | Path] = (),
+        options: Options | None = None,
+        **overrides: object,
+    ) -> "Conditioner":
+        """Load the text encoder(s) of a checkpoint file, model folder or hub id (see sdclip.encoder)."""
+        from .encoder import load_text_encoders
+
+        loaded = load_text_encoders(source, family=family, dtype=dtype, device=device)
+        if options is not None and overrides:
+            raise ValueError("pass either options= or option overrides, not both")
+        options = options or Options.preset(preset, **overrides)
+        library = EmbeddingLibrary()
+        for path in embeddings:
+            p = Path(path)
+            library.load_dir(p) if p.is_dir() else library.add(p)
+        return cls(
+            loaded.encoders,
+            loaded.family,
+            options,
+            embeddings=library,
+            fingerprint=loaded.fingerprint,
+        )
+
+    # -- text → rows ------------------------------------------------------------------------------
+
+    def prepare(self, text: str) -> Prepared:
+        """syntax → tokenizer → layout for one text (no encoder)."""
+        if not isinstance(text, str):
+            raise TypeError(f"prompts must be str, got {type(text).__name__}")
+        return prepare(text, self.options, self.family, self.tokenizer, self.embeddings.vector_counts())
+
+    # -- public calls -----------------------------------------------------------------------------
+
+    def __call__(self, prompt: str | Sequence[str], negative: str | Sequence[str] | None = None) -> ConditioningPair:
+        return self.encode(prompt, negative)
+
+    def encode(self, prompt: str | Sequence[str], negative: str | Sequence[str] | None = None) -> ConditioningPair:
+        """Positive and negative conditioning of the same length N, for one prompt or a batch."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise ValueError("no prompt given")
+        zero_negative = negative is None and self.options.zeros_for_empty_negative and self.family.pooled_role is not None
+        negatives = _broadcast(negative, len(prompts))
+        encoded = self._encode_texts(prompts + negatives)
+        pos = [encoded[t] for t in prompts]
+        neg = [encoded[t] for t in negatives]
+        length = max(p.seq.shape[0] for item in pos + neg for p in item[0])
+        positive = self._conditioning(prompts, pos, length)
+        negative_c = self._conditioning(negatives, neg, length)
+        if zero_negative:
+            negative_c.embeds = torch.zeros_like(negative_c.embeds)
+            negative_c.pooled = torch.zeros_like(negative_c.pooled) if negative_c.pooled is not None else None
+        return ConditioningPair(positive, negative_c)
+
+    def encode_schedule(
+        self, prompt: str, negative: str | None = None, steps: int = 30
+    ) -> ScheduledConditioning:
+        """Per-step conditioning for scheduled/alternating prompts; each distinct text is encoded once and
+        every step's pair has the same length."""
+        if steps < 1:
+            raise ValueError(f"steps must be ≥ 1, got {steps}")
+        pos = schedule(prompt, steps, self.options.dialect)
+        neg = schedule(negative or "", steps, self.options.dialect)
+        ends = sorted({e.end_step for e in pos.entries} | {e.end_step for e in neg.entries})
+        pairs = [(end, pos.at(end), neg.at(end)) for end in ends]
+        texts = [t for _, p, n in pairs for t in (p, n)]
+        encoded = self._encode_texts(texts)
+        length = max(part.seq.shape[0] for t in texts for part in encoded[t][0])
+        zero = negative is None and self.options.zeros_for_empty_negative and self.family.pooled_role is not None
+        out = ScheduledConditioning(steps)
+        for end, p, n in pairs:
+            neg_c = self._conditioning([n], [encoded[n]], length)
+            if zero:
+                neg_c.embeds = torch.zeros_like(neg_c.embeds)
+                neg_c.pooled = torch.zeros_like(neg_c.pooled) if neg_c.pooled is not None else None
+            out.entries.append((end, ConditioningPair(self._conditioning([p], [encoded[p]], length), neg_c)))
+        return out
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _conditioning(self, texts: list[str], items: list[tuple[list[_Part], Prepared]], length: int) -> Conditioning:
+        empty = self.empty_sequence()
+        embeds, pooled, composition = [], [], []
+        uses_and = any(prep.prompt.combine == "and" for _, prep in items)
+        for parts, prep in items:
+            padded = [pad_with_empty(p.seq, length, empty) for p in parts]
+            combine = prep.prompt.combine
+            if combine == "and":
+                composition.append([(len(embeds) + k, p.weight) for k, p in enumerate(parts)])
+                embeds.extend(padded)
+                pooled.extend(p.pooled for p in parts)
+                continue
+            if combine == "blend":
+                seq = blend(padded, [p.weight for p in parts], prep.prompt.normalize)
+                pool = (
+                    blend([p.pooled for p in parts], [p.weight for p in parts], prep.prompt.normalize)  # type: ignore[misc]
+                    if parts[0].pooled is not None
+                    else None
+                )
+            elif combine == "concat":
+                seq = torch.cat([p.seq for p in parts], dim=0)
+                seq = pad_with_empty(seq, length, empty)
+                pool = parts[0].pooled
+            else:
+                seq, pool = padded[0], parts[0].pooled
+            if uses_and:
+                composition.append([(len(embeds), 1.0)])
+            embeds.append(seq)
+            pooled.append(pool)
+        return Conditioning(
+            embeds=torch.stack(embeds),
+            pooled=torch.stack(pooled) if pooled and pooled[0] is not None else None,  # type: ignore[arg-type]
+            composition=composition if uses_and else None,
+            texts=tuple(texts),
+            token_counts=tuple(prep.token_count for _, prep in items),
+            dropped=tuple(prep.dropped for _, prep in items),
+        )
+
+    def _empty_rows(self) -> list[list[int]]:
+        L = self.family.length
+        return [[BOS, EOS] + [role.pad_id] * (L - 2) for role in self.family.roles]
+
+    def _empty_hidden(self, e: int) -> Tensor:
+        """The empty prompt's encoding [L, D] for encoder e (cached like any row)."""
+        hidden, _ = self._rows[e].encode(RowBatch([self._empty_rows()[e]], {}))
+        return hidden[0]
+
+    def empty_sequence(self) -> Tensor:
+        """The empty prompt's conditioning [L, D]: what shorter sequences are padded with."""
+        return torch.cat([self._empty_hidden(e) for e in range(len(self.encoders))], dim=-1)
+
+    def _encode_texts(self, texts: Sequence[str]) -> dict[str, tuple[list[_Part], Prepared]]:
+        """Encode every distinct text: all rows of all texts go through each encoder in one batched call."""
+        unique = list(dict.fromkeys(texts))
+        prepared = {t: self.prepare(t) for t in unique}
+        # textual-inversion slots: one global id per (name, vector) across the whole request
+        table: dict[tuple[str, int], int] = {}
+        for prep in prepared.values():
+            for part in prep.parts:
+                for name_k in part.stream.vectors.values():
+                    table.setdefault(name_k, len(table))
+        slots = {FIRST_VECTOR_ID + g: nk for nk, g in table.items()}
+
+        def remap(ids: list[int], part: PreparedPart) -> list[int]:
+            v = part.stream.vectors
+            return [FIRST_VECTOR_ID + table[v[t]] if t >= FIRST_VECTOR_ID else t for t in ids]
+
+        results: dict[str, tuple[list[_Part], Prepared]] = {t: ([], prepared[t]) for t in unique}
+        per_encoder: list[list[tuple[Tensor, Tensor | None]]] = []
+        for e, (role, rows_enc) in enumerate(zip(self.family.roles, self._rows)):
+            vectors = self._vectors(table, role.name, self.encoders[e])
+            batch_ids: list[list[int]] = []
+            batch_masks: list[list[int] | None] = []
+            index: list[tuple[int, int, list]] = []  # per part: (start, count, plan-masks)
+            for t in unique:
+                for part in prepared[t].parts:
+                    rows = part.rows[e]
+                    start = len(batch_ids)
+                    batch_ids.extend(remap(r, part) for r in rows.ids)
+                    batch_masks.extend([None] * len(rows))
+                    plan = self._compel_plan(part, e)
+                    if plan is not None:
+                        for k in range(len(plan)):
+                            batch_ids.extend(remap(r, part) for r in rows.ids)
+                            batch_masks.extend(plan.attention_masks[k].tolist())
+                    index.append((start, len(rows), plan))
+            has_masks = any(m is not None for m in batch_masks)
+            hidden, pooled = rows_enc.encode(RowBatch(batch_ids, slots, vectors, batch_masks if has_masks else None))
+            empty = self._empty_hidden(e)
+            parts_out = []
+            k_part = 0
+            for t in unique:
+                for part in prepared[t].parts:
+                    start, count, plan = index[k_part]
+                    k_part += 1
+                    rows = part.rows[e]
+                    h = hidden[start : start + count]
+                    w = torch.tensor(rows.weights, dtype=torch.float32)
+                    kwargs = {}
+                    if plan is not None and len(plan):
+                        lo = start + count
+                        kwargs = {
+                            "plan": plan,
+                            "downweighted": hidden[lo : lo + len(plan) * count].reshape(len(plan), count, *h.shape[1:]),
+                        }
+                    weighted = apply_weights(self.options.weighting, h, w, empty=empty, eos=rows.eos, **kwargs)
+                    seq = merge_rows(weighted, rows.keep)
+                    pool = pick_pooled(pooled[start : start + count], self.options.pooled_source) if pooled is not None else None
+                    parts_out.append((seq, pool))
+            per_encoder.append(parts_out)
+        k_part = 0
+        for t in unique:
+            for part in prepared[t].parts:
+                seqs = [per_encoder[e][k_part][0] for e in range(len(self.encoders))]
+                pools = [per_encoder[e][k_part][1] for e in range(len(self.encoders))]
+                pool = pools[self.family.pooled_role] if self.family.pooled_role is not None else None
+                results[t][0].append(_Part(torch.cat(seqs, dim=-1), pool, part.weight))
+                k_part += 1
+        return results
+
+    def _compel_plan(self, part: PreparedPart, e: int):  # noqa: ANN202
+        """compel's down-weighting re-encodes rows with each w<1 fragment masked: plan those rows."""
+        if self.options.weighting != "compel":
+            return None
+        rows = part.rows[e]
+        if all(w >= 1.0 for row in rows.weights for w in row):
+            return None
+        spans = [(f.start, f.end) for f in _fragments_of(part)]
+        frags = slot_fragments(rows.tokens, part.stream.spans, spans)
+        return compel_downweight_plan(torch.tensor(rows.weights, dtype=torch.float32), frags)
+
+    def _vectors(self, table: dict[tuple[str, int], int], role: str, enc: CLIPTextEncoder) -> Tensor | None:
+        """[K, D] textual-inversion vectors of this request for one encoder (errors name the embedding)."""
+        if not table:
+            return None
+        width = enc.config.width
+        out = torch.empty(len(table), width, dtype=enc.token_embedding.weight.dtype)
+        for (name, k), g in table.items():
+            out[g] = self.embeddings.get(name).for_width(width, role)[k]
+        return out.to(enc.token_embedding.weight.device)
+
+
+def _fragments_of(part: PreparedPart):  # noqa: ANN202
+    return [f for f in part.sequence.fragments if f.kind != "break"]
+
+
+def _broadcast(negative: str | Sequence[str] | None, n: int) -> list[str]:
+    if negative is None:
+        return [""] * n
+    if isinstance(negative, str):
+        return [negative] * n
+    negs = list(negative)
+    if len(negs) != n:
+        raise ValueError(f"{n} prompts but {len(negs)} negative prompts")
+    return negs

@@ -1,0 +1,119 @@
+"""`sdclip encode`: prompts → a .safetensors file of diffusers-ready conditioning.
+
+Imported by the CLI at start-up, so torch is imported only inside the command itself.
+Contract (keep it stable): writes `prompt_embeds` and `negative_prompt_embeds` ([B, N, D]; B = 1 for
+--prompt) and, for SDXL, `pooled_prompt_embeds` and `negative_pooled_prompt_embeds` ([B, 1280]).
+`--clip-skip N` always uses AUTOMATIC1111's convention (1 = last layer), whatever the preset.
+The file is written atomically: a failure leaves any existing --out untouched and no partial file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from dataclasses import asdict, replace
+from collections.abc import Callable
+from pathlib import Path
+
+from .family import FAMILIES
+
+DTYPES = ("fp32", "fp16", "bf16")
+WEIGHTINGS = ("a1111", "no-norm", "comfy", "compel", "lerp-eos", "none")
+
+
+def add_encode_parser(sub, add_text_options: Callable, options_of: Callable) -> None:  # noqa: ANN001
+    p = sub.add_parser("encode", help="encode prompts with a model's text encoder(s) to a .safetensors file")
+    p.add_argument("--model", required=True, help="checkpoint file, model/diffusers folder, or hub id")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="the prompt")
+    src.add_argument("--prompts-file", type=Path, help="one prompt per line, encoded in batches")
+    p.add_argument("--negative", help="negative prompt (default: none — the empty prompt, or zeros where the preset says)")
+    p.add_argument("--out", required=True, type=Path, help="output .safetensors file")
+    p.add_argument("--family", choices=tuple(FAMILIES), help="override the detected model family")
+    p.add_argument("--clip-skip", type=int, help="AUTOMATIC1111 convention: 1 = last layer, 2 = penultimate")
+    p.add_argument("--weighting", choices=WEIGHTINGS, help="weighting formula (default: the preset's)")
+    p.add_argument("--pooled-source", choices=("first", "last", "mean"), help="SDXL pooled vector source row")
+    p.add_argument("--embeddings", action="append", default=[], type=Path, help="textual-inversion file or folder (repeatable)")
+    p.add_argument("--dtype", choices=DTYPES, default="fp32")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per batch with --prompts-file")
+    add_text_options(p)
+    p.set_defaults(func=lambda args: cmd_encode(args, options_of))
+
+
+def cmd_encode(args: argparse.Namespace, options_of: Callable) -> int:
+    import torch
+    from safetensors.torch import save_file
+
+    from .assemble import pad_with_empty
+    from .conditioner import Conditioner
+    if args.batch_size < 1:
+        raise ValueError("--batch-size must be ≥ 1")
+    if args.out.suffix != ".safetensors":
+        raise ValueError(f"--out must be a .safetensors file, got {args.out}")
+    base = options_of(args)
+    overrides = {"weighting": args.weighting, "pooled_source": args.pooled_source}
+    if args.clip_skip is not None:
+        overrides.update(clip_skip_convention="a1111", clip_skip=args.clip_skip)
+    options = replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    prompts = [args.prompt] if args.prompt is not None else _read_prompts(args.prompts_file)
+
+    cond = Conditioner.from_pretrained(
+        args.model, family=args.family, dtype=dtype, device=args.device, embeddings=args.embeddings, options=options
+    )
+    pairs = []
+    if args.prompt is not None:
+        pairs.append(cond(prompts, args.negative))
+    else:
+        from rich.progress import Progress
+
+        with Progress(transient=True) as progress:
+            task = progress.add_task("encoding", total=len(prompts))
+            for lo in range(0, len(prompts), args.batch_size):
+                batch = prompts[lo : lo + args.batch_size]
+                pairs.append(cond(batch, args.negative))
+                progress.advance(task, len(batch))
+    kwargs = [p.diffusers_kwargs() for p in pairs]
+    n = max(k["prompt_embeds"].shape[1] for k in kwargs)
+    empty = cond.empty_sequence()
+    tensors: dict[str, torch.Tensor] = {}
+    for name in kwargs[0]:
+        parts = []
+        for k in kwargs:
+            t = k[name]
+            if t.dim() == 3 and t.shape[1] < n:
+                t = torch.stack([pad_with_empty(x, n, empty) for x in t])
+            parts.append(t)
+        tensors[name] = torch.cat(parts).contiguous().cpu()
+    metadata = {
+        "family": cond.family.name,
+        "options": json.dumps(asdict(options)),
+        "prompts": str(len(prompts)),
+    }
+    _save_atomic(tensors, args.out, metadata, save_file)
+    shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in tensors.items())
+    print(f"wrote {args.out}: {shapes}")
+    return 0
+
+
+def _read_prompts(path: Path) -> list[str]:
+    lines = [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").splitlines()]
+    prompts = [line for line in lines if line.strip()]
+    if not prompts:
+        raise ValueError(f"{path} holds no prompt")
+    return prompts
+
+
+def _save_atomic(tensors: dict, out: Path, metadata: dict, save_file: Callable) -> None:  # noqa: ANN001
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

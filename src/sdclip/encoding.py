@@ -1,0 +1,129 @@
+"""Rows → hidden states: batched, deduplicated and cached encoder calls.
+
+Every row of a request (positive, negative, the empty prompt, compel's masked re-encodings) goes through
+one encoder in as few batched passes as possible; identical rows are encoded once; an LRU cache keyed by
+the model's fingerprint, the encoder, the layer, the row's ids (textual-inversion slots by name) and its
+attention mask makes a repeated negative prompt nearly free.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .encoder import CLIPTextEncoder, LayerSelect
+from .tokens import FIRST_VECTOR_ID
+
+Key = tuple
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+
+
+class RowCache:
+    """A bounded LRU of encoded rows: key → (hidden [L, D], pooled [P] | None)."""
+
+    def __init__(self, max_rows: int = 1024):
+        self.max_rows = max_rows
+        self._data: OrderedDict[Key, tuple[Tensor, Tensor | None]] = OrderedDict()
+        self.stats = CacheStats()
+
+    def get(self, key: Key) -> tuple[Tensor, Tensor | None] | None:
+        value = self._data.get(key)
+        if value is None:
+            self.stats.misses += 1
+            return None
+        self._data.move_to_end(key)
+        self.stats.hits += 1
+        return value
+
+    def put(self, key: Key, value: tuple[Tensor, Tensor | None]) -> None:
+        if self.max_rows <= 0:
+            return
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self.max_rows:
+            self._data.popitem(last=False)
+
+    def clear(self) -> None:
+        self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+@dataclass(frozen=True)
+class RowBatch:
+    """Rows for one encoder: ids use FIRST_VECTOR_ID + k for row k of `vectors`, named by `slots`."""
+
+    ids: Sequence[Sequence[int]]
+    slots: dict[int, tuple[str, int]]
+    vectors: Tensor | None = None
+    masks: Sequence[Sequence[int] | None] | None = None
+
+
+class RowEncoder:
+    """Encodes rows with one text encoder at one layer, through the cache."""
+
+    def __init__(
+        self,
+        encoder: CLIPTextEncoder,
+        select: LayerSelect,
+        *,
+        pooled: bool,
+        key: tuple,
+        cache: RowCache,
+        batch_size: int = 32,
+    ):
+        self.encoder = encoder
+        self.select = select
+        self.pooled = pooled
+        self.key = key  #: (model fingerprint, encoder index): what makes this encoder's rows distinct
+        self.cache = cache
+        self.batch_size = batch_size
+
+    def _row_key(self, ids: Sequence[int], slots: dict[int, tuple[str, int]], mask: Sequence[int] | None) -> Key:
+        named = tuple(slots[t] if t >= FIRST_VECTOR_ID else t for t in ids)
+        return (*self.key, self.select.skip, self.select.final_norm, self.pooled, named, tuple(mask) if mask else None)
+
+    @torch.no_grad()
+    def encode(self, batch: RowBatch) -> tuple[Tensor, Tensor | None]:
+        """hidden [R, L, D] and pooled [R, P] (or None) for every row of the batch, in order."""
+        masks = batch.masks or [None] * len(batch.ids)
+        keys = [self._row_key(ids, batch.slots, m) for ids, m in zip(batch.ids, masks)]
+        todo: dict[Key, int] = {}
+        found: dict[Key, tuple[Tensor, Tensor | None]] = {}
+        for i, k in enumerate(keys):
+            if k in found or k in todo:
+                continue
+            hit = self.cache.get(k)
+            if hit is None:
+                todo[k] = i
+            else:
+                found[k] = hit
+        pending = list(todo.items())
+        # masked and unmasked rows run in separate passes (an all-ones mask would cost the causal fast path)
+        for masked in (False, True):
+            group = [(k, i) for k, i in pending if (masks[i] is not None) == masked]
+            for lo in range(0, len(group), self.batch_size):
+                chunk = group[lo : lo + self.batch_size]
+                device = self.encoder.token_embedding.weight.device
+                ids = torch.tensor([list(batch.ids[i]) for _, i in chunk], dtype=torch.long, device=device)
+                kwargs = {}
+                if masked:
+                    kwargs["attention_mask"] = torch.tensor([list(masks[i]) for _, i in chunk], device=device)
+                out = self.encoder(ids, self.select, vectors=batch.vectors, pooled=self.pooled, **kwargs)
+                for j, (k, _) in enumerate(chunk):
+                    value = (out.hidden[j], out.pooled[j] if out.pooled is not None else None)
+                    found[k] = value
+                    self.cache.put(k, value)
+        hidden = torch.stack([found[k][0] for k in keys])
+        pooled = torch.stack([found[k][1] for k in keys]) if self.pooled else None  # type: ignore[misc]
+        return hidden, pooled
