@@ -19,7 +19,7 @@ from .conditioning import Conditioning, ConditioningPair, ScheduledConditioning
 from .embeddings import EmbeddingLibrary
 from .encoder import CLIPTextEncoder, LayerSelect
 from .encoding import RowBatch, RowCache, RowEncoder
-from .family import Family, get_family
+from .family import FAMILIES, Family, get_family
 from .prepare import Prepared, PreparedPart, prepare
 from .presets import Options
 from .syntax import schedule
@@ -63,8 +63,10 @@ class Conditioner:
             raise ValueError(
                 f"family {self.family.name} needs {len(self.family.roles)} text encoder(s), got {len(encoders)}"
             )
+        real_widths = {r.width for f in FAMILIES.values() for r in f.roles}
         for enc, role in zip(encoders, self.family.roles):
-            if enc.config.width != role.width:
+            # a real-size encoder of another family is a mistake; test-size models are let through
+            if enc.config.width in real_widths and enc.config.width != role.width:
                 raise ValueError(
                     f"family {self.family.name}: encoder {role.name} should be {role.width} wide, "
                     f"this one is {enc.config.width} (wrong model for this family?)"

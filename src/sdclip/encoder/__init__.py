@@ -7,11 +7,11 @@
 
 from .checkpoint import CheckpointError, open_tensor_file
 from .config import LONGCLIP_L, PRESETS, VIT_BIGG, VIT_H, VIT_L, EncoderConfig, LayerSelect
-from .loading import FAMILIES, LoadedEncoders, load_text_encoders
+from .loading import FAMILIES, LoadedEncoders, encoders_from_modules, load_text_encoders
 from .model import CLIPTextEncoder, EncoderOutput
 
 __all__ = [
     "CLIPTextEncoder", "CheckpointError", "EncoderConfig", "EncoderOutput", "FAMILIES", "LONGCLIP_L",
-    "LayerSelect", "LoadedEncoders", "PRESETS", "VIT_BIGG", "VIT_H", "VIT_L", "load_text_encoders",
+    "LayerSelect", "LoadedEncoders", "encoders_from_modules", "PRESETS", "VIT_BIGG", "VIT_H", "VIT_L", "load_text_encoders",
     "open_tensor_file",
 ]

@@ -52,6 +52,23 @@ class TensorFile:
         return self._ks
 
 
+class MemoryTensors(TensorFile):
+    """Tensors already in memory (a live model's state dict), read through the same checks as files."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], name: str = "<memory>"):
+        self.path = Path(name)
+        self._tensors = tensors
+
+    def keys(self) -> list[str]:
+        return list(self._tensors)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._tensors[key].shape)
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._tensors[key]
+
+
 class SafetensorsFile(TensorFile):
     def __init__(self, path: Path):
         from safetensors import safe_open

@@ -29,7 +29,7 @@ from typing import Literal
 
 import torch
 
-from .checkpoint import CheckpointError, PickleFile, TensorFile, open_tensor_file, read_checked
+from .checkpoint import CheckpointError, MemoryTensors, PickleFile, TensorFile, open_tensor_file, read_checked
 from .config import LONGCLIP_L, VIT_BIGG, VIT_H, VIT_L, EncoderConfig
 from ..tokens import VOCAB_SIZE
 from .model import CLIPTextEncoder
@@ -455,3 +455,32 @@ def load_text_encoders(
         toks = (None,) * len(parts)
     encoders = tuple(build_encoder(p, dtype, device) for p in parts)
     return LoadedEncoders(fam, encoders, tuple(toks), fingerprint(fam, parts), str(source))
+
+
+def encoders_from_modules(models: tuple, *, dtype: torch.dtype | None = None) -> LoadedEncoders:
+    """Our encoders from live transformers text models (a diffusers pipeline's `text_encoder`, and
+    `text_encoder_2` for SDXL), mapped and checked exactly as their saved files would be. The family
+    follows from the models: two → sdxl; one → from its config (positions, activation)."""
+    parts = []
+    for i, model in enumerate(models):
+        sd = {k: v.detach() for k, v in model.state_dict().items()}
+        found = [p for p in find_parts(MemoryTensors(sd, f"<{type(model).__name__} {i}>")) if p.layout == "hf"]
+        if len(found) != 1:
+            raise CheckpointError(f"model {i} ({type(model).__name__}) is not one transformers CLIP text model")
+        part = found[0]
+        cfg = getattr(model, "config", None)
+        part.hf_config = cfg.to_dict() if cfg is not None else {}
+        parts.append(part)
+    if len(parts) == 2:
+        fam = "sdxl"
+        parts[0].role, parts[1].role = "L", "G"
+    elif len(parts) == 1:
+        fam = _folder_role(parts[0])
+        parts[0].role = FAMILIES[fam][0]
+        if fam == "sd2" and parts[0].hf_config.get("num_hidden_layers") == VIT_H.depth - 1:
+            parts[0].unstored = 1
+    else:
+        raise CheckpointError(f"expected one or two text encoders, got {len(parts)}")
+    first = next(models[0].parameters())
+    encoders = tuple(build_encoder(p, dtype or first.dtype, first.device) for p in parts)
+    return LoadedEncoders(fam, encoders, (None,) * len(parts), fingerprint(fam, parts), "<modules>")
