@@ -243,3 +243,26 @@ def test_bad_specs_are_refused():
         LayoutSpec(mode="squash")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="stride"):
         LayoutSpec(mode="window", stride=0)
+
+
+def test_window_keeps_a_phrase_that_chunking_cuts():
+    """'golden hour light' at tokens 74–76: chunking puts 'golden' in row 1 and 'hour light' in row 2, where
+    they see none of it; in the window layout the kept slots of 'hour light' sit in a window that also holds
+    'golden' (and ≥ 25 tokens before it), so the encoder sees the whole phrase."""
+    from sdclip.tokenizer import Tokenizer, tokenize
+    from sdclip.syntax import parse
+
+    text = " ".join(["forest"] * 74) + " golden hour light, " + " ".join(["mist"] * 20)
+    stream = tokenize(parse(text, "plain").parts[0].sequence, Tokenizer.default())
+    stream.source = text
+    golden = next(i for i, (a, b) in enumerate(stream.spans) if text[a:b] == "golden")
+    assert golden == 74
+    chunk = layout(stream, LayoutSpec(mode="chunk", comma_backtrack=0))
+    row_of = {t: r for r, row in enumerate(chunk.tokens) for t in row if t >= 0}
+    assert row_of[golden] != row_of[golden + 1]  # the phrase is cut
+    win = layout(stream, LayoutSpec(mode="window", stride=50))
+    for r, (toks, keep) in enumerate(zip(win.tokens, win.keep)):
+        for s, (t, k) in enumerate(zip(toks, keep)):
+            if k and t in (golden + 1, golden + 2):
+                assert golden in toks[:s]  # kept from a window that also holds 'golden' before it
+                assert s - 1 >= 25
