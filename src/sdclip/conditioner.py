@@ -143,7 +143,7 @@ class Conditioner:
         encoded = self._encode_texts(prompts + negatives)
         pos = [encoded[t] for t in prompts]
         neg = [encoded[t] for t in negatives]
-        length = max(p.seq.shape[0] for item in pos + neg for p in item[0])
+        length = max(_length(item) for item in pos + neg)
         positive = self._conditioning(prompts, pos, length)
         negative_c = self._conditioning(negatives, neg, length)
         if zero_negative:
@@ -164,7 +164,7 @@ class Conditioner:
         pairs = [(end, pos.at(end), neg.at(end)) for end in ends]
         texts = [t for _, p, n in pairs for t in (p, n)]
         encoded = self._encode_texts(texts)
-        length = max(part.seq.shape[0] for t in texts for part in encoded[t][0])
+        length = max(_length(encoded[t]) for t in texts)
         zero = negative is None and self.options.zeros_for_empty_negative and self.family.pooled_role is not None
         out = ScheduledConditioning(steps)
         for end, p, n in pairs:
@@ -197,7 +197,8 @@ class Conditioner:
                     else None
                 )
             elif combine == "concat":
-                seq = torch.cat([p.seq for p in parts], dim=0)
+                # compel .and(w…): a part of weight w ≠ 1 is lerped from the empty prompt's encoding
+                seq = torch.cat([_lerp_from_empty(p.seq, empty, p.weight) for p in parts], dim=0)
                 seq = pad_with_empty(seq, length, empty)
                 pool = parts[0].pooled
             else:
@@ -242,7 +243,7 @@ class Conditioner:
 
         def remap(ids: list[int], part: PreparedPart) -> list[int]:
             v = part.stream.vectors
-            return [FIRST_VECTOR_ID + table[v[t]] if t >= FIRST_VECTOR_ID else t for t in ids]
+            return [FIRST_VECTOR_ID + table[v[t]] if t in v else t for t in ids]
 
         results: dict[str, tuple[list[_Part], Prepared]] = {t: ([], prepared[t]) for t in unique}
         per_encoder: list[list[tuple[Tensor, Tensor | None]]] = []
@@ -317,6 +318,22 @@ class Conditioner:
         for (name, k), g in table.items():
             out[g] = self.embeddings.get(name).for_width(width, role)[k]
         return out.to(enc.token_embedding.weight.device)
+
+
+def _length(item: tuple[list[_Part], Prepared]) -> int:
+    """Slots a text's conditioning needs: its parts side by side for compel .and(), else the longest."""
+    parts, prep = item
+    sizes = [p.seq.shape[0] for p in parts]
+    return sum(sizes) if prep.prompt.combine == "concat" else max(sizes)
+
+
+def _lerp_from_empty(seq: Tensor, empty: Tensor, weight: float) -> Tensor:
+    """empty + (seq − empty)·w, the empty prompt's encoding [L, D] repeated row by row along seq."""
+    if weight == 1.0:
+        return seq
+    n = seq.shape[0]
+    tiled = empty.repeat(-(-n // empty.shape[0]), 1)[:n]
+    return tiled + (seq - tiled) * weight
 
 
 def _fragments_of(part: PreparedPart):  # noqa: ANN202

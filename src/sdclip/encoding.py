@@ -90,7 +90,7 @@ class RowEncoder:
         self.batch_size = batch_size
 
     def _row_key(self, ids: Sequence[int], slots: dict[int, tuple[str, int]], mask: Sequence[int] | None) -> Key:
-        named = tuple(slots[t] if t >= FIRST_VECTOR_ID else t for t in ids)
+        named = tuple(slots.get(t, t) if t >= FIRST_VECTOR_ID else t for t in ids)
         return (*self.key, self.select.skip, self.select.final_norm, self.pooled, named, tuple(mask) if mask else None)
 
     @torch.no_grad()

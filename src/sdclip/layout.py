@@ -7,6 +7,11 @@ Modes (REFERENCE facts copied here so the code stands alone):
   next row; ``BREAK`` starts a new row (a BREAK at the very start yields a row of pure padding); an embedding's
   vector run never splits. ``chunk_style="comfy"`` gives ComfyUI's variant: no comma backtrack; a word that
   does not fit moves whole to the next row when shorter than 8 tokens, else it is split.
+  ``chunk_style="compel"`` gives compel's (2.5.1, ``truncate_long_prompts=False``): while more than 75 tokens
+  remain, the row ends after the last ``.`` among the next 75 tokens (a sentence), else after the last
+  ``.`` ``,`` ``;`` ``:`` (a phrase), else after the last word end (a token spelled ``…</w>``), else at 75;
+  no comma backtrack. compel's optional copy of the first row's EOS state into later rows
+  (``COPY_FIRST_CLS_TOKEN``) is off in ``Compel``'s default and not reproduced.
 - ``window``: sliding windows of 75 tokens every ``stride`` tokens. CLIP's attention is causal, so a token's
   state depends only on what precedes it inside its window: each token is therefore kept from the *earliest*
   window that holds it (where it sees the most left context), and every token after the first window still
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 from .rows import Rows
@@ -45,7 +51,7 @@ class LayoutSpec:
     length: int = 77
     pad_id: int = EOS
     comma_backtrack: int = 20
-    chunk_style: Literal["a1111", "comfy"] = "a1111"
+    chunk_style: Literal["a1111", "comfy", "compel"] = "a1111"
     stride: int = 50
     max_rows: int | None = None
     comma_id: int = COMMA_ID
@@ -75,6 +81,8 @@ def layout(stream: TokenStream, spec: LayoutSpec = LayoutSpec()) -> Rows:
     if spec.mode == "truncate":
         return _truncate(stream, spec)
     if spec.mode == "chunk":
+        if spec.chunk_style == "compel":
+            return _chunk_compel(stream, spec)
         rows = _chunk_comfy(stream, spec) if spec.chunk_style == "comfy" else _chunk_a1111(stream, spec)
         return rows
     if spec.mode == "window":
@@ -254,6 +262,58 @@ def _chunk_comfy(stream: TokenStream, spec: LayoutSpec) -> Rows:
     b.rows.token_count = len(stream)
     if stream.breaks:
         b.rows.notes.append("comfy style ignores BREAK (ComfyUI core has none)")
+    return b.rows
+
+
+#: compel's split points: sentence ends ".</w>"; phrase ends ".</w>" ",</w>" ";</w>" ":</w>" (CLIP ids)
+COMPEL_SENTENCE_IDS = frozenset({269})
+COMPEL_PHRASE_IDS = frozenset({269, 267, 282, 281})
+
+
+@lru_cache(maxsize=1)
+def _word_end_ids() -> frozenset[int]:
+    """Ids of CLIP vocabulary entries spelled with a trailing ``</w>`` (compel's word ends)."""
+    from .vocab import END_OF_WORD, packaged
+
+    vocab, _ = packaged()
+    return frozenset(i for t, i in vocab.items() if t.endswith(END_OF_WORD))
+
+
+def _compel_split(stream: TokenStream, lo: int, hi: int, cap: int, runs: dict[int, int]) -> int:
+    """compel's `_find_next_best_split_point` for tokens lo..hi-1: how many go into the next row.
+
+    Never inside an embedding's vector run: a cut there moves before the run (or after it, for a run that
+    starts the row)."""
+    if hi - lo <= cap:
+        return hi - lo
+    ids = stream.ids[lo : lo + cap]
+    cut = cap
+    for allowed in (COMPEL_SENTENCE_IDS, COMPEL_PHRASE_IDS, _word_end_ids()):
+        found = next((k for k in range(len(ids) - 1, -1, -1) if ids[k] in allowed), None)
+        if found is not None:
+            cut = found + 1
+            break
+    for r0, rn in runs.items():
+        if r0 < lo + cut < r0 + rn:
+            cut = r0 - lo if r0 > lo else rn
+    return cut
+
+
+def _chunk_compel(stream: TokenStream, spec: LayoutSpec) -> Rows:
+    """compel's `_chunk_and_pad_token_ids` with `truncate=False` (BREAK, which compel lacks, starts a row)."""
+    b = _Builder(stream, spec)
+    cap = spec.capacity
+    runs = _run_ends(stream)
+    for lo, hi in _segments(stream):
+        while True:
+            n = _compel_split(stream, lo, hi, cap, runs)
+            if n > cap:
+                raise ValueError(f"an embedding of {n} vectors cannot fit in a row of {cap} tokens")
+            b.emit(list(range(lo, lo + n)))
+            lo += n
+            if lo >= hi:
+                break
+    b.rows.token_count = len(stream)
     return b.rows
 
 

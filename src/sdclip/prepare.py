@@ -54,8 +54,7 @@ def prepare(
     prompt = parse(text, options.dialect, embeddings=names)
     parts = []
     for part in prompt.parts:
-        stream = tokenize(part.sequence, tokenizer, embeddings)
-        stream.source = text
+        stream = tokenize(part.sequence, tokenizer, embeddings, source=text)
         rows = tuple(_layout_for(stream, options, family, role.pad_id) for role in family.roles)
         parts.append(PreparedPart(part.weight, stream, rows, part.sequence))
     return Prepared(prompt, tuple(parts))

@@ -38,7 +38,7 @@ class Options:
     dialect: str = "a1111"
     normalize: str = "hf-slow"
     layout: str = "chunk"
-    chunk_style: Literal["a1111", "comfy"] = "a1111"
+    chunk_style: Literal["a1111", "comfy", "compel"] = "a1111"
     comma_backtrack: int = 20
     stride: int = 50
     max_rows: int | None = None
@@ -103,9 +103,16 @@ _PRESETS: dict[str, Options] = {
     "comfy": Options(
         dialect="comfy", chunk_style="comfy", comma_backtrack=0, weighting="comfy", clip_skip_convention="comfy"
     ),
-    # compel on a transformers-5 pipeline: its syntax, truncation by default, its weighting.
+    # compel on a transformers-5 pipeline: its syntax, truncation by default (layout="chunk" is compel's
+    # truncate_long_prompts=False: rows cut at sentence, else phrase, else word ends), its weighting.
     "compel": Options(
-        dialect="compel", normalize="hf-fast", layout="truncate", weighting="compel", clip_skip_convention="diffusers"
+        dialect="compel",
+        normalize="hf-fast",
+        layout="truncate",
+        chunk_style="compel",
+        comma_backtrack=0,
+        weighting="compel",
+        clip_skip_convention="diffusers",
     ),
     # diffusers' own encode_prompt: no syntax, truncation, zeros for an empty SDXL negative.
     "diffusers": Options(

@@ -1,0 +1,415 @@
+"""AUTOMATIC1111 prompt syntax: emphasis, BREAK, AND, and prompt scheduling.
+
+Reproduces stable-diffusion-webui `modules/prompt_parser.py` (behaviour, not code):
+
+Emphasis (`parse_prompt_attention`), applied to every AND sub-prompt:
+  - `(x)` ×1.1, `[x]` ÷1.1, `(x:w)` ×w (also `(x: w )`); nesting multiplies. Multipliers are applied
+    to a run in the order its brackets close (so weights match A1111 to the last bit, e.g.
+    `(((house:1.3)))` → 1.5730000000000004), and adjacent runs with bit-equal weights merge.
+  - `\\(` `\\)` `\\[` `\\]` `\\\\` are literals; a lone backslash is dropped (A1111 does).
+  - an unclosed `(`/`[` applies to the end of the prompt (round ones first, then square ones);
+    a closer with nothing open is literal text (A1111 keeps it: `a)b` → "a)b"; REFERENCE §4 says
+    "ignored", the tool wins).
+  - `BREAK` (case-sensitive whole word) with the whitespace around it → Fragment(kind="break"),
+    also inside brackets (A1111 then silently tokenizes the word "BREAK": a bug we do not copy).
+  - a bad `(x:w)` weight (NaN/inf/|w|>100, or `1.2.3` which crashes A1111) → PromptSyntaxError.
+AND (`get_multicond_prompt_list`): the prompt is split at the whole word `AND`; each sub-prompt may end
+  in `:weight` (`a cat :1.5 AND dog`). combine is "and" when there are several parts *or* the one part
+  carries a weight other than 1 (A1111 then scales that cond's guidance), else "single".
+Scheduling (`get_learned_conditioning_prompt_schedules`): `[a:b:when]`, `[b:when]`, `[a::when]`,
+  `[a|b|c]` (alternation per step, empty options allowed). A1111 ≥1.6 timeline rule (default): a `when`
+  written with a "." is a fraction of the steps (int(when·steps)), otherwise a step number;
+  `old_scheduling=True` gives the pre-1.6 rule (when < 1 is a fraction). Entries end at
+  min(steps, int(when)); ends < 1 are dropped. A text the scheduling grammar cannot parse (a `|`
+  outside `[..|..]`, a trailing backslash) is not scheduled at all, exactly as in A1111.
+
+parse() and scheduling: parse() conditions on ONE text, so a prompt that still contains scheduling is
+  read as at its first step: `[a:b:when]` → a when `when` > 0 (b for 0 or negative), `[b:when]` → nothing,
+  `[a|b]` → a. Call schedule(text, steps) to get every step's text and parse() each entry's text.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Collection
+
+from ..prompt import Part, Prompt, Schedule, Scheduled
+from ._common import (
+    MAX_DEPTH,
+    OffsetMap,
+    Piece,
+    checked,
+    error,
+    merge_equal,
+    split_embeddings,
+    to_sequence,
+)
+
+ROUND = 1.1
+SQUARE = 1 / 1.1
+
+# One alternative per token kind, in the priority A1111's attention tokenizer uses.
+_ATTENTION_TOKEN = re.compile(
+    r"""
+    (?P<esc>\\[()\[\]\\])          # escaped literal
+  | (?P<lone>\\)                   # lone backslash: dropped
+  | (?P<open>[(\[])
+  | :\s*(?P<w>[+-]?[.\d]+)\s*\)    # weighted closer
+  | (?P<close>[)\]])
+  | (?P<text>[^\\()\[\]:]+|:)
+    """,
+    re.X,
+)
+_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
+_AND = re.compile(r"\bAND\b")
+_PART_WEIGHT = re.compile(r"\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+))\s*\Z")
+
+
+# ---------------------------------------------------------------- emphasis
+
+
+def attention(text: str, source: str, where: OffsetMap) -> list[Piece]:
+    """A1111 emphasis of one (already scheduled) sub-prompt → pieces with source spans."""
+    texts: list[str] = []
+    weights: list[float] = []
+    spans: list[tuple[int, int]] = []
+    breaks: set[int] = set()
+    stacks: dict[str, list[tuple[int, int]]] = {"(": [], "[": []}
+
+    def add(t: str, a: int, b: int) -> None:
+        texts.append(t)
+        weights.append(1.0)
+        spans.append((where(a), where(b)))
+
+    def scale(start: int, m: float) -> None:
+        if start < len(weights):
+            weights[start:] = [w * m for w in weights[start:]]
+
+    for m in _ATTENTION_TOKEN.finditer(text):
+        kind = m.lastgroup
+        a, b = m.span()
+        if kind == "esc":
+            add(m.group()[1], a, b)
+        elif kind == "lone":
+            continue
+        elif kind == "open":
+            stack = stacks[m.group()]
+            stack.append((len(texts), a))
+            if len(stacks["("]) + len(stacks["["]) > MAX_DEPTH:
+                raise error(f"brackets nested deeper than {MAX_DEPTH}", source, where(a))
+        elif kind == "w" and stacks["("]:
+            start, at = stacks["("].pop()
+            raw = m.group("w")
+            try:
+                w = float(raw)
+            except ValueError:
+                raise error(f"weight {raw!r} is not a number", source, where(m.start("w"))) from None
+            checked(w, text[at + 1 : a], source, where(at))
+            scale(start, w)
+        elif kind == "close" and stacks["(" if m.group() == ")" else "["]:
+            start, _ = stacks["(" if m.group() == ")" else "["].pop()
+            scale(start, ROUND if m.group() == ")" else SQUARE)
+        else:  # plain text, a colon, or a closer with nothing open
+            chunk = m.group()
+            pos = a
+            for bm in _BREAK.finditer(chunk):
+                add(chunk[pos - a : bm.start()], pos, a + bm.start())
+                breaks.add(len(texts))
+                add("", a + bm.start(), a + bm.end())
+                pos = a + bm.end()
+            add(chunk[pos - a :], pos, b)
+
+    for start, _ in stacks["("]:
+        scale(start, ROUND)
+    for start, _ in stacks["["]:
+        scale(start, SQUARE)
+    return [
+        Piece(t, w, s, e, "break" if i in breaks else "text")
+        for i, (t, w, (s, e)) in enumerate(zip(texts, weights, spans))
+    ]
+
+
+# ---------------------------------------------------------------- AND
+
+
+def split_and(text: str) -> list[tuple[int, int, float | None, int]]:
+    """(start, end, weight or None, weight position) of each AND sub-prompt's text."""
+    bounds = [0]
+    for m in _AND.finditer(text):
+        bounds += [m.start(), m.end()]
+    bounds.append(len(text))
+    out = []
+    for s, e in zip(bounds[::2], bounds[1::2]):
+        sub = text[s:e]
+        m = _PART_WEIGHT.search(sub)
+        if m:
+            out.append((s, s + m.start(), float(m.group(1)), s + m.start(1)))
+        else:
+            out.append((s, s + len(sub.rstrip()), None, s))
+    return out
+
+
+# ---------------------------------------------------------------- scheduling
+
+_NUMBER = re.compile(
+    r"\s*([+-]?(?:[0-9]+[eE][+-]?[0-9]+|(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[0-9]+))\s*"
+)
+
+
+class _Sched:
+    """`[before:after:when]` (before is None for `[after:when]`)."""
+
+    __slots__ = ("before", "after", "when", "pos")
+
+    def __init__(self, before: list | None, after: list, when: str, pos: int):
+        self.before, self.after, self.when, self.pos = before, after, when, pos
+
+
+class _Alt:
+    """`[a|b|...]`: option (step-1) % n at each step."""
+
+    __slots__ = ("options", "pos")
+
+    def __init__(self, options: list[list], pos: int):
+        self.options, self.pos = options, pos
+
+
+class _Frame:
+    __slots__ = ("opener", "pos", "segments", "seps")
+
+    def __init__(self, opener: str, pos: int):
+        self.opener, self.pos = opener, pos
+        self.segments: list[list] = [[]]
+        self.seps: list[tuple[str, int]] = []
+
+    def flat(self) -> list:
+        """The frame as plain text items (when it is not a valid construct)."""
+        out: list = [(self.opener, self.pos)]
+        for i, seg in enumerate(self.segments):
+            if i:
+                out.append(self.seps[i - 1])
+            out.extend(seg)
+        return out
+
+
+def _seg_text(seg: list) -> str | None:
+    """The segment's text if it is plain text only (no nested construct), else None."""
+    if all(isinstance(x, tuple) for x in seg):
+        return "".join(x[0] for x in seg)
+    return None
+
+
+def _close(frame: _Frame, closer: str, pos: int) -> list | None:
+    """The items a successfully closed frame contributes, or None when it is not a construct."""
+    colons = [s for s, _ in frame.seps if s == ":"]
+    pipes = len(frame.seps) - len(colons)
+    if frame.opener == "(":
+        if closer != ")" or pipes or len(colons) > 1:
+            return None
+        return [("(", frame.pos), *frame.flat()[1:], (")", pos)]
+    if closer != "]" or (pipes and colons):
+        return None
+    if pipes:
+        return [_Alt(frame.segments, frame.pos)]
+    if not colons:
+        return [("[", frame.pos), *frame.segments[0], ("]", pos)]
+    if len(colons) > 2:
+        return None
+    when = _seg_text(frame.segments[-1])
+    m = _NUMBER.fullmatch(when) if when is not None else None
+    if m is None:
+        return None
+    before = frame.segments[0] if len(colons) == 2 else None
+    return [_Sched(before, frame.segments[-2], m.group(1), frame.pos)]
+
+
+def schedule_tree(text: str) -> list | None:
+    """Items of A1111's scheduling grammar: (text, pos) tuples, _Sched and _Alt; None if it fails.
+
+    Bracket constructs nest strictly and no stray bracket may sit inside one, so a construct that
+    does not close properly turns itself and every enclosing open one into literal text.
+    """
+    top: list = []
+    stack: list[_Frame] = []
+
+    def collapse() -> None:
+        items: list = []
+        for frame in stack:
+            items.extend(frame.flat())
+        stack.clear()
+        for it in items:
+            if isinstance(it, tuple) and it[0] == "|":
+                raise _Unschedulable
+        top.extend(items)
+
+    def emit(item) -> None:
+        (stack[-1].segments[-1] if stack else top).append(item)
+
+    try:
+        i, n = 0, len(text)
+        while i < n:
+            c = text[i]
+            if c == "\\":
+                if i + 1 >= n or text[i + 1] == "\n":
+                    return None
+                emit((text[i : i + 2], i))
+                i += 2
+                continue
+            if c in "([":
+                stack.append(_Frame(c, i))
+            elif c in ")]":
+                if not stack:
+                    top.append((c, i))
+                else:
+                    frame = stack.pop()
+                    done = _close(frame, c, i)
+                    if done is None:
+                        stack.append(frame)
+                        collapse()
+                        top.append((c, i))
+                    else:
+                        (stack[-1].segments[-1] if stack else top).extend(done)
+            elif c in ":|":
+                if stack:
+                    stack[-1].seps.append((c, i))
+                    stack[-1].segments.append([])
+                elif c == "|":
+                    return None
+                else:
+                    top.append((c, i))
+            else:
+                j = i + 1
+                while j < n and text[j] not in "\\()[]:|":
+                    j += 1
+                emit((text[i:j], i))
+                i = j
+                continue
+            i += 1
+        collapse()
+    except _Unschedulable:
+        return None
+    return top
+
+
+class _Unschedulable(Exception):
+    pass
+
+
+def _when(raw: str, steps: int, old: bool) -> int:
+    v = float(raw)
+    if old:
+        v = v * steps if v < 1 else v
+    elif "." in raw:
+        v = v * steps
+    if math.isinf(v):
+        return steps if v > 0 else -1
+    return min(steps, int(v))
+
+
+def _walk(items: list, choose) -> list[tuple[str, int]]:
+    """Flatten items to (text, source pos) chunks, `choose(node)` picking each construct's branch."""
+    out: list[tuple[str, int]] = []
+    work: list = [iter(items)]
+    while work:
+        for it in work[-1]:
+            if isinstance(it, tuple):
+                out.append(it)
+                continue
+            branch = choose(it)
+            if branch:
+                work.append(iter(branch))
+            break
+        else:
+            work.pop()
+    return out
+
+
+def _steps_of(items: list, steps: int, old: bool) -> list[int]:
+    ends = {steps}
+    work = [items]
+    while work:
+        for it in work.pop():
+            if isinstance(it, _Sched):
+                it_when = _when(it.when, steps, old)
+                if it_when >= 1:
+                    ends.add(it_when)
+                work += [b for b in (it.before, it.after) if b]
+            elif isinstance(it, _Alt):
+                ends.update(range(1, steps + 1))
+                work += it.options
+    return sorted(ends)
+
+
+def _has_constructs(items: list) -> bool:
+    return any(not isinstance(it, tuple) for it in items)
+
+
+def schedule(text: str, steps: int, old_scheduling: bool = False) -> Schedule:
+    """Per-step texts exactly as A1111's get_learned_conditioning_prompt_schedules (steps 1-based)."""
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    items = schedule_tree(text)
+    if items is None or not _has_constructs(items):
+        return Schedule(steps, (Scheduled(steps, text),))
+    entries = []
+    for step in _steps_of(items, steps, old_scheduling):
+
+        def choose(node, step=step):
+            if isinstance(node, _Alt):
+                return node.options[(step - 1) % len(node.options)]
+            when = _when(node.when, steps, old_scheduling)
+            return (node.before or []) if step <= when else node.after
+
+        entries.append(Scheduled(step, "".join(t for t, _ in _walk(items, choose))))
+    return Schedule(steps, tuple(entries))
+
+
+def first_step(text: str) -> tuple[str, OffsetMap | None]:
+    """The text in force at step 1 (see module doc) and its map back to `text` (None: unchanged)."""
+    items = schedule_tree(text)
+    if items is None or not _has_constructs(items):
+        return text, None
+
+    def choose(node):
+        if isinstance(node, _Alt):
+            return node.options[0]
+        return (node.before or []) if float(node.when) > 0 else node.after
+
+    chunks = _walk(items, choose)
+    segs, pos = [], 0
+    for t, src in chunks:
+        segs.append((pos, src, len(t)))
+        pos += len(t)
+    return "".join(t for t, _ in chunks), OffsetMap(segs, len(text))
+
+
+# ---------------------------------------------------------------- parse
+
+
+def parse(text: str, embeddings: Collection[str] = ()) -> Prompt:
+    """A1111 prompt → Prompt: AND parts, each scheduled to its first step, then emphasis and BREAK."""
+    parts = []
+    for s, e, weight, wpos in split_and(text):
+        if weight is not None:
+            checked(weight, text[s:e], text, wpos)
+        sub, where = first_step(text[s:e])
+        if where is None:
+            where = OffsetMap.shift(s, e - s, len(text))
+        else:
+            where = _Composed(where, s, len(text))
+        pieces = merge_equal(attention(sub, text, where))
+        pieces = split_embeddings(pieces, embeddings)
+        parts.append(Part(to_sequence(pieces, text), 1.0 if weight is None else weight))
+    combine = "and" if len(parts) > 1 or parts[0].weight != 1.0 else "single"
+    return Prompt(tuple(parts), combine, True, text)
+
+
+class _Composed(OffsetMap):
+    """A sub-prompt's map, then its offset in the whole prompt."""
+
+    def __init__(self, inner: OffsetMap, offset: int, source_len: int):
+        self._inner, self._offset, self._n = inner, offset, source_len
+
+    def __call__(self, pos: int) -> int:
+        return max(0, min(self._offset + self._inner(pos), self._n))
