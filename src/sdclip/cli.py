@@ -34,13 +34,6 @@ def _add_text_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stride", type=int, help="window layout: tokens between window starts (default 50)")
     p.add_argument("--comma-backtrack", type=int, help="chunk layout: comma backtrack in tokens (default 20)")
     p.add_argument("--max-rows", type=int, help="compress layout: drop lowest-weight tags to fit N rows")
-    p.add_argument(
-        "--embedding-name",
-        action="append",
-        default=[],
-        metavar="NAME:N",
-        help="treat NAME as a textual-inversion embedding of N vectors (repeatable)",
-    )
 
 
 def _options(args: argparse.Namespace) -> Options:
@@ -141,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", nargs="?", default=EXAMPLE, help="the prompt (default: an example)")
     p.add_argument("--family", choices=tuple(FAMILIES), default="sd1")
     p.add_argument("--json", action="store_true", help="print one JSON object (stable contract)")
+    p.add_argument(
+        "--embedding-name",
+        action="append",
+        default=[],
+        metavar="NAME:N",
+        help="treat NAME as a textual-inversion embedding of N vectors (repeatable; no file needed)",
+    )
     _add_text_options(p)
     p.set_defaults(func=cmd_inspect)
 

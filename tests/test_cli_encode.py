@@ -1,0 +1,206 @@
+"""`sdclip encode` in-process (`sdclip.cli.main`) on tiny random models written as real files.
+
+Contract under test (sdclip.encode_cli): `prompt_embeds` / `negative_prompt_embeds` [B, N, D] and, for
+SDXL, `pooled_prompt_embeds` / `negative_pooled_prompt_embeds` [B, P]; `--clip-skip N` is AUTOMATIC1111's
+convention (1 = last layer) whatever the preset; a failing run exits 2 with a one-line `sdclip: …` message
+on stderr and leaves an existing --out byte-identical, with no temporary file beside it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from sdclip.cli import main
+from sdclip.conditioner import Conditioner
+from tiny_models import tiny_family, write_layout
+
+PROMPT = "a (red:1.3) fox in a [misty] forest, highly detailed"
+NEGATIVE = "blurry, lowres"
+#: ≈ 110 tokens: two 77-slot chunks in the a1111 preset
+LONG = ", ".join(f"a {c} fox with {c} eyes under a {c} sky" for c in
+                 ("red", "blue", "green", "golden", "silver", "purple", "orange", "white", "black", "pink"))
+OLD_BYTES = b"previous output: must survive a failed run"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """The same tiny SD1 / SDXL weights as single files and as a diffusers folder."""
+    root = tmp_path_factory.mktemp("models")
+    sd1, sdxl = tiny_family("sd1"), tiny_family("sdxl")
+    return {
+        "sd1": write_layout("single.safetensors", sd1, root / "sd1"),
+        "sdxl": write_layout("single.safetensors", sdxl, root / "sdxl"),
+        "sdxl-diffusers": write_layout("diffusers", sdxl, root / "sdxl"),
+    }
+
+
+@pytest.fixture(scope="module")
+def conditioners(models) -> dict[tuple[str, str, int | None], Conditioner]:
+    """Conditioner.from_pretrained per (model, preset, a1111 clip skip), built once."""
+    cache: dict = {}
+
+    def get(model: str, preset: str = "a1111", clip_skip: int | None = None) -> Conditioner:
+        key = (model, preset, clip_skip)
+        if key not in cache:
+            extra = {} if clip_skip is None else {"clip_skip_convention": "a1111", "clip_skip": clip_skip}
+            cache[key] = Conditioner.from_pretrained(models[model], preset, **extra)
+        return cache[key]
+
+    return get  # type: ignore[return-value]
+
+
+def encode(*args: str | Path) -> int:
+    return main(["encode", *map(str, args)])
+
+
+def expected(cond: Conditioner, prompt, negative=None) -> dict[str, torch.Tensor]:  # noqa: ANN001
+    return cond(prompt, negative).diffusers_kwargs()
+
+
+def assert_same(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], atol: float = 1e-6) -> None:
+    assert set(got) == set(want)
+    for k in want:
+        assert got[k].shape == want[k].shape, k
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=atol, msg=k)
+
+
+# ---- outputs -------------------------------------------------------------------------------------
+
+def test_sd1_single_file(models, conditioners, tmp_path):
+    out = tmp_path / "c.safetensors"
+    assert encode("--model", models["sd1"], "--prompt", PROMPT, "--negative", NEGATIVE, "--out", out) == 0
+    got = load_file(out)
+    assert set(got) == {"prompt_embeds", "negative_prompt_embeds"}
+    assert got["prompt_embeds"].shape == got["negative_prompt_embeds"].shape == (1, 77, 128)
+    assert_same(got, expected(conditioners("sd1"), PROMPT, NEGATIVE))
+    with safe_open(str(out), "pt") as f:
+        assert f.metadata()["family"] == "sd1"
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_sdxl_single_file_long_prompt(models, conditioners, tmp_path, capsys):
+    """Two chunks for the positive, the short negative padded to the same N, pooled from bigG."""
+    out = tmp_path / "xl.safetensors"
+    assert encode("--model", models["sdxl"], "--prompt", LONG, "--negative", NEGATIVE, "--out", out) == 0
+    got = load_file(out)
+    assert got["prompt_embeds"].shape == got["negative_prompt_embeds"].shape == (1, 154, 320)
+    assert got["pooled_prompt_embeds"].shape == got["negative_pooled_prompt_embeds"].shape == (1, 80)
+    assert_same(got, expected(conditioners("sdxl"), LONG, NEGATIVE))
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_diffusers_folder_gives_what_the_single_file_gives(models, conditioners, tmp_path):
+    """Same weights in another layout (text_encoder/, text_encoder_2/, tokenizer folders): same tensors."""
+    out = tmp_path / "folder.safetensors"
+    assert encode("--model", models["sdxl-diffusers"], "--prompt", PROMPT, "--out", out) == 0
+    got = load_file(out)
+    assert got["negative_prompt_embeds"].shape == (1, 77, 320)
+    assert_same(got, expected(conditioners("sdxl"), PROMPT))
+
+
+@pytest.mark.parametrize("model", ["sd1", "sdxl"])
+def test_clip_skip_is_a1111_convention(models, conditioners, tmp_path, model):
+    out = tmp_path / "skip.safetensors"
+    assert encode("--model", models[model], "--prompt", PROMPT, "--clip-skip", "2", "--out", out) == 0
+    got = load_file(out)
+    default = expected(conditioners(model), PROMPT)
+    if model == "sd1":
+        # SD1's default is the last layer: skip 2 = the penultimate, with the final LayerNorm
+        assert_same(got, expected(conditioners(model, "a1111", 2), PROMPT))
+        assert (got["prompt_embeds"] - default["prompt_embeds"]).abs().max() > 1e-3
+    else:
+        # SDXL's default already is a1111's clip skip 2 (penultimate, no final LayerNorm)
+        assert_same(got, default)
+
+
+def test_clip_skip_ignores_the_presets_convention(models, conditioners, tmp_path):
+    """--clip-skip 2 under --preset diffusers is still a1111's 2 (= diffusers' clip_skip=1)."""
+    out = tmp_path / "skip.safetensors"
+    assert encode("--model", models["sd1"], "--preset", "diffusers", "--prompt", PROMPT, "--clip-skip", "2",
+                  "--out", out) == 0
+    cond = Conditioner.from_pretrained(models["sd1"], "diffusers", clip_skip=1)
+    assert_same(load_file(out), expected(cond, PROMPT))
+
+
+def test_prompts_file_batches_to_one_length(models, conditioners, tmp_path):
+    """B prompts (batched 2 at a time, of different lengths) → [B, N, D], every row padded to the longest."""
+    prompts = [PROMPT, LONG, "a cat", "a dog on a sofa"]
+    src = tmp_path / "prompts.txt"
+    src.write_text("\n".join(prompts[:2]) + "\n\n" + "\n".join(prompts[2:]) + "\n", encoding="utf-8")
+    out = tmp_path / "batch.safetensors"
+    assert encode("--model", models["sdxl"], "--prompts-file", src, "--negative", NEGATIVE, "--batch-size", "2",
+                  "--out", out) == 0
+    got = load_file(out)
+    assert got["prompt_embeds"].shape == got["negative_prompt_embeds"].shape == (4, 154, 320)
+    assert got["pooled_prompt_embeds"].shape == (4, 80)
+    # the whole batch at once through the Conditioner gives the same tensors as the 2 + 2 batches
+    assert_same(got, expected(conditioners("sdxl"), prompts, NEGATIVE), atol=1e-5)
+    with safe_open(str(out), "pt") as f:
+        assert f.metadata()["prompts"] == "4"
+
+
+# ---- failures: exit 2, clear message, --out untouched, no temporary file -------------------------
+
+def _a1111_embedding(path: Path, width: int) -> Path:
+    torch.save({"string_to_param": {"*": torch.randn(2, width)}, "name": path.stem}, path)
+    return path
+
+
+FAILURES = {
+    "bad model path": (lambda m, t: ["--model", t / "missing.safetensors", "--prompt", PROMPT], "no such file"),
+    "prompt syntax error": (lambda m, t: ["--model", m["sd1"], "--prompt", "a (fox:1000)"], "syntax error"),
+    "family mismatch": (lambda m, t: ["--model", m["sd1"], "--family", "sdxl", "--prompt", PROMPT], "family"),
+    "unknown embedding": (
+        lambda m, t: ["--model", m["sd1"], "--preset", "comfy", "--prompt", "a fox, embedding:nosuchthing"],
+        "unknown embedding 'nosuchthing'",
+    ),
+    "embedding width mismatch": (
+        lambda m, t: ["--model", m["sd1"], "--embeddings", _a1111_embedding(t / "wide.pt", 96), "--prompt", "a wide fox"],
+        "'wide'",
+    ),
+    "missing prompts file": (lambda m, t: ["--model", m["sd1"], "--prompts-file", t / "none.txt"], "none.txt"),
+}
+
+
+@pytest.mark.parametrize("case", list(FAILURES))
+def test_failure_leaves_out_untouched(models, tmp_path, capsys, case):
+    args, needle = FAILURES[case]
+    work = tmp_path / "work"
+    work.mkdir()
+    out = tmp_path / "out" / "c.safetensors"
+    out.parent.mkdir()
+    out.write_bytes(OLD_BYTES)
+    assert encode(*args(models, work), "--out", out) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sdclip: ") and needle in err.lower(), err
+    assert "Traceback" not in err
+    assert out.read_bytes() == OLD_BYTES
+    assert [p.name for p in out.parent.iterdir()] == ["c.safetensors"]
+
+
+def test_failure_while_writing_removes_the_temporary_file(models, tmp_path, monkeypatch):
+    """A write that dies half-way (disk full) leaves the old file and no partial temporary file."""
+    import safetensors.torch
+
+    def half_write(tensors, filename, metadata=None):  # noqa: ANN001
+        Path(filename).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", half_write)
+    out = tmp_path / "c.safetensors"
+    out.write_bytes(OLD_BYTES)
+    with pytest.raises(OSError, match="No space"):
+        encode("--model", models["sd1"], "--prompt", PROMPT, "--out", out)
+    assert out.read_bytes() == OLD_BYTES
+    assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]
+
+
+def test_out_must_be_safetensors(models, tmp_path, capsys):
+    assert encode("--model", models["sd1"], "--prompt", PROMPT, "--out", tmp_path / "c.pt") == 2
+    assert "safetensors" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
