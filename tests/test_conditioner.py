@@ -34,15 +34,6 @@ from sdclip.prompt import PromptSyntaxError
 from sdclip.tokenizer import UnknownEmbeddingError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls run 10-100x slower with intra-op threads on a busy 2-core machine; restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @functools.lru_cache(maxsize=None)
 def _encoders(family: str):
     models = family_models(family) if family != "longclip" else _longclip_models()

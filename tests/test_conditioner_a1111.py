@@ -275,15 +275,6 @@ def a1111_encode(
 # ---------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls run 10-100x slower with intra-op threads on a busy 2-core machine; restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @functools.lru_cache(maxsize=None)
 def family_models(family: str):
     """Tiny random transformers models of a family (built once per process).

@@ -3,11 +3,7 @@ ComfyUI / AUTOMATIC1111 / diffusers LPW-XL loops transcribed from their sources 
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
-from importlib import resources
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,36 +20,18 @@ from sdclip.weighting import (
     slot_fragments,
 )
 
+from tiny_models import write_tokenizer
+
 transformers = pytest.importorskip("transformers")
 compel = pytest.importorskip("compel")
 
 BOS, EOS, L = 49406, 49407, 77
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte → printable-character map, as CLIP's vocabulary uses it."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     """The real CLIP BPE as a transformers CLIPTokenizer, built offline from our bundled vocabulary."""
-    raw = resources.files("sdclip").joinpath("data/bpe_simple_vocab_16e6.txt.gz").read_bytes()
-    merges = gzip.decompress(raw).decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
-    symbols = list(_bytes_to_unicode().values())
-    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    folder: Path = tmp_path_factory.mktemp("clip_tok")
-    (folder / "vocab.json").write_text(json.dumps({v: i for i, v in enumerate(vocab)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    folder = write_tokenizer(tmp_path_factory.mktemp("clip_tok"))
     tok = transformers.CLIPTokenizer.from_pretrained(str(folder), model_max_length=L)
     assert tok("a photo").input_ids == [BOS, 320, 1125, EOS]  # known CLIP ids: the vocabulary is real
     return tok
