@@ -10,6 +10,7 @@ Every parser raises only PromptSyntaxError (with position and caret line) for ba
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Collection
 
 from ..prompt import Prompt, PromptSyntaxError, Schedule, Scheduled
@@ -36,7 +37,15 @@ def parse(text: str, dialect: str = "a1111", embeddings: Collection[str] = ()) -
         raise ValueError(f"unknown dialect {dialect!r}; expected one of {DIALECTS}")
     if isinstance(embeddings, str):
         raise TypeError("embeddings must be a collection of names, not one str")
-    return _PARSERS[dialect](_check_text(text), embeddings)
+    text = _check_text(text)
+    paused = gc.isenabled() and len(text) > 10_000
+    if paused:  # parsing allocates many small acyclic objects: cyclic GC passes only cost time
+        gc.disable()
+    try:
+        return _PARSERS[dialect](text, embeddings)
+    finally:
+        if paused:
+            gc.enable()
 
 
 def schedule(text: str, steps: int, dialect: str = "a1111", *, old_scheduling: bool = False) -> Schedule:

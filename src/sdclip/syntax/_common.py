@@ -12,7 +12,7 @@ import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
-from ..prompt import Fragment, FragmentKind, PromptSyntaxError, Sequence, check_weight
+from ..prompt import MAX_WEIGHT, Fragment, FragmentKind, PromptSyntaxError, Sequence, check_weight
 
 #: more brackets open at once than this is refused: no real prompt nests that deep, and the
 #: A1111 weight rules cost O(depth) per text run, so the cap keeps parsing linear.
@@ -150,14 +150,20 @@ def to_sequence(pieces: Iterable[Piece], source: str) -> Sequence:
     frags = []
     last = 0
     for p in pieces:
-        if p.kind == "text" and not p.text:
+        if not p.text and p.kind == "text":
             continue
-        start = max(last, min(max(p.start, 0), n))
-        end = max(start, min(p.end, n))
+        start = p.start
+        if not last <= start <= n:
+            start = last if start < last else n
+        end = p.end
+        if not start <= end <= n:
+            end = start if end < start else n
         last = start
         if p.kind == "break":
             frags.append(Fragment("", 1.0, start, end, "break"))
             continue
-        weight = checked(float(p.weight), p.text, source, start)
+        weight = float(p.weight)
+        if not -MAX_WEIGHT <= weight <= MAX_WEIGHT:  # also catches NaN
+            checked(weight, p.text, source, start)
         frags.append(Fragment(p.text, weight, start, end, p.kind))
     return Sequence(tuple(frags))

@@ -34,7 +34,7 @@ import math
 import re
 from collections.abc import Collection
 
-from ..prompt import Part, Prompt, Schedule, Scheduled
+from ..prompt import MAX_WEIGHT, Part, Prompt, Schedule, Scheduled
 from ._common import (
     MAX_DEPTH,
     OffsetMap,
@@ -69,64 +69,78 @@ _PART_WEIGHT = re.compile(r"\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+))\s*\Z")
 # ---------------------------------------------------------------- emphasis
 
 
-def attention(text: str, source: str, where: OffsetMap) -> list[Piece]:
-    """A1111 emphasis of one (already scheduled) sub-prompt → pieces with source spans."""
+def attention(text: str, source: str, where) -> list[Piece]:
+    """A1111 emphasis of one (already scheduled) sub-prompt → pieces, spans in `text` coordinates.
+
+    `where` maps a `text` position to the source (only used for error carets).
+    """
     texts: list[str] = []
     weights: list[float] = []
-    spans: list[tuple[int, int]] = []
+    starts: list[int] = []
+    ends: list[int] = []
     breaks: set[int] = set()
-    stacks: dict[str, list[tuple[int, int]]] = {"(": [], "[": []}
-
-    def add(t: str, a: int, b: int) -> None:
-        texts.append(t)
-        weights.append(1.0)
-        spans.append((where(a), where(b)))
+    rounds: list[tuple[int, int]] = []
+    squares: list[tuple[int, int]] = []
 
     def scale(start: int, m: float) -> None:
         if start < len(weights):
             weights[start:] = [w * m for w in weights[start:]]
 
     for m in _ATTENTION_TOKEN.finditer(text):
-        kind = m.lastgroup
-        a, b = m.span()
-        if kind == "esc":
-            add(m.group()[1], a, b)
-        elif kind == "lone":
-            continue
-        elif kind == "open":
-            stack = stacks[m.group()]
-            stack.append((len(texts), a))
-            if len(stacks["("]) + len(stacks["["]) > MAX_DEPTH:
-                raise error(f"brackets nested deeper than {MAX_DEPTH}", source, where(a))
-        elif kind == "w" and stacks["("]:
-            start, at = stacks["("].pop()
-            raw = m.group("w")
+        kind = m.lastindex  # 1 esc, 2 lone, 3 open, 4 weighted closer, 5 closer, 6 text
+        if kind == 6 or (kind == 4 and not rounds) or (
+            kind == 5 and not (rounds if m.group() == ")" else squares)
+        ):
+            a, b = m.span()
+            chunk = m.group()
+            if "BREAK" in chunk:
+                pos = a
+                for bm in _BREAK.finditer(chunk):
+                    texts += [chunk[pos - a : bm.start()], ""]
+                    weights += [1.0, 1.0]
+                    starts += [pos, a + bm.start()]
+                    ends += [a + bm.start(), a + bm.end()]
+                    breaks.add(len(texts) - 1)
+                    pos = a + bm.end()
+                chunk, a = chunk[pos - a :], pos
+            texts.append(chunk)
+            weights.append(1.0)
+            starts.append(a)
+            ends.append(b)
+        elif kind == 3:
+            stack = rounds if m.group() == "(" else squares
+            stack.append((len(texts), m.start()))
+            if len(rounds) + len(squares) > MAX_DEPTH:
+                raise error(f"brackets nested deeper than {MAX_DEPTH}", source, where(m.start()))
+        elif kind == 5:
+            if m.group() == ")":
+                scale(rounds.pop()[0], ROUND)
+            else:
+                scale(squares.pop()[0], SQUARE)
+        elif kind == 4:
+            start, at = rounds.pop()
+            raw = m.group(4)
             try:
                 w = float(raw)
             except ValueError:
-                raise error(f"weight {raw!r} is not a number", source, where(m.start("w"))) from None
-            checked(w, text[at + 1 : a], source, where(at))
+                raise error(f"weight {raw!r} is not a number", source, where(m.start(4))) from None
+            if not -MAX_WEIGHT <= w <= MAX_WEIGHT:
+                checked(w, text[at + 1 : m.start()], source, where(at))
             scale(start, w)
-        elif kind == "close" and stacks["(" if m.group() == ")" else "["]:
-            start, _ = stacks["(" if m.group() == ")" else "["].pop()
-            scale(start, ROUND if m.group() == ")" else SQUARE)
-        else:  # plain text, a colon, or a closer with nothing open
-            chunk = m.group()
-            pos = a
-            for bm in _BREAK.finditer(chunk):
-                add(chunk[pos - a : bm.start()], pos, a + bm.start())
-                breaks.add(len(texts))
-                add("", a + bm.start(), a + bm.end())
-                pos = a + bm.end()
-            add(chunk[pos - a :], pos, b)
+        elif kind == 1:
+            texts.append(m.group()[1])
+            weights.append(1.0)
+            starts.append(m.start())
+            ends.append(m.end())
+        # kind 2, a lone backslash, is dropped
 
-    for start, _ in stacks["("]:
+    for start, _ in rounds:
         scale(start, ROUND)
-    for start, _ in stacks["["]:
+    for start, _ in squares:
         scale(start, SQUARE)
     return [
-        Piece(t, w, s, e, "break" if i in breaks else "text")
-        for i, (t, w, (s, e)) in enumerate(zip(texts, weights, spans))
+        Piece(t, w, a, b, "break" if i in breaks else "text")
+        for i, (t, w, a, b) in enumerate(zip(texts, weights, starts, ends))
     ]
 
 
@@ -222,6 +236,45 @@ def _close(frame: _Frame, closer: str, pos: int) -> list | None:
         return None
     before = frame.segments[0] if len(colons) == 2 else None
     return [_Sched(before, frame.segments[-2], m.group(1), frame.pos)]
+
+
+_SPECIAL = re.compile(r"\\.?|[()\[\]:|]", re.S)
+
+
+def _maybe_scheduled(text: str) -> bool:
+    """Cheap pre-scan: could any `[...]` close as `[a:b:when]` or `[a|b]`? (False is certain.)
+
+    Mirrors schedule_tree's frame rules without building items, skipping plain text in C.
+    """
+    if "[" not in text:
+        return False
+    stack: list[list] = []  # opener, colons, pipes, end of last separator, construct in last segment
+    for m in _SPECIAL.finditer(text):
+        c = m.group()
+        if c[0] == "\\":
+            continue
+        if c in "([":
+            stack.append([c, 0, 0, m.end(), False])
+        elif c in ":|":
+            if stack:
+                f = stack[-1]
+                f[1 if c == ":" else 2] += 1
+                f[3], f[4] = m.end(), False
+        elif stack:
+            opener, colons, pipes, sep, nested = stack.pop()
+            if c == "]" and opener == "[":
+                if pipes and not colons:
+                    return True
+                if colons in (1, 2) and not pipes and not nested and _NUMBER.fullmatch(text, sep, m.start()):
+                    return True
+            if (c == ")" and opener == "(" and not pipes and colons <= 1) or (
+                c == "]" and opener == "[" and not colons and not pipes
+            ):
+                if stack:
+                    stack[-1][4] = True
+            else:
+                stack.clear()
+    return False
 
 
 def schedule_tree(text: str) -> list | None:
@@ -349,7 +402,7 @@ def schedule(text: str, steps: int, old_scheduling: bool = False) -> Schedule:
     """Per-step texts exactly as A1111's get_learned_conditioning_prompt_schedules (steps 1-based)."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
-    items = schedule_tree(text)
+    items = schedule_tree(text) if _maybe_scheduled(text) else None
     if items is None or not _has_constructs(items):
         return Schedule(steps, (Scheduled(steps, text),))
     entries = []
@@ -367,7 +420,7 @@ def schedule(text: str, steps: int, old_scheduling: bool = False) -> Schedule:
 
 def first_step(text: str) -> tuple[str, OffsetMap | None]:
     """The text in force at step 1 (see module doc) and its map back to `text` (None: unchanged)."""
-    items = schedule_tree(text)
+    items = schedule_tree(text) if _maybe_scheduled(text) else None
     if items is None or not _has_constructs(items):
         return text, None
 
@@ -393,12 +446,11 @@ def parse(text: str, embeddings: Collection[str] = ()) -> Prompt:
     for s, e, weight, wpos in split_and(text):
         if weight is not None:
             checked(weight, text[s:e], text, wpos)
-        sub, where = first_step(text[s:e])
-        if where is None:
-            where = OffsetMap.shift(s, e - s, len(text))
-        else:
-            where = _Composed(where, s, len(text))
+        sub, inner = first_step(text[s:e])
+        where = (lambda p, s=s: s + p) if inner is None else _Composed(inner, s, len(text))
         pieces = merge_equal(attention(sub, text, where))
+        for p in pieces:
+            p.start, p.end = where(p.start), where(p.end)
         pieces = split_embeddings(pieces, embeddings)
         parts.append(Part(to_sequence(pieces, text), 1.0 if weight is None else weight))
     combine = "and" if len(parts) > 1 or parts[0].weight != 1.0 else "single"

@@ -34,7 +34,7 @@ _EMBED = re.compile(r"(?:^|(?<=\s))embedding:")
 _MAX_NUMBER = 64
 
 
-def _structure(text: str) -> tuple[list[str], array, array]:
+def _structure(text: str) -> tuple[list[str], array, array, list[int]]:
     """Unescaped chars, with `\\(`/`\\)` made inert; match[i] for each active `(`; last colon < i."""
     chars: list[str] = []
     src: list[int] = []
@@ -73,7 +73,7 @@ def _structure(text: str) -> tuple[list[str], array, array]:
         if not active[j] and chars[j] in "():":
             chars[j] = "\0" + chars[j]  # inert marker, stripped when emitting
     src.append(n)
-    return chars, match, last_colon, src  # type: ignore[return-value]
+    return chars, match, last_colon, src
 
 
 def _group_weight(chars, last_colon, lo: int, hi: int, weight: float, source: str, src) -> tuple[float, int]:

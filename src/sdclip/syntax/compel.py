@@ -42,6 +42,11 @@ _KEYWORD = re.compile(r"[A-Za-z0-9_\-]+")
 _NSW_CHAR = re.compile(r"""[^ \t\n\r\x0b\x0c()",.+\-=]|[0-9]+""")
 _UNQUOTE = re.compile(r"(\\[tnfr])|(\\[0-7]{3}|\\0|\\x[0-9a-fA-F]{2}|\\u[0-9a-fA-F]{4})|(.)|(\n)")
 _COMMA = re.compile(r",(\S)")
+#: words that can only be compel free words (no quote, paren, +/-, dot, backslash), each followed
+#: by whitespace or the end: read in one go at the top level, where most of a prompt lives
+#: inside (...) / "...": words of ordinary chars not followed by a weight, read in one go
+_NSW_WORDS = re.compile(r"""[ \t\n\r]*(?:[^ \t\n\r\x0b\x0c()",.+\-=\\]+(?=[ \t\n\r\x0b\x0c()",.=]|\Z)[ \t\n\r]*)*""")
+_PLAIN_WORDS = re.compile(r"""(?:[^ \t\n\r\x0b\x0c"(+\-.\\]+(?=[ \t\n\r]|\Z)[ \t\n\r]*)+""")
 
 
 class _Fail(Exception):
@@ -126,6 +131,10 @@ class _Parser:
     def __init__(self, s: str, where, source: str, depth: int = 0):
         self.s, self.n, self.where, self.source, self.depth = s, len(s), where, source, depth
         self.memo: dict = {}
+        # constructs that cannot occur are never tried (keeps plain text fast)
+        self.has_attend = ".attend" in s
+        self.has_swap = ".swap" in s
+        self.has_lora = "Lora" in s
 
     # ---- lexical helpers
     def ws(self, i: int) -> int:
@@ -198,6 +207,8 @@ class _Parser:
     @_memo
     def quoted(self, i: int, grammar: str = "fragment") -> tuple[list, int]:
         i = self.ws(i)
+        if i >= self.n or self.s[i] != '"':
+            raise _Fail
         m = _QUOTED.match(self.s, i) if i < self.n and self.s[i] == '"' else None
         if not m:
             raise _Fail
@@ -221,7 +232,10 @@ class _Parser:
 
     @_memo
     def paren(self, i: int) -> tuple[list, int]:
-        i = self.lit(i, "(")
+        i = self.ws(i)
+        if i >= self.n or self.s[i] != "(":
+            raise _Fail
+        i += 1
         self.enter(i)
         self.depth += 1
         try:
@@ -242,6 +256,8 @@ class _Parser:
     @_memo
     def attention(self, i: int) -> tuple[list, int]:
         try:  # explicit: target.attend(w)
+            if not self.has_attend:
+                raise _Fail
             nodes, j = self.target(i)
             j = self.lit(j, ".attend")
             j = self.lit(j, "(")
@@ -250,22 +266,21 @@ class _Parser:
             return [_Att(w, nodes)], j
         except _Fail:
             pass
-        for alt, numbers in ((self.quoted, True), (self.paren, True), (self.nsw, False)):
-            try:
-                nodes, j = alt(i)
-            except _Fail:
-                continue
-            if j < self.n and self.s[j] in _PP_WS:
-                continue
-            try:
-                w, k, _ = self.weight_op(j, numbers)
-            except _Fail:
-                continue
-            return [_Att(w, nodes)], k
-        raise _Fail
+        # implicit: (..)w / "..."w / word+ — the first char decides which target can match
+        k = self.ws(i)
+        c = self.s[k] if k < self.n else ""
+        alt, numbers = (self.quoted, True) if c == '"' else (self.paren, True) if c == "(" else (self.nsw, False)
+        nodes, j = alt(i)
+        c = self.s[j] if j < self.n else ""
+        if not (c == "+" or c == "-" or (numbers and (c == "." or c.isdecimal()))):
+            raise _Fail
+        w, k, _ = self.weight_op(j, numbers)
+        return [_Att(w, nodes)], k
 
     @_memo
     def swap(self, i: int) -> tuple[list, int]:
+        if not self.has_swap:
+            raise _Fail
         _, j = self.target(i)
         at = self.ws(j)
         j = self.lit(j, ".swap")
@@ -280,6 +295,8 @@ class _Parser:
 
     @_memo
     def lora(self, i: int) -> tuple[list, int]:
+        if not self.has_lora:
+            raise _Fail
         i = self.ws(i)
         for name in ("useLora", "withLora"):
             if self.s.startswith(name, i):
@@ -351,9 +368,27 @@ class _Parser:
     def fragment(self, i: int, commas: bool) -> tuple[list, int]:
         """ZeroOrMore of lora | attention | swap | (...) | "..." | word  [| "," | "."]."""
         nodes: list = []
-        alts = (self.lora, self.attention, self.swap, self.paren, self.quoted)
+        alts = [self.attention]
+        if self.has_lora:
+            alts.insert(0, self.lora)
+        if self.has_swap:
+            alts.append(self.swap)
+        alts += [self.paren, self.quoted]
+        fast = not (self.has_lora or self.has_swap or self.has_attend)
         while True:
+            m = _NSW_WORDS.match(self.s, i) if fast else None
+            if m and m.end() > i:
+                words = m.group().split()
+                if words:
+                    a = i + len(m.group()) - len(m.group().lstrip(_PP_WS))
+                    j = i + len(m.group().rstrip(_PP_WS))
+                    nodes.append(_Frag(" ".join(words), self.where(a), self.where(j)))
+                    i = j
+            k = self.ws(i)
+            c = self.s[k] if k < self.n else ""
             for alt in alts:
+                if (alt == self.paren and c != "(") or (alt == self.quoted and c != '"'):
+                    continue
                 try:
                     got, i = alt(i)
                     nodes += got
@@ -378,9 +413,17 @@ class _Parser:
         """ZeroOrMore of swap | lora | attention | "..." | (...) | free word | whitespace."""
         nodes: list = []
         alts = (self.swap, self.lora, self.attention, self.quoted, self.paren, self.free_word)
+        fast = not self.has_lora
         while True:
             if i < self.n and self.s[i] in _PP_WS:
                 i = self.ws(i)
+                continue
+            m = _PLAIN_WORDS.match(self.s, i) if fast else None
+            if m:
+                words = m.group().split()
+                j = i + len(m.group().rstrip(_PP_WS))
+                nodes.append(_Frag(" ".join(words), self.where(i), self.where(j)))
+                i = m.end()
                 continue
             for alt in alts:
                 try:
@@ -499,7 +542,7 @@ def parse(text: str, embeddings: Collection[str] = ()) -> Prompt:
     segs.append((pos, last, len(text) - last))
     out.append(text[last:])
     s = "".join(out)
-    where = OffsetMap(segs, len(text))
+    where = OffsetMap(segs, len(text)) if len(segs) > 1 else (lambda p: p)
 
     if not s.strip():
         return Prompt((Part(to_sequence([], text)),), "single", True, text)
