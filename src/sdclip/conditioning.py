@@ -40,8 +40,9 @@ class ConditioningPair:
         for name, cond in (("prompt", self.positive), ("negative prompt", self.negative)):
             if cond.composition is not None:
                 raise ValueError(
-                    f"the {name} uses AND (composable diffusion): diffusers pipelines take one conditioning per "
-                    "prompt; use a sampler that mixes `composition`, or compel's .blend()/.and() instead"
+                    f"the {name} uses AUTOMATIC1111's AND / prompt weight (`a AND b`, or a trailing `:2` that "
+                    "scales a whole prompt's guidance): diffusers pipelines take one conditioning per prompt; "
+                    "use a sampler that mixes `composition`, or compel's .blend()/.and()"
                 )
         out = {"prompt_embeds": self.positive.embeds, "negative_prompt_embeds": self.negative.embeds}
         if self.positive.pooled is not None:
