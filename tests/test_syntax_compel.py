@@ -131,3 +131,13 @@ def test_embeddings():
 def test_refused(text):
     with pytest.raises(PromptSyntaxError):
         parse(text, "compel")
+
+
+def test_embedding_trigger_token_in_angle_brackets():
+    """compel/diffusers users write a loaded embedding as `<name>`: the brackets belong to the reference."""
+    prompt = parse("a (photo of <myemb>)1.3 cat", "compel", embeddings=["myemb"])
+    frags = prompt.parts[0].sequence.fragments
+    emb = [f for f in frags if f.kind == "embedding"]
+    assert [(f.text, round(f.weight, 6)) for f in emb] == [("myemb", 1.3)]
+    assert "<" not in "".join(f.text for f in frags) and ">" not in "".join(f.text for f in frags)
+    assert prompt.source[emb[0].start : emb[0].end] == "<myemb>"

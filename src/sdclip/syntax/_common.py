@@ -73,14 +73,17 @@ def checked(weight: float, what: str, source: str, position: int) -> float:
     return check_weight(weight, what, source, max(0, min(position, len(source))))
 
 
-def _embedding_pattern(names: Collection[str], ignore_case: bool) -> re.Pattern[str] | None:
-    """Whole-word matcher for embedding names, longest first.
+def _embedding_pattern(names: Collection[str], ignore_case: bool, angle: bool = False) -> re.Pattern[str] | None:
+    """Whole-word matcher for embedding names, longest first; with `angle`, `<name>` too (brackets
+    consumed), as compel / diffusers users write the trigger token of a loaded embedding.
 
     "Whole word" means: not glued to a letter, digit or underscore on a side where the name itself
     starts/ends with one — so `<easy-neg>` matches anywhere, `bad` does not match inside `badhands`.
     """
     alts = []
     for name in sorted({n for n in names if n}, key=len, reverse=True):
+        if angle:
+            alts.append(f"<{re.escape(name)}>")
         left = r"(?<!\w)" if re.match(r"\w", name[0]) else ""
         right = r"(?!\w)" if re.match(r"\w", name[-1]) else ""
         alts.append(f"{left}{re.escape(name)}{right}")
@@ -90,13 +93,13 @@ def _embedding_pattern(names: Collection[str], ignore_case: bool) -> re.Pattern[
 
 
 def split_embeddings(
-    pieces: list[Piece], names: Collection[str], ignore_case: bool = True
+    pieces: list[Piece], names: Collection[str], ignore_case: bool = True, angle: bool = False
 ) -> list[Piece]:
     """Cut each text piece where an embedding name occurs; the reference keeps the piece's weight.
 
     The returned embedding piece's text is the name as given in `names` (the canonical spelling).
     """
-    pattern = _embedding_pattern(names, ignore_case)
+    pattern = _embedding_pattern(names, ignore_case, angle)
     if pattern is None:
         return pieces
     canonical = {n.lower() if ignore_case else n: n for n in names if n}
@@ -115,6 +118,8 @@ def split_embeddings(
             if m.start() > last:
                 out.append(Piece(p.text[last : m.start()], p.weight, at(last), at(m.start())))
             key = m.group(0).lower() if ignore_case else m.group(0)
+            if key not in canonical:  # matched as <name>
+                key = key[1:-1]
             out.append(Piece(canonical[key], p.weight, at(m.start()), at(m.end()), "embedding"))
             last = m.end()
         if last == 0:

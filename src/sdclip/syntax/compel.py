@@ -12,7 +12,8 @@ Behaviour (checked against compel.prompt_parser.PromptParser itself, see tests/t
   - compel first writes a space after every comma that lacks one (`a,b` → "a, b"), then drops
     whitespace and joins neighbouring fragments of equal weight with one space.
   - textual inversion: compel users load embeddings under a trigger token, usually `<name>`, and write
-    it as a word; pass those names in `embeddings` to get kind "embedding" fragments.
+    it as a word; pass those names in `embeddings` to get kind "embedding" fragments (both `name` and
+    `<name>` refer to the embedding `name`).
 Refused with PromptSyntaxError (compel does something else):
   - what compel's grammar cannot parse (an unmatched `"`, a vertical tab, `.blend()` weight counts
     that do not match, non-numeric weights) — compel raises a pyparsing/ValueError there;
@@ -526,7 +527,7 @@ def _fuse(frags: list[_Frag], source: str) -> list[Piece]:
 def _sequence(nodes: list, source: str, embeddings: Collection[str]):
     frags: list[_Frag] = []
     _flatten(nodes, 1.0, frags, source)
-    pieces = split_embeddings(_fuse(frags, source), embeddings)
+    pieces = split_embeddings(_fuse(frags, source), embeddings, angle=True)
     return to_sequence(pieces, source), bool(frags)
 
 
