@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-POOLED_SOURCES = ("first", "last", "mean")
+from .presets import POOLED_SOURCES
 
 
 def merge_rows(hidden: Tensor, keep: Sequence[Sequence[bool]]) -> Tensor:

@@ -17,7 +17,7 @@ from torch import Tensor
 from .assemble import blend, merge_rows, pad_with_empty, pick_pooled
 from .conditioning import Conditioning, ConditioningPair, ScheduledConditioning
 from .embeddings import EmbeddingLibrary
-from .encoder import CLIPTextEncoder, LayerSelect
+from .encoder import CLIPTextEncoder
 from .encoding import RowBatch, RowCache, RowEncoder
 from .family import FAMILIES, Family, get_family
 from .prepare import Prepared, PreparedPart, prepare
@@ -79,7 +79,7 @@ class Conditioner:
         self._rows = tuple(
             RowEncoder(
                 enc,
-                LayerSelect(*self.options.layer(role)),
+                self.options.layer(role),
                 pooled=(i == self.family.pooled_role),
                 key=(fingerprint, i),
                 cache=self.cache,

@@ -18,9 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .family import FAMILIES
+from .presets import POOLED_SOURCES, WEIGHTINGS
 
 DTYPES = ("fp32", "fp16", "bf16")
-WEIGHTINGS = ("a1111", "no-norm", "comfy", "compel", "lerp-eos", "none")
 
 
 def add_encode_parser(sub, add_text_options: Callable, options_of: Callable) -> None:  # noqa: ANN001
@@ -34,7 +34,7 @@ def add_encode_parser(sub, add_text_options: Callable, options_of: Callable) -> 
     p.add_argument("--family", choices=tuple(FAMILIES), help="override the detected model family")
     p.add_argument("--clip-skip", type=int, help="AUTOMATIC1111 convention: 1 = last layer, 2 = penultimate")
     p.add_argument("--weighting", choices=WEIGHTINGS, help="weighting formula (default: the preset's)")
-    p.add_argument("--pooled-source", choices=("first", "last", "mean"), help="SDXL pooled vector source row")
+    p.add_argument("--pooled-source", choices=POOLED_SOURCES, help="SDXL pooled vector source row")
     p.add_argument("--embeddings", action="append", default=[], type=Path, help="textual-inversion file or folder (repeatable)")
     p.add_argument("--dtype", choices=DTYPES, default="fp32")
     p.add_argument("--device", default="cpu")

@@ -24,9 +24,14 @@ from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 from .family import EncoderRole
-from .layout import LayoutSpec
+from .layer_select import LayerSelect
+from .layout import LAYOUTS, LayoutSpec
 
 PRESETS = ("a1111", "comfy", "compel", "diffusers")
+#: the weighting formulas (sdclip.weighting implements them; named here so choosing one needs no torch)
+WEIGHTINGS = ("a1111", "no-norm", "comfy", "compel", "lerp-eos", "none")
+POOLED_SOURCES = ("first", "last", "mean")
+SKIP_CONVENTIONS = ("a1111", "comfy", "diffusers")
 PooledSource = Literal["first", "last", "mean"]
 SkipConvention = Literal["a1111", "comfy", "diffusers"]
 
@@ -47,6 +52,24 @@ class Options:
     clip_skip: int | None = None
     pooled_source: PooledSource = "first"
     zeros_for_empty_negative: bool = False
+
+    def __post_init__(self) -> None:
+        from .syntax import DIALECTS
+        from .tokenizer import NORMALIZATIONS
+
+        choices = {
+            "dialect": DIALECTS,
+            "normalize": NORMALIZATIONS,
+            "layout": LAYOUTS,
+            "chunk_style": ("a1111", "comfy", "compel"),
+            "weighting": WEIGHTINGS,
+            "clip_skip_convention": SKIP_CONVENTIONS,
+            "pooled_source": POOLED_SOURCES,
+        }
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
 
     @classmethod
     def preset(cls, name: str = "a1111", **overrides: object) -> "Options":
@@ -72,27 +95,27 @@ class Options:
             max_rows=self.max_rows,
         )
 
-    def layer(self, role: EncoderRole) -> tuple[int, bool]:
-        """(blocks skipped from the full depth, final LayerNorm applied) for one encoder."""
+    def layer(self, role: EncoderRole) -> LayerSelect:
+        """The layer one encoder of the family returns under these options."""
         return resolve_clip_skip(self.clip_skip_convention, self.clip_skip, role)
 
 
-def resolve_clip_skip(convention: SkipConvention, clip_skip: int | None, role: EncoderRole) -> tuple[int, bool]:
-    """Map a user's clip-skip number in `convention` to (skip, final_norm) for an encoder role."""
+def resolve_clip_skip(convention: SkipConvention, clip_skip: int | None, role: EncoderRole) -> LayerSelect:
+    """A user's clip-skip number in `convention` → the layer for one encoder role.
+
+    a1111 and comfy count absolutely from the last layer (LayerSelect.a1111 / .comfy); diffusers counts
+    layers skipped beyond the family's default. The final LayerNorm follows the family (SDXL: never).
+    """
     if clip_skip is None:
-        return role.skip, role.final_norm
+        return LayerSelect(role.skip, role.final_norm)
     if convention == "a1111":
-        if clip_skip < 1:
-            raise ValueError(f"a1111 clip skip counts from 1 (= last layer); got {clip_skip}")
-        return clip_skip - 1, role.final_norm
+        return replace(LayerSelect.a1111(clip_skip), final_norm=role.final_norm)
     if convention == "comfy":
-        if clip_skip > -1:
-            raise ValueError(f"ComfyUI's CLIPSetLastLayer counts from -1 (= last layer); got {clip_skip}")
-        return -clip_skip - 1, role.final_norm
+        return replace(LayerSelect.comfy(clip_skip), final_norm=role.final_norm)
     if convention == "diffusers":
-        if clip_skip < 0:
-            raise ValueError(f"diffusers clip_skip counts extra skipped layers from 0; got {clip_skip}")
-        return role.skip + clip_skip, role.final_norm
+        if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or clip_skip < 0:
+            raise ValueError(f"diffusers clip_skip counts extra skipped layers from 0; got {clip_skip!r}")
+        return LayerSelect(role.skip + clip_skip, role.final_norm)
     raise ValueError(f"unknown clip-skip convention {convention!r}")
 
 

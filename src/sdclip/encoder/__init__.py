@@ -6,7 +6,8 @@
 """
 
 from .checkpoint import CheckpointError, open_tensor_file
-from .config import LONGCLIP_L, PRESETS, VIT_BIGG, VIT_H, VIT_L, EncoderConfig, LayerSelect
+from ..layer_select import LayerSelect
+from .config import LONGCLIP_L, PRESETS, VIT_BIGG, VIT_H, VIT_L, EncoderConfig
 from .loading import FAMILIES, LoadedEncoders, encoders_from_modules, load_text_encoders
 from .model import CLIPTextEncoder, EncoderOutput
 

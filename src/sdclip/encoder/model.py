@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..tokens import EOS, FIRST_VECTOR_ID
-from .config import EncoderConfig, LayerSelect
+from ..layer_select import LayerSelect
+from .config import EncoderConfig
 
 
 @dataclass
