@@ -75,6 +75,7 @@ class Conditioner:
         self.tokenizer = tokenizer or Tokenizer.default(self.options.normalize)
         self.embeddings = embeddings or EmbeddingLibrary()
         self.cache = cache if cache is not None else RowCache()
+        self._empties: dict[int, Tensor] = {}
         fingerprint = fingerprint or f"model@{id(self.encoders[0])}"
         self._rows = tuple(
             RowEncoder(
@@ -221,9 +222,12 @@ class Conditioner:
         return [[BOS, EOS] + [role.pad_id] * (L - 2) for role in self.family.roles]
 
     def _empty_hidden(self, e: int) -> Tensor:
-        """The empty prompt's encoding [L, D] for encoder e (cached like any row)."""
-        hidden, _ = self._rows[e].encode(RowBatch([self._empty_rows()[e]], {}))
-        return hidden[0]
+        """The empty prompt's encoding [L, D] for encoder e: computed once per conditioner (model and layer)
+        and kept apart from the LRU, which must not evict what every weighted or padded prompt needs."""
+        if e not in self._empties:
+            hidden, _ = self._rows[e].encode(RowBatch([self._empty_rows()[e]], {}))
+            self._empties[e] = hidden[0]
+        return self._empties[e]
 
     def empty_sequence(self) -> Tensor:
         """The empty prompt's conditioning [L, D]: what shorter sequences are padded with."""
