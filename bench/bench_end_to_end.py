@@ -25,6 +25,8 @@ import gc
 import itertools
 import time
 
+import torch
+
 from _common import best_of, clip_tokenizer, machine, md_table, real_hf_model, setup, write_json
 
 #: compel syntax; ≈ 150 CLIP tokens; up-weights and one down-weight (compel re-encodes for that one)
@@ -48,9 +50,12 @@ PREFIXES = ("photo", "painting", "image", "render", "picture", "drawing", "shot"
 
 
 def variants():
-    """An endless supply of distinct positive prompts."""
+    """An endless supply of positive prompts none of whose rows was encoded before."""
     for i in itertools.count():
-        yield f"{PREFIXES[i % len(PREFIXES)]} {i // len(PREFIXES)}, {POSITIVE}"
+        word = f"{PREFIXES[i % len(PREFIXES)]} {i // len(PREFIXES)}"
+        # every sentence changes: compel's chunks start at sentence boundaries, so a new first word alone
+        # would leave the later chunks equal to earlier calls' (and sdclip's cache would serve them)
+        yield f"{word}, " + POSITIVE.replace(". ", f". {word}, ")
 
 
 def build(family: str, dtype_name: str, device: str):
@@ -79,7 +84,12 @@ def run_compel(compel, family: str, prompt: str, negative: str):
         return compel.pad_conditioning_tensors_to_same_length([c, n]), None
     c, cp = compel(prompt)
     n, np_ = compel(negative)
-    return compel.pad_conditioning_tensors_to_same_length([c, n]), (cp, np_)
+    # compel 2.5.1 bug: pad_conditioning_tensors_to_same_length reads `conditioning_provider.empty_z`, which
+    # the SDXL (two-encoder) provider lacks (AttributeError); its padding is the encoders' empty rows side by side
+    providers = compel.conditioning_provider.embedding_providers
+    empties = [p.empty_z[0] if isinstance(p.empty_z, tuple) else p.empty_z for p in providers]
+    padding = torch.cat(empties, dim=-1)
+    return compel.pad_conditioning_tensors_to_same_length([c, n], precomputed_padding=padding), (cp, np_)
 
 
 def make_pipeline(family: str, models, toks):

@@ -47,6 +47,15 @@ def run_one(name: str, quick: bool, device: str) -> dict:
     return {"command": cmd[1:], "returncode": proc.returncode, "seconds": time.perf_counter() - t}
 
 
+def reported(name: str) -> dict:
+    """For --report-only: a benchmark's run as its JSON records it (missing JSON: not run)."""
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        return {"returncode": None, "seconds": 0.0}
+    meta = json.loads(path.read_text()).get("meta", {})
+    return {"returncode": 0, "seconds": float(meta.get("seconds", 0.0))}
+
+
 def tables_of(name: str) -> str:
     """The markdown a benchmark wrote (its JSON's tables; the tokenizer's is rebuilt from its rows)."""
     path = RESULTS / f"{name}.json"
@@ -113,9 +122,7 @@ def main() -> None:
     setup("cpu")
     load_before = os.getloadavg()[0]
     if args.report_only:
-        prior = RESULTS / "summary.json"
-        runs = json.loads(prior.read_text())["runs"] if prior.exists() else {}
-        runs = {n: runs.get(n, {"returncode": 0, "seconds": 0.0}) for n in names}
+        runs = {n: reported(n) for n in names}
     else:
         runs = {n: run_one(n, args.quick, args.device) for n in names}
     info = machine(args.device)
@@ -125,12 +132,17 @@ def main() -> None:
         f"Measured with `{command}` on {info['cpu']}, {info['cpus']} cores ({info['threads']} torch threads, "
         f"{info['cpu_capability']}), torch {info['torch']}, Python {info['python']}"
         + (f", GPU {info['gpu']}" if "gpu" in info else "")
-        + f"; {sum(r['seconds'] for r in runs.values()):.0f} s in all. 1-minute load average "
-        f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (above {info['cpus']}: the cores "
-        "were shared with other work, and every number below is slower and noisier than on an idle machine).",
+        + (f"; {sum(r['seconds'] for r in runs.values()):.0f} s in all" if not args.report_only else "")
+        + ". 1-minute load average "
+        f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
+        + (f" (above {info['cpus']}: the cores were shared with other work, and the numbers are slower and noisier "
+           "than on an idle machine)." if max(load_before, os.getloadavg()[0]) > (info["cpus"] or 1) else ".")
+        + (" Rebuilt from the JSON files; each benchmark's own load average is in its JSON."
+           if args.report_only else ""),
     ]
     for n in names:
-        status = "" if runs[n]["returncode"] == 0 else f" — FAILED (exit {runs[n]['returncode']})"
+        rc = runs[n]["returncode"]
+        status = "" if rc == 0 else " — not run" if rc is None else f" — FAILED (exit {rc})"
         lines += ["", f"#### {BENCHES[n][2]}{status}", "", tables_of(n)]
     report = "\n".join(lines) + "\n"
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -143,7 +155,7 @@ def main() -> None:
     print(f"wrote {RESULTS / 'REPORT.md'} and {RESULTS / 'summary.json'}")
     if args.readme:
         update_readme(report, args.device)
-    if any(r["returncode"] for r in runs.values()):
+    if any(r["returncode"] not in (0, None) for r in runs.values()):
         sys.exit(1)
 
 

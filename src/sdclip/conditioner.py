@@ -266,7 +266,8 @@ class Conditioner:
                     if plan is not None:
                         for k in range(len(plan)):
                             batch_ids.extend(remap(r, part) for r in rows.ids)
-                            batch_masks.extend(plan.attention_masks[k].tolist())
+                            # a row the fragment does not touch re-encodes to itself: no mask, so it dedupes
+                            batch_masks.extend(m if 0 in m else None for m in plan.attention_masks[k].tolist())
                     index.append((start, len(rows), plan))
             has_masks = any(m is not None for m in batch_masks)
             hidden, pooled = rows_enc.encode(RowBatch(batch_ids, slots, vectors, batch_masks if has_masks else None))
