@@ -237,71 +237,59 @@ class Conditioner:
         """Encode every distinct text: all rows of all texts go through each encoder in one batched call."""
         unique = list(dict.fromkeys(texts))
         prepared = {t: self.prepare(t) for t in unique}
+        parts = [(t, part) for t in unique for part in prepared[t].parts]
         # textual-inversion slots: one global id per (name, vector) across the whole request
         table: dict[tuple[str, int], int] = {}
-        for prep in prepared.values():
-            for part in prep.parts:
-                for name_k in part.stream.vectors.values():
-                    table.setdefault(name_k, len(table))
-        slots = {FIRST_VECTOR_ID + g: nk for nk, g in table.items()}
-
-        def remap(ids: list[int], part: PreparedPart) -> list[int]:
-            v = part.stream.vectors
-            return [FIRST_VECTOR_ID + table[v[t]] if t in v else t for t in ids]
-
+        for _, part in parts:
+            for name_k in part.stream.vectors.values():
+                table.setdefault(name_k, len(table))
+        per_encoder = [self._encode_parts(e, [p for _, p in parts], table) for e in range(len(self.encoders))]
         results: dict[str, tuple[list[_Part], Prepared]] = {t: ([], prepared[t]) for t in unique}
-        per_encoder: list[list[tuple[Tensor, Tensor | None]]] = []
-        for e, (role, rows_enc) in enumerate(zip(self.family.roles, self._rows)):
-            vectors = self._vectors(table, role.name, self.encoders[e])
-            batch_ids: list[list[int]] = []
-            batch_masks: list[list[int] | None] = []
-            index: list[tuple[int, int, list]] = []  # per part: (start, count, plan-masks)
-            for t in unique:
-                for part in prepared[t].parts:
-                    rows = part.rows[e]
-                    start = len(batch_ids)
-                    batch_ids.extend(remap(r, part) for r in rows.ids)
-                    batch_masks.extend([None] * len(rows))
-                    plan = self._compel_plan(part, e)
-                    if plan is not None:
-                        for k in range(len(plan)):
-                            batch_ids.extend(remap(r, part) for r in rows.ids)
-                            # a row the fragment does not touch re-encodes to itself: no mask, so it dedupes
-                            batch_masks.extend(m if 0 in m else None for m in plan.attention_masks[k].tolist())
-                    index.append((start, len(rows), plan))
-            has_masks = any(m is not None for m in batch_masks)
-            hidden, pooled = rows_enc.encode(RowBatch(batch_ids, slots, vectors, batch_masks if has_masks else None))
-            empty = self._empty_hidden(e)
-            parts_out = []
-            k_part = 0
-            for t in unique:
-                for part in prepared[t].parts:
-                    start, count, plan = index[k_part]
-                    k_part += 1
-                    rows = part.rows[e]
-                    h = hidden[start : start + count]
-                    w = torch.tensor(rows.weights, dtype=torch.float32)
-                    kwargs = {}
-                    if plan is not None and len(plan):
-                        lo = start + count
-                        kwargs = {
-                            "plan": plan,
-                            "downweighted": hidden[lo : lo + len(plan) * count].reshape(len(plan), count, *h.shape[1:]),
-                        }
-                    weighted = apply_weights(self.options.weighting, h, w, empty=empty, eos=rows.eos, **kwargs)
-                    seq = merge_rows(weighted, rows.keep)
-                    pool = pick_pooled(pooled[start : start + count], self.options.pooled_source) if pooled is not None else None
-                    parts_out.append((seq, pool))
-            per_encoder.append(parts_out)
-        k_part = 0
-        for t in unique:
-            for part in prepared[t].parts:
-                seqs = [per_encoder[e][k_part][0] for e in range(len(self.encoders))]
-                pools = [per_encoder[e][k_part][1] for e in range(len(self.encoders))]
-                pool = pools[self.family.pooled_role] if self.family.pooled_role is not None else None
-                results[t][0].append(_Part(torch.cat(seqs, dim=-1), pool, part.weight))
-                k_part += 1
+        role = self.family.pooled_role
+        for k, (t, part) in enumerate(parts):
+            seq = torch.cat([out[k][0] for out in per_encoder], dim=-1)  # L ‖ G on the feature axis
+            pool = per_encoder[role][k][1] if role is not None else None
+            results[t][0].append(_Part(seq, pool, part.weight))
         return results
+
+    def _encode_parts(
+        self, e: int, parts: list[PreparedPart], table: dict[tuple[str, int], int]
+    ) -> list[tuple[Tensor, Tensor | None]]:
+        """(sequence [N, D_e], pooled [P] or None) of every part through encoder e, in one batched call:
+        each part's rows, plus compel's masked re-encodings of the rows a down-weighted fragment touches."""
+        slots = {FIRST_VECTOR_ID + g: nk for nk, g in table.items()}
+        ids: list[list[int]] = []
+        masks: list[list[int] | None] = []
+        plans = []
+        for part in parts:
+            v = part.stream.vectors
+            rows = [[FIRST_VECTOR_ID + table[v[t]] if t in v else t for t in row] for row in part.rows[e].ids]
+            plan = self._compel_plan(part, e)
+            plans.append((len(ids), plan))
+            ids.extend(rows)
+            masks.extend([None] * len(rows))
+            for k in range(len(plan) if plan is not None else 0):
+                ids.extend(rows)
+                # a row the fragment does not touch re-encodes to itself: no mask, so it dedupes
+                masks.extend(m if 0 in m else None for m in plan.attention_masks[k].tolist())
+        vectors = self._vectors(table, self.family.roles[e].name, self.encoders[e])
+        has_masks = any(m is not None for m in masks)
+        hidden, pooled = self._rows[e].encode(RowBatch(ids, slots, vectors, masks if has_masks else None))
+        empty = self._empty_hidden(e)
+        out = []
+        for part, (start, plan) in zip(parts, plans):
+            rows = part.rows[e]
+            n = len(rows)
+            h = hidden[start : start + n]
+            kwargs = {}
+            if plan is not None and len(plan):
+                again = hidden[start + n : start + n * (1 + len(plan))]
+                kwargs = {"plan": plan, "downweighted": again.reshape(len(plan), n, *h.shape[1:])}
+            w = torch.tensor(rows.weights, dtype=torch.float32)
+            weighted = apply_weights(self.options.weighting, h, w, empty=empty, eos=rows.eos, **kwargs)
+            pool = pick_pooled(pooled[start : start + n], self.options.pooled_source) if pooled is not None else None
+            out.append((merge_rows(weighted, rows.keep), pool))
+        return out
 
     def _compel_plan(self, part: PreparedPart, e: int):  # noqa: ANN202
         """compel's down-weighting re-encodes rows with each w<1 fragment masked: plan those rows."""
