@@ -139,18 +139,13 @@ class Conditioner:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise ValueError("no prompt given")
-        zero_negative = negative is None and self.options.zeros_for_empty_negative and self.family.pooled_role is not None
         negatives = _broadcast(negative, len(prompts))
         encoded = self._encode_texts(prompts + negatives)
         pos = [encoded[t] for t in prompts]
         neg = [encoded[t] for t in negatives]
         length = max(_length(item) for item in pos + neg)
         positive = self._conditioning(prompts, pos, length)
-        negative_c = self._conditioning(negatives, neg, length)
-        if zero_negative:
-            negative_c.embeds = torch.zeros_like(negative_c.embeds)
-            negative_c.pooled = torch.zeros_like(negative_c.pooled) if negative_c.pooled is not None else None
-        return ConditioningPair(positive, negative_c)
+        return ConditioningPair(positive, self._negative(negative, negatives, neg, length))
 
     def encode_schedule(
         self, prompt: str, negative: str | None = None, steps: int = 30
@@ -166,17 +161,24 @@ class Conditioner:
         texts = [t for _, p, n in pairs for t in (p, n)]
         encoded = self._encode_texts(texts)
         length = max(_length(encoded[t]) for t in texts)
-        zero = negative is None and self.options.zeros_for_empty_negative and self.family.pooled_role is not None
         out = ScheduledConditioning(steps)
         for end, p, n in pairs:
-            neg_c = self._conditioning([n], [encoded[n]], length)
-            if zero:
-                neg_c.embeds = torch.zeros_like(neg_c.embeds)
-                neg_c.pooled = torch.zeros_like(neg_c.pooled) if neg_c.pooled is not None else None
-            out.entries.append((end, ConditioningPair(self._conditioning([p], [encoded[p]], length), neg_c)))
+            pair = ConditioningPair(
+                self._conditioning([p], [encoded[p]], length), self._negative(negative, [n], [encoded[n]], length)
+            )
+            out.entries.append((end, pair))
         return out
 
     # -- internals --------------------------------------------------------------------------------
+
+    def _negative(self, given: object, texts: list[str], items: list, length: int) -> Conditioning:
+        """The negative conditioning; zeros (embeds and pooled) where the options say so for a negative
+        that was not given at all — diffusers' force_zeros_for_empty_prompt on SDXL."""
+        cond = self._conditioning(texts, items, length)
+        if given is None and self.options.zeros_for_empty_negative and self.family.pooled_role is not None:
+            cond.embeds = torch.zeros_like(cond.embeds)
+            cond.pooled = torch.zeros_like(cond.pooled) if cond.pooled is not None else None
+        return cond
 
     def _conditioning(self, texts: list[str], items: list[tuple[list[_Part], Prepared]], length: int) -> Conditioning:
         empty = self.empty_sequence()
