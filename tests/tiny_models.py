@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 VOCAB_GZ = Path(__file__).resolve().parents[1] / "src" / "sdclip" / "data" / "bpe_simple_vocab_16e6.txt.gz"
 
@@ -179,23 +180,12 @@ def longclip_state_dict(model, seed: int = 0) -> dict[str, torch.Tensor]:
 
 # ---- files and folders ----------------------------------------------------------------------------
 
-def _bytes_to_unicode() -> dict[int, str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 def write_tokenizer(folder: Path, pad: str = "<|endoftext|>") -> Path:
     """vocab.json + merges.txt from the packaged OpenAI vocabulary (SD2/SDXL tokenizer_2: pad "!")."""
     folder.mkdir(parents=True, exist_ok=True)
     lines = gzip.open(VOCAB_GZ, "rt", encoding="utf-8").read().split("\n")
     merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
-    base = list(_bytes_to_unicode().values())
+    base = list(bytes_to_unicode().values())  # transformers' own byte map: an independent source
     vocab = base + [b + "</w>" for b in base] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
