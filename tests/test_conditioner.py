@@ -451,3 +451,19 @@ def test_bad_weights_are_syntax_errors_before_any_encoding(preset: str, prompt: 
 def test_non_text_prompt_is_a_type_error() -> None:
     with pytest.raises(TypeError):
         make()(["a fox", 3])
+
+
+def test_megabyte_prompt_is_refused_before_any_encoding():
+    """A megabyte prompt would be thousands of rows: a clear error names the size and the ways out, and
+    nothing reaches the encoder."""
+    cond = make("sd1")
+    calls = []
+    hook = cond.encoders[0].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match=r"needs \d+ rows .* row_limit=64: use layout='truncate'"):
+            cond("a red fox, " * 100_000)
+        assert calls == []
+        truncated = make("sd1", layout="truncate")("a red fox, " * 100_000)
+        assert truncated.positive.embeds.shape[1] == 77 and truncated.positive.dropped[0]
+    finally:
+        hook.remove()

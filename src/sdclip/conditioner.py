@@ -56,6 +56,7 @@ class Conditioner:
         fingerprint: str = "",
         cache: RowCache | None = None,
         batch_size: int = 32,
+        row_limit: int = 64,
     ):
         self.family = get_family(family) if isinstance(family, str) else family
         self.options = options or Options.preset("a1111")
@@ -75,6 +76,7 @@ class Conditioner:
         self.tokenizer = tokenizer or Tokenizer.default(self.options.normalize)
         self.embeddings = embeddings or EmbeddingLibrary()
         self.cache = cache if cache is not None else RowCache()
+        self.row_limit = row_limit
         self._empties: dict[int, Tensor] = {}
         fingerprint = fingerprint or f"model@{id(self.encoders[0])}"
         self._rows = tuple(
@@ -127,7 +129,14 @@ class Conditioner:
         """syntax → tokenizer → layout for one text (no encoder)."""
         if not isinstance(text, str):
             raise TypeError(f"prompts must be str, got {type(text).__name__}")
-        return prepare(text, self.options, self.family, self.tokenizer, self.embeddings.vector_counts())
+        prep = prepare(text, self.options, self.family, self.tokenizer, self.embeddings.vector_counts())
+        rows = sum(len(part.rows[0]) for part in prep.parts)
+        if rows > self.row_limit:
+            raise ValueError(
+                f"this prompt needs {rows} rows of {self.family.length} slots ({prep.token_count} tokens), more than "
+                f"row_limit={self.row_limit}: use layout='truncate' or 'compress' (with max_rows), or raise row_limit"
+            )
+        return prep
 
     # -- public calls -----------------------------------------------------------------------------
 
