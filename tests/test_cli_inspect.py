@@ -110,3 +110,10 @@ def test_inspect_and_tokenize_work_without_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert '"rows"' in proc.stdout
+
+
+def test_long_layout_needs_a_long_clip_family(capsys):
+    assert main(["inspect", "a fox", "--layout", "long", "--family", "sd1"]) == 2
+    assert "Long-CLIP" in capsys.readouterr().err
+    out = run_json(capsys, "a fox", "--layout", "long", "--family", "longclip")
+    assert len(out["rows"][0]["ids"]) == 248 and out["capacity"] == 246

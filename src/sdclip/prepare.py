@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .family import Family
-from .layout import layout
+from .layout import LONG_CLIP_LENGTH, layout
 from .presets import Options
 from .prompt import Prompt, Sequence
 from .rows import Rows
@@ -50,6 +50,11 @@ def prepare(
     embeddings: Mapping[str, int] | None = None,
 ) -> Prepared:
     """Parse `text` in the options' dialect and lay every part out for each of the family's encoders."""
+    if options.layout == "long" and family.length != LONG_CLIP_LENGTH:
+        raise ValueError(
+            f"layout 'long' is Long-CLIP's {LONG_CLIP_LENGTH} positions; a {family.name} model has {family.length}: "
+            "use family 'longclip', or layout truncate / chunk / window / compress"
+        )
     names = tuple(embeddings or ())
     prompt = parse(text, options.dialect, embeddings=names)
     parts = []
