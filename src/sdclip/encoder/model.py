@@ -36,11 +36,11 @@ def quick_gelu(x: torch.Tensor) -> torch.Tensor:
 class Attention(nn.Module):
     """Causal multi-head self-attention, q/k/v fused in one matmul, through SDPA."""
 
-    def __init__(self, cfg: EncoderConfig):
+    def __init__(self, cfg: EncoderConfig, **factory):
         super().__init__()
         self.heads = cfg.heads
-        self.qkv = nn.Linear(cfg.width, 3 * cfg.width)
-        self.out = nn.Linear(cfg.width, cfg.width)
+        self.qkv = nn.Linear(cfg.width, 3 * cfg.width, **factory)
+        self.out = nn.Linear(cfg.width, cfg.width, **factory)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         r, n, d = x.shape
@@ -53,10 +53,10 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: EncoderConfig):
+    def __init__(self, cfg: EncoderConfig, **factory):
         super().__init__()
-        self.fc = nn.Linear(cfg.width, cfg.mlp)
-        self.proj = nn.Linear(cfg.mlp, cfg.width)
+        self.fc = nn.Linear(cfg.width, cfg.mlp, **factory)
+        self.proj = nn.Linear(cfg.mlp, cfg.width, **factory)
         self.act = quick_gelu if cfg.act == "quick_gelu" else F.gelu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,12 +66,12 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-LN residual block."""
 
-    def __init__(self, cfg: EncoderConfig):
+    def __init__(self, cfg: EncoderConfig, **factory):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.width, eps=cfg.eps)
-        self.attn = Attention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.width, eps=cfg.eps)
-        self.mlp = MLP(cfg)
+        self.ln_1 = nn.LayerNorm(cfg.width, eps=cfg.eps, **factory)
+        self.attn = Attention(cfg, **factory)
+        self.ln_2 = nn.LayerNorm(cfg.width, eps=cfg.eps, **factory)
+        self.mlp = MLP(cfg, **factory)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), bias)
@@ -101,14 +101,18 @@ class CLIPTextEncoder(nn.Module):
     def __init__(self, cfg: EncoderConfig, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         super().__init__()
         self.config = cfg
-        with torch.device(device or "cpu"):
-            self.token_embedding = nn.Embedding(cfg.vocab, cfg.width, dtype=dtype)
-            self.position_embedding = nn.Parameter(torch.zeros(cfg.positions, cfg.width, dtype=dtype))
-            self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
-            self.final_norm = nn.LayerNorm(cfg.width, eps=cfg.eps)
-            self.projection = nn.Linear(cfg.width, cfg.projection, bias=False) if cfg.projection else None
-        if dtype is not None:
-            self.to(dtype)
+        factory = {"device": device or "cpu", "dtype": dtype}
+        # Embedding's normal_() init on the meta device (where loading builds models) goes through
+        # torch._refs and imports torch._dynamo: ≈ 0.8 s of a 1 s load. The table is passed in and only
+        # initialised on a real device.
+        table = torch.empty(cfg.vocab, cfg.width, **factory)
+        if not table.is_meta:
+            nn.init.normal_(table)
+        self.token_embedding = nn.Embedding(cfg.vocab, cfg.width, _weight=table)
+        self.position_embedding = nn.Parameter(torch.zeros(cfg.positions, cfg.width, **factory))
+        self.blocks = nn.ModuleList(Block(cfg, **factory) for _ in range(cfg.layers))
+        self.final_norm = nn.LayerNorm(cfg.width, eps=cfg.eps, **factory)
+        self.projection = nn.Linear(cfg.width, cfg.projection, bias=False, **factory) if cfg.projection else None
 
     # ---- checks -------------------------------------------------------------------------------------
 
