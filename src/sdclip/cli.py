@@ -20,15 +20,15 @@ from .family import FAMILIES, get_family
 from .layout import LAYOUTS
 from .presets import PRESETS, Options
 from .prompt import PromptSyntaxError
+from .syntax import DIALECTS
+from .tokenizer import NORMALIZATIONS
 
 EXAMPLE = "a (red:1.3) fox in a [misty] forest, highly detailed, BREAK golden hour light"
-SYNTAXES = ("a1111", "comfy", "compel", "plain")
-NORMALIZATIONS = ("openclip", "hf-slow", "hf-fast")
 
 
 def _add_text_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=PRESETS, default="a1111", help="compatibility preset (default a1111)")
-    p.add_argument("--syntax", choices=SYNTAXES, help="prompt dialect (default: the preset's)")
+    p.add_argument("--syntax", choices=DIALECTS, help="prompt dialect (default: the preset's)")
     p.add_argument("--layout", choices=LAYOUTS, help="long-prompt layout (default: the preset's)")
     p.add_argument("--normalize", choices=NORMALIZATIONS, help="tokenizer normalisation (default: the preset's)")
     p.add_argument("--stride", type=int, help="window layout: tokens between window starts (default 50)")
