@@ -117,3 +117,12 @@ def test_long_layout_needs_a_long_clip_family(capsys):
     assert "Long-CLIP" in capsys.readouterr().err
     out = run_json(capsys, "a fox", "--layout", "long", "--family", "longclip")
     assert len(out["rows"][0]["ids"]) == 248 and out["capacity"] == 246
+
+
+def test_tokenize_refuses_bytes_that_are_not_utf8():
+    proc = subprocess.run(
+        [sys.executable, "-m", "sdclip.cli", "tokenize"], input=b"a fox\n\xff\xfe bad\n", capture_output=True
+    )
+    assert proc.returncode == 2
+    assert proc.stdout.decode().splitlines() == ["[320,3240]"]  # the good line before it is answered
+    assert b"line 2" in proc.stderr and b"not UTF-8" in proc.stderr

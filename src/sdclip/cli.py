@@ -118,7 +118,12 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
             out.write("\n")
         batch.clear()
 
-    for line in sys.stdin:
+    for number, raw in enumerate(sys.stdin.buffer, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            flush()
+            raise ValueError(f"line {number} of standard input is not UTF-8 (byte {exc.start}): {raw[:60]!r}") from None
         batch.append(line.rstrip("\r\n"))
         if len(batch) >= 4096:
             flush()
