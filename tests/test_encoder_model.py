@@ -151,7 +151,7 @@ def test_textual_inversion_vectors_and_first_eos_pooling(sd1):
 @pytest.mark.parametrize("case, match", [
     ("vector_without_vectors", "no textual-inversion vectors"),
     ("vector_out_of_range", "only 1 given"),
-    ("negative", "outside the vocabulary"),
+    ("negative", "negative token id"),
     ("too_long", "positions"),
     ("not_2d", r"\[R, L\]"),
     ("pooled_without_eos", "needs an EOS"),

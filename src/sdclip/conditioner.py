@@ -24,7 +24,7 @@ from .prepare import Prepared, PreparedPart, prepare
 from .presets import Options
 from .syntax import schedule
 from .tokenizer import Tokenizer
-from .tokens import BOS, EOS, FIRST_VECTOR_ID
+from .tokens import BOS, EOS
 from .weighting import apply_weights, compel_downweight_plan, slot_fragments
 
 
@@ -115,10 +115,15 @@ class Conditioner:
         for path in embeddings:
             p = Path(path)
             library.load_dir(p) if p.is_dir() else library.add(p)
+        # the model's own tokenizer folder where it has one (a pipeline may have added tokens, e.g. baked-in
+        # textual inversions with rows of their own in the text encoder); else the packaged vocabulary
+        folder = next(iter(loaded.tokenizer_dirs), None)
+        tokenizer = Tokenizer.from_folder(folder, options.normalize) if folder is not None else None
         return cls(
             loaded.encoders,
             loaded.family,
             options,
+            tokenizer=tokenizer,
             embeddings=library,
             fingerprint=loaded.fingerprint,
         )
@@ -268,13 +273,14 @@ class Conditioner:
     ) -> list[tuple[Tensor, Tensor | None]]:
         """(sequence [N, D_e], pooled [P] or None) of every part through encoder e, in one batched call:
         each part's rows, plus compel's masked re-encodings of the rows a down-weighted fragment touches."""
-        slots = {FIRST_VECTOR_ID + g: nk for nk, g in table.items()}
+        base = self.encoders[e].config.vocab  # the encoder reads ids from its table's end as vectors
+        slots = {base + g: nk for nk, g in table.items()}
         ids: list[list[int]] = []
         masks: list[list[int] | None] = []
         plans = []
         for part in parts:
             v = part.stream.vectors
-            rows = [[FIRST_VECTOR_ID + table[v[t]] if t in v else t for t in row] for row in part.rows[e].ids]
+            rows = [[base + table[v[t]] if t in v else t for t in row] for row in part.rows[e].ids]
             plan = self._compel_plan(part, e)
             plans.append((len(ids), plan))
             ids.extend(rows)

@@ -16,7 +16,6 @@ import torch
 from torch import Tensor
 
 from .encoder import CLIPTextEncoder, LayerSelect
-from .tokens import FIRST_VECTOR_ID
 
 Key = tuple
 
@@ -61,7 +60,8 @@ class RowCache:
 
 @dataclass(frozen=True)
 class RowBatch:
-    """Rows for one encoder: ids use FIRST_VECTOR_ID + k for row k of `vectors`, named by `slots`."""
+    """Rows for one encoder: ids from the encoder's table size on are row (id − size) of `vectors`,
+    named (embedding, vector index) by `slots` so that cache keys outlive this request's numbering."""
 
     ids: Sequence[Sequence[int]]
     slots: dict[int, tuple[str, int]]
@@ -90,7 +90,7 @@ class RowEncoder:
         self.batch_size = batch_size
 
     def _row_key(self, ids: Sequence[int], slots: dict[int, tuple[str, int]], mask: Sequence[int] | None) -> Key:
-        named = tuple(slots.get(t, t) if t >= FIRST_VECTOR_ID else t for t in ids)
+        named = tuple(slots.get(t, t) for t in ids) if slots else tuple(ids)
         return (*self.key, self.select.skip, self.select.final_norm, self.pooled, named, tuple(mask) if mask else None)
 
     @torch.no_grad()

@@ -9,7 +9,7 @@ from .family import Family
 from .prepare import Prepared
 from .presets import Options
 from .tokenizer import Tokenizer
-from .tokens import BOS, EOS, FIRST_VECTOR_ID
+from .tokens import BOS, EOS
 
 
 def _style(weight: float) -> str:
@@ -21,8 +21,8 @@ def _style(weight: float) -> str:
 
 
 def _token_label(tok: Tokenizer, token_id: int, vectors: dict[int, tuple[str, int]]) -> str:
-    if token_id >= FIRST_VECTOR_ID:
-        name, k = vectors.get(token_id, ("?", 0))
+    if token_id in vectors:
+        name, k = vectors[token_id]
         return f"<{name}:{k}>"
     return tok.token_text(token_id).replace("</w>", "·")
 

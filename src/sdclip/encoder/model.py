@@ -1,7 +1,7 @@
 """A compact CLIP text transformer (one file, nanoGPT-style) that stops at the layer clip skip selects.
 
 It equals transformers' `CLIPTextModel` / `CLIPTextModelWithProjection` to float32 rounding, with three
-deliberate differences: skipped blocks never run; ids >= 49408 read textual-inversion vectors passed
+deliberate differences: skipped blocks never run; ids past the token table (>= 49408 in real models) read textual-inversion vectors passed
 with the call; the pooled vector is read at the FIRST EOS (49407), not at argmax(ids) as HF configs with
 the legacy `eos_token_id = 2` do (that breaks as soon as textual-inversion ids > 49407 are present).
 """
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..tokens import EOS, FIRST_VECTOR_ID
+from ..tokens import EOS
 from ..layer_select import LayerSelect
 from .config import EncoderConfig
 
@@ -143,20 +143,25 @@ class CLIPTextEncoder(nn.Module):
             raise ValueError(f"{cfg.name}: {ids.shape[1]} positions per row, the model has {cfg.positions}")
         if ids.numel() == 0:
             raise ValueError("ids is empty")
-        custom = ids >= FIRST_VECTOR_ID
-        bad = (ids < 0) | ((ids >= cfg.vocab) & ~custom)
-        if bool(bad.any()):
-            raise ValueError(f"{cfg.name}: token id {int(ids[bad][0])} outside the vocabulary 0..{cfg.vocab - 1}")
+        # ids past the token table (49408 rows in real models; more where a pipeline baked embeddings in)
+        # read this call's textual-inversion `vectors`, row id − table size
+        base = cfg.vocab
+        custom = ids >= base
+        if bool((ids < 0).any()):
+            raise ValueError(f"{cfg.name}: negative token id {int(ids[ids < 0][0])}")
         hi = int(ids.max())
         x = self.token_embedding(torch.where(custom, 0, ids))
-        if hi >= FIRST_VECTOR_ID:
+        if hi >= base:
             if vectors is None:
-                raise ValueError(f"ids reach {hi} (>= {FIRST_VECTOR_ID}) but no textual-inversion vectors were given")
+                raise ValueError(
+                    f"{cfg.name}: token id {hi} is outside the vocabulary 0..{base - 1} and no textual-inversion "
+                    "vectors were given"
+                )
             if vectors.dim() != 2 or vectors.shape[1] != cfg.width:
                 raise ValueError(f"vectors must be [K, {cfg.width}], got {tuple(vectors.shape)}")
-            if hi - FIRST_VECTOR_ID >= vectors.shape[0]:
-                raise ValueError(f"id {hi} needs vector {hi - FIRST_VECTOR_ID}, only {vectors.shape[0]} given")
-            rows = vectors.to(x.dtype)[(ids - FIRST_VECTOR_ID).clamp(min=0)]
+            if hi - base >= vectors.shape[0]:
+                raise ValueError(f"id {hi} needs vector {hi - base}, only {vectors.shape[0]} given")
+            rows = vectors.to(x.dtype)[(ids - base).clamp(min=0)]
             x = torch.where(custom.unsqueeze(-1), rows, x)
         return x + self.position_embedding[: ids.shape[1]]
 
