@@ -79,13 +79,16 @@ def cmd_encode(args: argparse.Namespace, options_of: Callable) -> int:
     kwargs = [p.diffusers_kwargs() for p in pairs]
     n = max(k["prompt_embeds"].shape[1] for k in kwargs)
     empty = cond.empty_sequence()
+    # a negative that is all zeros (diffusers' rule for SDXL without --negative) stays all zeros
+    zero_negative = bool((kwargs[0]["negative_prompt_embeds"] == 0).all())
     tensors: dict[str, torch.Tensor] = {}
     for name in kwargs[0]:
+        filler = torch.zeros_like(empty) if name == "negative_prompt_embeds" and zero_negative else empty
         parts = []
         for k in kwargs:
             t = k[name]
             if t.dim() == 3 and t.shape[1] < n:
-                t = torch.stack([pad_with_empty(x, n, empty) for x in t])
+                t = torch.stack([pad_with_empty(x, n, filler) for x in t])
             parts.append(t)
         tensors[name] = torch.cat(parts).contiguous().cpu()
     metadata = {
