@@ -47,10 +47,6 @@ class OffsetMap:
             self._len.append(n)
         self._source_len = source_len
 
-    @classmethod
-    def shift(cls, offset: int, length: int, source_len: int) -> "OffsetMap":
-        return cls([(0, offset, length)], source_len)
-
     def __call__(self, pos: int) -> int:
         i = bisect.bisect_right(self._dst, pos) - 1
         if i < 0:
