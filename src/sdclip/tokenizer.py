@@ -40,8 +40,9 @@ __all__ = ["NORMALIZATIONS", "Tokenizer", "UnknownEmbeddingError", "tokenize"]
 _CACHE_LIMIT = 1 << 18  #: cached pieces before the cache starts afresh (bounds memory on endless input)
 
 
-class UnknownEmbeddingError(KeyError):
-    """A prompt names a textual-inversion embedding that was not loaded."""
+class UnknownEmbeddingError(KeyError, ValueError):
+    """A prompt names a textual-inversion embedding that was not loaded (a KeyError by nature, a ValueError
+    like every other bad-input error of sdclip)."""
 
     def __init__(self, name: str, known: Iterable[str] = ()):
         self.name = name
