@@ -93,13 +93,13 @@ class SafetensorsFile(TensorFile):
             raise CheckpointError(f"{self.path}: cannot read tensor {key!r} ({type(e).__name__}: {e})") from e
 
 
-class PickleFile(TensorFile):
-    """A torch pickle, loaded with weights_only=True (no code runs), mmap when the format allows."""
+class PickleFile(MemoryTensors):
+    """A torch pickle, loaded with weights_only=True (no code runs), mmap when the format allows; once
+    loaded, its flattened state dict is read like any tensors in memory."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        obj = self._load()
-        self._d = _flatten_state(obj, self.path)
+        super().__init__(_flatten_state(self._load(), self.path), str(path))
 
     def _load(self) -> object:
         mmap = zipfile.is_zipfile(self.path)
@@ -112,15 +112,6 @@ class PickleFile(TensorFile):
             ) from e
         except Exception as e:  # truncated zip, garbage bytes, …
             raise CheckpointError(f"{self.path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from e
-
-    def keys(self) -> list[str]:
-        return list(self._d)
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self._d[key].shape)
-
-    def get(self, key: str) -> torch.Tensor:
-        return self._d[key]
 
 
 class ShardedFiles(TensorFile):
