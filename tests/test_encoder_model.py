@@ -222,8 +222,28 @@ def test_random_model_runs_without_weights():
     assert out.hidden.shape == (2, 77, 64) and out.pooled.shape == (2, 64)
 
 
+@pytest.fixture(params=["aten", "onednn"])
+def close(request, monkeypatch):
+    """Real-size parity under both CPU matmul paths (encoder/kernels.py). Our attention and activation
+    kernels (and oneDNN's summation order) differ from transformers' by fp32 rounding, which grows with
+    the values through a 12–32-layer stack: the bound is 1e-5 of the largest |value| (1e-5 absolute below
+    1). Measured: 1e-6 (stock) and 3e-6 (oneDNN) of it."""
+    from sdclip.encoder import kernels
+
+    if request.param == "onednn" and not kernels.ONEDNN_AVAILABLE:
+        pytest.skip("this torch build has no oneDNN linear on this CPU")
+    monkeypatch.setattr(kernels, "ONEDNN", request.param == "onednn")
+
+    def check(got: torch.Tensor, want: torch.Tensor, what: object = "") -> None:
+        bound = TOL * max(1.0, float(want.abs().max()))
+        err = float((got - want).abs().max())
+        assert err <= bound, (request.param, what, err, bound)
+
+    return check
+
+
 @pytest.mark.slow
-def test_real_size_vit_l_equals_transformers(tmp_path):
+def test_real_size_vit_l_equals_transformers(tmp_path, close):
     """Real CLIP ViT-L/14 shapes (12 heads of 64, 12 layers) through the SD1 single-file layout."""
     from tiny_models import TinyFamily
 
@@ -236,14 +256,14 @@ def test_real_size_vit_l_equals_transformers(tmp_path):
     ref = reference(fam.models[0], ids)
     hs = enc.hidden_states(ids)
     for i in range(13):
-        assert (hs[i] - ref["hidden_states"][i]).abs().max() <= TOL, i
+        close(hs[i], ref["hidden_states"][i], i)
     out = enc(ids, pooled=True)
-    assert (out.hidden - ref["last"]).abs().max() <= TOL
-    assert (out.pooled - ref["pooled"]).abs().max() <= TOL
+    close(out.hidden, ref["last"], "last")
+    close(out.pooled, ref["pooled"], "pooled")
 
 
 @pytest.mark.slow
-def test_real_size_vit_h_equals_transformers(tmp_path):
+def test_real_size_vit_h_equals_transformers(tmp_path, close):
     """Real OpenCLIP ViT-H/14 shapes (16 heads, 24 layers, gelu) through the SD2 single-file layout
     (open_clip keys, fused in_proj): SD2 reads the penultimate layer + final LN."""
     from tiny_models import TinyFamily
@@ -255,8 +275,8 @@ def test_real_size_vit_h_equals_transformers(tmp_path):
     ids = sample_ids(2)
     ref = reference(fam.models[0], ids)
     out = enc(ids, LayerSelect.a1111(2), pooled=True)
-    assert (out.hidden - fam.models[0].final_layer_norm(ref["hidden_states"][-2])).abs().max() <= TOL
-    assert (out.pooled - ref["pooled"]).abs().max() <= TOL
+    close(out.hidden, fam.models[0].final_layer_norm(ref["hidden_states"][-2]), "penultimate + LN")
+    close(out.pooled, ref["pooled"], "pooled")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -277,7 +297,7 @@ def test_cuda_matches_cpu(tmp_path, dtype):
 
 
 @pytest.mark.slow
-def test_real_width_bigg_equals_transformers(tmp_path):
+def test_real_width_bigg_equals_transformers(tmp_path, close):
     """OpenCLIP ViT-bigG/14 at real width (1280, 20 heads, MLP 5120, 1280×1280 projection), 4 of its 32
     layers to stay fast, through the SDXL single-file layout (embedders.1, text_projection as x @ W)."""
     from tiny_models import TinyFamily
@@ -289,8 +309,8 @@ def test_real_width_bigg_equals_transformers(tmp_path):
     ids = sample_ids(2)
     ref = reference(fam.models[1], ids)
     out = enc(ids, LayerSelect.diffusers(None, sdxl=True), pooled=True)
-    assert (out.hidden - ref["hidden_states"][-2]).abs().max() <= TOL
-    assert (out.pooled - ref["pooled"]).abs().max() <= TOL
+    close(out.hidden, ref["hidden_states"][-2], "penultimate")
+    close(out.pooled, ref["pooled"], "pooled")
 
 
 def test_attention_mask_equals_transformers(sd1):
