@@ -14,7 +14,8 @@ small product); anything else falls back to `F.linear`. Set `SDCLIP_ONEDNN=0` to
 
 Attention: SDPA everywhere except the CPU at ≤ 256 positions, where its fused kernel is 1.7–2.3× slower
 than `baddbmm` + softmax + `bmm` (measured at 77 × 77, 12 heads, batch 8: fp32 1.9 vs 1.1 ms, bf16 2.0
-vs 0.85 ms); those score matrices are small enough that materialising them costs nothing.
+vs 0.85 ms, then 0.5 ms with the fp32 softmax below); those score matrices are small enough that
+materialising them costs nothing.
 """
 
 from __future__ import annotations
@@ -79,7 +80,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
         bias = bias.expand(r, h, n, n).reshape(r * h, n, n)
     scores = torch.baddbmm(bias, q.reshape(r * h, n, d), k.reshape(r * h, n, d).transpose(1, 2),
                            alpha=1.0 / math.sqrt(d))
-    return torch.bmm(scores.softmax(-1), v.reshape(r * h, n, d)).view(r, h, n, d)
+    # softmax computed in fp32 whatever the input: exact for fp32, and for bf16 both more accurate and
+    # 2.7× faster than torch's bf16 softmax kernel at these sizes (0.19 vs 0.51 ms at 96 × 77 × 77)
+    probs = scores.softmax(-1, dtype=torch.float32).to(v.dtype)
+    return torch.bmm(probs, v.reshape(r * h, n, d)).view(r, h, n, d)
 
 
 def _causal_bias(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
