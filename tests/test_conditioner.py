@@ -421,6 +421,27 @@ def test_repeated_negative_is_a_cache_hit() -> None:
     close(again.positive.embeds, first.positive.embeds)
 
 
+def test_a_request_is_one_encoder_pass_per_encoder() -> None:
+    """Plain rows, compel's masked re-encoding of a down-weighted fragment and the empty prompt (needed by
+    the weighting and the padding) share one batched call per encoder; the masked row is the only extra."""
+    cond = make("sdxl", preset="compel", layout="chunk", chunk_style="compel")
+    calls: list[list[int]] = [[] for _ in cond.encoders]
+    hooks = [enc.register_forward_pre_hook(lambda m, a, k, e=e: calls[e].append(a[0].shape[0]), with_kwargs=True)
+             for e, enc in enumerate(cond.encoders)]
+    try:
+        pair = cond(PLAIN + " (in the rain)0.5", negative="blurry")
+    finally:
+        for h in hooks:
+            h.remove()
+    rows = pair.positive.embeds.shape[1] // 77
+    assert rows >= 2
+    # the prompt's rows + 1 masked + the negative's row + the empty prompt, each encoder once
+    assert calls == [[rows + 3], [rows + 3]]
+    again = make("sdxl", preset="compel", layout="chunk", chunk_style="compel")
+    again._empty_hidden(0), again._empty_hidden(1)  # the empty prompt first, on its own
+    close(pair.positive.embeds, again(PLAIN + " (in the rain)0.5", negative="blurry").positive.embeds)
+
+
 def test_identical_rows_in_one_request_are_encoded_once() -> None:
     cond = make()
     counter = Counter(cond)

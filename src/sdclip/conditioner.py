@@ -290,8 +290,14 @@ class Conditioner:
                 # a row the fragment does not touch re-encodes to itself: no mask, so it dedupes
                 masks.extend(m if 0 in m else None for m in plan.attention_masks[k].tolist())
         vectors = self._vectors(table, self.family.roles[e].name, self.encoders[e])
+        first = e not in self._empties
+        if first:  # the empty prompt (weighting and padding need it) joins this request's pass
+            ids.append(self._empty_rows()[e])
+            masks.append(None)
         has_masks = any(m is not None for m in masks)
         hidden, pooled = self._rows[e].encode(RowBatch(ids, slots, vectors, masks if has_masks else None))
+        if first:
+            self._empties[e] = hidden[-1]
         empty = self._empty_hidden(e)
         out = []
         for part, (start, plan) in zip(parts, plans):

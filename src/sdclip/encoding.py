@@ -109,21 +109,21 @@ class RowEncoder:
             else:
                 found[k] = hit
         pending = list(todo.items())
-        # masked and unmasked rows run in separate passes (an all-ones mask would cost the causal fast path)
-        for masked in (False, True):
-            group = [(k, i) for k, i in pending if (masks[i] is not None) == masked]
-            for lo in range(0, len(group), self.batch_size):
-                chunk = group[lo : lo + self.batch_size]
-                device = self.encoder.token_embedding.weight.device
-                ids = torch.tensor([list(batch.ids[i]) for _, i in chunk], dtype=torch.long, device=device)
-                kwargs = {}
-                if masked:
-                    kwargs["attention_mask"] = torch.tensor([list(masks[i]) for _, i in chunk], device=device)
-                out = self.encoder(ids, self.select, vectors=batch.vectors, pooled=self.pooled, **kwargs)
-                for j, (k, _) in enumerate(chunk):
-                    value = (out.hidden[j], out.pooled[j] if out.pooled is not None else None)
-                    found[k] = value
-                    self.cache.put(k, value)
+        # masked rows (compel's re-encodings) share the pass: the others get an all-ones mask, which
+        # encodes exactly like none (causal attention either way)
+        device = self.encoder.token_embedding.weight.device
+        for lo in range(0, len(pending), self.batch_size):
+            chunk = pending[lo : lo + self.batch_size]
+            ids = torch.tensor([list(batch.ids[i]) for _, i in chunk], dtype=torch.long, device=device)
+            kwargs = {}
+            if any(masks[i] is not None for _, i in chunk):
+                rows = [list(masks[i]) if masks[i] is not None else [1] * ids.shape[1] for _, i in chunk]
+                kwargs["attention_mask"] = torch.tensor(rows, device=device)
+            out = self.encoder(ids, self.select, vectors=batch.vectors, pooled=self.pooled, **kwargs)
+            for j, (k, _) in enumerate(chunk):
+                value = (out.hidden[j], out.pooled[j] if out.pooled is not None else None)
+                found[k] = value
+                self.cache.put(k, value)
         hidden = torch.stack([found[k][0] for k in keys])
         pooled = torch.stack([found[k][1] for k in keys]) if self.pooled else None  # type: ignore[misc]
         return hidden, pooled
