@@ -328,3 +328,28 @@ def test_attention_mask_equals_transformers(sd1):
     assert (got - unmasked).abs().max() > 1e-3  # the mask really changes the encoding
     with pytest.raises(ValueError, match="attention_mask"):
         loaded.encoders[0](ids, attention_mask=mask[:, :10])
+
+
+def test_big_cpu_batches_run_as_several_passes(sdxl, monkeypatch):
+    """On the CPU a batch whose activations exceed kernels.CPU_ACTIVATION_BYTES runs in groups of rows
+    (fresh page-faulted allocations otherwise); the result equals one pass, masks and pooled included."""
+    from sdclip.encoder import kernels
+
+    fam, loaded = sdxl
+    enc = loaded.encoders[1]
+    ids = sample_ids(5, seed=4)
+    mask = torch.ones_like(ids)
+    mask[1, 2:4] = 0
+    sel = LayerSelect(1, False)
+    whole = enc(ids, sel, pooled=True, attention_mask=mask)
+    passes = []
+    hook = enc.blocks[0].register_forward_pre_hook(lambda m, a: passes.append(a[0].shape[0]))
+    monkeypatch.setattr(kernels, "CPU_ACTIVATION_BYTES", 1)  # one row per pass
+    try:
+        grouped = enc(ids, sel, pooled=True, attention_mask=mask)
+    finally:
+        hook.remove()
+    assert passes == [1] * 5
+    torch.testing.assert_close(grouped.hidden, whole.hidden, rtol=0, atol=1e-6)
+    torch.testing.assert_close(grouped.pooled, whole.pooled, rtol=0, atol=1e-6)
+    assert (grouped.hidden[1] - enc(ids[1:2], sel).hidden[0]).abs().max() > 1e-3  # the mask was applied

@@ -187,6 +187,18 @@ class CLIPTextEncoder(nn.Module):
         attention_mask: torch.Tensor | None = None,
     ) -> EncoderOutput:
         """Encode [R, L] ids; only the blocks up to the selected layer run unless `pooled` needs them all."""
+        weight = self.token_embedding.weight
+        if weight.device.type == "cpu" and ids.dim() == 2:
+            cfg = self.config
+            step = kernels.cpu_rows_per_pass(cfg.width, cfg.mlp, ids.shape[1], weight.dtype)
+            if ids.shape[0] > step:  # rows are independent: several smaller passes, one result
+                outs = [
+                    self.forward(ids[i : i + step], select, vectors, pooled,
+                                 None if attention_mask is None else attention_mask[i : i + step])
+                    for i in range(0, ids.shape[0], step)
+                ]
+                return EncoderOutput(torch.cat([o.hidden for o in outs]),
+                                     torch.cat([o.pooled for o in outs]) if pooled else None)
         run = self._stop(select, pooled)
         keep = select.layer(self.config.depth)
         ids = ids.to(self.token_embedding.weight.device)
