@@ -190,8 +190,9 @@ class CLIPTextEncoder(nn.Module):
         weight = self.token_embedding.weight
         if weight.device.type == "cpu" and ids.dim() == 2:
             cfg = self.config
-            step = kernels.cpu_rows_per_pass(cfg.width, cfg.mlp, ids.shape[1], weight.dtype)
-            if ids.shape[0] > step:  # rows are independent: several smaller passes, one result
+            most = kernels.cpu_rows_per_pass(cfg.width, cfg.mlp, ids.shape[1], weight.dtype)
+            if ids.shape[0] > most:  # rows are independent: several smaller passes of even size, one result
+                step = -(-ids.shape[0] // -(-ids.shape[0] // most))
                 outs = [
                     self.forward(ids[i : i + step], select, vectors, pooled,
                                  None if attention_mask is None else attention_mask[i : i + step])
