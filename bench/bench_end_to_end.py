@@ -129,10 +129,11 @@ def bench_family(family: str, dtype_name: str, device: str, repeats: int) -> dic
     (c_pos, c_neg), c_pooled = run_compel(compel, family, POSITIVE, NEGATIVE)
     pair = cond(POSITIVE, NEGATIVE)
     ours_pos, ours_neg = pair.positive.embeds[0], pair.negative.embeds[0]
-    diff = None
+    diff = scale = None
     if ours_pos.shape == c_pos[0].shape and ours_neg.shape == c_neg[0].shape:
         diff = max((ours_pos.float() - c_pos[0].float()).abs().max().item(),
                    (ours_neg.float() - c_neg[0].float()).abs().max().item())
+        scale = max(c_pos[0].float().abs().max().item(), c_neg[0].float().abs().max().item())
     shapes = {"sdclip": list(ours_pos.shape), "compel": list(c_pos[0].shape)}
     prep = cond.prepare(POSITIVE)
     tokens = prep.token_count
@@ -153,7 +154,7 @@ def bench_family(family: str, dtype_name: str, device: str, repeats: int) -> dic
     t["sdclip_prepare_only"] = best_of(lambda: (cond.prepare(POSITIVE), cond.prepare(NEGATIVE)), device, repeats)
     return {
         "family": family, "dtype": dtype_name, "seconds": t, "positive_tokens": tokens,
-        "max_abs_diff_vs_compel": diff, "shapes": shapes,
+        "max_abs_diff_vs_compel": diff, "max_abs_value": scale, "shapes": shapes,
         "speedup_vs_compel": t["compel"] / t["sdclip"],
         "speedup_vs_compel_repeated_negative": t["compel_repeated_negative"] / t["sdclip_repeated_negative"],
         "negative_cost_s": t["sdclip_repeated_negative"] - t["sdclip_positive_only"],
@@ -202,12 +203,12 @@ def main() -> None:
             f"{r['speedup_vs_compel']:.2f}×", f"{r.get('speedup_vs_compel_fp32', float('nan')):.2f}×",
             ms(s["compel_repeated_negative"]), ms(s["sdclip_repeated_negative"]),
             f"{r['speedup_vs_compel_repeated_negative']:.2f}×", ms(max(0.0, r["negative_cost_s"])),
-            "shape differs" if d is None else f"{d:.1e}",
+            "shape differs" if d is None else f"{d:.1e} ({d / r['max_abs_value']:.0e})",
         ])
     table = md_table(
         ["model, dtype", "compel", "diffusers (truncates)", "sdclip cold", "compel ÷ sdclip",
          "compel fp32 ÷ sdclip", "compel, repeated neg.", "sdclip, repeated neg.", "compel ÷ sdclip (rep.)",
-         "sdclip negative cost", "max abs Δ vs compel (bf16: rounding)"],
+         "sdclip negative cost", "max abs Δ vs compel (÷ max abs value)"],
         rows, "lrrrrrrrrrr",
     )
     print(f"\nprompt: {results[0]['positive_tokens']} tokens, weighted (compel syntax), plus a weighted negative\n")
