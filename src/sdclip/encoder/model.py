@@ -30,8 +30,10 @@ class EncoderOutput:
 
 
 def quick_gelu_(x: torch.Tensor) -> torch.Tensor:
-    """OpenAI CLIP's activation x·sigmoid(1.702x), in place: no [rows, 77, 3072] temporaries beyond one
-    (on the CPU each is a fresh page-faulted allocation)."""
+    """OpenAI CLIP's activation x·sigmoid(1.702x), in place when autograd is off: no [rows, 77, 3072]
+    temporaries beyond one (on the CPU each is a fresh page-faulted allocation)."""
+    if torch.is_grad_enabled():
+        return x * torch.sigmoid(1.702 * x)
     return x.mul_(torch.sigmoid(x * 1.702))
 
 
@@ -71,8 +73,9 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LN residual block. The residual adds go into `x` in place when autograd is off: callers pass
-    a tensor they own (CLIPTextEncoder.forward copies the one it keeps)."""
+    """Pre-LN residual block. With autograd off (sdclip always encodes under `torch.no_grad`), the
+    residual adds go into `x` in place: callers pass a tensor they own (CLIPTextEncoder.forward copies
+    the one it keeps)."""
 
     def __init__(self, cfg: EncoderConfig, **factory):
         super().__init__()
@@ -82,7 +85,7 @@ class Block(nn.Module):
         self.mlp = MLP(cfg, **factory)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        if torch.is_grad_enabled() and x.requires_grad:
+        if torch.is_grad_enabled():
             x = x + self.attn(self.ln_1(x), bias)
             return x + self.mlp(self.ln_2(x))
         x = x.add_(self.attn(self.ln_1(x), bias))

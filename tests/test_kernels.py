@@ -1,0 +1,87 @@
+"""The CPU kernel choices of sdclip.encoder.kernels: each path equals the stock one to rounding, falls back
+where it must (autograd, other devices, a switch), and big batches split without changing results."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sdclip.encoder import kernels
+from sdclip.encoder.model import attention_bias
+
+
+def _qkv(r: int, h: int, n: int, d: int, dtype: torch.dtype, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(r, h, n, d, generator=g).to(dtype) for _ in range(3)]
+
+
+@pytest.mark.parametrize("onednn", [False, True])
+def test_linear_equals_f_linear(monkeypatch, onednn: bool) -> None:
+    if onednn and not kernels.ONEDNN_AVAILABLE:
+        pytest.skip("no oneDNN linear in this torch build / CPU")
+    monkeypatch.setattr(kernels, "ONEDNN", onednn)
+    g = torch.Generator().manual_seed(1)
+    x, w, b = torch.randn(3, 77, 96, generator=g), torch.randn(64, 96, generator=g), torch.randn(64, generator=g)
+    want = F.linear(x, w, b)
+    got = kernels.linear(x, w, b)
+    assert got.shape == want.shape
+    if onednn:
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(kernels.linear(x, w, None), F.linear(x, w), rtol=1e-5, atol=1e-5)
+    else:
+        assert torch.equal(got, want)  # the stock path is F.linear itself
+
+
+def test_linear_falls_back_for_autograd(monkeypatch) -> None:
+    """oneDNN's op has no backward: a tensor that needs a gradient goes through F.linear."""
+    monkeypatch.setattr(kernels, "ONEDNN", kernels.ONEDNN_AVAILABLE)
+    x = torch.randn(4, 8, requires_grad=True)
+    w = torch.randn(5, 8)
+    kernels.linear(x, w, None).sum().backward()
+    torch.testing.assert_close(x.grad, w.sum(0).expand(4, 8))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("n", [77, 248, 300])
+def test_attention_equals_sdpa(masked: bool, n: int) -> None:
+    """The explicit CPU attention (≤ 256 positions) equals SDPA, causal and with compel's key mask;
+    above 256 positions SDPA itself runs."""
+    q, k, v = _qkv(2, 3, n, 16, torch.float32)
+    if masked:
+        mask = torch.ones(2, n, dtype=torch.long)
+        mask[0, 3:9] = 0
+        bias = attention_bias(mask, torch.float32)
+        want = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    else:
+        bias = None
+        want = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    got = kernels.attention(q, k, v, bias)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_attention_is_closer_to_fp32_than_tolerance() -> None:
+    """bf16 scores go through an fp32 softmax: the result stays within bf16 rounding of the fp32 one."""
+    q, k, v = _qkv(2, 4, 77, 64, torch.float32, seed=2)
+    ref = kernels.attention(q, k, v, None)
+    got = kernels.attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), None).float()
+    cos = F.cosine_similarity(got.flatten(1), ref.flatten(1), dim=1)
+    assert cos.min() > 0.9995
+
+
+def test_rows_per_pass_keeps_activations_small() -> None:
+    """ViT-L fp32: a row's widest activation is 77 × 3072 × 4 bytes, so 6 rows fit 6 MiB; bf16 twice as many."""
+    assert kernels.cpu_rows_per_pass(768, 3072, 77, torch.float32) == (6 << 20) // (77 * 3072 * 4) == 6
+    assert kernels.cpu_rows_per_pass(768, 3072, 77, torch.bfloat16) == 13
+    assert kernels.cpu_rows_per_pass(8192, 32768, 4096, torch.float32) == 1  # never zero
+
+
+def test_switch_off_by_environment() -> None:
+    code = "from sdclip.encoder import kernels; print(kernels.ONEDNN)"
+    env = dict(os.environ, SDCLIP_ONEDNN="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
