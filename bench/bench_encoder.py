@@ -51,6 +51,12 @@ def gemm_rate(dtype_name: str, device: str, n: int = 2048) -> dict[str, float]:
             for name, fn in gemm_kernels(device).items()}
 
 
+def peak_text(peak: dict[str, dict[str, float]]) -> str:
+    """One line: each dtype's 2048³ GEMM rate through each kernel."""
+    return "Peak matmul (2048³), GFLOP/s: " + "; ".join(
+        f"{dt} " + ", ".join(f"{kern} {v:.0f}" for kern, v in rates.items()) for dt, rates in peak.items()) + "."
+
+
 def roofline(width: int, mlp: int, layers: int, rows: int, dtype_name: str, device: str,
              repeats: int = 2) -> tuple[float, float]:
     """(seconds, GFLOP) of the encoder's linear layers alone: for every layer its own four GEMMs (fused
@@ -222,13 +228,13 @@ def main() -> None:
         ["a1111 clip skip", "blocks run", "time ÷ full pass", "expected"],
         [[s["a1111_clip_skip"], s["blocks_run"], f"{s['time_fraction']:.3f}", f"{s['expected_fraction']:.3f}"] for s in skip],
     )
-    print("\npeak matmul (2048³): " + "; ".join(
-        f"{k} " + ", ".join(f"{kern} {v:.0f}" for kern, v in rates.items()) + " GFLOP/s" for k, rates in peak.items()) + "\n")
+    peak_line = peak_text(peak)
+    print("\n" + peak_line + "\n")
     print(table)
     print(f"\nclip skip, ViT-L {dtypes[0]}, batch 8:\n")
     print(skip_table)
     path = write_json("encoder", {"meta": meta, "results": results, "clip_skip": skip,
-                                  "tables": {"encoder": table, "clip_skip": skip_table}})
+                                  "tables": {"peak": peak_line, "encoder": table, "clip_skip": skip_table}})
     print(f"\nwrote {path}")
 
 
