@@ -37,6 +37,17 @@ def test_linear_equals_f_linear(monkeypatch, onednn: bool) -> None:
         assert torch.equal(got, want)  # the stock path is F.linear itself
 
 
+@pytest.mark.parametrize("onednn", [False, True])
+def test_linear_gelu_equals_gelu_of_linear(monkeypatch, onednn: bool) -> None:
+    """The fused GEMM + exact GELU of OpenCLIP's MLP equals the two steps (to fp32 rounding)."""
+    if onednn and not kernels.ONEDNN_AVAILABLE:
+        pytest.skip("no oneDNN linear in this torch build / CPU")
+    monkeypatch.setattr(kernels, "ONEDNN", onednn)
+    g = torch.Generator().manual_seed(3)
+    x, w, b = torch.randn(2, 77, 64, generator=g), torch.randn(256, 64, generator=g) / 8, torch.randn(256, generator=g)
+    torch.testing.assert_close(kernels.linear_gelu(x, w, b), F.gelu(F.linear(x, w, b)), rtol=1e-5, atol=1e-5)
+
+
 def test_linear_falls_back_for_autograd(monkeypatch) -> None:
     """oneDNN's op has no backward: a tensor that needs a gradient goes through F.linear."""
     monkeypatch.setattr(kernels, "ONEDNN", kernels.ONEDNN_AVAILABLE)

@@ -37,11 +37,6 @@ def quick_gelu_(x: torch.Tensor) -> torch.Tensor:
     return x.mul_(torch.sigmoid(x * 1.702))
 
 
-def gelu_(x: torch.Tensor) -> torch.Tensor:
-    """OpenCLIP's exact (erf) GELU; torch has no in-place form, so this one allocates."""
-    return F.gelu(x)
-
-
 class Attention(nn.Module):
     """Causal multi-head self-attention, q/k/v fused in one matmul (kernels.attention picks SDPA or
     explicit matmuls)."""
@@ -65,10 +60,13 @@ class MLP(nn.Module):
         super().__init__()
         self.fc = nn.Linear(cfg.width, cfg.mlp, **factory)
         self.proj = nn.Linear(cfg.mlp, cfg.width, **factory)
-        self.act = quick_gelu_ if cfg.act == "quick_gelu" else gelu_
+        self.quick = cfg.act == "quick_gelu"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.act(kernels.linear(x, self.fc.weight, self.fc.bias))
+        if self.quick:
+            h = quick_gelu_(kernels.linear(x, self.fc.weight, self.fc.bias))
+        else:  # OpenCLIP's exact GELU, fused into the GEMM where the kernel can
+            h = kernels.linear_gelu(x, self.fc.weight, self.fc.bias)
         return kernels.linear(h, self.proj.weight, self.proj.bias)
 
 
