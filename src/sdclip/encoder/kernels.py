@@ -80,13 +80,17 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return F.gelu(F.linear(x, weight, bias))
 
 
-def cpu_rows_per_pass(width: int, mlp: int, positions: int, dtype: torch.dtype) -> int:
-    """How many rows one CPU pass takes. Why: glibc serves allocations above its mmap threshold (at most
-    32 MiB, adapting down) with fresh pages, so every [rows·77, 3072] temporary of a big batch is
-    page-faulted and zeroed anew, every layer: ViT-L fp32 ran 26 rows/s at batch 32 against 30 at
-    batch 8 (measured here). Passes whose largest activation stays ≤ 6 MiB reuse the heap instead."""
-    per_row = positions * max(3 * width, mlp) * torch.empty((), dtype=dtype).element_size()
-    return max(1, CPU_ACTIVATION_BYTES // per_row)
+def cpu_rows_per_pass(width: int, mlp: int, positions: int, dtype: torch.dtype) -> int | None:
+    """How many rows one fp32 CPU pass takes (None: all of them). Why: glibc serves allocations above its
+    mmap threshold (at most 32 MiB, adapting down) with fresh pages, so every [rows·77, 3072] temporary of
+    a big fp32 batch is page-faulted and zeroed anew, every layer: ViT-L fp32 ran 26 rows/s at batch 32
+    against 30 at batch 8, and ViT-H 7.9 against 8.8 (measured here). Passes whose largest activation
+    stays ≤ 6 MiB reuse the heap instead. bf16 passes are not split: their GEMMs gain more from a long M
+    than the faults cost (bigG bf16 at batch 32: 8.1 rows/s in one pass, 6.6–7.2 in groups of 7)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    if size < 4:
+        return None
+    return max(1, CPU_ACTIVATION_BYTES // (positions * max(3 * width, mlp) * size))
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

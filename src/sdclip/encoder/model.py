@@ -192,7 +192,7 @@ class CLIPTextEncoder(nn.Module):
         if weight.device.type == "cpu" and ids.dim() == 2:
             cfg = self.config
             most = kernels.cpu_rows_per_pass(cfg.width, cfg.mlp, ids.shape[1], weight.dtype)
-            if ids.shape[0] > most:  # rows are independent: several smaller passes of even size, one result
+            if most is not None and ids.shape[0] > most:  # rows are independent: several smaller passes of even size, one result
                 step = -(-ids.shape[0] // -(-ids.shape[0] // most))
                 outs = [
                     self.forward(ids[i : i + step], select, vectors, pooled,
