@@ -8,10 +8,10 @@ the legacy `eos_token_id = 2` do (that breaks as soon as textual-inversion ids >
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..tokens import EOS
@@ -192,8 +192,9 @@ class CLIPTextEncoder(nn.Module):
         if weight.device.type == "cpu" and ids.dim() == 2:
             cfg = self.config
             most = kernels.cpu_rows_per_pass(cfg.width, cfg.mlp, ids.shape[1], weight.dtype)
-            if most is not None and ids.shape[0] > most:  # rows are independent: several smaller passes of even size, one result
-                step = -(-ids.shape[0] // -(-ids.shape[0] // most))
+            if most is not None and ids.shape[0] > most:
+                # rows are independent: several passes of even size, one result
+                step = math.ceil(ids.shape[0] / math.ceil(ids.shape[0] / most))
                 outs = [
                     self.forward(ids[i : i + step], select, vectors, pooled,
                                  None if attention_mask is None else attention_mask[i : i + step])
