@@ -20,11 +20,16 @@ def _qkv(r: int, h: int, n: int, d: int, dtype: torch.dtype, seed: int = 0):
     return [torch.randn(r, h, n, d, generator=g).to(dtype) for _ in range(3)]
 
 
-@pytest.mark.parametrize("onednn", [False, True])
-def test_linear_equals_f_linear(monkeypatch, onednn: bool) -> None:
-    if onednn and not kernels.ONEDNN_AVAILABLE:
+@pytest.fixture(params=[False, True], ids=["stock", "onednn"])
+def onednn(request, monkeypatch) -> bool:
+    """Runs a test under each CPU linear path (the oneDNN one where this build and CPU have it)."""
+    if request.param and not kernels.ONEDNN_AVAILABLE:
         pytest.skip("no oneDNN linear in this torch build / CPU")
-    monkeypatch.setattr(kernels, "ONEDNN", onednn)
+    monkeypatch.setattr(kernels, "ONEDNN", request.param)
+    return request.param
+
+
+def test_linear_equals_f_linear(onednn: bool) -> None:
     g = torch.Generator().manual_seed(1)
     x, w, b = torch.randn(3, 77, 96, generator=g), torch.randn(64, 96, generator=g), torch.randn(64, generator=g)
     want = F.linear(x, w, b)
@@ -37,12 +42,8 @@ def test_linear_equals_f_linear(monkeypatch, onednn: bool) -> None:
         assert torch.equal(got, want)  # the stock path is F.linear itself
 
 
-@pytest.mark.parametrize("onednn", [False, True])
-def test_linear_gelu_equals_gelu_of_linear(monkeypatch, onednn: bool) -> None:
+def test_linear_gelu_equals_gelu_of_linear(onednn: bool) -> None:
     """The fused GEMM + exact GELU of OpenCLIP's MLP equals the two steps (to fp32 rounding)."""
-    if onednn and not kernels.ONEDNN_AVAILABLE:
-        pytest.skip("no oneDNN linear in this torch build / CPU")
-    monkeypatch.setattr(kernels, "ONEDNN", onednn)
     g = torch.Generator().manual_seed(3)
     x, w, b = torch.randn(2, 77, 64, generator=g), torch.randn(256, 64, generator=g) / 8, torch.randn(256, generator=g)
     torch.testing.assert_close(kernels.linear_gelu(x, w, b), F.gelu(F.linear(x, w, b)), rtol=1e-5, atol=1e-5)
