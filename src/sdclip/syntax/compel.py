@@ -149,6 +149,16 @@ class _Parser:
             raise _Fail
         return i + len(text)
 
+    @staticmethod
+    def first(alts, i: int) -> tuple[list, int] | None:
+        """pyparsing's MatchFirst: the first alternative that parses at i, or None."""
+        for alt in alts:
+            try:
+                return alt(i)
+            except _Fail:
+                continue
+        return None
+
     def fail_at(self, msg: str, i: int):
         return error(msg, self.source, self.where(i))
 
@@ -387,28 +397,19 @@ class _Parser:
                     i = j
             k = self.ws(i)
             c = self.s[k] if k < self.n else ""
-            for alt in alts:
-                if (alt == self.paren and c != "(") or (alt == self.quoted and c != '"'):
-                    continue
-                try:
-                    got, i = alt(i)
-                    nodes += got
-                    break
-                except _Fail:
-                    continue
-            else:
-                try:
-                    got, i = self.nsw(i)
-                    nodes += got
-                    continue
-                except _Fail:
-                    pass
-                k = self.ws(i)
-                if commas and k < self.n and self.s[k] in ",.":
-                    nodes.append(_Frag(self.s[k], self.where(k), self.where(k + 1)))
-                    i = k + 1
-                    continue
-                return nodes, i
+            # (...) and "..." only where their opening character is; a word comes last
+            tried = [a for a in alts if not ((a == self.paren and c != "(") or (a == self.quoted and c != '"'))]
+            hit = self.first([*tried, self.nsw], i)
+            if hit is not None:
+                got, i = hit
+                nodes += got
+                continue
+            k = self.ws(i)
+            if commas and k < self.n and self.s[k] in ",.":
+                nodes.append(_Frag(self.s[k], self.where(k), self.where(k + 1)))
+                i = k + 1
+                continue
+            return nodes, i
 
     def prompt(self, i: int) -> tuple[list, int]:
         """ZeroOrMore of swap | lora | attention | "..." | (...) | free word | whitespace."""
@@ -426,15 +427,11 @@ class _Parser:
                 nodes.append(_Frag(" ".join(words), self.where(i), self.where(j)))
                 i = m.end()
                 continue
-            for alt in alts:
-                try:
-                    got, i = alt(i)
-                    nodes += got
-                    break
-                except _Fail:
-                    continue
-            else:
+            hit = self.first(alts, i)
+            if hit is None:
                 return nodes, i
+            got, i = hit
+            nodes += got
 
     def multi(self, i: int) -> tuple[_Multi, int]:
         """("a", (b), c).blend(...) / .and(...) / .add(...)."""
