@@ -5,6 +5,19 @@ threads than computing (measured here: a tiny linear layer 0.3 ms on one thread,
 load), so the suite runs single-threaded. Real-size tests that want both cores raise it locally.
 """
 
+import pytest
 import torch
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(params=[False, True], ids=["stock", "onednn"])
+def onednn(request, monkeypatch) -> bool:
+    """Runs a test under each CPU linear path of sdclip.encoder.kernels (oneDNN where this torch build
+    and CPU have it)."""
+    from sdclip.encoder import kernels
+
+    if request.param and not kernels.ONEDNN_AVAILABLE:
+        pytest.skip("no oneDNN linear in this torch build / CPU")
+    monkeypatch.setattr(kernels, "ONEDNN", request.param)
+    return request.param

@@ -20,15 +20,6 @@ def _qkv(r: int, h: int, n: int, d: int, dtype: torch.dtype, seed: int = 0):
     return [torch.randn(r, h, n, d, generator=g).to(dtype) for _ in range(3)]
 
 
-@pytest.fixture(params=[False, True], ids=["stock", "onednn"])
-def onednn(request, monkeypatch) -> bool:
-    """Runs a test under each CPU linear path (the oneDNN one where this build and CPU have it)."""
-    if request.param and not kernels.ONEDNN_AVAILABLE:
-        pytest.skip("no oneDNN linear in this torch build / CPU")
-    monkeypatch.setattr(kernels, "ONEDNN", request.param)
-    return request.param
-
-
 def test_linear_equals_f_linear(onednn: bool) -> None:
     g = torch.Generator().manual_seed(1)
     x, w, b = torch.randn(3, 77, 96, generator=g), torch.randn(64, 96, generator=g), torch.randn(64, generator=g)
