@@ -4,11 +4,13 @@ Real ViT-L / ViT-H / bigG shapes with random weights (tests/tiny_models REAL siz
 built from the same transformers module, so both run the very same weights). For each model, dtype and
 batch size (rows of 77 tokens): rows/s of both, and the fraction of the roofline sdclip reaches.
 
-Roofline: the time the model's matrix multiplications alone take — for each of a block's four linear
-layers (fused qkv, attention out, MLP fc, MLP proj) the same GEMM (same shapes, same dtype) is timed
-standalone through each GEMM kernel the machine has (torch's stock `F.linear`, i.e. MKL for CPU fp32,
-and oneDNN's linear, see src/sdclip/encoder/kernels.py), the faster one kept, summed and multiplied by
-the block count. Attention scores, LayerNorm, activation and the embedding lookup are the overhead the
+Roofline: the time the model's matrix multiplications alone take at the machine's measured matmul rate
+for their shapes. For each of a block's four linear layers (fused qkv, attention out, MLP fc, MLP proj)
+the same GEMM (same shapes, same dtype, each layer its own weights) is timed standalone through each GEMM
+kernel the machine has (torch's stock `F.linear`, i.e. MKL for CPU fp32, and oneDNN's linear, see
+src/sdclip/encoder/kernels.py), the faster one kept. Attention's own two matmuls (scores q·kᵀ and
+probabilities·v: 4·77²·width FLOPs per row and layer, 1–1.7% of the total) are added at the rate those
+GEMMs reached. Softmax, LayerNorm, activation, copies and the embedding lookup are the overhead the
 fraction exposes. The machine's peak matmul rate (a 2048³ GEMM) is reported alongside, per kernel.
 
 Also: bf16 (or fp16) cosine similarity to fp32 for both implementations, and the cost of clip skip
@@ -58,47 +60,39 @@ def peak_text(peak: dict[str, dict[str, float]]) -> str:
 
 
 class Roofline:
-    """The encoder's linear layers alone: for every layer its own four GEMMs (fused qkv, attention out,
+    """The encoder's matmuls alone: for every layer its own four linear GEMMs (fused qkv, attention out,
     MLP fc, MLP proj) with that layer's own weights, as a pass runs them: each weight streams from memory
     once per pass; one weight timed over and over would sit in cache and overstate what any
-    implementation can reach. The kernel is the faster one at these shapes, the rows go in one call or,
-    on the CPU, in the groups the model uses (whichever is faster: encoder/kernels.py). `time()` is one
+    implementation can reach. The kernel is the faster one at these shapes. Attention's score and
+    value products are counted at the rate the linear GEMMs reached (`attention_gflop`). `time()` is one
     measurement; the caller interleaves it with the models' and keeps the best."""
 
     def __init__(self, width: int, mlp: int, layers: int, rows: int, dtype_name: str, device: str):
         import torch
 
-        from sdclip.encoder import kernels
-
         dt = dtype_of(dtype_name)
         shapes = ((width, 3 * width), (width, width), (width, mlp), (mlp, width))
-        self.gflop = 2 * rows * SEQ * sum(i * o for i, o in shapes) * layers / 1e9
-        self.device, self.rows = device, rows
+        self.gemm_gflop = 2 * rows * SEQ * sum(i * o for i, o in shapes) * layers / 1e9
+        self.attention_gflop = 2 * 2 * rows * SEQ * SEQ * width * layers / 1e9
+        self.gflop = self.gemm_gflop + self.attention_gflop
+        self.device = device
         g = torch.Generator(device=device).manual_seed(0)
 
         def randn(*size):
             return torch.randn(*size, generator=g, dtype=dt, device=device)
 
         self.weights = [[(randn(o, i), randn(o)) for i, o in shapes] for _ in range(layers)]
-        steps = {rows}
-        if device == "cpu":
-            steps.add(min(rows, kernels.cpu_rows_per_pass(width, mlp, SEQ, dt) or rows))
-        self.plans = []  # (rows per call, inputs, kernel)
-        for step in sorted(steps):
-            xs = [randn(step * SEQ, i) for i, _ in shapes]
-            fn = min(gemm_kernels(device).values(),  # the faster kernel at these shapes, on the first layer
-                     key=lambda f: best_of(lambda: [f(x, w, b) for x, (w, b) in zip(xs, self.weights[0])], device))
-            self.plans.append((step, xs, fn))
+        self.xs = [randn(rows * SEQ, i) for i, _ in shapes]
+        self.kernel = min(gemm_kernels(device).values(),  # the faster kernel at these shapes, on the first layer
+                          key=lambda f: best_of(lambda: [f(x, w, b) for x, (w, b) in zip(self.xs, self.weights[0])], device))
 
     def time(self) -> float:
-        def run(step, xs, fn):
-            for lo in range(0, self.rows, step):
-                m = min(step, self.rows - lo) * SEQ
-                for layer in self.weights:
-                    for x, (w, b) in zip(xs, layer):
-                        fn(x[:m], w, b)
+        def run():
+            for layer in self.weights:
+                for x, (w, b) in zip(self.xs, layer):
+                    self.kernel(x, w, b)
 
-        return min(best_of(lambda: run(*plan), self.device, repeats=1) for plan in self.plans)
+        return best_of(run, self.device, repeats=1) * self.gflop / self.gemm_gflop
 
 
 def sample_ids(rows: int, device: str, seed: int = 0):
@@ -166,7 +160,7 @@ def bench_role(role: str, batches: list[int], dtypes: list[str], device: str, qu
                 "speedup": t_hf / t_ours,
                 "roofline_rows_per_s": b / rl_sec, "roofline_fraction": rl_sec / t_ours,
                 "transformers_roofline_fraction": rl_sec / t_hf,
-                "gemm_gflop": gflop, "sdclip_gflops": gflop / t_ours, "rounds": rounds,
+                "matmul_gflop": gflop, "attention_gflop": rl.attention_gflop, "sdclip_gflops": gflop / t_ours, "rounds": rounds,
             }
             if dt != "fp32" and ref32:
                 row["sdclip_cosine_to_fp32"] = cosine(ours_probe, ref32["ours"])

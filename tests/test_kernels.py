@@ -1,5 +1,5 @@
-"""The CPU kernel choices of sdclip.encoder.kernels: each path equals the stock one to rounding, falls back
-where it must (autograd, other devices, a switch), and big batches split without changing results."""
+"""The CPU kernel choices of sdclip.encoder.kernels: each path equals the stock one to rounding, and falls
+back where it must (autograd, other devices, a switch)."""
 
 from __future__ import annotations
 
@@ -83,13 +83,6 @@ def test_bf16_attention_is_closer_to_fp32_than_tolerance() -> None:
     got = kernels.attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), None).float()
     cos = F.cosine_similarity(got.flatten(1), ref.flatten(1), dim=1)
     assert cos.min() > 0.9995
-
-
-def test_rows_per_pass_keeps_activations_small() -> None:
-    """ViT-L fp32: a row's widest activation is 77 × 3072 × 4 bytes, so 6 rows fit 6 MiB; bf16 is one pass."""
-    assert kernels.cpu_rows_per_pass(768, 3072, 77, torch.float32) == (6 << 20) // (77 * 3072 * 4) == 6
-    assert kernels.cpu_rows_per_pass(768, 3072, 77, torch.bfloat16) is None
-    assert kernels.cpu_rows_per_pass(8192, 32768, 4096, torch.float32) == 1  # never zero
 
 
 def test_switch_off_by_environment() -> None:

@@ -31,8 +31,6 @@ import torch.nn.functional as F
 _ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 #: up to this many positions the CPU computes attention as explicit matmuls (CLIP: 77, Long-CLIP: 248)
 EXPLICIT_ATTENTION_MAX = 256
-#: the largest activation a CPU pass allocates (bytes); more rows than fit run as several passes
-CPU_ACTIVATION_BYTES = 6 << 20
 
 
 def _probe_onednn() -> bool:
@@ -92,19 +90,6 @@ def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     if _onednn(x, weight, bias):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, act, [], "none" if act == "gelu" else "")
     return _ACTIVATIONS[act](F.linear(x, weight, bias))
-
-
-def cpu_rows_per_pass(width: int, mlp: int, positions: int, dtype: torch.dtype) -> int | None:
-    """How many rows one fp32 CPU pass takes (None: all of them). Why: glibc serves allocations above its
-    mmap threshold (at most 32 MiB, adapting down) with fresh pages, so every [rows·77, 3072] temporary of
-    a big fp32 batch is page-faulted and zeroed anew, every layer: ViT-L fp32 ran 26 rows/s at batch 32
-    against 30 at batch 8, and ViT-H 7.9 against 8.8 (measured here). Passes whose largest activation
-    stays ≤ 6 MiB reuse the heap instead. bf16 passes are not split: their GEMMs gain more from a long M
-    than the faults cost (bigG bf16 at batch 32: 8.1 rows/s in one pass, 6.6–7.2 in groups of 7)."""
-    size = torch.empty((), dtype=dtype).element_size()
-    if size < 4:
-        return None
-    return max(1, CPU_ACTIVATION_BYTES // (positions * max(3 * width, mlp) * size))
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
