@@ -127,14 +127,16 @@ def test_clip_skip_ignores_the_presets_convention(models, conditioners, tmp_path
     assert_same(load_file(out), expected(cond, PROMPT))
 
 
-def test_prompts_file_batches_to_one_length(models, conditioners, tmp_path):
-    """B prompts (batched 2 at a time, of different lengths) → [B, N, D], every row padded to the longest."""
+@pytest.mark.parametrize("pack", [False, True], ids=["plain", "packed"])
+def test_prompts_file_batches_to_one_length(models, conditioners, tmp_path, pack):
+    """B prompts (batched 2 at a time, of different lengths) → [B, N, D], every row padded to the longest;
+    --pack-weights (oneDNN-packed weight copies) gives the same tensors."""
     prompts = [PROMPT, LONG, "a cat", "a dog on a sofa"]
     src = tmp_path / "prompts.txt"
     src.write_text("\n".join(prompts[:2]) + "\n\n" + "\n".join(prompts[2:]) + "\n", encoding="utf-8")
     out = tmp_path / "batch.safetensors"
     assert encode("--model", models["sdxl"], "--prompts-file", src, "--negative", NEGATIVE, "--batch-size", "2",
-                  "--out", out) == 0
+                  "--out", out, *(["--pack-weights"] if pack else [])) == 0
     got = load_file(out)
     assert got["prompt_embeds"].shape == got["negative_prompt_embeds"].shape == (4, 154, 320)
     assert got["pooled_prompt_embeds"].shape == (4, 80)

@@ -363,3 +363,32 @@ def test_fused_quick_gelu_follows_weight_changes(tmp_path, onednn):
             theirs.add_(0.5)
         want = hf(ids).last_hidden_state
         assert (enc(ids).hidden - want).abs().max() <= TOL
+
+
+def test_packed_weights_give_the_same_encoding(sdxl, onednn):
+    """pack_weights keeps oneDNN-packed copies beside the weights: same hidden and pooled outputs (to fp32
+    rounding), same state dict; a weight edited in place is repacked; pack_weights(False) drops them."""
+    fam, loaded = sdxl
+    enc = loaded.encoders[1]
+    ids = sample_ids(3, seed=7)
+    sel = LayerSelect(1, False)
+    keys = list(enc.state_dict())
+    with torch.no_grad():
+        want = enc(ids, sel, pooled=True)
+        enc.pack_weights()
+        try:
+            got = enc(ids, sel, pooled=True)
+            qkv = enc.blocks[0].attn.qkv
+            assert (qkv._packed is not None and qkv._packed[1] is not None) == onednn
+            assert list(enc.state_dict()) == keys
+            for a, b in ((got.hidden, want.hidden), (got.pooled, want.pooled)):
+                assert (a - b).abs().max() <= TOL
+            qkv.weight.mul_(0.5)
+            edited = enc(ids, sel, pooled=True).hidden
+            enc.pack_weights(False)
+            assert qkv._packed is None
+            assert (edited - enc(ids, sel, pooled=True).hidden).abs().max() <= TOL
+            assert (edited - want.hidden).abs().max() > 1e-3
+        finally:
+            enc.pack_weights(False)
+            qkv.weight.mul_(2.0)

@@ -34,19 +34,34 @@ def test_linear_equals_f_linear(onednn: bool) -> None:
 
 
 @pytest.mark.parametrize("act", ["gelu", "swish"])
-def test_linear_act_equals_act_of_linear(onednn: bool, act: str) -> None:
+def test_linear_with_act_equals_act_of_linear(onednn: bool, act: str) -> None:
     """The GEMM with its activation fused (OpenCLIP's exact GELU; swish for OpenAI's quick_gelu) equals the
     two steps, to fp32 rounding."""
     g = torch.Generator().manual_seed(3)
     x, w, b = torch.randn(2, 77, 64, generator=g), torch.randn(256, 64, generator=g) / 8, torch.randn(256, generator=g)
     want = {"gelu": F.gelu, "swish": F.silu}[act](F.linear(x, w, b))
-    torch.testing.assert_close(kernels.linear_act(x, w, b, act), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(kernels.linear(x, w, b, act), want, rtol=1e-5, atol=1e-5)
     assert kernels.fuses_activation(x, w, b) == onednn
 
 
-def test_linear_act_rejects_an_unknown_activation() -> None:
+def test_linear_with_act_rejects_an_unknown_activation() -> None:
     with pytest.raises(ValueError, match="unknown activation 'relu'"):
-        kernels.linear_act(torch.ones(2, 4), torch.ones(3, 4), None, "relu")
+        kernels.linear(torch.ones(2, 4), torch.ones(3, 4), None, "relu")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_packed_weight_gives_the_same_result(onednn: bool, dtype: torch.dtype) -> None:
+    """oneDNN's packed copy of a weight gives the same product at any row count (to rounding: the kernel
+    may block the sum differently); where oneDNN does not run there is nothing to pack."""
+    g = torch.Generator().manual_seed(4)
+    w, b = torch.randn(96, 64, generator=g).to(dtype), torch.randn(96, generator=g).to(dtype)
+    packed = kernels.pack(w)
+    assert (packed is not None) == onednn
+    for rows in (1, 77, kernels.PACK_ROWS + 5):
+        x = torch.randn(rows, 64, generator=g).to(dtype)
+        got, want = kernels.linear(x, w, b, "gelu", packed), kernels.linear(x, w, b, "gelu")
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol)
 
 
 def test_linear_falls_back_for_autograd(monkeypatch) -> None:

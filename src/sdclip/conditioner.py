@@ -102,12 +102,17 @@ class Conditioner:
         device: str | torch.device = "cpu",
         embeddings: Sequence[str | Path] = (),
         options: Options | None = None,
+        pack_weights: bool = False,
         **overrides: object,
     ) -> "Conditioner":
-        """Load the text encoder(s) of a checkpoint file, model folder or hub id (see sdclip.encoder)."""
+        """Load the text encoder(s) of a checkpoint file, model folder or hub id (see sdclip.encoder).
+        pack_weights: CPU encoding 5–10% faster for a second copy of the encoders' weights in memory
+        (CLIPTextEncoder.pack_weights)."""
         from .encoder import load_text_encoders
 
         loaded = load_text_encoders(source, family=family, dtype=dtype, device=device)
+        for enc in loaded.encoders:
+            enc.pack_weights(pack_weights)
         if options is not None and overrides:
             raise ValueError("pass either options= or option overrides, not both")
         options = options or Options.preset(preset, **overrides)

@@ -39,6 +39,8 @@ def add_encode_parser(sub, add_text_options: Callable, options_of: Callable) -> 
     p.add_argument("--dtype", choices=DTYPES, default="fp32")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per batch with --prompts-file")
+    p.add_argument("--pack-weights", action="store_true",
+                   help="CPU: 5-10%% faster encoding for a second copy of the encoder weights in memory")
     add_text_options(p)
     p.set_defaults(func=lambda args: cmd_encode(args, options_of))
 
@@ -62,7 +64,8 @@ def cmd_encode(args: argparse.Namespace, options_of: Callable) -> int:
     prompts = [args.prompt] if args.prompt is not None else _read_prompts(args.prompts_file)
 
     cond = Conditioner.from_pretrained(
-        args.model, family=args.family, dtype=dtype, device=args.device, embeddings=args.embeddings, options=options
+        args.model, family=args.family, dtype=dtype, device=args.device, embeddings=args.embeddings, options=options,
+        pack_weights=args.pack_weights
     )
     pairs = []
     if args.prompt is not None:
