@@ -106,7 +106,7 @@ class Conditioner:
         **overrides: object,
     ) -> "Conditioner":
         """Load the text encoder(s) of a checkpoint file, model folder or hub id (see sdclip.encoder).
-        pack_weights: CPU encoding 5–10% faster for a second copy of the encoders' weights in memory
+        pack_weights: CPU encoding 3–27% faster for a second copy of the encoders' weights in memory
         (CLIPTextEncoder.pack_weights)."""
         from .encoder import load_text_encoders
 

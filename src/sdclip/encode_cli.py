@@ -40,7 +40,7 @@ def add_encode_parser(sub, add_text_options: Callable, options_of: Callable) -> 
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per batch with --prompts-file")
     p.add_argument("--pack-weights", action="store_true",
-                   help="CPU: 5-10%% faster encoding for a second copy of the encoder weights in memory")
+                   help="CPU: 3-27%% faster encoding for a second copy of the encoder weights in memory")
     add_text_options(p)
     p.set_defaults(func=lambda args: cmd_encode(args, options_of))
 
