@@ -367,7 +367,8 @@ def test_fused_quick_gelu_follows_weight_changes(tmp_path, onednn):
 
 def test_packed_weights_give_the_same_encoding(sdxl, onednn):
     """pack_weights keeps oneDNN-packed copies beside the weights: same hidden and pooled outputs (to fp32
-    rounding), same state dict; a weight edited in place is repacked; pack_weights(False) drops them."""
+    rounding), same state dict, copies still work; a weight edited in place is repacked; pack_weights(False)
+    drops them."""
     fam, loaded = sdxl
     enc = loaded.encoders[1]
     ids = sample_ids(3, seed=7)
@@ -383,6 +384,9 @@ def test_packed_weights_give_the_same_encoding(sdxl, onednn):
             assert list(enc.state_dict()) == keys
             for a, b in ((got.hidden, want.hidden), (got.pooled, want.pooled)):
                 assert (a - b).abs().max() <= TOL
+            import copy  # a packed encoder copies (the packed tensors are remade, not copied)
+
+            assert torch.equal(copy.deepcopy(enc)(ids, sel).hidden, got.hidden)
             qkv.weight.mul_(0.5)
             edited = enc(ids, sel, pooled=True).hidden
             enc.pack_weights(False)

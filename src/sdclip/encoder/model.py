@@ -70,6 +70,11 @@ class Linear(nn.Linear):
             packed = self._packed[1]
         return kernels.linear(x, self.weight, self.bias if bias is None else bias, act, packed)
 
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the packed weight behind (an opaque oneDNN tensor has no storage to
+        copy); it is made again on first use."""
+        return {**super().__getstate__(), "_packed": None}
+
 
 class Attention(nn.Module):
     """Causal multi-head self-attention, q/k/v fused in one matmul (kernels.attention picks SDPA or
