@@ -11,8 +11,9 @@ the same GEMM (same shapes, same dtype, each layer its own weights) is timed sta
 kernel the machine has (torch's stock `F.linear`, i.e. MKL for CPU fp32, and oneDNN's linear on the
 plain weight and on a weight packed once, see src/sdclip/encoder/kernels.py), the fastest one kept.
 Attention's own two matmuls (scores q·kᵀ and probabilities·v: 4·77²·width FLOPs per row and layer,
-1–1.7% of the total) are added at the rate those GEMMs reached. Softmax, LayerNorm, activation, copies and the embedding lookup are the overhead the
-fraction exposes. The machine's peak matmul rate (a 2048³ GEMM) is reported alongside, per kernel.
+1–1.7% of the total) are added at the rate those GEMMs reached. Softmax, LayerNorm, activation, copies
+and the embedding lookup are the overhead the fraction exposes. The machine's peak matmul rate (a 2048³
+GEMM) is reported alongside, per kernel.
 
 Also: bf16 (or fp16) cosine similarity to fp32 for both implementations, and the cost of clip skip
 (skip n of L blocks: expected (L − n) / L of the full pass, since skipped blocks never run).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from tiny_models import REAL, reference, sample_ids, save_state_dict, single_file_state_dict, tiny_family, tiny_model
@@ -340,8 +342,6 @@ def test_gradients_reach_textual_inversion_vectors(sd1):
     with torch.no_grad():
         torch.testing.assert_close(out.detach(), enc(ids, vectors=vec.detach()).hidden, rtol=1e-5, atol=1e-5)
     # and the gradient is right: float64 copy, numerical check on a few coordinates of the vector
-    import copy
-
     enc64 = copy.deepcopy(enc).double()
     v64 = torch.randn(1, enc.config.width, dtype=torch.float64, requires_grad=True)
     torch.autograd.gradcheck(lambda v: enc64(ids[:1], vectors=v).hidden[0, 3:6].sum(), (v64,), eps=1e-6, atol=1e-5)
@@ -384,8 +384,7 @@ def test_packed_weights_give_the_same_encoding(sdxl, onednn):
             assert list(enc.state_dict()) == keys
             for a, b in ((got.hidden, want.hidden), (got.pooled, want.pooled)):
                 assert (a - b).abs().max() <= TOL
-            import copy  # a packed encoder copies (the packed tensors are remade, not copied)
-
+            # a packed encoder copies (the packed tensors are remade, not copied)
             assert torch.equal(copy.deepcopy(enc)(ids, sel).hidden, got.hidden)
             qkv.weight.mul_(0.5)
             edited = enc(ids, sel, pooled=True).hidden

@@ -1,9 +1,10 @@
 """A compact CLIP text transformer (one file, nanoGPT-style) that stops at the layer clip skip selects.
 
 It equals transformers' `CLIPTextModel` / `CLIPTextModelWithProjection` to float32 rounding, with three
-deliberate differences: skipped blocks never run; ids past the token table (>= 49408 in real models) read textual-inversion vectors passed
-with the call; the pooled vector is read at the FIRST EOS (49407), not at argmax(ids) as HF configs with
-the legacy `eos_token_id = 2` do (that breaks as soon as textual-inversion ids > 49407 are present).
+deliberate differences: skipped blocks never run; ids past the token table (>= 49408 in real models)
+read textual-inversion vectors passed with the call; the pooled vector is read at the FIRST EOS (49407),
+not at argmax(ids) as HF configs with the legacy `eos_token_id = 2` do (that breaks as soon as
+textual-inversion ids > 49407 are present).
 """
 
 from __future__ import annotations
@@ -280,9 +281,9 @@ class CLIPTextEncoder(nn.Module):
 
     def pack_weights(self, enable: bool = True) -> "CLIPTextEncoder":
         """Keep a oneDNN-packed copy of every linear weight beside it (made on first use, remade if the
-        weight changes): CPU passes in fp32/bf16 run 3–27% faster (most at batch 1) with the same result to rounding, for
-        a second copy of the blocks' weights in memory (ViT-L fp32 +340 MB, SDXL bf16 +1.4 GB); hence off
-        by default. Elsewhere (CUDA, fp16, autograd) the plain weights run as before."""
+        weight changes): CPU passes in fp32/bf16 run 3–27% faster (most at batch 1) with the same result
+        to rounding, for a second copy of the blocks' weights in memory (ViT-L fp32 +340 MB, SDXL bf16
+        +1.4 GB); hence off by default. Elsewhere (CUDA, fp16, autograd) the plain weights run as before."""
         for m in self.modules():
             if isinstance(m, Linear):
                 m.packing, m._packed = enable, None
