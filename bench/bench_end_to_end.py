@@ -116,7 +116,7 @@ def run_diffusers(pipe, prompt: str, negative: str, device: str):
 def bench_family(family: str, dtype_name: str, device: str, repeats: int) -> dict:
     from sdclip.conditioner import Conditioner
     from sdclip.encoder import encoders_from_modules
-    from sdclip.presets import Options
+    from sdclip.conventions.presets import Options
 
     models, toks = build(family, dtype_name, device)
     loaded = encoders_from_modules(models)

@@ -29,8 +29,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from tokenizer_corpus import bench_corpus  # noqa: E402
 
-from sdclip import vocab as sd_vocab  # noqa: E402
-from sdclip.tokenizer import NORMALIZATIONS, Tokenizer  # noqa: E402
+from sdclip.tokenizer import vocab as sd_vocab  # noqa: E402
+from sdclip.tokenizer.clip import NORMALIZATIONS, Tokenizer  # noqa: E402
 
 
 def best_of(fn, texts, repeats):

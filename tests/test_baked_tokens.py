@@ -9,7 +9,7 @@ from tiny_models import tiny_family, write_layout, write_tokenizer
 from transformers import CLIPTokenizer
 
 from sdclip.conditioner import Conditioner
-from sdclip.embeddings import Embedding
+from sdclip.encoder.textual_inversion import Embedding
 
 PROMPT = "a <cat-toy> sitting on a wooden table"
 

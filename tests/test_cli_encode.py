@@ -1,6 +1,6 @@
-"""`sdclip encode` in-process (`sdclip.cli.main`) on tiny random models written as real files.
+"""`sdclip encode` in-process (`sdclip.cli.main.main`) on tiny random models written as real files.
 
-Contract under test (sdclip.encode_cli): `prompt_embeds` / `negative_prompt_embeds` [B, N, D] and, for
+Contract under test (sdclip.cli.encode): `prompt_embeds` / `negative_prompt_embeds` [B, N, D] and, for
 SDXL, `pooled_prompt_embeds` / `negative_pooled_prompt_embeds` [B, P]; `--clip-skip N` is AUTOMATIC1111's
 convention (1 = last layer) whatever the preset; a failing run exits 2 with a one-line `sdclip: …` message
 on stderr and leaves an existing --out byte-identical, with no temporary file beside it.
@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from sdclip.cli import main
+from sdclip.cli.main import main
 from sdclip.conditioner import Conditioner
 from tiny_models import tiny_family, write_layout
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 from tiny_models import write_tokenizer
 
-from sdclip.cli import main
+from sdclip.cli.main import main
 
 REF_EXAMPLE = "a (((house:1.3)) [on] a (hill:0.5), sun, (((sky)))."
 BOS, EOS = 49406, 49407
@@ -92,7 +92,7 @@ def test_syntax_error_is_exit_2_with_caret(capsys):
 def test_tokenize_reads_lines_and_prints_arrays(hf_tokenizer):
     lines = ["a red fox", "", "wow!!!", "Cuphead's friend & co."]
     proc = subprocess.run(
-        [sys.executable, "-m", "sdclip.cli", "tokenize", "--normalize", "hf-fast"],
+        [sys.executable, "-m", "sdclip", "tokenize", "--normalize", "hf-fast"],
         input="\n".join(lines) + "\n", capture_output=True, text=True, check=True,
     )
     got = [json.loads(x) for x in proc.stdout.splitlines()]
@@ -103,7 +103,7 @@ def test_tokenize_reads_lines_and_prints_arrays(hf_tokenizer):
 def test_inspect_and_tokenize_work_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None\n"  # any `import torch` now fails
-        "from sdclip.cli import main\n"
+        "from sdclip.cli.main import main\n"
         "assert main(['inspect', 'a (red:1.3) fox BREAK forest', '--json']) == 0\n"
         "assert main(['inspect', 'a [b] c', '--syntax', 'comfy']) == 0\n"
     )
@@ -121,7 +121,7 @@ def test_long_layout_needs_a_long_clip_family(capsys):
 
 def test_tokenize_refuses_bytes_that_are_not_utf8():
     proc = subprocess.run(
-        [sys.executable, "-m", "sdclip.cli", "tokenize"], input=b"a fox\n\xff\xfe bad\n", capture_output=True
+        [sys.executable, "-m", "sdclip", "tokenize"], input=b"a fox\n\xff\xfe bad\n", capture_output=True
     )
     assert proc.returncode == 2
     assert proc.stdout.decode().splitlines() == ["[320,3240]"]  # the good line before it is answered

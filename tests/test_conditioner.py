@@ -27,11 +27,11 @@ from test_conditioner_a1111 import (
 from tiny_models import tiny_family, write_layout
 
 from sdclip.conditioner import Conditioner
-from sdclip.embeddings import EmbeddingError, EmbeddingLibrary
+from sdclip.encoder.textual_inversion import EmbeddingError, EmbeddingLibrary
 from sdclip.encoder import encoders_from_modules
-from sdclip.presets import Options
-from sdclip.prompt import PromptSyntaxError
-from sdclip.tokenizer import UnknownEmbeddingError
+from sdclip.conventions.presets import Options
+from sdclip.syntax.prompt import PromptSyntaxError
+from sdclip.tokenizer.clip import UnknownEmbeddingError
 
 
 @functools.lru_cache(maxsize=None)

@@ -40,7 +40,7 @@ from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
 from sdclip.conditioner import Conditioner
 from sdclip.encoder import encoders_from_modules
-from sdclip.presets import Options
+from sdclip.conventions.presets import Options
 
 BOS, EOS = 49406, 49407
 CHUNK = 75

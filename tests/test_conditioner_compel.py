@@ -7,7 +7,7 @@ same weights (`encoders_from_modules`). Everything compel computes is compared a
 What compel does (read from its source, confirmed here):
 - each fragment is tokenized on its own, ids concatenated, fragment weight on each of its tokens;
 - up-weights lerp from the empty prompt's encoding, down-weights mix in re-encodings with the fragment's
-  slots masked out (tan((1 − w)·π/2) mix weights), see sdclip.weighting;
+  slots masked out (tan((1 − w)·π/2) mix weights), see sdclip.assemble.weighting;
 - `truncate_long_prompts=False`: rows cut at a sentence end, else a phrase end, else a word end (layout
   chunk_style "compel"); `Compel` itself passes `SplitLongTextMode.SENTENCES`, so no EOS copy;
 - `pad_conditioning_tensors_to_same_length` appends whole rows of the empty prompt's encoding;
@@ -38,8 +38,8 @@ import torch
 
 from sdclip.conditioner import Conditioner
 from sdclip.encoder import encoders_from_modules
-from sdclip.presets import Options
-from sdclip.prompt import PromptSyntaxError
+from sdclip.conventions.presets import Options
+from sdclip.syntax.prompt import PromptSyntaxError
 from tiny_models import tiny_family, write_tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -245,8 +245,8 @@ def test_batches_padded_like_compel(toks, sd1):
 def test_compel_chunks_keep_embedding_runs_and_breaks():
     """Beyond compel (no BREAK, textual-inversion ids are plain added tokens there): a cut that would fall
     inside a vector run moves before it, a run longer than a row is refused, BREAK starts a row."""
-    from sdclip.layout import LayoutSpec, layout
-    from sdclip.tokens import FIRST_VECTOR_ID, TokenStream
+    from sdclip.layout.build import LayoutSpec, layout
+    from sdclip.tokenizer.stream import FIRST_VECTOR_ID, TokenStream
 
     spec = LayoutSpec(mode="chunk", chunk_style="compel")
     no_word_end = 596  # "ab" (no </w>): nothing to cut at, compel's last resort is 75

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sdclip.embeddings import Embedding, EmbeddingError, EmbeddingLibrary, load_embedding
+from sdclip.encoder.textual_inversion import Embedding, EmbeddingError, EmbeddingLibrary, load_embedding
 
 
 def a1111_pt(path, vec, name="thing"):

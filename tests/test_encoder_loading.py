@@ -20,7 +20,7 @@ from tiny_models import (
 )
 
 from sdclip.encoder import CheckpointError, LayerSelect, load_text_encoders
-from sdclip.encoder import checkpoint as checkpoint_mod
+from sdclip.encoder.loading import checkpoint as checkpoint_mod
 
 TOL = 1e-5
 CASES = [(f, lay) for f, lays in FAMILY_LAYOUTS.items() for lay in lays]

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from sdclip.layout import COMMA_ID, LayoutSpec, layout
-from sdclip.tokens import BOS, EOS, FIRST_VECTOR_ID, TokenStream
+from sdclip.layout.build import COMMA_ID, LayoutSpec, layout
+from sdclip.tokenizer.stream import BOS, EOS, FIRST_VECTOR_ID, TokenStream
 
 WORD = 320  # any ordinary token id
 
@@ -249,7 +249,7 @@ def test_window_keeps_a_phrase_that_chunking_cuts():
     """'golden hour light' at tokens 74–76: chunking puts 'golden' in row 1 and 'hour light' in row 2, where
     they see none of it; in the window layout the kept slots of 'hour light' sit in a window that also holds
     'golden' (and ≥ 25 tokens before it), so the encoder sees the whole phrase."""
-    from sdclip.tokenizer import Tokenizer, tokenize
+    from sdclip.tokenizer.clip import Tokenizer, tokenize
     from sdclip.syntax import parse
 
     text = " ".join(["forest"] * 74) + " golden hour light, " + " ".join(["mist"] * 20)

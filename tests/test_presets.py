@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from sdclip.family import FAMILIES
-from sdclip.layer_select import LayerSelect
-from sdclip.presets import PRESETS, Options, resolve_clip_skip
+from sdclip.conventions.family import FAMILIES
+from sdclip.conventions.clip_skip import LayerSelect
+from sdclip.conventions.presets import PRESETS, Options, resolve_clip_skip
 
 SD1_L = FAMILIES["sd1"].roles[0]
 SD2_H = FAMILIES["sd2"].roles[0]

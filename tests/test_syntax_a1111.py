@@ -3,7 +3,7 @@ REFERENCE.md §4) or follow directly from its documented rules; none were produc
 
 import pytest
 
-from sdclip.prompt import PromptSyntaxError
+from sdclip.syntax.prompt import PromptSyntaxError
 from sdclip.syntax import parse, schedule
 
 

@@ -3,7 +3,7 @@ comfy/sd1_clip.py) or follow from its documented rules."""
 
 import pytest
 
-from sdclip.prompt import PromptSyntaxError
+from sdclip.syntax.prompt import PromptSyntaxError
 from sdclip.syntax import parse
 
 

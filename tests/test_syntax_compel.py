@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from sdclip.prompt import PromptSyntaxError
+from sdclip.syntax.prompt import PromptSyntaxError
 from sdclip.syntax import parse
 
 compel_parser = pytest.importorskip("compel.prompt_parser")

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sdclip.prompt import MAX_WEIGHT, Prompt, PromptSyntaxError
+from sdclip.syntax.prompt import MAX_WEIGHT, Prompt, PromptSyntaxError
 from sdclip.syntax import DIALECTS, parse, schedule
 
 SYNTAX_HEAVY = st.text(alphabet='()[]{}:|\\"+-.,=<> abAND BREAK 0123456789e\n\t\x0b', max_size=60)

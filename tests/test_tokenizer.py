@@ -15,9 +15,9 @@ import ftfy
 import pytest
 import regex
 
-from sdclip.prompt import Fragment, Sequence
-from sdclip.tokenizer import NORMALIZATIONS, Tokenizer, UnknownEmbeddingError, tokenize
-from sdclip.tokens import FIRST_VECTOR_ID
+from sdclip.syntax.prompt import Fragment, Sequence
+from sdclip.tokenizer.clip import NORMALIZATIONS, Tokenizer, UnknownEmbeddingError, tokenize
+from sdclip.tokenizer.stream import FIRST_VECTOR_ID
 from tokenizer_corpus import corpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -218,7 +218,7 @@ def test_ftfy_skip_for_unicode_is_sound():
     contexts, and random strings built from the characters ftfy's mojibake detector looks for."""
     from ftfy.badness import MOJIBAKE_CATEGORIES
 
-    from sdclip.normalize import ftfy_inert
+    from sdclip.tokenizer.normalize import ftfy_inert
 
     wrong = []
     for code in range(0x80, 0x10000):
@@ -245,7 +245,7 @@ def test_ftfy_skip_for_unicode_is_sound():
 
 def test_ascii_presplit_equals_unicode_presplit():
     """The stdlib-`re` split used on fast-path text gives the `regex` split of the references."""
-    from sdclip.normalize import PRESPLIT, PRESPLIT_ASCII, is_plain
+    from sdclip.tokenizer.normalize import PRESPLIT, PRESPLIT_ASCII, is_plain
 
     rng = random.Random(1)
     alphabet = FAST_PATH_CHARS + "'sStTdDmMlLrReEvV<>|_"
@@ -403,6 +403,6 @@ def test_bad_input_gets_clear_errors(tmp_path, hf_folder):
 
 
 def test_importing_the_tokenizer_does_not_import_torch():
-    code = "import sys, sdclip.tokenizer; sdclip.tokenizer.Tokenizer.default().encode('a'); print('torch' in sys.modules)"
+    code = "import sys, sdclip.tokenizer.clip; sdclip.tokenizer.clip.Tokenizer.default().encode('a'); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdclip.weighting import (
+from sdclip.assemble.weighting import (
     WEIGHTINGS,
     CompelPlan,
     WeightingError,

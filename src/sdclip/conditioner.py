@@ -14,18 +14,18 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .assemble import blend, merge_rows, pad_with_empty, pick_pooled
-from .conditioning import Conditioning, ConditioningPair, ScheduledConditioning
-from .embeddings import EmbeddingLibrary
-from .encoder import CLIPTextEncoder
-from .encoding import RowBatch, RowCache, RowEncoder
-from .family import FAMILIES, Family, get_family
-from .prepare import Prepared, PreparedPart, prepare
-from .presets import Options
-from .syntax import schedule
-from .tokenizer import Tokenizer
-from .tokens import BOS, EOS
-from .weighting import apply_weights, compel_downweight_plan, slot_fragments
+from sdclip.assemble.combine import blend, merge_rows, pad_with_empty, pick_pooled
+from sdclip.assemble.conditioning import Conditioning, ConditioningPair, ScheduledConditioning
+from sdclip.encoder.textual_inversion import EmbeddingLibrary
+from sdclip.encoder import CLIPTextEncoder
+from sdclip.encoder.batching import RowBatch, RowCache, RowEncoder
+from sdclip.conventions.family import FAMILIES, Family, get_family
+from sdclip.prepare import Prepared, PreparedPart, prepare
+from sdclip.conventions.presets import Options
+from sdclip.syntax import schedule
+from sdclip.tokenizer.clip import Tokenizer
+from sdclip.tokenizer.stream import BOS, EOS
+from sdclip.assemble.weighting import apply_weights, compel_downweight_plan, slot_fragments
 
 
 @dataclass
@@ -108,7 +108,7 @@ class Conditioner:
         """Load the text encoder(s) of a checkpoint file, model folder or hub id (see sdclip.encoder).
         pack_weights: CPU encoding 3–27% faster for a second copy of the encoders' weights in memory
         (CLIPTextEncoder.pack_weights)."""
-        from .encoder import load_text_encoders
+        from sdclip.encoder import load_text_encoders
 
         loaded = load_text_encoders(source, family=family, dtype=dtype, device=device)
         for enc in loaded.encoders:

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from .conditioner import Conditioner
-from .encoder import encoders_from_modules
-from .presets import Options
+from sdclip.conditioner import Conditioner
+from sdclip.encoder import encoders_from_modules
+from sdclip.conventions.presets import Options
 
 
 def conditioner_from_pipeline(

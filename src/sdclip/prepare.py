@@ -8,14 +8,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .family import Family
-from .layout import LONG_CLIP_LENGTH, layout
-from .presets import Options
-from .prompt import Prompt, Sequence
-from .rows import Rows
-from .syntax import parse
-from .tokenizer import Tokenizer, tokenize
-from .tokens import TokenStream
+from sdclip.conventions.family import Family
+from sdclip.layout.build import LONG_CLIP_LENGTH, layout
+from sdclip.conventions.presets import Options
+from sdclip.syntax.prompt import Prompt, Sequence
+from sdclip.layout.rows import Rows
+from sdclip.syntax import parse
+from sdclip.tokenizer.clip import Tokenizer, tokenize
+from sdclip.tokenizer.stream import TokenStream
 
 
 @dataclass(frozen=True)

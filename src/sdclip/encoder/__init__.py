@@ -5,11 +5,11 @@
     out = loaded.encoders[1](ids, LayerSelect.diffusers(None, sdxl=True), pooled=True)
 """
 
-from .checkpoint import CheckpointError, open_tensor_file
-from ..layer_select import LayerSelect
-from .config import LONGCLIP_L, PRESETS, VIT_BIGG, VIT_H, VIT_L, EncoderConfig
-from .loading import FAMILIES, LoadedEncoders, encoders_from_modules, load_text_encoders
-from .model import CLIPTextEncoder, EncoderOutput
+from sdclip.encoder.loading.checkpoint import CheckpointError, open_tensor_file
+from sdclip.conventions.clip_skip import LayerSelect
+from sdclip.encoder.config import LONGCLIP_L, PRESETS, VIT_BIGG, VIT_H, VIT_L, EncoderConfig
+from sdclip.encoder.loading.clip import FAMILIES, LoadedEncoders, encoders_from_modules, load_text_encoders
+from sdclip.encoder.model import CLIPTextEncoder, EncoderOutput
 
 __all__ = [
     "CLIPTextEncoder", "CheckpointError", "EncoderConfig", "EncoderOutput", "FAMILIES", "LONGCLIP_L",

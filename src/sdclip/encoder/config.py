@@ -1,4 +1,4 @@
-"""The CLIP text transformer's shape, as data (the layer rule, clip skip, lives in sdclip.layer_select).
+"""The CLIP text transformer's shape, as data (the layer rule, clip skip, lives in sdclip.conventions.clip_skip).
 
 Architecture facts this module relies on (all CLIP text towers used by Stable Diffusion):
 token embedding + learned absolute positions, `depth` pre-LN residual blocks (LN → causal MHA → +;

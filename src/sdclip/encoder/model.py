@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..tokens import EOS
-from ..layer_select import LayerSelect
-from . import kernels
-from .config import EncoderConfig
+from sdclip.tokenizer.stream import EOS
+from sdclip.conventions.clip_skip import LayerSelect
+from sdclip.encoder import kernels
+from sdclip.encoder.config import EncoderConfig
 
 
 @dataclass

@@ -13,8 +13,8 @@ from __future__ import annotations
 import gc
 from collections.abc import Collection
 
-from ..prompt import Prompt, PromptSyntaxError, Schedule, Scheduled
-from . import a1111, comfy, compel, plain
+from sdclip.syntax.prompt import Prompt, PromptSyntaxError, Schedule, Scheduled
+from sdclip.syntax import a1111, comfy, compel, plain
 
 DIALECTS = ("a1111", "comfy", "compel", "plain")
 

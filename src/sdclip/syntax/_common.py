@@ -12,7 +12,7 @@ import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
-from ..prompt import MAX_WEIGHT, Fragment, FragmentKind, PromptSyntaxError, Sequence, check_weight
+from sdclip.syntax.prompt import MAX_WEIGHT, Fragment, FragmentKind, PromptSyntaxError, Sequence, check_weight
 
 #: more brackets open at once than this is refused: no real prompt nests that deep, and the
 #: A1111 weight rules cost O(depth) per text run, so the cap keeps parsing linear.

@@ -34,8 +34,8 @@ import math
 import re
 from collections.abc import Collection
 
-from ..prompt import MAX_WEIGHT, Part, Prompt, Schedule, Scheduled
-from ._common import (
+from sdclip.syntax.prompt import MAX_WEIGHT, Part, Prompt, Schedule, Scheduled
+from sdclip.syntax._common import (
     MAX_DEPTH,
     OffsetMap,
     Piece,

@@ -26,8 +26,8 @@ import re
 from array import array
 from collections.abc import Collection
 
-from ..prompt import Part, Prompt
-from ._common import Piece, checked, to_sequence
+from sdclip.syntax.prompt import Part, Prompt
+from sdclip.syntax._common import Piece, checked, to_sequence
 
 _EMBED = re.compile(r"(?:^|(?<=\s))embedding:")
 #: a weight text longer than this (after stripping) is not taken as a number: keeps parsing linear

@@ -28,8 +28,8 @@ import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from ..prompt import Part, Prompt
-from ._common import OffsetMap, Piece, checked, error, split_embeddings, to_sequence
+from sdclip.syntax.prompt import Part, Prompt
+from sdclip.syntax._common import OffsetMap, Piece, checked, error, split_embeddings, to_sequence
 
 PLUS, MINUS = 1.1, 0.9
 _PP_WS = " \n\t\r"  # what pyparsing skips between elements (and what White() matches)

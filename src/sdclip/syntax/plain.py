@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from ..prompt import Part, Prompt
-from ._common import Piece, split_embeddings, to_sequence
+from sdclip.syntax.prompt import Part, Prompt
+from sdclip.syntax._common import Piece, split_embeddings, to_sequence
 
 
 def parse(text: str, embeddings: Collection[str] = ()) -> Prompt:

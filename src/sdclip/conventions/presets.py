@@ -23,12 +23,12 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Literal
 
-from .family import EncoderRole
-from .layer_select import LayerSelect
-from .layout import LAYOUTS, LayoutSpec
+from sdclip.conventions.family import EncoderRole
+from sdclip.conventions.clip_skip import LayerSelect
+from sdclip.layout.build import LAYOUTS, LayoutSpec
 
 PRESETS = ("a1111", "comfy", "compel", "diffusers")
-#: the weighting formulas (sdclip.weighting implements them; named here so choosing one needs no torch)
+#: the weighting formulas (sdclip.assemble.weighting implements them; named here so choosing one needs no torch)
 WEIGHTINGS = ("a1111", "no-norm", "comfy", "compel", "lerp-eos", "none")
 POOLED_SOURCES = ("first", "last", "mean")
 SKIP_CONVENTIONS = ("a1111", "comfy", "diffusers")
@@ -54,8 +54,8 @@ class Options:
     zeros_for_empty_negative: bool = False
 
     def __post_init__(self) -> None:
-        from .syntax import DIALECTS
-        from .tokenizer import NORMALIZATIONS
+        from sdclip.syntax import DIALECTS
+        from sdclip.tokenizer.clip import NORMALIZATIONS
 
         choices = {
             "dialect": DIALECTS,

@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from .checkpoint import CheckpointError
+from sdclip.encoder.loading.checkpoint import CheckpointError
 
 ALLOW_PATTERNS = [
     "model_index.json",

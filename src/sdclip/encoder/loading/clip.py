@@ -29,10 +29,10 @@ from typing import Literal
 
 import torch
 
-from .checkpoint import CheckpointError, MemoryTensors, PickleFile, TensorFile, open_tensor_file, read_checked
-from .config import LONGCLIP_L, VIT_BIGG, VIT_H, VIT_L, EncoderConfig
-from ..tokens import VOCAB_SIZE
-from .model import CLIPTextEncoder
+from sdclip.encoder.loading.checkpoint import CheckpointError, MemoryTensors, PickleFile, TensorFile, open_tensor_file, read_checked
+from sdclip.encoder.config import LONGCLIP_L, VIT_BIGG, VIT_H, VIT_L, EncoderConfig
+from sdclip.tokenizer.stream import VOCAB_SIZE
+from sdclip.encoder.model import CLIPTextEncoder
 
 Family = Literal["sd1", "sd2", "sdxl", "longclip"]
 Role = Literal["L", "H", "G", "L248"]
@@ -442,7 +442,7 @@ def load_text_encoders(
 
     Raises CheckpointError for anything unusable (before any encoder exists).
     """
-    from .hub import resolve
+    from sdclip.encoder.loading.hub import resolve
 
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise CheckpointError(f"dtype {dtype} unsupported (float32, float16, bfloat16)")

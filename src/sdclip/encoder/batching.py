@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .encoder import CLIPTextEncoder, LayerSelect
+from sdclip.encoder import CLIPTextEncoder, LayerSelect
 
 Key = tuple
 

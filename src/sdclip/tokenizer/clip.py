@@ -1,11 +1,11 @@
 """The exact CLIP tokenizer: three users' normalisations, one cached BPE, character spans. No torch.
 
 Pipeline (after OpenAI's `simple_tokenizer.py`, with `tokenizers`' stage split): added tokens cut from the
-raw text → mode cleaning (`sdclip.normalize`) → CLIP pre-split regex → per-piece BPE. BPE results are cached
+raw text → mode cleaning (`sdclip.tokenizer.normalize`) → CLIP pre-split regex → per-piece BPE. BPE results are cached
 per piece (a prompt corpus reuses few words), and a miss runs the Rust BPE model of `tokenizers` (merges
 applied lowest rank first, `</w>` on the last symbol: the same result as CLIP's Python loop).
 
-Ids are identical to the reference of each mode (see `sdclip.normalize`); tests compare them on a few
+Ids are identical to the reference of each mode (see `sdclip.tokenizer.normalize`); tests compare them on a few
 thousand prompts. Bad input raises `TypeError` (not a str) or `ValueError` (unknown mode, broken
 vocabulary, unknown id, text that is not valid Unicode); unknown textual-inversion names raise
 `UnknownEmbeddingError`.
@@ -19,11 +19,11 @@ from typing import Iterable, Mapping
 
 import regex
 
-from . import normalize as norm
-from .normalize import NORMALIZATIONS
-from .prompt import Sequence
-from .tokens import FIRST_VECTOR_ID, TokenStream
-from .vocab import (
+from sdclip.tokenizer import normalize as norm
+from sdclip.tokenizer.normalize import NORMALIZATIONS
+from sdclip.syntax.prompt import Sequence
+from sdclip.tokenizer.stream import FIRST_VECTOR_ID, TokenStream
+from sdclip.tokenizer.vocab import (
     BOS_TEXT,
     END_OF_WORD,
     EOS_TEXT,

@@ -17,8 +17,8 @@ from dataclasses import asdict, replace
 from collections.abc import Callable
 from pathlib import Path
 
-from .family import FAMILIES
-from .presets import POOLED_SOURCES, WEIGHTINGS
+from sdclip.conventions.family import FAMILIES
+from sdclip.conventions.presets import POOLED_SOURCES, WEIGHTINGS
 
 DTYPES = ("fp32", "fp16", "bf16")
 
@@ -49,8 +49,8 @@ def cmd_encode(args: argparse.Namespace, options_of: Callable) -> int:
     import torch
     from safetensors.torch import save_file
 
-    from .assemble import pad_with_empty
-    from .conditioner import Conditioner
+    from sdclip.assemble.combine import pad_with_empty
+    from sdclip.conditioner import Conditioner
     if args.batch_size < 1:
         raise ValueError("--batch-size must be ≥ 1")
     if args.out.suffix != ".safetensors":

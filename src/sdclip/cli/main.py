@@ -15,13 +15,13 @@ import json
 import sys
 from collections.abc import Sequence
 
-from .encode_cli import add_encode_parser
-from .family import FAMILIES, get_family
-from .layout import LAYOUTS
-from .presets import PRESETS, Options
-from .prompt import PromptSyntaxError
-from .syntax import DIALECTS
-from .tokenizer import NORMALIZATIONS
+from sdclip.cli.encode import add_encode_parser
+from sdclip.conventions.family import FAMILIES, get_family
+from sdclip.layout.build import LAYOUTS
+from sdclip.conventions.presets import PRESETS, Options
+from sdclip.syntax.prompt import PromptSyntaxError
+from sdclip.syntax import DIALECTS
+from sdclip.tokenizer.clip import NORMALIZATIONS
 
 EXAMPLE = "a (red:1.3) fox in a [misty] forest, highly detailed, BREAK golden hour light"
 
@@ -64,8 +64,8 @@ def capacity(tokens: int, per_row: int) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .prepare import prepare
-    from .tokenizer import Tokenizer
+    from sdclip.prepare import prepare
+    from sdclip.tokenizer.clip import Tokenizer
 
     options = _options(args)
     family = get_family(args.family)
@@ -99,14 +99,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         }
         print(json.dumps(out, ensure_ascii=False))
         return 0
-    from .report import render_inspect
+    from sdclip.cli.render import render_inspect
 
     render_inspect(args.text, prepared, tokenizer, family, options, capacity(count, per_row))
     return 0
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
-    from .tokenizer import Tokenizer
+    from sdclip.tokenizer.clip import Tokenizer
 
     tokenizer = Tokenizer.default(args.normalize)
     out = sys.stdout

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
-from .rows import Rows
-from .tokens import BOS, EOS, TokenStream
+from sdclip.layout.rows import Rows
+from sdclip.tokenizer.stream import BOS, EOS, TokenStream
 
 LayoutMode = Literal["truncate", "chunk", "window", "compress", "long"]
 LAYOUTS: tuple[str, ...] = ("truncate", "chunk", "window", "compress", "long")
@@ -273,7 +273,7 @@ COMPEL_PHRASE_IDS = frozenset({269, 267, 282, 281})
 @lru_cache(maxsize=1)
 def _word_end_ids() -> frozenset[int]:
     """Ids of CLIP vocabulary entries spelled with a trailing ``</w>`` (compel's word ends)."""
-    from .vocab import END_OF_WORD, packaged
+    from sdclip.tokenizer.vocab import END_OF_WORD, packaged
 
     vocab, _ = packaged()
     return frozenset(i for t, i in vocab.items() if t.endswith(END_OF_WORD))

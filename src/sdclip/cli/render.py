@@ -5,11 +5,11 @@ from __future__ import annotations
 from rich.console import Console
 from rich.text import Text
 
-from .family import Family
-from .prepare import Prepared
-from .presets import Options
-from .tokenizer import Tokenizer
-from .tokens import BOS, EOS
+from sdclip.conventions.family import Family
+from sdclip.prepare import Prepared
+from sdclip.conventions.presets import Options
+from sdclip.tokenizer.clip import Tokenizer
+from sdclip.tokenizer.stream import BOS, EOS
 
 
 def _style(weight: float) -> str:

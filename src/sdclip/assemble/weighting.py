@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .presets import WEIGHTINGS  # the names live with the other conventions (no torch needed)
+from sdclip.conventions.presets import WEIGHTINGS  # the names live with the other conventions (no torch needed)
 
 #: compel clamps down-weights to this before tan() so that w = 0 gives a huge but finite mix weight
 COMPEL_EPSILON = 1e-5

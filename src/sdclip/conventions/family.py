@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .tokens import EOS
+from sdclip.tokenizer.stream import EOS
 
 
 @dataclass(frozen=True)

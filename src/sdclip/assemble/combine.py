@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .presets import POOLED_SOURCES
+from sdclip.conventions.presets import POOLED_SOURCES
 
 
 def merge_rows(hidden: Tensor, keep: Sequence[Sequence[bool]]) -> Tensor:

@@ -33,7 +33,7 @@ from typing import Iterator
 import ftfy
 import regex
 
-from .vocab import BOS_TEXT, EOS_TEXT, OPENCLIP_BOS_TEXT, OPENCLIP_EOS_TEXT
+from sdclip.tokenizer.vocab import BOS_TEXT, EOS_TEXT, OPENCLIP_BOS_TEXT, OPENCLIP_EOS_TEXT
 
 NORMALIZATIONS = ("openclip", "hf-slow", "hf-fast")
 
