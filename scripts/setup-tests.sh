@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 PIP="python -m pip install -q --disable-pip-version-check -c scripts/test-constraints.txt"
 # the CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build
 $PIP "torch==2.13.0"
-$PIP -e ".[torch,test]"
+$PIP -e ".[torch,serve,ray,attention,test]"
 # open_clip's tokenizer is the reference for the "openclip" normalisation; its package import needs
 # torchvision (which breaks beside this torch), so it is installed without dependencies and its
 # tokenizer module loaded on its own

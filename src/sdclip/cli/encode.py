@@ -13,39 +13,27 @@ import argparse
 import json
 import os
 import tempfile
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from collections.abc import Callable
 from pathlib import Path
 
-from sdclip.conventions.family import FAMILIES
-from sdclip.conventions.presets import POOLED_SOURCES, WEIGHTINGS
-
-DTYPES = ("fp32", "fp16", "bf16")
+from sdclip.cli.options import add_model_options, add_text_options, model_options
 
 
-def add_encode_parser(sub, add_text_options: Callable, options_of: Callable) -> None:  # noqa: ANN001
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("encode", help="encode prompts with a model's text encoder(s) to a .safetensors file")
-    p.add_argument("--model", required=True, help="checkpoint file, model/diffusers folder, or hub id")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="the prompt")
     src.add_argument("--prompts-file", type=Path, help="one prompt per line, encoded in batches")
     p.add_argument("--negative", help="negative prompt (default: none — the empty prompt, or zeros where the preset says)")
     p.add_argument("--out", required=True, type=Path, help="output .safetensors file")
-    p.add_argument("--family", choices=tuple(FAMILIES), help="override the detected model family")
-    p.add_argument("--clip-skip", type=int, help="AUTOMATIC1111 convention: 1 = last layer, 2 = penultimate")
-    p.add_argument("--weighting", choices=WEIGHTINGS, help="weighting formula (default: the preset's)")
-    p.add_argument("--pooled-source", choices=POOLED_SOURCES, help="SDXL pooled vector source row")
-    p.add_argument("--embeddings", action="append", default=[], type=Path, help="textual-inversion file or folder (repeatable)")
-    p.add_argument("--dtype", choices=DTYPES, default="fp32")
-    p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per batch with --prompts-file")
-    p.add_argument("--pack-weights", action="store_true",
-                   help="CPU: 3-27%% faster encoding for a second copy of the encoder weights in memory")
+    add_model_options(p)
     add_text_options(p)
-    p.set_defaults(func=lambda args: cmd_encode(args, options_of))
+    p.set_defaults(func=run)
 
 
-def cmd_encode(args: argparse.Namespace, options_of: Callable) -> int:
+def run(args: argparse.Namespace) -> int:
     import torch
     from safetensors.torch import save_file
 
@@ -55,11 +43,7 @@ def cmd_encode(args: argparse.Namespace, options_of: Callable) -> int:
         raise ValueError("--batch-size must be ≥ 1")
     if args.out.suffix != ".safetensors":
         raise ValueError(f"--out must be a .safetensors file, got {args.out}")
-    base = options_of(args)
-    overrides = {"weighting": args.weighting, "pooled_source": args.pooled_source}
-    if args.clip_skip is not None:
-        overrides.update(clip_skip_convention="a1111", clip_skip=args.clip_skip)
-    options = replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    options = model_options(args)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     prompts = [args.prompt] if args.prompt is not None else _read_prompts(args.prompts_file)
 
