@@ -245,7 +245,7 @@ def test_batches_padded_like_compel(toks, sd1):
 def test_compel_chunks_keep_embedding_runs_and_breaks():
     """Beyond compel (no BREAK, textual-inversion ids are plain added tokens there): a cut that would fall
     inside a vector run moves before it, a run longer than a row is refused, BREAK starts a row."""
-    from sdclip.layout.build import LayoutSpec, layout
+    from sdclip.layout import LayoutSpec, layout
     from sdclip.tokenizer.stream import FIRST_VECTOR_ID, TokenStream
 
     spec = LayoutSpec(mode="chunk", chunk_style="compel")

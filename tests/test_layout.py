@@ -3,11 +3,12 @@ tokenize_line (which works on parsed (text, weight) segments with "BREAK" marker
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
 
-from sdclip.layout.build import COMMA_ID, LayoutSpec, layout
+from sdclip.layout import COMMA_ID, LayoutSpec, layout
 from sdclip.tokenizer.stream import BOS, EOS, FIRST_VECTOR_ID, TokenStream
 
 WORD = 320  # any ordinary token id
@@ -208,28 +209,66 @@ def test_compress_to_rows_drops_lowest_weight_tags_first():
     assert kept_tags == [5, 6, 7, 8, 9]
 
 
-def test_comfy_style_moves_short_words_and_splits_long_ones():
-    # stream: 70 single-token words, then a 6-token word (moves whole), then a 10-token word
-    src, ids, spans, pos = "", [], [], 0
-    def word(ntok):
-        nonlocal src, pos
-        for k in range(ntok):
-            spans.append((pos + k, pos + k + 1))
+def test_compress_drops_the_latest_of_equal_weight_tags_first():
+    """Ten tags of equal weight, room for five: the last five go, the first five stay (the earliest text
+    of a prompt is what its writer put first)."""
+    C = COMMA_ID
+    ids = []
+    for k in range(10):
+        ids += [WORD + k] * 14 + [C]
+    rows = layout(stream_of(ids), LayoutSpec(mode="compress", max_rows=1))
+    assert sorted({ids[t] - WORD for t in members(rows)[0] if ids[t] != C}) == [0, 1, 2, 3, 4]
+
+
+def _segment_stream(sizes: list[int]) -> TokenStream:
+    """One weighted segment (syntax fragment) per entry of `sizes`, of that many tokens each."""
+    ids, spans, frags, src = [], [], [], ""
+    for f, n in enumerate(sizes):
+        for k in range(n):
+            spans.append((len(src) + k, len(src) + k + 1))
             ids.append(WORD)
-        src += "x" * ntok + " "
-        pos += ntok + 1
-    for _ in range(70):
-        word(1)
-    word(6)
-    for _ in range(66):
-        word(1)
-    word(10)
-    s = TokenStream(ids=ids, weights=[1.0] * len(ids), spans=spans, source=src)
-    rows = layout(s, LayoutSpec(mode="chunk", chunk_style="comfy"))
-    m = members(rows)
-    assert m[0] == list(range(70))  # the 6-token word did not fit in the 5 left: moved whole
+            frags.append(f)
+        src += "x" * n + " "
+    return TokenStream(ids=ids, weights=[1.0] * len(ids), spans=spans, source=src, fragments=frags)
+
+
+def test_comfy_style_moves_short_segments_and_splits_long_ones():
+    # 70 one-token segments, a 6-token segment (moves whole), 66 one-token ones, a 10-token one (split)
+    s = _segment_stream([1] * 70 + [6] + [1] * 66 + [10])
+    m = members(layout(s, LayoutSpec(mode="chunk", chunk_style="comfy")))
+    assert m[0] == list(range(70))  # the 6-token segment did not fit in the 5 left: moved whole
     assert m[1][:6] == list(range(70, 76))
-    assert len(m[1]) == 75 and m[2] == list(range(145, 152))  # the 10-token word split at the border
+    assert len(m[1]) == 75 and m[2] == list(range(145, 152))  # the 10-token segment split at the border
+
+
+@pytest.mark.parametrize("size, moved", [(7, True), (8, False)])
+def test_comfy_keeps_segments_shorter_than_8_whole(size, moved):
+    """ComfyUI's max_word_length is 8: a 7-token segment that straddles the border moves whole, an 8-token
+    one is split at the row end."""
+    s = _segment_stream([1] * 70 + [size])
+    m = members(layout(s, LayoutSpec(mode="chunk", chunk_style="comfy")))
+    assert len(m[0]) == (70 if moved else 75)
+    assert m[1] == list(range(70, 70 + size)) if moved else list(range(75, 70 + size))
+
+
+@pytest.mark.parametrize(
+    "text, rows",
+    [
+        ("word " * 74 + "(x) y", [75, 1]),  # brackets end a segment: x fills the row, y starts the next
+        ("word " * 74 + "photorealistic", [75, 1]),  # one 76-token segment: split at the row end
+        ("word " * 70 + "(a b c d e f g)", [70, 7]),  # a 7-token segment moves whole
+    ],
+)
+def test_comfy_preset_rows_match_comfyui(text, rows):
+    """Row fillings that current ComfyUI (sd1_clip.SDTokenizer.tokenize_with_weights) gives."""
+    from sdclip.conventions.family import get_family
+    from sdclip.conventions.presets import Options
+    from sdclip.prepare import prepare
+    from sdclip.tokenizer import Tokenizer
+
+    prepared = prepare(text, Options.preset("comfy"), get_family("sd1"), Tokenizer.default("hf-slow"))
+    got = prepared.parts[0].rows[0]
+    assert [sum(1 for t in row if t >= 0) for row in got.tokens] == rows
 
 
 @pytest.mark.parametrize("mode", ["truncate", "chunk", "window", "compress", "long"])
@@ -254,7 +293,7 @@ def test_window_keeps_a_phrase_that_chunking_cuts():
 
     text = " ".join(["forest"] * 74) + " golden hour light, " + " ".join(["mist"] * 20)
     stream = tokenize(parse(text, "plain").parts[0].sequence, Tokenizer.default())
-    stream.source = text
+    stream = dataclasses.replace(stream, source=text)
     golden = next(i for i, (a, b) in enumerate(stream.spans) if text[a:b] == "golden")
     assert golden == 74
     chunk = layout(stream, LayoutSpec(mode="chunk", comma_backtrack=0))

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sdclip.conventions.family import Family
-from sdclip.layout.build import LONG_CLIP_LENGTH, layout
+from sdclip.layout import LONG_CLIP_LENGTH, layout
 from sdclip.conventions.presets import Options
 from sdclip.syntax.prompt import Prompt, Sequence
 from sdclip.layout.rows import Rows

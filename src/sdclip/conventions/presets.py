@@ -25,7 +25,7 @@ from typing import Literal
 
 from sdclip.conventions.family import EncoderRole
 from sdclip.conventions.clip_skip import LayerSelect
-from sdclip.layout.build import LAYOUTS, LayoutSpec
+from sdclip.layout.spec import CHUNK_STYLES, LAYOUTS, LayoutSpec
 
 PRESETS = ("a1111", "comfy", "compel", "diffusers")
 #: the weighting formulas (sdclip.assemble.weighting implements them; named here so choosing one needs no torch)

@@ -317,7 +317,7 @@ def tokenize(
     stream = TokenStream(source=source)
     slots: dict[tuple[str, int], int] = {}
     base = max(FIRST_VECTOR_ID, tokenizer.vocab_size)
-    for frag in sequence.fragments:
+    for number, frag in enumerate(sequence.fragments):
         end = max(frag.start, frag.end)
         if frag.kind == "break":
             stream.breaks.append(len(stream.ids))
@@ -334,9 +334,11 @@ def tokenize(
                 stream.ids.append(slot)
                 stream.weights.append(frag.weight)
                 stream.spans.append((frag.start, end))
+                stream.fragments.append(number)
         else:
             ids, spans = tokenizer.encode_with_spans(frag.text)
             stream.ids.extend(ids)
             stream.weights.extend([frag.weight] * len(ids))
             stream.spans.extend((min(frag.start + a, end), min(frag.start + b, end)) for a, b in spans)
+            stream.fragments.extend([number] * len(ids))
     return stream

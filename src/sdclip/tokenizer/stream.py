@@ -11,15 +11,16 @@ VOCAB_SIZE = 49408
 FIRST_VECTOR_ID = VOCAB_SIZE
 
 
-@dataclass
+@dataclass(frozen=True)
 class TokenStream:
-    """Columnar tokens of one Sequence, without BOS/EOS.
+    """Columnar tokens of one Sequence, without BOS/EOS. Frozen: built once by `tokenize`, then only read.
 
     - ids[i] < VOCAB_SIZE is a vocabulary token; ids[i] >= FIRST_VECTOR_ID is a textual-inversion vector
       slot, described by vectors[ids[i]] = (embedding name, vector index).
     - spans[i] = (start, end) character span in the source prompt.
     - breaks: token indices before which a new row must start (BREAK); may equal len(ids).
     - runs: (start, length) of each embedding's vector run: layouts never split one.
+    - fragments[i]: index of the syntax fragment token i came from (ComfyUI fills rows segment by segment).
     """
 
     ids: list[int] = field(default_factory=list)
@@ -28,6 +29,7 @@ class TokenStream:
     breaks: list[int] = field(default_factory=list)
     vectors: dict[int, tuple[str, int]] = field(default_factory=dict)
     runs: list[tuple[int, int]] = field(default_factory=list)
+    fragments: list[int] = field(default_factory=list)
     source: str = ""
 
     def __len__(self) -> int:

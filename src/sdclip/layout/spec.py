@@ -1,0 +1,48 @@
+"""Every layout option by name (`LayoutSpec`) and the constants the layouts share. Torch-free."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from sdclip.tokenizer.stream import EOS
+
+LayoutMode = Literal["truncate", "chunk", "window", "compress", "long"]
+LAYOUTS: tuple[str, ...] = ("truncate", "chunk", "window", "compress", "long")
+#: how the chunk layout fills rows (sdclip.layout.chunk.CHUNKERS)
+CHUNK_STYLES: tuple[str, ...] = ("a1111", "comfy", "compel")
+COMMA_ID = 267  #: ",</w>" in the CLIP vocabulary
+LONG_CLIP_LENGTH = 248
+
+
+@dataclass(frozen=True)
+class LayoutSpec:
+    """Every layout option, by name. ``length`` is the row length (77, or 248 for Long-CLIP)."""
+
+    mode: LayoutMode = "chunk"
+    length: int = 77
+    pad_id: int = EOS
+    comma_backtrack: int = 20
+    chunk_style: Literal["a1111", "comfy", "compel"] = "a1111"
+    stride: int = 50
+    max_rows: int | None = None
+    comma_id: int = COMMA_ID
+
+    def __post_init__(self) -> None:
+        if self.mode not in LAYOUTS:
+            raise ValueError(f"unknown layout {self.mode!r}; choose one of {', '.join(LAYOUTS)}")
+        if self.chunk_style not in CHUNK_STYLES:
+            raise ValueError(f"unknown chunk style {self.chunk_style!r}; choose one of {', '.join(CHUNK_STYLES)}")
+        if self.length < 3:
+            raise ValueError(f"row length {self.length} leaves no room for tokens")
+        if not 1 <= self.stride <= self.length - 2:
+            raise ValueError(f"window stride must be in 1..{self.length - 2}, got {self.stride}")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise ValueError(f"max_rows must be ≥ 1, got {self.max_rows}")
+        if self.comma_backtrack < 0:
+            raise ValueError("comma_backtrack must be ≥ 0")
+
+    @property
+    def capacity(self) -> int:
+        """Tokens per row between BOS and EOS."""
+        return self.length - 2
