@@ -1,0 +1,92 @@
+"""`sdclip serve`: the inspector as a live web page and a JSON API (see sdclip.serve).
+
+Contract (keep it stable): `sdclip serve [--host 127.0.0.1] [--port 7861] [--model PATH] [--open]` prints the
+URL and serves until interrupted. Without --model no torch is imported; with it, /api/encode is enabled
+(and guarded by `--token` when one is given). The text flags set the model's options; the page chooses
+its own per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sdclip.cli.options import add_model_options, add_text_options
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7861
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="a live token page and a JSON API in the browser (no model needed)")
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}: this machine only)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free port)")
+    p.add_argument("--open", action="store_true", help="open the page in the default browser")
+    p.add_argument("--cors", metavar="ORIGIN", help="allow cross-origin requests from ORIGIN (default: none)")
+    p.add_argument("--token", help="bearer token that /api/encode requires (default: none)")
+    p.add_argument("--time-limit", type=float, default=10.0, help="seconds one request may work (default 10)")
+    add_model_options(p, model_required=False)
+    add_text_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import socket
+
+    import uvicorn
+
+    from sdclip.serve.app import create_app
+    from sdclip.serve.limits import is_loopback
+
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be within 0..65535, got {args.port}")
+    if args.time_limit <= 0:
+        raise ValueError("--time-limit must be > 0")
+    if args.token is not None and not args.token.strip():
+        raise ValueError("--token must not be empty")
+    conditioner = _load(args) if args.model else None
+    if not is_loopback(args.host):
+        print(
+            f"sdclip: warning: listening on {args.host}, reachable from other machines; the API has no "
+            "authentication except --token for /api/encode",
+            file=sys.stderr,
+        )
+    app = create_app(conditioner, token=args.token, cors=args.cors, time_limit=args.time_limit)
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as exc:
+        sock.close()
+        raise ValueError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    port = sock.getsockname()[1]
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(args.host, args.host)  # a wildcard: show where to browse
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+    what = f"model {args.model}" if args.model else "no model: inspect and tokenize only"
+    print(f"sdclip serve: {url}  ({what}; Ctrl-C to stop)", flush=True)
+    if args.open:
+        import threading
+        import webbrowser
+
+        threading.Timer(0.5, webbrowser.open, (url,)).start()
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, server_header=False))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    return 0
+
+
+def _load(args: argparse.Namespace):  # noqa: ANN202 (torch stays out of the CLI's import)
+    """The model's Conditioner, once, as `sdclip encode` builds it from the same flags."""
+    import torch
+
+    from sdclip.cli.options import model_options
+    from sdclip.conditioner import Conditioner
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    return Conditioner.from_pretrained(
+        args.model, family=args.family, dtype=dtype, device=args.device, embeddings=args.embeddings,
+        options=model_options(args), pack_weights=args.pack_weights,
+    )

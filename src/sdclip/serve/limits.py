@@ -1,0 +1,148 @@
+"""The server's guards: request size, per-request time, bearer tokens, and where it listens.
+
+Each guard answers with the same JSON error shape as a bad prompt (`{"error": ..., "position": null}`),
+so a client handles one kind of failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import socket
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+T = TypeVar("T")
+
+MAX_BODY = 1 << 20  #: bytes of one request body (1 MiB: a prompt is a few KB)
+TIME_LIMIT = 10.0  #: seconds one request may work before it is answered 503
+
+
+class ApiError(Exception):
+    """A request the server refuses: HTTP status, one-line message, prompt position if any."""
+
+    def __init__(self, status: int, message: str, position: int | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.position = position
+        self.headers = headers or {}
+
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.message, self.position, self.headers)
+
+
+def error_response(status: int, message: str, position: int | None = None, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "position": position}, status_code=status, headers=headers)
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over `limit` bytes, by Content-Length or as it streams in.
+
+    Counting the stream matters: a chunked request has no Content-Length, and a client may lie.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_big = error_response(413, f"request body over the {self.limit:,}-byte limit")
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    await error_response(400, "bad Content-Length header")(scope, receive, send)
+                    return
+                if declared > self.limit:
+                    await too_big(scope, receive, send)
+                    return
+        # buffer the body (at most `limit` bytes) before the app runs, then replay it: the app never sees
+        # a partial body, and the answer to an oversized one is always a clean 413
+        chunks: list[bytes] = []
+        seen = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # client went away
+            body = message.get("body", b"")
+            seen += len(body)
+            if seen > self.limit:
+                await too_big(scope, receive, send)
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+class Worker:
+    """Runs request work in a bounded thread pool with a deadline.
+
+    A thread cannot be killed, so a request past its deadline is answered 503 while its thread finishes in
+    the background; the pool's size bounds how many such threads can pile up (later requests then wait
+    and time out too, instead of starving the event loop).
+    """
+
+    def __init__(self, time_limit: float = TIME_LIMIT, threads: int = 4, name: str = "sdclip-serve"):
+        self.time_limit = time_limit
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        future = asyncio.wrap_future(self.pool.submit(fn, *args))
+        try:
+            return await asyncio.wait_for(future, self.time_limit)
+        except asyncio.TimeoutError:
+            raise ApiError(
+                503,
+                f"the request did not finish within the server's {self.time_limit:g} s limit; try a shorter prompt",
+                headers={"Retry-After": "1"},
+            ) from None
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def check_bearer(request: Request, token: str | None) -> None:
+    """Refuse (401) a request without `Authorization: Bearer <token>` when the server has a token."""
+    if token is None:
+        return
+    given = request.headers.get("authorization", "")
+    scheme, _, value = given.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+        raise ApiError(401, "this endpoint needs 'Authorization: Bearer <token>' (the server's --token)",
+                       headers={"WWW-Authenticate": "Bearer"})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or a name) resolves only to loopback addresses."""
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback for i in infos)

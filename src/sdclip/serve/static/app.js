@@ -1,0 +1,226 @@
+// sdclip serve: the live token view. Plain DOM, no framework, no network beyond this server.
+// Every piece of user text goes in through textContent, never innerHTML.
+"use strict";
+
+const DEBOUNCE_MS = 150;
+const $ = (id) => document.getElementById(id);
+const state = { info: null, seq: 0, controller: null, timer: 0 };
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "text") node.textContent = v;
+    else if (k === "class") node.className = v;
+    else if (k === "testid") node.dataset.testid = v;
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children) if (c) node.append(c);
+  return node;
+}
+
+function fmt(w) {
+  return Number(w.toFixed(4)).toString();
+}
+
+// colour by weight: green above 1, amber below, red at or below 0; stronger further from 1
+function weightStyle(w) {
+  if (Math.abs(w - 1) < 1e-9) return "";
+  if (w <= 0) return "background: hsla(0, 75%, 50%, 0.45)";
+  const strength = Math.min(1, Math.abs(Math.log(w)) / Math.log(2));
+  const hue = w > 1 ? 130 : 35;
+  return `background: hsla(${hue}, 70%, 45%, ${(0.15 + 0.55 * strength).toFixed(3)})`;
+}
+
+function options() {
+  const form = $("options");
+  const out = {};
+  for (const name of ["syntax", "family", "layout", "normalize", "preset"]) {
+    const v = form.elements[name].value;
+    if (v) out[name] = v;
+  }
+  return out;
+}
+
+function fillSelect(select, values, chosen, blankLabel) {
+  select.replaceChildren();
+  if (blankLabel) select.append(el("option", { value: "", text: blankLabel }));
+  for (const v of values) select.append(el("option", { value: v, text: v, selected: v === chosen }));
+}
+
+async function loadInfo() {
+  try {
+    const r = await fetch("/api/info");
+    state.info = await r.json();
+  } catch (e) {
+    state.info = { choices: { syntax: [], family: ["sd1"], layout: [], normalize: [], preset: ["a1111"] },
+                   family: "sd1", embeddings: {} };
+  }
+  const c = state.info.choices;
+  const form = $("options");
+  fillSelect(form.elements.syntax, c.syntax, null, "(preset's)");
+  fillSelect(form.elements.family, c.family, state.info.family);
+  fillSelect(form.elements.layout, c.layout, null, "(preset's)");
+  fillSelect(form.elements.normalize, c.normalize, null, "(preset's)");
+  fillSelect(form.elements.preset, c.preset, "a1111");
+}
+
+function schedule() {
+  return { steps: Math.max(1, Math.min(1000, parseInt($("steps").value, 10) || 20)),
+           step: parseInt($("step").value, 10) || 1 };
+}
+
+async function fetchView(text, signal) {
+  const { steps, step } = schedule();
+  const body = { prompt: text, ...options(), steps, step: Math.min(step, steps) };
+  const names = state.info && state.info.embeddings;
+  if (names && Object.keys(names).length) body.embedding_names = names;
+  const r = await fetch("/api/view", {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body), signal,
+  });
+  let data;
+  try { data = await r.json(); } catch (e) { data = { error: `HTTP ${r.status}`, position: null }; }
+  return r.ok ? data : { error: data.error || `HTTP ${r.status}`, position: data.position ?? null };
+}
+
+function scheduleRefresh() {
+  clearTimeout(state.timer);
+  state.timer = setTimeout(refresh, DEBOUNCE_MS);
+}
+
+async function refresh() {
+  const seq = ++state.seq;
+  if (state.controller) state.controller.abort();
+  state.controller = new AbortController();
+  const signal = state.controller.signal;
+  const prompt = $("prompt").value;
+  const negative = $("negative").value;
+  $("status").textContent = "…";
+  let results;
+  try {
+    results = await Promise.all([fetchView(prompt, signal), fetchView(negative, signal)]);
+  } catch (e) {
+    if (e.name === "AbortError") return;
+    results = [{ error: `server unreachable: ${e.message}`, position: null }, null];
+  }
+  if (seq !== state.seq) return; // a newer edit is on its way
+  $("status").textContent = "";
+  renderSchedule(results);
+  renderView($("prompt-view"), "prompt", prompt, results[0]);
+  renderView($("negative-view"), "negative", negative, results[1]);
+  document.body.dataset.ready = String(seq); // tests wait on this
+}
+
+function renderSchedule(results) {
+  const views = results.filter((r) => r && r.view);
+  const scheduled = views.some((r) => r.view.scheduled);
+  $("schedule").hidden = !scheduled;
+  const { steps, step } = schedule();
+  $("step").max = String(steps);
+  if (step > steps) $("step").value = String(steps);
+  $("step-label").textContent = `${Math.min(step, steps)} / ${steps}`;
+  const first = views.find((r) => r.view.scheduled) || views[0];
+  $("step-text").textContent = first ? first.view.text : "";
+}
+
+function renderError(section, text, result) {
+  const box = el("div", { class: "error", testid: "error", role: "alert" });
+  box.append(el("div", { class: "message", testid: "error-message", text: result.error }));
+  if (result.position !== null && result.position !== undefined) {
+    const pos = Math.max(0, Math.min(result.position, text.length));
+    const lo = Math.max(0, pos - 60);
+    const hi = Math.min(text.length, pos + 60);
+    const prefix = lo > 0 ? "…" : "";
+    const windowText = prefix + text.slice(lo, hi).replace(/[\n\t]/g, " ");
+    const caret = " ".repeat(prefix.length + pos - lo) + "^";
+    box.append(el("pre", { class: "caret", testid: "caret", "data-position": String(pos) }, `${windowText}\n${caret}`));
+  }
+  section.append(box);
+}
+
+function renderView(section, which, text, result) {
+  section.replaceChildren();
+  section.append(el("h2", { text: which }));
+  if (!result) return;
+  if (result.error !== undefined) {
+    renderError(section, text, result);
+    return;
+  }
+  const { inspect, view } = result;
+  const counter = el("span", {
+    class: inspect.dropped ? "counter over" : "counter", testid: "token-count",
+    title: `${inspect.tokens} tokens; ${inspect.capacity / view.per_row} row(s) of ${view.per_row}`,
+    text: `${inspect.tokens}/${inspect.capacity}`,
+  });
+  section.querySelector("h2").append(" ", counter);
+  if (view.scheduled) section.append(el("div", { class: "note", text: `step ${view.step} of ${view.steps}` }));
+  if (inspect.dropped || view.source.some((s) => s.dropped)) {
+    const source = el("div", { class: "source", testid: "source" });
+    for (const seg of view.source) {
+      source.append(seg.dropped ? el("del", { class: "dropped", testid: "dropped", title: "not in any row", text: seg.t })
+                                : document.createTextNode(seg.t));
+    }
+    section.append(source);
+  }
+  const multi = view.parts.length > 1;
+  let rowIndex = 0;
+  view.parts.forEach((part, p) => {
+    const box = el("div", { class: "part", testid: "part", "data-part": String(p) });
+    if (multi || view.combine !== "single") {
+      box.append(el("div", { class: "part-head", testid: "part-head",
+        text: `part ${p + 1} · ${view.combine.toUpperCase()} weight ${fmt(part.weight)} · ${part.tokens}/${part.capacity}` }));
+    }
+    part.rows.forEach((row) => {
+      if (row.break_before) box.append(el("div", { class: "break", testid: "break", text: "BREAK" }));
+      box.append(renderRow(row, rowIndex++, view.per_row));
+    });
+    for (const note of part.notes) box.append(el("div", { class: "note", testid: "note", text: note }));
+    if (part.dropped) box.append(el("div", { class: "dropped-text", testid: "dropped-text" },
+      el("b", { text: "dropped: " }), el("del", { text: part.dropped })));
+    section.append(box);
+  });
+  if (view.embeddings.length) {
+    const list = el("ul", { class: "embeddings", testid: "embeddings" });
+    for (const e of view.embeddings) {
+      list.append(el("li", { testid: "embedding", text: `${e.name}: ${e.vectors} vector(s) at characters ${e.span[0]}–${e.span[1]}` }));
+    }
+    section.append(list);
+  }
+}
+
+function renderRow(row, index, perRow) {
+  const line = el("div", { class: "row", testid: "row", "data-row": String(index) });
+  line.append(el("span", { class: "row-head", testid: "row-count", text: `${index + 1} · ${row.count}/${perRow}` }));
+  const slots = el("span", { class: "slots" });
+  row.slots.forEach((slot, s) => {
+    if (slot.kind === "bos" || slot.kind === "eos" || slot.kind === "pad") {
+      slots.append(el("span", { class: `special ${slot.kind}`, title: `slot ${s} · id ${slot.id}`, text: slot.kind.toUpperCase() }));
+      return;
+    }
+    const classes = ["token", slot.kind];
+    if (slot.cont) classes.push("cont");
+    if (!slot.keep) classes.push("overlap");
+    let title = `weight ${fmt(slot.w)} · id ${slot.id} · slot ${s}`;
+    if (slot.kind === "vector") title = `embedding ${slot.name} vector ${slot.vector} · ` + title;
+    if (slot.cont) title += " · continues the character before";
+    if (!slot.keep) title += " · window overlap (not kept)";
+    const label = slot.cont ? "+" : slot.t;
+    slots.append(el("span", {
+      class: classes.join(" "), testid: "token", title, style: weightStyle(slot.w) || null,
+      "data-weight": String(slot.w), "data-id": String(slot.id), "data-keep": String(slot.keep), text: label,
+    }));
+  });
+  if (row.pad) slots.append(el("span", { class: "special pad", title: `pad id ${row.pad_id}`, text: `+${row.pad} pad` }));
+  line.append(slots);
+  return line;
+}
+
+function init() {
+  for (const id of ["prompt", "negative"]) $(id).addEventListener("input", scheduleRefresh);
+  $("options").addEventListener("change", scheduleRefresh);
+  $("step").addEventListener("input", scheduleRefresh);
+  $("steps").addEventListener("input", scheduleRefresh);
+  loadInfo().then(refresh);
+}
+
+document.addEventListener("DOMContentLoaded", init);

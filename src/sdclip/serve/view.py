@@ -1,0 +1,139 @@
+"""What the page draws for one text: `describe`'s object plus the readable layout `sdclip inspect` shows.
+
+The `inspect` key is exactly `sdclip.describe.describe` of the text in force at the chosen step (the
+prompt itself when nothing is scheduled), so the page's counter can never disagree with the CLI. The
+`view` key adds what the page needs and the stable object leaves out: each slot's text *as typed* (the
+token's character span in the source, never a byte-level BPE symbol), BREAK boundaries, window overlaps,
+embedding references, AND parts and the source text with dropped spans marked. Torch-free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from sdclip.conventions.family import Family
+from sdclip.conventions.presets import Options
+from sdclip.describe import capacity, describe
+from sdclip.prepare import PreparedPart, prepare
+from sdclip.syntax import schedule
+from sdclip.tokenizer import Tokenizer
+from sdclip.tokenizer.stream import BOS, EOS
+
+#: steps the page's slider spans when a request does not say (A1111's default sampler steps)
+DEFAULT_STEPS = 20
+MAX_STEPS = 1000
+
+
+def build_view(
+    text: str,
+    options: Options,
+    family: Family,
+    tokenizer: Tokenizer,
+    embeddings: Mapping[str, int] | None = None,
+    *,
+    steps: int = DEFAULT_STEPS,
+    step: int = 1,
+) -> dict:
+    """{"inspect": describe(shown), "view": {...}} for the text in force at 1-based `step` of `steps`."""
+    if not 1 <= step <= steps <= MAX_STEPS:
+        raise ValueError(f"step must be within 1..steps and steps within 1..{MAX_STEPS}; got step {step} of {steps}")
+    sched = schedule(text, steps, options.dialect)
+    shown = sched.at(step)
+    prepared = prepare(shown, options, family, tokenizer, embeddings)
+    per_row = family.length - 2
+    parts = [_part_view(shown, part, family, per_row) for part in prepared.parts]
+    dropped_chars = set()
+    for part in prepared.parts:
+        dropped_chars |= _dropped_chars(part)
+    view = {
+        "text": shown,
+        "step": step,
+        "steps": steps,
+        "schedule": [{"end_step": e.end_step, "text": e.text} for e in sched.entries],
+        "scheduled": len(sched.entries) > 1,
+        "per_row": per_row,
+        "combine": prepared.prompt.combine,
+        "parts": parts,
+        "source": _segments(shown, dropped_chars),
+        "embeddings": _embedding_refs(shown, prepared.parts),
+    }
+    return {"inspect": describe(shown, options, family, tokenizer, embeddings), "view": view}
+
+
+def _part_view(text: str, part: PreparedPart, family: Family, per_row: int) -> dict:
+    rows = part.rows[0]
+    stream = part.stream
+    breaks = set(stream.breaks)
+    out_rows = []
+    for r in range(len(rows)):
+        eos = rows.eos[r]
+        slots = []
+        first_token = next((i for i in rows.tokens[r] if i >= 0), None)
+        count = 0
+        for s in range(eos + 1):
+            i = rows.tokens[r][s]
+            tid = rows.ids[r][s]
+            slot = {"id": tid, "w": round(rows.weights[r][s], 6), "keep": rows.keep[r][s]}
+            if i < 0:
+                slot.update(kind="bos" if s == 0 and tid == BOS else "eos" if tid == EOS else "pad", t="")
+            else:
+                count += 1
+                a, b = stream.spans[i]
+                # a character BPE split into several byte tokens: its first token shows it, the rest continue it
+                cont = i > 0 and stream.spans[i - 1] == (a, b) and a < b
+                slot.update(kind="token", t="" if cont else text[a:b], span=[a, b], cont=cont)
+                if tid in stream.vectors:
+                    name, k = stream.vectors[tid]
+                    slot.update(kind="vector", t=name if k == 0 else "", name=name, vector=k, cont=k > 0)
+            slots.append(slot)
+        out_rows.append(
+            {
+                "slots": slots,
+                "count": count,
+                "pad": len(rows.ids[r]) - eos - 1,
+                "pad_id": family.roles[0].pad_id,
+                "break_before": r > 0 and first_token is not None and first_token in breaks,
+                "overlap": sum(1 for k in rows.keep[r] if not k),
+            }
+        )
+    return {
+        "weight": part.weight,
+        "tokens": rows.token_count,
+        "capacity": capacity(rows.token_count, per_row),
+        "dropped": rows.dropped,
+        "notes": list(rows.notes),
+        "rows": out_rows,
+    }
+
+
+def _dropped_chars(part: PreparedPart) -> set[int]:
+    """Character positions of the source whose tokens reached no row (truncated or compressed away)."""
+    placed = {i for row in part.rows[0].tokens for i in row if i >= 0}
+    chars: set[int] = set()
+    for i, (a, b) in enumerate(part.stream.spans):
+        if i not in placed:
+            chars.update(range(a, b))
+    return chars
+
+
+def _segments(text: str, dropped: set[int]) -> list[dict]:
+    """The source as runs of kept / dropped characters, for marking truncated text in place."""
+    out: list[dict] = []
+    for k, c in enumerate(text):
+        flag = k in dropped
+        if out and out[-1]["dropped"] == flag:
+            out[-1]["t"] += c
+        else:
+            out.append({"t": c, "dropped": flag})
+    return out
+
+
+def _embedding_refs(text: str, parts: tuple[PreparedPart, ...]) -> list[dict]:
+    refs = []
+    for p, part in enumerate(parts):
+        s = part.stream
+        for start, length in s.runs:
+            name, _ = s.vectors[s.ids[start]]
+            a, b = s.spans[start]
+            refs.append({"part": p, "name": name, "vectors": length, "span": [a, b], "text": text[a:b]})
+    return refs
