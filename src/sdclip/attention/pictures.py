@@ -1,8 +1,8 @@
 """Pictures of attention maps: a heat-map overlay per word and a contact sheet of all words (PIL only;
 `plot` draws with matplotlib where it is installed).
 
-Each overlay is scaled to its own maximum (the caption gives that maximum), so a weakly attended word
-still shows where it was attended; compare words by the numbers, not by the colours.
+Each overlay stretches its own map from its minimum to its maximum (the caption gives both), so a weakly
+attended word still shows where it was attended; compare words by the numbers, not by the colours.
 """
 
 from __future__ import annotations
@@ -30,13 +30,14 @@ def colorize(values: np.ndarray) -> np.ndarray:
 
 
 def overlay(image: Image.Image, heat: Tensor, label: str = "", *, side: int = 256, alpha: float = 0.6) -> Image.Image:
-    """The image with `heat` ([h, w], any size) upsampled bilinearly over it, scaled to its maximum, with a
+    """The image with `heat` ([h, w], any size) upsampled bilinearly over it, stretched min → max, with a
     caption; drawn at least `side` pixels on its short side (tiny images are scaled up)."""
     base = _scaled(image, side)
     h = upsample(heat.float().cpu(), (base.size[1], base.size[0])).numpy()
-    peak = float(h.max())
-    heat_rgb = Image.fromarray(colorize(h / peak if peak > 0 else h))
-    return _captioned(Image.blend(base, heat_rgb, alpha), f"{label}  max {peak:.3f}" if label else f"max {peak:.3f}")
+    lo, hi = float(h.min()), float(h.max())
+    heat_rgb = Image.fromarray(colorize((h - lo) / (hi - lo) if hi > lo else h * 0))
+    span = f"{lo:.3f}–{hi:.3f}"
+    return _captioned(Image.blend(base, heat_rgb, alpha), f"{label}  {span}" if label else span)
 
 
 def _scaled(image: Image.Image, side: int) -> Image.Image:

@@ -15,7 +15,7 @@ import sdclip
 from sdclip.syntax.prompt import PromptSyntaxError
 
 #: the commands, in help order: each is the module sdclip.cli.<name>
-COMMANDS = ("inspect", "tokenize", "encode", "serve")
+COMMANDS = ("inspect", "tokenize", "encode", "serve", "attention", "embed")
 
 
 def build_parser() -> argparse.ArgumentParser:

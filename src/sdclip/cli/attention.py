@@ -1,0 +1,172 @@
+"""`sdclip attention`: generate with sdclip's conditioning and write the cross-attention map of every slot.
+
+Contract (keep it stable): `--out DIR` receives
+- maps.safetensors: `maps` [N, H, W] float32 at the latent size (image / VAE factor), raw probabilities
+  averaged over the traced layers, heads and steps, so at every pixel the N maps sum to 1;
+- tokens.json: a list with one entry per slot (index, text, piece, word, word_span, row, weight, kind);
+- image.png, words/NN_word.png (one overlay per word of the prompt), contact_sheet.png.
+The folder is assembled beside DIR and moved in file by file, so a failure leaves no partial result.
+Imported at CLI start-up: torch and diffusers are imported inside `run` only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from dataclasses import asdict
+
+from sdclip.cli.options import DTYPES, add_text_options, model_options
+from sdclip.conventions.presets import POOLED_SOURCES, WEIGHTINGS, Options
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("attention", help="generate an image and write each token's cross-attention map")
+    p.add_argument("--model", required=True, help="diffusers pipeline folder (SD1 / SD2 / SDXL)")
+    p.add_argument("--prompt", required=True, help="the prompt")
+    p.add_argument("--negative", help="negative prompt (default: none)")
+    p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    p.add_argument("--size", help="WxH in pixels (default: the pipeline's)")
+    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    p.add_argument("--trace-steps", help="START:END, 0-based steps to trace (default all)")
+    p.add_argument("--resolutions", help="comma-separated downsampling factors to trace, e.g. 2,4 (default all)")
+    p.add_argument("--clip-skip", type=int, help="AUTOMATIC1111 convention: 1 = last layer, 2 = penultimate")
+    p.add_argument("--weighting", choices=WEIGHTINGS, help="weighting formula (default: the preset's)")
+    p.add_argument("--pooled-source", choices=POOLED_SOURCES, help="SDXL pooled vector source row")
+    p.add_argument("--dtype", choices=DTYPES, default="fp32", help="pipeline precision (default fp32)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1, mps …")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    add_text_options(p)
+    p.set_defaults(func=run)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """"WxH" → (W, H)."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text)
+    if not m or int(m[1]) < 1 or int(m[2]) < 1:
+        raise ValueError(f"--size wants WxH in pixels (e.g. 512x512), got {text!r}")
+    return int(m[1]), int(m[2])
+
+
+def parse_steps(text: str | None, steps: int) -> range | None:
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d*)\s*:\s*(\d*)\s*", text)
+    if not m:
+        raise ValueError(f"--trace-steps wants START:END (0-based, END excluded), got {text!r}")
+    lo, hi = int(m[1] or 0), int(m[2] or steps)
+    if not 0 <= lo < hi:
+        raise ValueError(f"--trace-steps {text!r} selects no step")
+    return range(lo, hi)
+
+
+def parse_resolutions(text: str | None) -> set[int] | None:
+    if text is None:
+        return None
+    try:
+        out = {int(x) for x in text.split(",") if x.strip()}
+    except ValueError:
+        out = set()
+    if not out or any(f < 1 or f & (f - 1) for f in out):
+        raise ValueError(f"--resolutions wants powers of two such as 1,2,4,8, got {text!r}")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.steps < 1:
+        raise ValueError("--steps must be ≥ 1")
+    size = parse_size(args.size) if args.size else None
+    traced_steps = parse_steps(args.trace_steps, args.steps)
+    resolutions = parse_resolutions(args.resolutions)
+    options = model_options(args)
+    model = Path(args.model)
+    if not (model / "model_index.json").is_file():
+        raise ValueError(f"--model wants a diffusers pipeline folder (with model_index.json): {args.model}")
+
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from sdclip.attention import trace
+    from sdclip.pipelines import conditioner_from_pipeline
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    pipe = DiffusionPipeline.from_pretrained(str(model), dtype=dtype, local_files_only=True)
+    if getattr(pipe, "unet", None) is None:
+        raise ValueError(f"{args.model} is a {type(pipe).__name__}: `attention` traces UNet pipelines (SD1 / SD2 / SDXL)")
+    pipe = pipe.to(args.device)
+    pipe.set_progress_bar_config(disable=True)
+    scale = int(pipe.vae_scale_factor)
+    if size is None:
+        side = int(pipe.unet.config.sample_size) * scale
+        size = (side, side)
+    if size[0] % scale or size[1] % scale:
+        raise ValueError(f"--size {size[0]}x{size[1]}: both sides must be multiples of {scale} for this pipeline")
+
+    cond = conditioner_from_pipeline(pipe, **_overrides(options, args.preset))
+    pair = cond(args.prompt, args.negative)
+    kwargs = {k: v.to(device=pipe.device, dtype=pipe.dtype) for k, v in pair.diffusers_kwargs().items()}
+    with trace(pipe, conditioner=cond, prompt=args.prompt, steps=traced_steps, resolutions=resolutions) as tc:
+        image = pipe(
+            **kwargs,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            generator=torch.Generator().manual_seed(args.seed),
+            width=size[0],
+            height=size[1],
+            output_type="pil",
+        ).images[0]
+    maps = tc.maps()
+    write_result(args.out, maps, image, {"prompt": args.prompt, "negative": args.negative or "", "seed": str(args.seed),
+                                         "steps": str(args.steps), "model": str(model)})
+    print(f"wrote {args.out}: maps {list(maps.maps.shape)} ({len(maps.words())} words), image {size[0]}x{size[1]}")
+    return 0
+
+
+def _overrides(options: Options, preset: str) -> dict:
+    """The flags' Options as conditioner_from_pipeline arguments: the same preset, every set field."""
+    return {"preset": preset, **{k: v for k, v in asdict(options).items() if v is not None}}
+
+
+def write_result(out: Path, maps, image, metadata: dict[str, str]) -> None:  # noqa: ANN001
+    """Every output file, assembled in a sibling temp folder and then moved into `out` (one rename each)."""
+    from safetensors.torch import save_file
+
+    from sdclip.attention.pictures import contact_sheet, word_overlays
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        meta = {**metadata, "image_size": "x".join(map(str, maps.image_size[::-1])), "layout": "[N, H, W] at latent size"}
+        save_file({"maps": maps.maps.float().contiguous()}, str(tmp / "maps.safetensors"), metadata=meta)
+        (tmp / "tokens.json").write_text(json.dumps([s.to_json() for s in maps.slots], ensure_ascii=False, indent=1), "utf-8")
+        image.save(tmp / "image.png")
+        (tmp / "words").mkdir()
+        for i, (word, pic) in enumerate(word_overlays(maps, image)):
+            pic.save(tmp / "words" / f"{i:02d}_{_slug(word)}.png")
+        contact_sheet(maps, image).save(tmp / "contact_sheet.png")
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                with open(path, "rb") as fh:
+                    os.fsync(fh.fileno())
+        if not out.exists():
+            os.replace(tmp, out)
+            return
+        for entry in sorted(tmp.iterdir()):
+            target = out / entry.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(entry, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _slug(word: str) -> str:
+    return re.sub(r"[^\w-]+", "_", word, flags=re.ASCII).strip("_")[:40] or "word"
