@@ -134,7 +134,7 @@ def test_textual_inversion_vectors_and_first_eos_pooling(sd1):
     ids = sample_ids(2)
     ids[0, 3:6] = torch.tensor([49408, 49409, 49410])
     ids[1, 1] = 49410
-    hf = tiny_model("L", 0)
+    hf = tiny_model("clip-vit-l-14", 0)
     table = hf.get_input_embeddings().weight
     bigger = torch.nn.Embedding(49411, 128)
     with torch.no_grad():
@@ -244,7 +244,7 @@ def test_real_size_vit_l_equals_transformers(tmp_path, close):
     """Real CLIP ViT-L/14 shapes (12 heads of 64, 12 layers) through the SD1 single-file layout."""
     from tiny_models import TinyFamily
 
-    fam = TinyFamily("sd1", (tiny_model("L", 0, REAL),))
+    fam = TinyFamily("sd1", (tiny_model("clip-vit-l-14", 0, REAL),))
     path = save_state_dict(single_file_state_dict(fam), tmp_path / "sd1.safetensors")
     loaded = load_text_encoders(path)
     enc = loaded.encoders[0]
@@ -265,7 +265,7 @@ def test_real_size_vit_h_equals_transformers(tmp_path, close):
     (open_clip keys, fused in_proj): SD2 reads the penultimate layer + final LN."""
     from tiny_models import TinyFamily
 
-    fam = TinyFamily("sd2", (tiny_model("H", 0, REAL),))
+    fam = TinyFamily("sd2", (tiny_model("openclip-vit-h-14", 0, REAL),))
     path = save_state_dict(single_file_state_dict(fam), tmp_path / "sd2.safetensors")
     enc = load_text_encoders(path).encoders[0]
     assert enc.config.name == "openclip-vit-h-14" and (enc.config.heads, enc.config.depth) == (16, 24)
@@ -299,8 +299,8 @@ def test_real_width_bigg_equals_transformers(tmp_path, close):
     layers to stay fast, through the SDXL single-file layout (embedders.1, text_projection as x @ W)."""
     from tiny_models import TinyFamily
 
-    sizes = {"L": REAL["L"] | {"num_hidden_layers": 2}, "G": REAL["G"] | {"num_hidden_layers": 4}}
-    fam = TinyFamily("sdxl", (tiny_model("L", 0, sizes), tiny_model("G", 1, sizes)))
+    sizes = {"clip-vit-l-14": REAL["clip-vit-l-14"] | {"num_hidden_layers": 2}, "openclip-vit-bigg-14": REAL["openclip-vit-bigg-14"] | {"num_hidden_layers": 4}}
+    fam = TinyFamily("sdxl", (tiny_model("clip-vit-l-14", 0, sizes), tiny_model("openclip-vit-bigg-14", 1, sizes)))
     enc = load_text_encoders(save_state_dict(single_file_state_dict(fam), tmp_path / "xl.safetensors")).encoders[1]
     assert (enc.config.heads, enc.config.projection, enc.config.act) == (20, 1280, "gelu")
     ids = sample_ids(2)

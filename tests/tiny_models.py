@@ -27,29 +27,32 @@ from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from sdclip.conventions.family import FAMILIES, TOWERS
+
 VOCAB_GZ = Path(__file__).resolve().parents[1] / "src" / "sdclip" / "data" / "bpe_simple_vocab_16e6.txt.gz"
 
-#: role → transformers config of the tiny stand-in (real: L 768/12, H 1024/24, G 1280/32 + proj)
+#: tower → transformers config of the tiny stand-in (real: sdclip.conventions.family's towers)
 TINY: dict[str, dict] = {
-    "L": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=2,
+    "clip-vit-l-14": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=2,
               hidden_act="quick_gelu", max_position_embeddings=77),
-    "H": dict(hidden_size=128, intermediate_size=320, num_hidden_layers=5, num_attention_heads=2,
+    "openclip-vit-h-14": dict(hidden_size=128, intermediate_size=320, num_hidden_layers=5, num_attention_heads=2,
               hidden_act="gelu", max_position_embeddings=77),
-    "G": dict(hidden_size=192, intermediate_size=384, num_hidden_layers=6, num_attention_heads=3,
+    "openclip-vit-bigg-14": dict(hidden_size=192, intermediate_size=384, num_hidden_layers=6, num_attention_heads=3,
               hidden_act="gelu", max_position_embeddings=77, projection_dim=80),
-    "L248": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=2,
+    "longclip-l": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=2,
                  hidden_act="quick_gelu", max_position_embeddings=248),
 }
 #: the real sizes (for slow tests)
 REAL: dict[str, dict] = {
-    "L": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+    "clip-vit-l-14": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
               hidden_act="quick_gelu", max_position_embeddings=77),
-    "H": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+    "openclip-vit-h-14": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
               hidden_act="gelu", max_position_embeddings=77),
-    "G": dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+    "openclip-vit-bigg-14": dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
               hidden_act="gelu", max_position_embeddings=77, projection_dim=1280),
 }
-ROLES = {"sd1": ("L",), "sd2": ("H",), "sdxl": ("L", "G"), "longclip": ("L248",)}
+#: family → the towers of its encoders, in pipeline order (from sdclip's one table of families)
+ROLES = {name: tuple(r.tower.name for r in fam.roles) for name, fam in FAMILIES.items()}
 LAYOUTS = ("hf", "diffusers", "single.safetensors", "single.ckpt", "openclip", "longclip")
 #: which layouts each family exists in
 FAMILY_LAYOUTS = {
@@ -72,7 +75,7 @@ def tiny_config(role: str, sizes: dict[str, dict] = TINY, **overrides) -> CLIPTe
 def tiny_model(role: str, seed: int = 0, sizes: dict[str, dict] = TINY, **overrides):
     """A transformers CLIPTextModel (CLIPTextModelWithProjection for G) with every parameter random."""
     cfg = tiny_config(role, sizes, **overrides)
-    cls = CLIPTextModelWithProjection if getattr(cfg, "projection_dim", None) and role == "G" else CLIPTextModel
+    cls = CLIPTextModelWithProjection if TOWERS[role].projection else CLIPTextModel
     torch.manual_seed(seed)
     model = cls(cfg).eval()
     g = torch.Generator().manual_seed(seed)

@@ -1,15 +1,19 @@
-"""Model families as data: what a pipeline of each family expects from its text encoders.
+"""Model families as data: the text towers that exist, and what a pipeline of each family takes from them.
 
-| family   | encoders                  | hidden used (default)      | embeds          | pooled            |
-|----------|---------------------------|----------------------------|-----------------|-------------------|
-| sd1      | CLIP ViT-L (pad EOS)      | last + final LN            | [B, 77k, 768]   | —                 |
-| sd2      | OpenCLIP ViT-H (pad 0)    | penultimate + final LN     | [B, 77k, 1024]  | —                 |
-| sdxl     | ViT-L (pad EOS) + bigG (pad 0) | penultimate, no final LN | [B, 77k, 2048] | [B, 1280] bigG projected |
-| longclip | LongCLIP-L (pad EOS)      | last + final LN            | [B, 248k, 768]  | —                 |
+The one table of families and roles: loading (which towers a file must hold, their shapes), textual
+inversion (which vectors go to which encoder), presets (default layers), the encoder plan (pad ids) and the
+tests' model builders all read it.
+
+| family   | encoders (role: tower)                   | hidden used (default)    | embeds         | pooled                   |
+|----------|------------------------------------------|--------------------------|----------------|--------------------------|
+| sd1      | clip_l: CLIP ViT-L (pad EOS)             | last + final LN          | [B, 77k, 768]  | —                        |
+| sd2      | clip_h: OpenCLIP ViT-H (pad 0)           | penultimate + final LN   | [B, 77k, 1024] | —                        |
+| sdxl     | clip_l: ViT-L (pad EOS) + clip_g: bigG (pad 0) | penultimate, no LN | [B, 77k, 2048] | [B, 1280] bigG projected |
+| longclip | clip_l: LongCLIP-L (pad EOS, 248 positions) | last + final LN       | [B, 248k, 768] | —                        |
 
 Pad positions are attended by the UNet, so the pad id matters: CLIP ViT-L pads with EOS (49407), OpenCLIP
-models with 0 (the id of "!"). `skip` counts final transformer blocks that do not run, from the
-architecture's full depth (ViT-H: 24, though diffusers' SD2 folder stores 23).
+models with 0 (the id of "!"). `skip` counts final transformer blocks that do not run, from the tower's
+full depth (ViT-H: 24, though diffusers' SD2 folder stores 23: `Tower.diffusers_layers`).
 """
 
 from __future__ import annotations
@@ -20,14 +24,48 @@ from sdclip.tokenizer.stream import EOS
 
 
 @dataclass(frozen=True)
+class Tower:
+    """A text transformer's architecture (facts of the released models, head width 64 throughout).
+
+    - CLIP ViT-L/14 (SD1.x, SDXL's first encoder): 768 wide, 12 layers, 12 heads, MLP 3072, quick_gelu.
+    - OpenCLIP ViT-H/14 (SD2.x): 1024, 24 layers, 16 heads, MLP 4096, gelu; diffusers' SD2 `text_encoder`
+      stores only 23 blocks (SD2 reads the penultimate layer, so the last block is never needed).
+    - OpenCLIP ViT-bigG/14 (SDXL's second encoder): 1280, 32 layers, 20 heads, MLP 5120, gelu, and a
+      1280×1280 text projection applied to the pooled vector.
+    - LongCLIP-L: ViT-L with 248 positions (4·77 − 3·20).
+    """
+
+    name: str
+    width: int
+    depth: int
+    heads: int
+    mlp: int
+    act: str
+    positions: int = 77
+    projection: int | None = None  #: the pooled projection's size where the family uses it
+    diffusers_layers: int | None = None  #: blocks a diffusers folder stores, when fewer than `depth`
+
+
+VIT_L = Tower("clip-vit-l-14", 768, 12, 12, 3072, "quick_gelu")
+VIT_H = Tower("openclip-vit-h-14", 1024, 24, 16, 4096, "gelu", diffusers_layers=23)
+VIT_BIGG = Tower("openclip-vit-bigg-14", 1280, 32, 20, 5120, "gelu", projection=1280)
+LONGCLIP_L = Tower("longclip-l", 768, 12, 12, 3072, "quick_gelu", positions=248)
+TOWERS: dict[str, Tower] = {t.name: t for t in (VIT_L, VIT_H, VIT_BIGG, LONGCLIP_L)}
+
+
+@dataclass(frozen=True)
 class EncoderRole:
-    """One text encoder of a family: its name, width, pad id and default layer."""
+    """One text encoder of a family: its tower, pad id and default layer."""
 
     name: str  #: "clip_l", "clip_h", "clip_g": also the key of textual-inversion vectors
-    width: int
+    tower: Tower
     pad_id: int
     skip: int  #: blocks not run by default (1 = penultimate)
     final_norm: bool
+
+    @property
+    def width(self) -> int:
+        return self.tower.width
 
 
 @dataclass(frozen=True)
@@ -43,17 +81,18 @@ class Family:
         return sum(r.width for r in self.roles)
 
 
-_L = EncoderRole("clip_l", 768, EOS, 0, True)
 FAMILIES: dict[str, Family] = {
-    "sd1": Family("sd1", (_L,)),
-    "sd2": Family("sd2", (EncoderRole("clip_h", 1024, 0, 1, True),)),
+    "sd1": Family("sd1", (EncoderRole("clip_l", VIT_L, EOS, 0, True),)),
+    "sd2": Family("sd2", (EncoderRole("clip_h", VIT_H, 0, 1, True),)),
     "sdxl": Family(
         "sdxl",
-        (EncoderRole("clip_l", 768, EOS, 1, False), EncoderRole("clip_g", 1280, 0, 1, False)),
+        (EncoderRole("clip_l", VIT_L, EOS, 1, False), EncoderRole("clip_g", VIT_BIGG, 0, 1, False)),
         pooled_role=1,
     ),
-    "longclip": Family("longclip", (_L,), length=248),
+    "longclip": Family("longclip", (EncoderRole("clip_l", LONGCLIP_L, EOS, 0, True),), length=248),
 }
+#: textual-inversion keys → the width of their vectors (clip_l 768, clip_h 1024, clip_g 1280)
+EMBEDDING_KEYS: dict[str, int] = {r.name: r.width for f in FAMILIES.values() for r in f.roles}
 
 
 def get_family(name: str) -> Family:
@@ -61,3 +100,17 @@ def get_family(name: str) -> Family:
         return FAMILIES[name]
     except KeyError:
         raise ValueError(f"unknown family {name!r}; choose one of {', '.join(FAMILIES)}") from None
+
+
+def one_tower_family(*, width: int | None = None, act: str | None = None, positions: int | None = None) -> str | None:
+    """The one single-encoder family whose tower has these traits (None if none or several do): how a
+    bare tower or a one-encoder folder is recognised from its shapes or config alone."""
+    found = [
+        f.name
+        for f in FAMILIES.values()
+        if len(f.roles) == 1
+        and (width is None or f.roles[0].tower.width == width)
+        and (act is None or f.roles[0].tower.act == act)
+        and (positions is None or f.roles[0].tower.positions == positions)
+    ]
+    return found[0] if len(found) == 1 else None

@@ -8,11 +8,11 @@
 from sdclip.encoder.loading.checkpoint import CheckpointError, open_tensor_file
 from sdclip.conventions.clip_skip import LayerSelect
 from sdclip.encoder.config import LONGCLIP_L, PRESETS, VIT_BIGG, VIT_H, VIT_L, EncoderConfig
-from sdclip.encoder.loading.clip import FAMILIES, LoadedEncoders, encoders_from_modules, load_text_encoders
+from sdclip.encoder.loading.clip import LoadedEncoders, encoders_from_modules, load_text_encoders
 from sdclip.encoder.model import CLIPTextEncoder, EncoderOutput
 
 __all__ = [
-    "CLIPTextEncoder", "CheckpointError", "EncoderConfig", "EncoderOutput", "FAMILIES", "LONGCLIP_L",
+    "CLIPTextEncoder", "CheckpointError", "EncoderConfig", "EncoderOutput", "LONGCLIP_L",
     "LayerSelect", "LoadedEncoders", "encoders_from_modules", "PRESETS", "VIT_BIGG", "VIT_H", "VIT_L", "load_text_encoders",
     "open_tensor_file",
 ]

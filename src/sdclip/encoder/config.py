@@ -1,21 +1,17 @@
-"""The CLIP text transformer's shape, as data (the layer rule, clip skip, lives in sdclip.conventions.clip_skip).
+"""The CLIP text transformer's shape as the encoder module needs it (the towers themselves are facts in
+sdclip.conventions.family; the layer rule, clip skip, lives in sdclip.conventions.clip_skip).
 
-Architecture facts this module relies on (all CLIP text towers used by Stable Diffusion):
-token embedding + learned absolute positions, `depth` pre-LN residual blocks (LN → causal MHA → +;
-LN → MLP fc/act/proj → +), final LayerNorm (eps 1e-5), head width 64.
-
-- CLIP ViT-L/14 (SD1.x, SDXL's first encoder): 768 wide, 12 layers, 12 heads, MLP 3072, quick_gelu.
-- OpenCLIP ViT-H/14 (SD2.x): 1024, 24 layers, 16 heads, MLP 4096, gelu. diffusers' SD2 `text_encoder`
-  stores only 23 blocks (SD2 reads the penultimate layer, so the last block is never needed).
-- OpenCLIP ViT-bigG/14 (SDXL's second encoder): 1280, 32 layers, 20 heads, MLP 5120, gelu, and a
-  1280×1280 text projection applied to the pooled vector.
-- LongCLIP-L: ViT-L with 248 positions (4·77 − 3·20).
+Architecture facts this module relies on (all CLIP text towers used by Stable Diffusion): token embedding +
+learned absolute positions, `depth` pre-LN residual blocks (LN → causal MHA → +; LN → MLP fc/act/proj → +),
+final LayerNorm (eps 1e-5), head width 64.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from typing import Literal
+
+from sdclip.conventions import family as fam
 
 Activation = Literal["quick_gelu", "gelu"]
 
@@ -64,12 +60,15 @@ class EncoderConfig:
         return replace(self, **changes)
 
 
-VIT_L = EncoderConfig("clip-vit-l-14", width=768, depth=12, heads=12, mlp=3072, act="quick_gelu")
-VIT_H = EncoderConfig("openclip-vit-h-14", width=1024, depth=24, heads=16, mlp=4096, act="gelu")
-VIT_BIGG = EncoderConfig(
-    "openclip-vit-bigg-14", width=1280, depth=32, heads=20, mlp=5120, act="gelu", projection=1280
-)
-LONGCLIP_L = EncoderConfig(
-    "longclip-l", width=768, depth=12, heads=12, mlp=3072, act="quick_gelu", positions=248
-)
+    @classmethod
+    def of(cls, tower: fam.Tower) -> "EncoderConfig":
+        """The released model's shape."""
+        return cls(tower.name, width=tower.width, depth=tower.depth, heads=tower.heads, mlp=tower.mlp,
+                   act=tower.act, positions=tower.positions, projection=tower.projection)  # type: ignore[arg-type]
+
+
+VIT_L = EncoderConfig.of(fam.VIT_L)
+VIT_H = EncoderConfig.of(fam.VIT_H)
+VIT_BIGG = EncoderConfig.of(fam.VIT_BIGG)
+LONGCLIP_L = EncoderConfig.of(fam.LONGCLIP_L)
 PRESETS: dict[str, EncoderConfig] = {c.name: c for c in (VIT_L, VIT_H, VIT_BIGG, LONGCLIP_L)}

@@ -23,8 +23,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from sdclip.conventions.family import EMBEDDING_KEYS
+
 #: encoder roles an embedding file may name, with the width they have in real Stable Diffusion models
-ROLES = {"clip_l": 768, "clip_h": 1024, "clip_g": 1280}
+ROLES = EMBEDDING_KEYS
 #: role of a file that holds one set of vectors for whatever encoder has its width
 ANY = "any"
 EXTENSIONS = (".pt", ".bin", ".safetensors")

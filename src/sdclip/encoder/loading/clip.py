@@ -30,27 +30,23 @@ from typing import Literal
 import torch
 
 from sdclip.encoder.loading.checkpoint import CheckpointError, MemoryTensors, PickleFile, TensorFile, open_tensor_file, read_checked
-from sdclip.encoder.config import LONGCLIP_L, VIT_BIGG, VIT_H, VIT_L, EncoderConfig
+from sdclip.conventions.family import FAMILIES, EncoderRole, get_family, one_tower_family
+from sdclip.encoder.config import EncoderConfig
 from sdclip.tokenizer.stream import VOCAB_SIZE
 from sdclip.encoder.model import CLIPTextEncoder
 
-Family = Literal["sd1", "sd2", "sdxl", "longclip"]
-Role = Literal["L", "H", "G", "L248"]
 Layout = Literal["hf", "openclip"]
 
-#: encoders of each family, in the order the pipeline concatenates them
-FAMILIES: dict[str, tuple[Role, ...]] = {"sd1": ("L",), "sd2": ("H",), "sdxl": ("L", "G"), "longclip": ("L248",)}
-ROLE_PRESET: dict[str, EncoderConfig] = {"L": VIT_L, "H": VIT_H, "G": VIT_BIGG, "L248": LONGCLIP_L}
 #: Long-CLIP keeps CLIP's first 20 positions (positional_embedding) and stretches the rest (…_res)
 LONGCLIP_KEEP = 20
 
-#: single-file prefixes → (layout, family, role); "" = a bare state dict, family from shapes
-KNOWN_PREFIXES: dict[tuple[Layout, str], tuple[str | None, Role | None]] = {
-    ("hf", "cond_stage_model.transformer.text_model."): ("sd1", "L"),
-    ("hf", "cond_stage_model.transformer."): ("sd1", "L"),
-    ("hf", "conditioner.embedders.0.transformer.text_model."): ("sdxl", "L"),
-    ("openclip", "cond_stage_model.model."): ("sd2", "H"),
-    ("openclip", "conditioner.embedders.1.model."): ("sdxl", "G"),
+#: single-file prefixes → (family, index of the family's role); "" = a bare state dict, family from shapes
+KNOWN_PREFIXES: dict[tuple[Layout, str], tuple[str | None, int | None]] = {
+    ("hf", "cond_stage_model.transformer.text_model."): ("sd1", 0),
+    ("hf", "cond_stage_model.transformer."): ("sd1", 0),
+    ("hf", "conditioner.embedders.0.transformer.text_model."): ("sdxl", 0),
+    ("openclip", "cond_stage_model.model."): ("sd2", 0),
+    ("openclip", "conditioner.embedders.1.model."): ("sdxl", 1),
     ("hf", "text_model."): (None, None),
     ("hf", ""): (None, None),
     ("openclip", ""): (None, None),
@@ -79,7 +75,7 @@ class Part:
     file: TensorFile
     layout: Layout
     prefix: str
-    role: Role | None = None
+    role: EncoderRole | None = None
     hf_config: dict | None = None
     unstored: int = 0  #: blocks the architecture has but the file leaves out (diffusers SD2: 1)
     sample: list = field(default_factory=list)  #: (our key, shape, dtype, bytes) for the fingerprint
@@ -102,7 +98,9 @@ def find_parts(f: TensorFile) -> list[Part]:
                 if layout == "openclip" and prefix.endswith("embeddings."):
                     continue  # the hf anchor also ends with token_embedding.weight
                 if (layout, prefix) in KNOWN_PREFIXES:
-                    parts.append(Part(f, layout, prefix, KNOWN_PREFIXES[(layout, prefix)][1]))
+                    fam, index = KNOWN_PREFIXES[(layout, prefix)]
+                    role = FAMILIES[fam].roles[index] if fam is not None and index is not None else None
+                    parts.append(Part(f, layout, prefix, role))
                 else:
                     unknown.append(key)
                 break
@@ -138,14 +136,31 @@ def _layer_count(part: Part) -> int:
     return n
 
 
-def _bare_guess(part: Part) -> str | None:
-    """Family of a bare (prefix-less) tower from shapes alone: real widths only."""
+def _positions(part: Part) -> int | None:
     f = part.file
     pos_key = part.prefix + ("embeddings.position_embedding.weight" if part.layout == "hf" else "positional_embedding")
-    if part.prefix + "positional_embedding_res" in f or (pos_key in f and f.shape(pos_key)[0] == 248):
-        return "longclip"
-    width = f.shape(part.prefix + _anchor(part.layout))[-1]
-    return {768: "sd1", 1024: "sd2"}.get(width)
+    return f.shape(pos_key)[0] if pos_key in f else None
+
+
+def _bare_guess(part: Part) -> str | None:
+    """Family of a bare (prefix-less) tower from shapes alone (real widths and position counts only)."""
+    positions = _positions(part) or 77
+    if part.prefix + "positional_embedding_res" in part.file or positions != 77:
+        return one_tower_family(positions=248 if positions == 77 else positions)  # Long-CLIP, test sizes too
+    return one_tower_family(width=part.file.shape(part.prefix + _anchor(part.layout))[-1], positions=77)
+
+
+def _unstored(part: Part, in_pipeline: bool) -> int:
+    """Blocks the tower has but the weights leave out. diffusers' SD2 conversion drops the last of ViT-H's
+    24 (SD2 never reads it): always so in a pipeline folder or a pipeline's live module; a lone HF folder
+    only when it holds exactly that many."""
+    tower = part.role.tower if part.role is not None else None
+    if tower is None or tower.diffusers_layers is None:
+        return 0
+    if in_pipeline:
+        return tower.depth - tower.diffusers_layers
+    stored = int((part.hf_config or {}).get("num_hidden_layers", 0))
+    return tower.depth - stored if stored == tower.diffusers_layers else 0
 
 
 def assign_family(parts: list[Part], family: str | None, where: object) -> str:
@@ -165,32 +180,33 @@ def assign_family(parts: list[Part], family: str | None, where: object) -> str:
         if family is not None and guess is not None and guess != family:
             raise CheckpointError(f"{where}: family={family!r} but the weights look like {guess!r}")
         fam = family or guess
-        if len(FAMILIES[fam]) != 1:
-            raise CheckpointError(f"{where}: family {fam!r} needs {len(FAMILIES[fam])} encoders, found one")
-        parts[0].role = FAMILIES[fam][0]
+        if len(FAMILIES[fam].roles) != 1:
+            raise CheckpointError(f"{where}: family {fam!r} needs {len(FAMILIES[fam].roles)} encoders, found one")
+        parts[0].role = FAMILIES[fam].roles[0]
         return fam
     if None in said or len(said) != 1:
         raise CheckpointError(f"{where}: text encoders of several families in one file: {sorted(map(str, said))}")
     fam = said.pop()
-    roles = sorted(p.role for p in parts)
-    if fam == "sd1" and len(parts) == 1 and _bare_guess_positions(parts[0]) == 248:
-        fam, parts[0].role = "longclip", "L248"
-    if sorted(FAMILIES[fam]) != roles:
-        raise CheckpointError(f"{where}: {fam} needs encoders {FAMILIES[fam]}, found {tuple(roles)}")
+    if len(parts) == 1 and _positions(parts[0]) != parts[0].role.tower.positions:
+        # an SD1-prefixed tower with other positions (Long-CLIP-L saved into an SD1 file)
+        width = parts[0].file.shape(parts[0].prefix + _anchor(parts[0].layout))[-1]
+        other = one_tower_family(width=width, positions=_positions(parts[0]))
+        if other is not None:
+            fam, parts[0].role = other, FAMILIES[other].roles[0]
+    wanted = FAMILIES[fam].roles
+    if sorted(r.name for r in wanted) != sorted(p.role.name for p in parts):
+        found = tuple(p.role.name for p in parts)
+        raise CheckpointError(f"{where}: {fam} needs encoders {tuple(r.name for r in wanted)}, found {found}")
     if family is not None and family != fam:
         raise CheckpointError(f"{where}: family={family!r} but the keys say {fam!r}")
-    parts.sort(key=lambda p: FAMILIES[fam].index(p.role))
+    parts.sort(key=lambda p: wanted.index(p.role))
     return fam
-
-
-def _bare_guess_positions(part: Part) -> int:
-    return part.file.shape(part.prefix + "embeddings.position_embedding.weight")[0]
 
 
 # ---- mapping one part -----------------------------------------------------------------------------
 
 def _config(part: Part, width: int, vocab: int, positions: int, layers: int, mlp: int) -> EncoderConfig:
-    preset = ROLE_PRESET[part.role]
+    preset = EncoderConfig.of(part.role.tower)
     cfg = part.hf_config or {}
     if positions != preset.positions:
         raise CheckpointError(
@@ -279,9 +295,9 @@ def map_part(part: Part) -> tuple[EncoderConfig, dict[str, torch.Tensor]]:
     proj_full = "text_projection.weight" if hf else p + "text_projection"
     has_proj = proj_full in f and (not hf or p == "text_model.")
     ignored = {p + "embeddings.position_ids", p + "logit_scale", p + "attn_mask"}
-    if ROLE_PRESET[part.role].projection:
+    if part.role.tower.projection:
         if not has_proj:
-            raise CheckpointError(f"{f.path}: the {part.role} encoder needs its text projection ({proj_full!r}) — missing")
+            raise CheckpointError(f"{f.path}: the {part.role.name} encoder needs its text projection ({proj_full!r}) — missing")
         shp = f.shape(proj_full)
         if hf:
             w = read_checked(f, proj_full, (shp[0], D))
@@ -376,19 +392,27 @@ def _hf_folder_part(folder: Path) -> Part:
 
 
 def _folder_role(part: Part) -> str:
-    """Family of a one-encoder HF folder from its config (positions, activation)."""
+    """Family of a one-encoder HF folder from its config (positions, activation), else from its shapes."""
     cfg = part.hf_config or {}
-    if int(cfg.get("max_position_embeddings", 77)) == 248:
-        return "longclip"
+    positions = int(cfg.get("max_position_embeddings", 77))
     act = cfg.get("hidden_act")
-    if act == "quick_gelu":
-        return "sd1"
-    if act == "gelu":
-        return "sd2"
+    by_config = one_tower_family(positions=positions, act=act) if act else None
+    if by_config is not None:
+        return by_config
     guess = _bare_guess(part)
     if guess is None:
         raise CheckpointError(f"{part.file.path}: cannot tell the family; pass family=")
     return guess
+
+
+def _two_encoders(parts: list[Part]) -> tuple[str, list[Part]]:
+    """A pipeline's text_encoder and text_encoder_2: the family with two encoders (SDXL), roles in order."""
+    two = [f for f in FAMILIES.values() if len(f.roles) == 2]
+    if len(two) != 1:
+        raise CheckpointError(f"cannot tell which two-encoder family this is ({[f.name for f in two]})")
+    for part, role in zip(parts, two[0].roles):
+        part.role = role
+    return two[0].name, parts
 
 
 def _from_folder(folder: Path, family: str | None) -> tuple[str, list[Part], tuple[Path | None, ...]]:
@@ -398,14 +422,13 @@ def _from_folder(folder: Path, family: str | None) -> tuple[str, list[Part], tup
     if te.is_dir() or te2.is_dir():  # diffusers pipeline
         tok = tuple(d if d.is_dir() else None for d in (folder / "tokenizer", folder / "tokenizer_2"))
         if te.is_dir() and te2.is_dir():
-            fam, parts, toks = "sdxl", [_hf_folder_part(te), _hf_folder_part(te2)], tok
-            parts[0].role, parts[1].role = "L", "G"
+            fam, parts = _two_encoders([_hf_folder_part(te), _hf_folder_part(te2)])
+            toks = tok
         elif te.is_dir():
             part = _hf_folder_part(te)
             fam = _folder_role(part)
-            part.role = FAMILIES[fam][0]
-            if fam == "sd2":
-                part.unstored = 1  # diffusers' SD2 conversion drops the last of 24 blocks
+            part.role = FAMILIES[fam].roles[0]
+            part.unstored = _unstored(part, in_pipeline=True)
             parts, toks = [part], tok[:1]
         else:
             raise CheckpointError(f"{folder}: text_encoder_2/ without text_encoder/ (SDXL refiner?) is not supported")
@@ -415,14 +438,13 @@ def _from_folder(folder: Path, family: str | None) -> tuple[str, list[Part], tup
     if (folder / "config.json").is_file():
         part = _hf_folder_part(folder)
         fam = family or _folder_role(part)
-        if len(FAMILIES[fam]) != 1:
-            raise CheckpointError(f"{folder}: one encoder, but family {fam!r} needs {len(FAMILIES[fam])}")
+        if len(get_family(fam).roles) != 1:
+            raise CheckpointError(f"{folder}: one encoder, but family {fam!r} needs {len(FAMILIES[fam].roles)}")
         said = _folder_role(part)
         if said != fam:
             raise CheckpointError(f"{folder}: family={family!r} but config.json says {said!r}")
-        part.role = FAMILIES[fam][0]
-        if fam == "sd2" and part.hf_config.get("num_hidden_layers") == VIT_H.depth - 1:
-            part.unstored = 1  # a diffusers SD2 text_encoder/ folder passed on its own
+        part.role = FAMILIES[fam].roles[0]
+        part.unstored = _unstored(part, in_pipeline=False)
         has_tok = (folder / "vocab.json").is_file() or (folder / "tokenizer.json").is_file()
         return fam, [part], (folder if has_tok else None,)
     names = sorted(x.name for x in folder.iterdir())[:10]
@@ -472,13 +494,11 @@ def encoders_from_modules(models: tuple, *, dtype: torch.dtype | None = None) ->
         part.hf_config = cfg.to_dict() if cfg is not None else {}
         parts.append(part)
     if len(parts) == 2:
-        fam = "sdxl"
-        parts[0].role, parts[1].role = "L", "G"
+        fam, parts = _two_encoders(parts)
     elif len(parts) == 1:
         fam = _folder_role(parts[0])
-        parts[0].role = FAMILIES[fam][0]
-        if fam == "sd2" and parts[0].hf_config.get("num_hidden_layers") == VIT_H.depth - 1:
-            parts[0].unstored = 1
+        parts[0].role = FAMILIES[fam].roles[0]
+        parts[0].unstored = _unstored(parts[0], in_pipeline=False)
     else:
         raise CheckpointError(f"expected one or two text encoders, got {len(parts)}")
     first = next(models[0].parameters())

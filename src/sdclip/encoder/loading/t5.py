@@ -1,0 +1,271 @@
+"""T5 encoder weights from the files SD3 / SD3.5 / Flux users have, read lazily and never unpickled.
+
+Layouts (keys are transformers' `T5EncoderModel` keys under a prefix):
+- a transformers / diffusers folder (`text_encoder_3/` of SD3, `text_encoder_2/` of Flux, or the pipeline
+  root): config.json + model.safetensors or sharded `model.safetensors.index.json`; no prefix;
+- SD3 / SD3.5 single files: prefix `text_encoders.t5xxl.transformer.` (diffusers' `is_t5_in_single_file`,
+  ComfyUI's `t5_xxl_detect`);
+- ComfyUI's separate `t5xxl_fp16.safetensors` / `t5xxl_fp8_e4m3fn.safetensors`: no prefix. fp8-stored
+  linear weights (and the token table) stay fp8 in memory and are upcast one layer at a time at use;
+  `*_scaled` files (marker tensor `scaled_fp8`, per-layer `<layer>.scale_weight`) are dequantised as
+  ComfyUI does: `weight.to(dtype) * scale_weight`. Other quantisations are refused by name.
+
+Shapes come from the tensors (config.json, where present, must agree); the relative-attention maximum
+distance, which no tensor holds, is 128 unless a config says otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from sdclip.encoder.loading.checkpoint import CheckpointError, TensorFile, open_tensor_file
+from sdclip.encoder.t5 import STORAGE_ONLY, T5Config, T5ConfigError, T5Encoder
+
+__all__ = ["SINGLE_FILE_PREFIX", "find_t5_prefix", "load_t5", "t5_config_from_tensors", "t5_folder"]
+
+#: where SD3 / SD3.5 single files keep the T5 encoder
+SINGLE_FILE_PREFIX = "text_encoders.t5xxl.transformer."
+_ANCHOR = "encoder.final_layer_norm.weight"
+_TABLE_KEYS = ("shared.weight", "encoder.embed_tokens.weight")
+WEIGHT_NAMES = ("model.safetensors.index.json", "model.safetensors", "model.fp16.safetensors",
+                "pytorch_model.bin.index.json", "pytorch_model.bin")
+#: keys of quantisations this loader does not implement (refused by name rather than misread)
+_FOREIGN_QUANT = (".qweight", ".weight_scale", ".input_scale", ".comfy_quant", ".absmax", ".quant_state", ".SCB")
+_LINEARS = {
+    "layer.0.SelfAttention.q": "q", "layer.0.SelfAttention.k": "k", "layer.0.SelfAttention.v": "v",
+    "layer.0.SelfAttention.o": "o", "layer.1.DenseReluDense.wi_0": "wi_0", "layer.1.DenseReluDense.wi_1": "wi_1",
+    "layer.1.DenseReluDense.wi": "wi_0", "layer.1.DenseReluDense.wo": "wo",
+}
+
+
+# ---- finding the encoder --------------------------------------------------------------------------
+
+def find_t5_prefix(f: TensorFile) -> str | None:
+    """The key prefix of a T5 encoder in `f` ("" for bare keys), or None when it holds none."""
+    for prefix in ("", SINGLE_FILE_PREFIX):
+        if prefix + _ANCHOR in f and any(prefix + k in f for k in _TABLE_KEYS):
+            return prefix
+    hits = sorted(k[: -len(_ANCHOR)] for k in f.keys() if k.endswith(_ANCHOR) and "decoder" not in k)
+    for prefix in hits:
+        if any(prefix + k in f for k in _TABLE_KEYS):
+            return prefix
+    return None
+
+
+def t5_folder(path: Path) -> Path | None:
+    """The T5 encoder folder of a transformers folder or a diffusers SD3 / Flux pipeline folder."""
+    for cand in (path, path / "text_encoder_3", path / "text_encoder_2"):
+        cfg = cand / "config.json"
+        if cfg.is_file():
+            try:
+                doc = json.loads(cfg.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise CheckpointError(f"{cfg}: unreadable config ({e})") from None
+            if isinstance(doc, dict) and doc.get("model_type") == "t5":
+                return cand
+    return None
+
+
+def _folder_file(folder: Path) -> tuple[TensorFile, dict]:
+    cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    for name in WEIGHT_NAMES:
+        if (folder / name).is_file():
+            return open_tensor_file(folder / name), cfg
+    raise CheckpointError(f"{folder}: config.json but no weights (looked for {', '.join(WEIGHT_NAMES)})")
+
+
+# ---- shapes ---------------------------------------------------------------------------------------
+
+def t5_config_from_tensors(f: TensorFile, prefix: str, config: dict | None = None) -> T5Config:
+    """The encoder's shape read off the tensors; `config` (a config.json) supplies what tensors cannot
+    (max distance, epsilon, activation) and must agree with them."""
+    p = prefix
+    table = next((p + k for k in _TABLE_KEYS if p + k in f), None)
+    if table is None:
+        raise CheckpointError(f"{f.path}: no T5 token table ({p}shared.weight)")
+    vocab, d_model = _shape(f, table, 2)
+    blocks = {int(m.group(1)) for k in f.keys() if (m := re.match(re.escape(p) + r"encoder\.block\.(\d+)\.", k))}
+    layers = len(blocks)
+    if layers == 0 or blocks != set(range(layers)):
+        raise CheckpointError(f"{f.path}: T5 blocks {sorted(blocks)[:8]} are not numbered 0..n-1")
+    inner = _shape(f, f"{p}encoder.block.0.layer.0.SelfAttention.q.weight", 2)[0]
+    rel = f"{p}encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+    buckets, heads = _shape(f, rel, 2)
+    gated = f"{p}encoder.block.0.layer.1.DenseReluDense.wi_0.weight" in f
+    ff_key = f"{p}encoder.block.0.layer.1.DenseReluDense.{'wi_0' if gated else 'wi'}.weight"
+    d_ff = _shape(f, ff_key, 2)[0]
+    if inner % heads:
+        raise CheckpointError(f"{f.path}: attention width {inner} is not a multiple of {heads} heads")
+    cfg = dict(config or {})
+    kw = dict(vocab_size=vocab, d_model=d_model, d_kv=inner // heads, d_ff=d_ff, num_layers=layers,
+              num_heads=heads, relative_attention_num_buckets=buckets)
+    for name, value in kw.items():
+        if name in cfg and cfg[name] != value and not (name == "vocab_size"):
+            raise CheckpointError(f"{f.path}: config.json says {name}={cfg[name]!r}, the tensors {value!r}")
+    proj = cfg.get("feed_forward_proj", "gated-gelu" if gated else "relu")
+    if proj.startswith("gated-") != gated:
+        raise CheckpointError(f"{f.path}: config.json says feed_forward_proj={proj!r}, the tensors are "
+                              f"{'gated (wi_0, wi_1)' if gated else 'not gated (wi)'}")
+    try:
+        return T5Config(**kw, relative_attention_max_distance=cfg.get("relative_attention_max_distance", 128),
+                        layer_norm_epsilon=cfg.get("layer_norm_epsilon", 1e-6), feed_forward_proj=proj)
+    except T5ConfigError as e:
+        raise CheckpointError(f"{f.path}: {e}") from None
+
+
+def _shape(f: TensorFile, key: str, dims: int) -> tuple[int, ...]:
+    if key not in f:
+        raise CheckpointError(f"{f.path}: missing tensor {key!r}")
+    s = tuple(f.shape(key))
+    if len(s) != dims:
+        raise CheckpointError(f"{f.path}: {key!r} has shape {s}, expected {dims} dimensions")
+    return s
+
+
+# ---- reading --------------------------------------------------------------------------------------
+
+def _finite(t: torch.Tensor) -> bool:
+    if t.dtype in STORAGE_ONLY:  # isfinite has no fp8 kernel: NaN / inf bit patterns by format
+        b = t.view(torch.uint8)
+        if t.dtype == getattr(torch, "float8_e5m2", None):
+            return not bool(((b & 0x7C) == 0x7C).any())
+        if t.dtype == getattr(torch, "float8_e4m3fn", None):
+            return not bool(((b & 0x7F) == 0x7F).any())
+        return not bool((b == 0x80).any())  # the fnuz formats: 0x80 is their only NaN
+    return bool(torch.isfinite(t).all())
+
+
+def _read(f: TensorFile, key: str, shape: tuple[int, ...]) -> torch.Tensor:
+    if key not in f:
+        raise CheckpointError(f"{f.path}: missing tensor {key!r}")
+    t = f.get(key)
+    if tuple(t.shape) != tuple(shape):
+        raise CheckpointError(f"{f.path}: {key!r} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+    if not t.is_floating_point():
+        raise CheckpointError(f"{f.path}: {key!r} is {t.dtype}: a quantisation this loader does not read")
+    if not _finite(t):
+        raise CheckpointError(f"{f.path}: {key!r} contains NaN or infinite values")
+    return t
+
+
+def _scaled_fp8(f: TensorFile, prefix: str) -> bool:
+    marker = prefix + "scaled_fp8"
+    if marker in f:
+        return True
+    for k in f.keys():
+        if k.startswith(prefix) and k.endswith(_FOREIGN_QUANT):
+            raise CheckpointError(
+                f"{f.path}: {k!r} belongs to a quantised format this loader does not read (plain fp16/bf16/fp32, "
+                "fp8 and ComfyUI's scaled fp8 are read); use t5xxl_fp16.safetensors or t5xxl_fp8_e4m3fn.safetensors"
+            )
+    return False
+
+
+def _source(path: str | Path | TensorFile) -> tuple[TensorFile, str, dict | None]:
+    if isinstance(path, TensorFile):
+        f, cfg = path, None
+    else:
+        path = Path(path)
+        if path.is_dir():
+            folder = t5_folder(path)
+            if folder is None:
+                raise CheckpointError(f"{path}: no T5 encoder folder (config.json with model_type 't5' here or in "
+                                      "text_encoder_3/ or text_encoder_2/)")
+            f, cfg = _folder_file(folder)
+        else:
+            f, cfg = open_tensor_file(path), None
+    prefix = find_t5_prefix(f)
+    if prefix is None:
+        raise CheckpointError(
+            f"{f.path}: holds no T5 encoder (no {_ANCHOR!r} with a token table, bare or under "
+            f"{SINGLE_FILE_PREFIX!r}); a checkpoint with only the diffusion transformer needs the text-encoder "
+            "files beside it: t5xxl_fp16.safetensors (or t5xxl_fp8_e4m3fn.safetensors) and clip_l.safetensors"
+        )
+    return f, prefix, cfg
+
+
+def load_t5(
+    source: str | Path | TensorFile,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    *,
+    keep_fp8: bool = True,
+    fp16_wo_fp32: bool = True,
+) -> T5Encoder:
+    """A T5Encoder from a folder, a single file (SD3 with `text_encoders.t5xxl.transformer.`) or a bare
+    T5 file, computing in `dtype`.
+
+    keep_fp8: fp8-stored linear weights and token table stay fp8 (upcast at use); False upcasts at load.
+    fp16_wo_fp32: with dtype fp16, keep `wo` in fp32 as transformers' `from_pretrained` does
+    (`_keep_in_fp32_modules`), so fp16 results match it; fp8-stored `wo` is left to the upcast rule.
+    """
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point) or dtype in STORAGE_ONLY:
+        raise ValueError(f"dtype must be a compute float dtype (float32, bfloat16, float16), got {dtype!r}")
+    f, p, config = _source(source)
+    cfg = t5_config_from_tensors(f, p, config)
+    scaled = _scaled_fp8(f, p)
+    model = T5Encoder(cfg, device="meta", dtype=dtype)
+    state: dict[str, torch.Tensor] = {}
+
+    def take(key: str, shape: tuple[int, ...], keep: bool, to: torch.dtype = dtype) -> torch.Tensor:
+        t = _read(f, key, shape)
+        if keep and t.dtype in STORAGE_ONLY:
+            return t.to(device)
+        return t.to(device=device, dtype=to)
+
+    table = next(p + k for k in _TABLE_KEYS if p + k in f)
+    state["embed"] = take(table, (cfg.vocab_size, cfg.d_model), keep_fp8 and not scaled)
+    rel = f"{p}encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+    state["rel_bias"] = take(rel, (cfg.relative_attention_num_buckets, cfg.num_heads), False)
+    state["final_norm"] = take(f"{p}encoder.final_layer_norm.weight", (cfg.d_model,), False)
+    shapes = {"q": (cfg.inner, cfg.d_model), "k": (cfg.inner, cfg.d_model), "v": (cfg.inner, cfg.d_model),
+              "o": (cfg.d_model, cfg.inner), "wi_0": (cfg.d_ff, cfg.d_model), "wi_1": (cfg.d_ff, cfg.d_model),
+              "wo": (cfg.d_model, cfg.d_ff)}
+    wo_dtype = torch.float32 if (dtype == torch.float16 and fp16_wo_fp32) else dtype
+    for i in range(cfg.num_layers):
+        b = f"{p}encoder.block.{i}."
+        state[f"blocks.{i}.ln_attn"] = take(b + "layer.0.layer_norm.weight", (cfg.d_model,), False)
+        state[f"blocks.{i}.ln_ff"] = take(b + "layer.1.layer_norm.weight", (cfg.d_model,), False)
+        for src, dst in _LINEARS.items():
+            if (dst == "wi_1" and not cfg.gated) or (src.endswith(".wi") and cfg.gated) or \
+                    (src.endswith(".wi_0") and not cfg.gated):
+                continue
+            key = f"{b}{src}.weight"
+            w = take(key, shapes[dst], keep_fp8 or scaled, wo_dtype if dst == "wo" else dtype)
+            if scaled and w.dtype in STORAGE_ONLY:
+                s = _read(f, f"{b}{src}.scale_weight", f.shape(f"{b}{src}.scale_weight")) if f"{b}{src}.scale_weight" in f else None
+                if s is not None and s.numel() != 1:
+                    raise CheckpointError(f"{f.path}: {b}{src}.scale_weight must be one number, got {tuple(s.shape)}")
+                if not keep_fp8:
+                    w = w.to(dtype) * (s.to(dtype) if s is not None else 1)
+                elif s is not None:
+                    state[f"blocks.{i}.{dst}.scale"] = s.reshape(()).to(device=device, dtype=torch.float32)
+            state[f"blocks.{i}.{dst}.weight"] = w
+    _check_leftovers(f, p, cfg, scaled)
+    for name, t in state.items():
+        if name.endswith(".scale"):
+            mod = model.get_submodule(name[: -len(".scale")])
+            mod.scale = t
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if missing or unexpected:  # a bug here, not in the file
+        raise CheckpointError(f"{f.path}: internal T5 mapping error (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model.eval()
+
+
+def _check_leftovers(f: TensorFile, p: str, cfg: T5Config, scaled: bool) -> None:
+    """Refuse encoder tensors nothing read (a layout this loader would silently misread)."""
+    known = re.compile(
+        r"encoder\.block\.\d+\.layer\.[01]\.(layer_norm\.weight|SelfAttention\.[qkvo]\.(weight|scale_weight|scale_input)"
+        r"|SelfAttention\.relative_attention_bias\.weight|DenseReluDense\.(wi_0|wi_1|wi|wo)\.(weight|scale_weight|scale_input))"
+        r"|encoder\.final_layer_norm\.weight|encoder\.embed_tokens\.weight"
+    )
+    left = [k for k in f.keys() if k.startswith(p + "encoder.") and not known.fullmatch(k[len(p):])]
+    if left:
+        raise CheckpointError(f"{f.path}: {len(left)} unexpected T5 encoder tensor(s), e.g. {left[:4]}: "
+                              "a layout this loader does not know; refusing to guess")
