@@ -126,11 +126,15 @@ def dtype_of(name: str):
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
+#: the benchmarks' short names of the towers in sdclip.conventions.family
+TOWER_OF = {"L": "clip-vit-l-14", "H": "openclip-vit-h-14", "G": "openclip-vit-bigg-14"}
+
+
 def real_hf_model(role: str, dtype_name: str = "fp32", device: str = "cpu", seed: int = 0):
-    """A transformers CLIP text model of the real ViT-L / ViT-H / bigG shape with random weights."""
+    """A transformers CLIP text model of the real ViT-L / ViT-H / bigG shape (role L, H or G), random weights."""
     from tiny_models import REAL, tiny_model
 
-    model = tiny_model(role, seed=seed, sizes=REAL)
+    model = tiny_model(TOWER_OF[role], seed=seed, sizes=REAL)
     return model.to(device=device, dtype=dtype_of(dtype_name)).eval().requires_grad_(False)
 
 
