@@ -93,7 +93,7 @@ def _part_view(text: str, part: PreparedPart, family: Family, per_row: int) -> d
                 "pad": len(rows.ids[r]) - eos - 1,
                 "pad_id": family.roles[0].pad_id,
                 "break_before": r > 0 and first_token is not None and first_token in breaks,
-                "overlap": sum(1 for k in rows.keep[r] if not k),
+                "overlap": sum(1 for i, k in zip(rows.tokens[r], rows.keep[r]) if i >= 0 and not k),
             }
         )
     return {
@@ -107,12 +107,19 @@ def _part_view(text: str, part: PreparedPart, family: Family, per_row: int) -> d
 
 
 def _dropped_chars(part: PreparedPart) -> set[int]:
-    """Character positions of the source whose tokens reached no row (truncated or compressed away)."""
+    """Character positions of the source whose tokens reached no row (truncated or compressed away):
+    each run of consecutive dropped tokens marks its whole extent, syntax and spaces between included."""
     placed = {i for row in part.rows[0].tokens for i in row if i >= 0}
     chars: set[int] = set()
-    for i, (a, b) in enumerate(part.stream.spans):
-        if i not in placed:
-            chars.update(range(a, b))
+    run_start = None
+    spans = part.stream.spans
+    for i in range(len(spans) + 1):
+        dropped = i < len(spans) and i not in placed
+        if dropped and run_start is None:
+            run_start = i
+        elif not dropped and run_start is not None:
+            chars.update(range(spans[run_start][0], spans[i - 1][1]))
+            run_start = None
     return chars
 
 
