@@ -1,0 +1,122 @@
+"""`sdclip embed`: a captions file → resumable, sharded embeddings for training (see sdclip.jobs).
+
+Contract (keep it stable): DIR/manifest.json plus DIR/shard-NNNNN.safetensors, shard k holding input indices
+[k·S, (k+1)·S) as `index` int64 [n], `prompt_embeds` [n, N, D] and, where the family has one,
+`pooled_prompt_embeds` [n, P]; N = K·77 slots for `--max-rows K` (default 1). Re-running the same command
+resumes; `--verify DIR` re-checks a folder. `--format kohya` writes sd-scripts' per-image .npz caches instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sdclip.cli.options import add_model_options, add_text_options, model_options
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("embed", help="bulk captions → resumable sharded embeddings (training caches)")
+    p.add_argument("--captions", type=Path, help=".txt (one caption a line) / .jsonl / .csv / .tsv / .parquet, "
+                   "or an image folder with sidecar .txt captions")
+    p.add_argument("--out", type=Path, help="output folder (manifest.json + shard-NNNNN.safetensors)")
+    p.add_argument("--shard-size", type=int, default=1024, help="captions per shard (default 1024)")
+    p.add_argument("--batch-size", type=int, default=64, help="distinct captions per encoder call (default 64)")
+    p.add_argument("--format", choices=("safetensors", "kohya"), default="safetensors",
+                   help="safetensors shards (default) or kohya sd-scripts' per-image _te_outputs.npz (SDXL)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local", help="local (default) or Ray Data")
+    p.add_argument("--ray-address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--workers", type=int, default=1, help="Ray actors, each with its own encoder (default 1)")
+    p.add_argument("--column", help="caption column of .jsonl/.csv/.tsv/.parquet (default caption, then text)")
+    p.add_argument("--on-error", choices=("fail", "skip"), default="fail",
+                   help="invalid captions: fail before encoding (default) or skip them, listed in the manifest")
+    p.add_argument("--overwrite", action="store_true", help="discard an existing job in --out and start again")
+    p.add_argument("--verify", type=Path, metavar="DIR", help="check a finished folder (hashes, every index once)")
+    add_model_options(p, model_required=False)
+    add_text_options(p)
+    for action in p._actions:
+        if action.dest == "max_rows":
+            action.help = ("rows of 77 slots per caption, K → N = 77·K (default 1); longer captions are "
+                           "truncated and counted; also the compress layout's limit")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from rich.console import Console
+
+    from sdclip.jobs.manifest import JobError
+
+    console = Console(stderr=True)
+    if args.verify is not None:
+        from sdclip.jobs.verify import verify
+
+        result = verify(args.verify)
+        print(f"{args.verify}: ok — {result['shards']} shard(s), {result['rows']} row(s), every hash and index checked")
+        return 0
+    missing = [f for f, v in (("--model", args.model), ("--captions", args.captions), ("--out", args.out)) if v is None]
+    if missing:
+        raise JobError(f"embed needs {', '.join(missing)} (or --verify DIR)")
+    if args.workers < 1:
+        raise JobError("--workers must be ≥ 1")
+    from sdclip.jobs.driver import Job
+    from sdclip.jobs.plan import JobSpec
+
+    spec = JobSpec(
+        model=str(args.model), captions=str(args.captions), out=str(args.out), options=asdict(model_options(args)),
+        rows=args.max_rows or 1, shard_size=args.shard_size, batch_size=args.batch_size, dtype=args.dtype,
+        device=args.device, family=args.family, embeddings=list(args.embeddings), format=args.format,
+        column=args.column, on_error=args.on_error, pack_weights=args.pack_weights,
+    )
+    job = Job(spec, overwrite=args.overwrite, console=console)  # folder + configuration checked: no model yet
+    try:
+        return _run(job, spec, args, console)
+    finally:
+        job.close()
+
+
+def _run(job, spec, args: argparse.Namespace, console) -> int:  # noqa: ANN001
+    from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    from sdclip.jobs.encode import CaptionEncoder
+
+    class Speed(ProgressColumn):
+        def render(self, task) -> Text:  # noqa: ANN001
+            return Text(f"{task.speed:,.1f} captions/s" if task.speed else "– captions/s")
+
+    encoder = CaptionEncoder(spec)
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
+               Speed(), TimeRemainingColumn(), TextColumn("{task.fields[shards]}"))
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+        t = progress.add_task("validating", total=None, shards="")
+        job.prepare(encoder, lambda n: progress.advance(t, n))
+        progress.remove_task(t)
+        total_shards = job.shard_count()
+        pending = job.pending()
+        done_rows = sum(r["rows"] for r in job.manifest.shards.values())
+        valid = job.manifest.scan["valid_rows"]
+        task = progress.add_task("embedding", total=valid, completed=done_rows,
+                                 shards=f"{total_shards - len(pending)}/{total_shards} shards")
+
+        def on_shard(rec: dict) -> None:
+            progress.update(task, advance=rec["rows"], shards=f"{len(job.manifest.shards)}/{total_shards} shards")
+
+        if pending and len(pending) < total_shards:  # resuming: say what is kept
+            print(f"{job.out}: {len(pending)} of {total_shards} shard(s) to do "
+                  f"({total_shards - len(pending)} kept)", file=sys.stderr)
+        if args.engine == "ray":
+            from sdclip.jobs.ray_engine import run_ray
+
+            run_ray(job, address=args.ray_address, workers=args.workers, on_shard=on_shard)
+        else:
+            from sdclip.jobs.local import run_local
+
+            run_local(job, encoder, on_shard)
+    s = job.finish()
+    rate = s["encoded_now"] / s["seconds"] if s["seconds"] > 0 else 0.0
+    print(f"{job.out}: {s['written']:,} of {s['rows']:,} caption(s) in {s['shards']} shard(s); "
+          f"{s['encoded_now']:,} encoded now in {s['seconds']:.1f} s ({rate:,.1f} captions/s); "
+          f"{s['truncated']:,} truncated, {s['errors']:,} error(s) skipped", file=sys.stdout)
+    return 0

@@ -1,0 +1,6 @@
+"""Bulk jobs: captions → resumable, sharded embeddings (`sdclip embed`).
+
+readers (caption sources, streamed) → plan (spec, folder checks, validation scan) → encode (fixed-size
+conditioning per caption) → work (one shard, written atomically) → driver (manifest, resume) → engines
+(local, ray_engine); kohya writes sd-scripts' per-image caches; verify re-checks a finished folder.
+"""

@@ -1,0 +1,138 @@
+"""`--engine ray`: the same job on Ray Data, one Conditioner per actor.
+
+The job's pending shards become a small dataset (one row per shard: k, seek); `map_batches` runs
+`ShardActor` — a callable class that loads the encoders once in its constructor — over an
+`ActorPoolStrategy` of `--workers` actors (one GPU each when CUDA is there). Each actor reads its shard's
+input range itself and writes the shard file atomically, under the same name the local engine uses, so the
+driver only records finished shards in the manifest and a job may be resumed by either engine. On a
+cluster, the captions file, the model and the output folder must be at the same path on every node (a
+shared filesystem); for data that lives elsewhere, build your own pipeline with `embed_dataset`.
+
+Python API for an existing Ray pipeline:
+
+>>> ds = ray.data.read_parquet("s3://bucket/captions/")
+>>> ds = embed_dataset(ds, model="sdxl.safetensors", column="caption", workers=4, preset="diffusers")
+>>> ds.write_parquet(...)   # adds prompt_embeds [N, D] (and pooled_prompt_embeds [P]) per row, float32 numpy
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict
+
+from sdclip.jobs.driver import Job
+from sdclip.jobs.plan import JobSpec
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def _strategy(workers: int):  # noqa: ANN202
+    from ray.data import ActorPoolStrategy
+
+    return ActorPoolStrategy(size=workers)
+
+
+class ShardActor:
+    """Ray Data callable class: loads the job's encoder once; each call encodes and writes whole shards."""
+
+    def __init__(self, spec: dict, digest: str, rows: int):
+        from sdclip.jobs.work import ShardWork
+
+        self.work = ShardWork(JobSpec(**spec), digest)
+        self.rows = rows
+
+    def __call__(self, batch: dict) -> dict:
+        records = []
+        for k, seek in zip(batch["shard"], batch["seek"]):
+            records.append(json.dumps(self.work.run(int(k), json.loads(seek), self.rows)))
+        return {"record": records}
+
+
+def shard_dataset(job: Job, workers: int = 1):  # noqa: ANN201
+    """The Ray dataset that does a prepared job's pending shards (yields one JSON manifest record per shard)."""
+    import ray.data
+
+    items = [{"shard": k, "seek": json.dumps(job.seek(k))} for k in job.pending()]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    return ds.map_batches(
+        ShardActor,
+        fn_constructor_kwargs={"spec": asdict(job.spec), "digest": job.digest, "rows": job.rows},
+        batch_size=1,
+        compute=_strategy(workers),
+        num_gpus=1 if _cuda() and job.spec.device.startswith("cuda") else 0,
+        num_cpus=1,
+    )
+
+
+def run_ray(job: Job, *, address: str | None = None, workers: int = 1,
+            on_shard: Callable[[dict], None] | None = None, init_kwargs: dict | None = None) -> None:
+    """Run a prepared job's pending shards on Ray (a local Ray unless `address` names a cluster)."""
+    import ray
+
+    if not job.pending():
+        return
+    started_here = False
+    if not ray.is_initialized():
+        kwargs = dict(init_kwargs or {})
+        kwargs.setdefault("include_dashboard", False)
+        kwargs.setdefault("log_to_driver", False)
+        if address:
+            kwargs["address"] = address
+        ray.init(**kwargs)
+        started_here = True
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.preserve_order = False
+        for row in shard_dataset(job, workers).iter_rows():
+            record = json.loads(row["record"])
+            job.complete(record)
+            if on_shard is not None:
+                on_shard(record)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+class EmbedCaptions:
+    """Ray Data callable class for your own pipeline: a batch with a caption column → the same fixed-size
+    conditioning `sdclip embed` writes (float32 numpy; identical captions in a batch encoded once)."""
+
+    def __init__(self, model: str, column: str = "caption", rows: int = 1, batch_size: int = 64,
+                 dtype: str = "fp32", device: str = "cpu", preset: str = "a1111", **overrides: object):
+        from sdclip.conventions.presets import Options
+        from sdclip.jobs.encode import CaptionEncoder
+
+        options = asdict(Options.preset(preset, **overrides))
+        spec = JobSpec(model=model, captions="", out="", options=options, rows=rows, batch_size=batch_size,
+                       dtype=dtype, device=device)
+        self.column = column
+        self.encoder = CaptionEncoder(spec)
+
+    def __call__(self, batch: dict) -> dict:
+        texts = [str(t) if t is not None else "" for t in batch[self.column]]
+        out = self.encoder.encode(texts)
+        for name, t in out.items():
+            batch[name] = t.float().numpy()
+        return batch
+
+
+def embed_dataset(ds, model: str, *, column: str = "caption", workers: int = 1, batch_size: int = 64,  # noqa: ANN001, ANN201
+                  **kwargs: object):
+    """`ds.map_batches(EmbedCaptions, …)` over `workers` actors (one GPU each when device is cuda)."""
+    device = str(kwargs.get("device", "cpu"))
+    return ds.map_batches(
+        EmbedCaptions,
+        fn_constructor_kwargs={"model": model, "column": column, "batch_size": batch_size, **kwargs},
+        batch_size=batch_size,
+        compute=_strategy(workers),
+        num_gpus=1 if device.startswith("cuda") else 0,
+    )

@@ -1,0 +1,328 @@
+"""Caption sources for `sdclip embed`, streamed: a 1M-line file is never read into memory at once.
+
+Every source yields `Record(index, where, text, error)` in input order: `index` is the caption's position
+(line i of a .txt is index i), `where` names it for a human ("line 7", "row 12", "cats/01.png"), and a
+caption that cannot be read (bad UTF-8, a missing column) has `text=None` and an `error`. Each record also
+carries `seek`, an opaque position from which `read(seek, start, stop)` restarts the stream, so a shard
+(an index range) can be read again cheaply by a resumed job or by a Ray worker on another machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".jxl")
+FORMATS = ("txt", "jsonl", "csv", "tsv", "parquet", "images")
+DEFAULT_COLUMNS = ("caption", "text")
+
+
+class CaptionSourceError(ValueError):
+    """The captions input cannot be read at all (missing, unknown format, no such column)."""
+
+
+@dataclass(frozen=True)
+class Record:
+    index: int
+    where: str
+    text: str | None
+    error: str | None = None
+    seek: object = 0
+
+
+def detect_format(path: Path) -> str:
+    if path.is_dir():
+        return "images"
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix in ("txt", "jsonl", "csv", "tsv", "parquet"):
+        return suffix
+    if suffix == "ndjson":
+        return "jsonl"
+    raise CaptionSourceError(
+        f"{path}: unknown captions format {path.suffix!r}; use .txt, .jsonl, .csv, .tsv, .parquet or an image folder"
+    )
+
+
+class CaptionSource:
+    """One captions input. `records()` streams from the start; `read(seek, start, stop)` from a saved seek."""
+
+    format: str = ""
+
+    def __init__(self, path: Path, column: str | None = None):
+        self.path = Path(path)
+        self.column = column
+        if not self.path.exists():
+            raise CaptionSourceError(f"{self.path}: no such captions file or folder")
+
+    def records(self) -> Iterator[Record]:
+        return self.read(self.start_seek(), 0, None)
+
+    def start_seek(self) -> object:
+        return 0
+
+    def read(self, seek: object, start: int, stop: int | None) -> Iterator[Record]:
+        raise NotImplementedError
+
+    def fingerprint(self) -> dict:
+        """Size and sha256 of the input (streamed), recorded in the manifest: a changed input is a new job."""
+        h = hashlib.sha256()
+        size = 0
+        with open(self.path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+                size += len(chunk)
+        return {"format": self.format, "size": size, "sha256": h.hexdigest()}
+
+
+def _decode(raw: bytes) -> tuple[str | None, str | None]:
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        return None, f"invalid UTF-8 at byte {exc.start}"
+
+
+class TextLines(CaptionSource):
+    """.txt: one caption per line; a blank line is the empty prompt (never skipped). Seek = byte offset."""
+
+    format = "txt"
+
+    def read(self, seek: object, start: int, stop: int | None) -> Iterator[Record]:
+        index = start
+        with open(self.path, "rb") as f:
+            f.seek(int(seek))  # type: ignore[arg-type]
+            offset = int(seek)  # type: ignore[arg-type]
+            for raw in f:
+                if stop is not None and index >= stop:
+                    return
+                here = offset
+                offset += len(raw)
+                text, error = _decode(raw.rstrip(b"\r\n"))
+                if index == 0 and text is not None and text.startswith("\ufeff"):
+                    text = text[1:]  # a UTF-8 byte-order mark is not part of the first caption
+                yield Record(index, f"line {index + 1}", text, error, here)
+                index += 1
+
+
+class JsonLines(TextLines):
+    """.jsonl: one object per line, the caption in `--column` (default `caption`, then `text`)."""
+
+    format = "jsonl"
+
+    def read(self, seek: object, start: int, stop: int | None) -> Iterator[Record]:
+        for rec in super().read(seek, start, stop):
+            if rec.error is not None:
+                yield rec
+                continue
+            try:
+                obj = json.loads(rec.text)  # type: ignore[arg-type]
+            except json.JSONDecodeError as exc:
+                yield Record(rec.index, rec.where, None, f"invalid JSON: {exc.msg}", rec.seek)
+                continue
+            text, error = _pick(obj, self.column)
+            yield Record(rec.index, rec.where, text, error, rec.seek)
+
+
+def _pick(obj: object, column: str | None) -> tuple[str | None, str | None]:
+    if not isinstance(obj, dict):
+        return None, "not a JSON object"
+    names = (column,) if column else DEFAULT_COLUMNS
+    for name in names:
+        if name in obj:
+            value = obj[name]
+            if value is None:
+                return "", None
+            if not isinstance(value, str):
+                return None, f"column {name!r} is {type(value).__name__}, not text"
+            return value, None
+    return None, f"no column {' or '.join(repr(n) for n in names)}"
+
+
+class Delimited(CaptionSource):
+    """.csv / .tsv with a header row. Seek = (byte offset, line number) of a record's first line, so a quoted
+    caption spanning lines still restarts cleanly."""
+
+    format = "csv"
+    delimiter = ","
+
+    def __init__(self, path: Path, column: str | None = None):
+        super().__init__(path, column)
+        with open(self.path, "rb") as f:
+            header_raw = f.readline()
+            self._body = f.tell()
+        header, error = _decode(header_raw.rstrip(b"\r\n"))
+        if error is not None or header is None:
+            raise CaptionSourceError(f"{self.path}: the header line is not UTF-8")
+        names = next(csv.reader([header.lstrip("\ufeff")], delimiter=self.delimiter), [])
+        wanted = (column,) if column else DEFAULT_COLUMNS
+        found = next((n for n in wanted if n in names), None)
+        if found is None:
+            raise CaptionSourceError(
+                f"{self.path}: no column {' or '.join(repr(n) for n in wanted)} in the header ({', '.join(names)})"
+            )
+        self._col = names.index(found)
+
+    def start_seek(self) -> object:
+        return (self._body, 2)
+
+    def read(self, seek: object, start: int, stop: int | None) -> Iterator[Record]:
+        offset, line = seek  # type: ignore[misc]
+        state = {"offset": offset, "line": line, "bad": None}
+
+        def lines(f: io.BufferedReader) -> Iterator[str]:
+            for raw in f:
+                state["offset"] += len(raw)
+                state["line"] += 1
+                text = raw.decode("utf-8", errors="surrogateescape")
+                if state["bad"] is None and any("\udc80" <= c <= "\udcff" for c in text):
+                    state["bad"] = "invalid UTF-8"
+                yield text
+
+        index = start
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            it = lines(f)
+            reader = csv.reader(it, delimiter=self.delimiter)
+            here = (offset, line)
+            while stop is None or index < stop:
+                state["bad"] = None
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as exc:
+                    yield Record(index, f"line {here[1]}", None, f"CSV error: {exc}", here)
+                    return
+                where = f"line {here[1]}"
+                if state["bad"] is not None:
+                    yield Record(index, where, None, state["bad"], here)
+                elif self._col >= len(row):
+                    yield Record(index, where, None, f"only {len(row)} fields", here)
+                else:
+                    yield Record(index, where, row[self._col], None, here)
+                here = (state["offset"], state["line"])
+                index += 1
+
+
+class TabSeparated(Delimited):
+    format = "tsv"
+    delimiter = "\t"
+
+
+class Parquet(CaptionSource):
+    """.parquet: the caption column read one row group at a time. Seek = row index."""
+
+    format = "parquet"
+
+    def __init__(self, path: Path, column: str | None = None):
+        super().__init__(path, column)
+        import pyarrow.parquet as pq
+
+        self._file = pq.ParquetFile(self.path)
+        names = self._file.schema_arrow.names
+        wanted = (column,) if column else DEFAULT_COLUMNS
+        found = next((n for n in wanted if n in names), None)
+        if found is None:
+            raise CaptionSourceError(
+                f"{self.path}: no column {' or '.join(repr(n) for n in wanted)} ({', '.join(names)})"
+            )
+        self._name = found
+
+    def read(self, seek: object, start: int, stop: int | None) -> Iterator[Record]:
+        meta = self._file.metadata
+        first = 0
+        index = start
+        for g in range(meta.num_row_groups):
+            n = meta.row_group(g).num_rows
+            if first + n <= start:
+                first += n
+                continue
+            values = self._file.read_row_group(g, columns=[self._name]).column(0).to_pylist()
+            for k in range(max(0, start - first), n):
+                if stop is not None and index >= stop:
+                    return
+                value = values[k]
+                where = f"row {index + 1}"
+                if value is None:
+                    yield Record(index, where, "", None, index)
+                elif not isinstance(value, str):
+                    yield Record(index, where, None, f"{type(value).__name__}, not text", index)
+                else:
+                    yield Record(index, where, value, None, index)
+                index += 1
+            first += n
+
+
+class ImageFolder(CaptionSource):
+    """An image folder with sidecar captions (`cat.png` + `cat.txt`, as trainers keep them), indexed by
+    sorted relative path. A missing or unreadable sidecar is an error for that image. Seek = position."""
+
+    format = "images"
+
+    def images(self) -> Iterator[str]:
+        """Relative image paths (POSIX), sorted, walked lazily one folder at a time."""
+        def walk(folder: Path, rel: str) -> Iterator[str]:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            for e in entries:
+                name = f"{rel}{e.name}"
+                if e.is_dir(follow_symlinks=False) and not e.name.startswith("."):
+                    yield from walk(Path(e.path), name + "/")
+                elif e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES:
+                    yield name
+
+        return walk(self.path, "")
+
+    def read(self, seek: object, start: int, stop: int | None) -> Iterator[Record]:
+        for index, rel in enumerate(self.images()):
+            if index < start:
+                continue
+            if stop is not None and index >= stop:
+                return
+            sidecar = self.path / (os.path.splitext(rel)[0] + ".txt")
+            try:
+                raw = sidecar.read_bytes()
+            except FileNotFoundError:
+                yield Record(index, rel, None, f"no caption file {sidecar.name}", index)
+                continue
+            text, error = _decode(raw.strip(b"\r\n"))
+            if text is not None:
+                text = text.lstrip("\ufeff").strip()
+            yield Record(index, rel, text, error, index)
+
+    def fingerprint(self) -> dict:
+        """Hash of every image's relative path, size and caption bytes: the folder's captions as a job sees them."""
+        h = hashlib.sha256()
+        size = 0
+        for rel in self.images():
+            sidecar = self.path / (os.path.splitext(rel)[0] + ".txt")
+            cap = sidecar.read_bytes() if sidecar.exists() else b"\x00missing"
+            h.update(f"{rel}\x00{len(cap)}\x00".encode())
+            h.update(cap)
+            size += len(cap)
+        return {"format": self.format, "size": size, "sha256": h.hexdigest()}
+
+
+_SOURCES: dict[str, type[CaptionSource]] = {
+    "txt": TextLines,
+    "jsonl": JsonLines,
+    "csv": Delimited,
+    "tsv": TabSeparated,
+    "parquet": Parquet,
+    "images": ImageFolder,
+}
+
+
+def open_source(path: str | Path, column: str | None = None) -> CaptionSource:
+    """The caption source for a file (by suffix) or an image folder."""
+    path = Path(path)
+    if not path.exists():
+        raise CaptionSourceError(f"{path}: no such captions file or folder")
+    fmt = detect_format(path)
+    if column and fmt == "txt":
+        raise CaptionSourceError("--column applies to .jsonl / .csv / .tsv / .parquet captions, not .txt")
+    return _SOURCES[fmt](path, column)

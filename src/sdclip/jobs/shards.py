@@ -1,0 +1,107 @@
+"""Shard files: written so that a SIGKILL or a full disk never leaves a file a job would count.
+
+A shard is written to a temporary file in the same folder, fsynced, then renamed over its final name
+(`os.replace` is atomic on one filesystem); the folder is fsynced so the rename survives a power cut. Its
+sha256 is computed from the bytes written, for the manifest and `--verify`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+TMP_SUFFIX = ".tmp"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def shard_name(k: int) -> str:
+    """Shard k covers input indices [k·shard_size, (k+1)·shard_size): the name is the range, whatever engine wrote it."""
+    return f"shard-{k:05d}.safetensors"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a folder be opened and synced
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yields a temporary path beside `final`; on success it is fsynced and renamed to `final`, on any
+    failure (disk full included) removed."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=TMP_SUFFIX, dir=final.parent)
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary files
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(final: Path, data: bytes) -> None:
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_shard(final: Path, tensors: dict, metadata: dict[str, str],
+                save: Callable | None = None) -> tuple[str, int]:  # noqa: ANN001
+    """Write a safetensors shard atomically; returns (sha256, size in bytes)."""
+    if save is None:
+        from safetensors.torch import save_file as save
+    with atomic_path(final) as tmp:
+        save(tensors, str(tmp), metadata=metadata)
+        digest = sha256_file(tmp)
+        size = tmp.stat().st_size
+    return digest, size
+
+
+def read_header(path: Path) -> dict:
+    """The safetensors JSON header (tensor names → dtype/shape/offsets, `__metadata__`), read without
+    loading any tensor; raises ValueError for a file that is not a whole safetensors file."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise ValueError(f"{path.name}: too short to be a safetensors file")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(size - 8, 100 << 20):
+            raise ValueError(f"{path.name}: bad safetensors header length")
+        header = json.loads(f.read(n))
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end != size:
+        raise ValueError(f"{path.name}: {size} bytes, the header describes {8 + n + end}")
+    return header
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Remove temporary files a killed job left (`.shard-….tmp`, `.manifest.json….tmp`); returns how many."""
+    n = 0
+    for p in folder.glob(f".*{TMP_SUFFIX}"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+            n += 1
+    return n

@@ -1,0 +1,57 @@
+"""`sdclip embed --verify DIR`: re-hash every shard and check that every valid input index appears exactly once."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from sdclip.jobs.manifest import JobError, Manifest
+from sdclip.jobs.shards import sha256_file
+
+
+def verify(out: str | Path) -> dict:
+    """Returns {"shards", "rows"}; raises JobError naming the first problems found."""
+    from safetensors import safe_open
+
+    out = Path(out)
+    m = Manifest.load(out)
+    problems: list[str] = []
+    seen: dict[int, str] = {}
+    images = Path(m.info.get("captions", ""))
+    for rec in m.shards.values():
+        name = rec.get("file") or f"shard {rec['shard']}"
+        if "files" in rec:
+            for rel, digest in rec["files"].items():
+                p = images / rel
+                if not p.is_file():
+                    problems.append(f"{rel}: missing")
+                elif hashlib.sha256(p.read_bytes()).hexdigest() != digest:
+                    problems.append(f"{rel}: sha256 differs from the manifest")
+            indices = rec.get("indices", [])
+        elif rec.get("file") is None:
+            indices = []
+        else:
+            path = out / rec["file"]
+            if not path.is_file():
+                problems.append(f"{name}: missing")
+                continue
+            if sha256_file(path) != rec["sha256"]:
+                problems.append(f"{name}: sha256 differs from the manifest")
+                continue
+            with safe_open(str(path), framework="pt") as f:
+                indices = f.get_tensor("index").tolist()
+        for i in indices:
+            if not rec["start"] <= i < rec["stop"]:
+                problems.append(f"{name}: index {i} outside its range [{rec['start']}, {rec['stop']})")
+            if i in seen:
+                problems.append(f"index {i} in both {seen[i]} and {name}")
+            seen[i] = name
+    errors = {e["index"] for e in m.to_json()["errors"]}
+    rows = m.scan.get("rows") or 0
+    missing = [i for i in range(rows) if i not in seen and i not in errors]
+    if missing:
+        problems.append(f"{len(missing)} index(es) in no shard (first {missing[0]})"
+                        + ("" if m.complete else ": the job is not finished; re-run it to resume"))
+    if problems:
+        raise JobError(f"{out}: {len(problems)} problem(s): " + "; ".join(problems[:5]))
+    return {"shards": len(m.shards), "rows": len(seen)}

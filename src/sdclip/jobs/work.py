@@ -1,0 +1,74 @@
+"""One unit of work, the same for every engine: read shard k's input range, encode it, write it atomically.
+
+Shard k covers input indices [k·S, (k+1)·S) and is read from the seek the scan saved, so any process that
+sees the captions file and the job folder (a Ray actor on another machine with a shared filesystem) can do
+it; rows the scan found invalid (length −1) are skipped (the manifest lists them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from sdclip.jobs.encode import CaptionEncoder
+from sdclip.jobs.plan import JobSpec, load_scan_arrays
+from sdclip.jobs.readers import CaptionSource
+from sdclip.jobs.shards import shard_name, write_shard
+
+
+def config_digest(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def shard_range(k: int, spec: JobSpec, rows: int) -> tuple[int, int]:
+    return k * spec.shard_size, min((k + 1) * spec.shard_size, rows)
+
+
+class ShardWork:
+    """Per process (or Ray actor): the encoder, the caption source and the scan arrays, loaded once."""
+
+    def __init__(self, spec: JobSpec, digest: str, encoder: CaptionEncoder | None = None):
+        self.spec = spec
+        self.digest = digest
+        self.out = Path(spec.out)
+        self.encoder = encoder or CaptionEncoder(spec)
+        self.source: CaptionSource = spec.source()
+        arrays = load_scan_arrays(self.out)
+        if arrays is None:
+            raise ValueError(f"{self.out}: the scan arrays are missing (is the job folder shared with this worker?)")
+        self.lengths, self.last = arrays
+
+    def run(self, k: int, seek: object, rows: int) -> dict:
+        """Encode and write shard k; returns its manifest record."""
+        start, stop = shard_range(k, self.spec, rows)
+        seek = tuple(seek) if isinstance(seek, list) else seek
+        self.encoder.forget_before(start)
+        indices, texts, wheres = [], [], []
+        for rec in self.source.read(seek, start, stop):
+            if int(self.lengths[rec.index]) < 0:
+                continue
+            indices.append(rec.index)
+            texts.append(rec.text)
+            wheres.append(rec.where)
+        lengths = [int(self.lengths[i]) for i in indices]
+        reuse = [int(self.last[i]) for i in indices]
+        tensors = self.encoder.encode(texts, lengths, reuse, position=stop - 1)
+        record = {"shard": k, "start": start, "stop": stop, "rows": len(indices)}
+        if self.spec.format == "kohya":
+            from sdclip.jobs.kohya import write_kohya
+
+            record["files"] = write_kohya(Path(self.spec.captions), wheres, tensors, self.encoder.widths)
+            record["indices"] = indices
+            return record
+        tensors = {"index": torch.tensor(indices, dtype=torch.int64), **tensors}
+        if not indices:  # every row of the range was invalid: an empty shard of the right shapes
+            shapes = self.encoder.encode([""], [1])
+            tensors.update({name: t[:0] for name, t in shapes.items()})
+        name = shard_name(k)
+        meta = {"sdclip_job": self.digest, "start": str(start), "stop": str(stop)}
+        digest, size = write_shard(self.out / name, tensors, meta)
+        record.update(file=name, sha256=digest, bytes=size)
+        return record
