@@ -91,11 +91,13 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
     from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
 
     from sdclip.attention import trace
     from sdclip.pipelines import conditioner_from_pipeline
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    diffusers_logging.disable_progress_bar()
     pipe = DiffusionPipeline.from_pretrained(str(model), dtype=dtype, local_files_only=True)
     if getattr(pipe, "unet", None) is None:
         raise ValueError(f"{args.model} is a {type(pipe).__name__}: `attention` traces UNet pipelines (SD1 / SD2 / SDXL)")
@@ -105,8 +107,9 @@ def run(args: argparse.Namespace) -> int:
     if size is None:
         side = int(pipe.unet.config.sample_size) * scale
         size = (side, side)
-    if size[0] % scale or size[1] % scale:
-        raise ValueError(f"--size {size[0]}x{size[1]}: both sides must be multiples of {scale} for this pipeline")
+    step = max(8, scale)  # diffusers' own rule for SD pipelines, and whole latent pixels
+    if size[0] % step or size[1] % step:
+        raise ValueError(f"--size {size[0]}x{size[1]}: both sides must be multiples of {step} for this pipeline")
 
     cond = conditioner_from_pipeline(pipe, **_overrides(options, args.preset))
     pair = cond(args.prompt, args.negative)
