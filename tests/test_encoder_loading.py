@@ -73,7 +73,7 @@ def test_sd2_diffusers_keeps_depth_and_refuses_unstored_layers(families, written
         enc(ids, LayerSelect(1), pooled=True)
     ref = reference(families["sd2"].models[0], ids)
     # diffusers' own convention on its 23-layer folder: hidden_states[-1] of the stored layers
-    got = enc(ids, LayerSelect.diffusers(None, unstored=enc.config.depth - enc.config.layers)).hidden
+    got = enc(ids, LayerSelect(enc.config.depth - enc.config.layers)).hidden
     assert (got - families["sd2"].models[0].final_layer_norm(ref["hidden_states"][-2])).abs().max() <= TOL
 
 

@@ -32,12 +32,15 @@ def sdxl(tmp_path_factory):
 
 # ---- layer selection ---------------------------------------------------------------------------
 
+XL, SD2 = LayerSelect(1, False), LayerSelect(1, True)  # the SDXL and SD2 families' default layers
+
+
 def test_conventions_follow_the_reference_table():
     assert LayerSelect.a1111(1) == LayerSelect.comfy(-1) == LayerSelect.diffusers(None) == LayerSelect(0, True)
     assert LayerSelect.a1111(2) == LayerSelect.comfy(-2) == LayerSelect.diffusers(1) == LayerSelect(1, True)
-    assert LayerSelect.diffusers(None, sdxl=True) == LayerSelect.diffusers(0, sdxl=True) == LayerSelect(1, False)
-    assert LayerSelect.diffusers(2, sdxl=True) == LayerSelect(3, False)
-    assert LayerSelect.diffusers(None, unstored=1) == LayerSelect(1, True)  # diffusers on its 23-layer SD2
+    assert LayerSelect.diffusers(None, XL) == LayerSelect.diffusers(0, XL) == XL
+    assert LayerSelect.diffusers(2, XL) == LayerSelect(3, False)
+    assert LayerSelect.diffusers(None, SD2) == SD2 and LayerSelect.diffusers(1, SD2) == LayerSelect(2, True)
 
 
 @pytest.mark.parametrize("bad", [lambda: LayerSelect.a1111(0), lambda: LayerSelect.comfy(0), lambda: LayerSelect(-1),
@@ -65,7 +68,7 @@ def test_diffusers_sdxl_clip_skip_matches_transformers_indices(sdxl, clip_skip):
     ids = sample_ids(2)
     for enc, model in zip(loaded.encoders, fam.models):
         want = reference(model, ids)["hidden_states"][-((clip_skip or 0) + 2)]
-        got = enc(ids, LayerSelect.diffusers(clip_skip, sdxl=True)).hidden
+        got = enc(ids, LayerSelect.diffusers(clip_skip, XL)).hidden
         assert (got - want).abs().max() <= TOL
 
 
@@ -107,7 +110,7 @@ def test_pooled_with_skip_still_reads_the_final_layer(sdxl):
     fam, loaded = sdxl
     ids = sample_ids(3)
     ref = reference(fam.models[1], ids)
-    out = loaded.encoders[1](ids, LayerSelect.diffusers(None, sdxl=True), pooled=True)
+    out = loaded.encoders[1](ids, LayerSelect.diffusers(None, XL), pooled=True)
     assert (out.hidden - ref["hidden_states"][-2]).abs().max() <= TOL
     assert (out.pooled - ref["pooled"]).abs().max() <= TOL
     assert out.pooled.shape == (3, fam.models[1].config.projection_dim)
@@ -305,7 +308,7 @@ def test_real_width_bigg_equals_transformers(tmp_path, close):
     assert (enc.config.heads, enc.config.projection, enc.config.act) == (20, 1280, "gelu")
     ids = sample_ids(2)
     ref = reference(fam.models[1], ids)
-    out = enc(ids, LayerSelect.diffusers(None, sdxl=True), pooled=True)
+    out = enc(ids, LayerSelect.diffusers(None, XL), pooled=True)
     close(out.hidden, ref["hidden_states"][-2], "penultimate")
     close(out.pooled, ref["pooled"], "pooled")
 

@@ -6,7 +6,8 @@ import pytest
 
 from sdclip.conventions.family import FAMILIES
 from sdclip.conventions.clip_skip import LayerSelect
-from sdclip.conventions.presets import PRESETS, Options, resolve_clip_skip
+from sdclip.conventions.clip_skip import resolve_clip_skip
+from sdclip.conventions.presets import PRESETS, Options
 
 SD1_L = FAMILIES["sd1"].roles[0]
 SD2_H = FAMILIES["sd2"].roles[0]
@@ -26,15 +27,15 @@ XL_L, XL_G = FAMILIES["sdxl"].roles
     ],
 )
 def test_three_conventions_agree(role, a1111, comfy, diffusers, want):
-    assert resolve_clip_skip("a1111", a1111, role) == want
-    assert resolve_clip_skip("comfy", comfy, role) == want
-    assert resolve_clip_skip("diffusers", diffusers, role) == want
+    assert resolve_clip_skip("a1111", a1111, role.default_layer) == want
+    assert resolve_clip_skip("comfy", comfy, role.default_layer) == want
+    assert resolve_clip_skip("diffusers", diffusers, role.default_layer) == want
 
 
 @pytest.mark.parametrize("convention, bad", [("a1111", 0), ("comfy", 1), ("comfy", 0), ("diffusers", -1), ("a1111", True)])
 def test_out_of_range_clip_skip_is_refused(convention, bad):
     with pytest.raises(ValueError):
-        resolve_clip_skip(convention, bad, SD1_L)
+        resolve_clip_skip(convention, bad, SD1_L.default_layer)
 
 
 def test_presets_set_every_convention_and_overrides_by_name():

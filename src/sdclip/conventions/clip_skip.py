@@ -1,66 +1,80 @@
-"""Which hidden state a text encoder returns: one rule for every clip-skip convention (no torch).
+"""Which hidden state a text encoder returns, and the one table of the three ways users number it (no torch).
 
-Kept apart from the encoder so that presets and `sdclip inspect` can reason about layers without torch.
+| hidden state used                       | a1111 / CLI `--clip-skip` | comfy `CLIPSetLastLayer` | diffusers `clip_skip` |
+|-----------------------------------------|---------------------------|--------------------------|-----------------------|
+| last layer + final LN (SD1 default)     | 1                         | -1                       | None (0)              |
+| penultimate + final LN                  | 2                         | -2                       | 1                     |
+| SD2 default: penultimate + final LN     | 2                         | -2                       | None (0)              |
+| SDXL default: penultimate, no final LN  | 2                         | -2                       | None (0)              |
+| SDXL, N more skipped                    | N + 2                     | -(N + 2)                 | N                     |
+
+a1111 and comfy count absolutely from the last layer; diffusers counts layers skipped *beyond the family's
+default* (which is why SD1's and SDXL's `clip_skip=1` differ; diffusers indexes the layers a checkpoint
+stores, and its SD2 folder stores 23 of 24, so its `None` is the architecture's penultimate). Whether the
+final LayerNorm applies is the family's policy (SDXL: never), not the convention's. Skipped layers never run.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+
+def _count(value: object, what: str, ok: Callable[[int], bool]) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not ok(value):
+        raise ValueError(f"{what}, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
 class LayerSelect:
-    """Which hidden state the encoder returns: one rule for every clip-skip convention.
-
-    skip = how many final blocks do not run, counted from the architecture's depth (12 ViT-L, 24 ViT-H,
-    32 bigG); final_norm = whether the final LayerNorm is applied to that layer's output.
-
-    | hidden state used            | a1111/comfy "CLIP skip" | comfy CLIPSetLastLayer | diffusers clip_skip |
-    | last layer + final LN (SD1)  | 1                       | -1                     | None                |
-    | penultimate + final LN       | 2                       | -2                     | 1                   |
-    | SDXL: penultimate, no LN     | —                       | —                      | None (sdxl)         |
-    | SDXL, N more skipped         | —                       | —                      | N → hidden_states[-(N+2)] |
-    """
+    """skip = how many final blocks do not run, counted from the architecture's depth (12 ViT-L, 24 ViT-H,
+    32 bigG); final_norm = whether the final LayerNorm is applied to that layer's output."""
 
     skip: int = 0
     final_norm: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.skip, bool) or not isinstance(self.skip, int) or self.skip < 0:
-            raise ValueError(f"LayerSelect.skip must be an int >= 0, got {self.skip!r}")
+        _count(self.skip, "LayerSelect.skip must be an int >= 0", lambda n: n >= 0)
 
     @classmethod
-    def a1111(cls, clip_skip: int = 1) -> "LayerSelect":
-        """AUTOMATIC1111 / ComfyUI "CLIP skip": 1 = last layer, 2 = penultimate; final LN always applied."""
-        if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or clip_skip < 1:
-            raise ValueError(f"a1111 clip skip counts from 1 (= last layer), got {clip_skip!r}")
-        return cls(clip_skip - 1, True)
+    def a1111(cls, clip_skip: int = 1, default: "LayerSelect | None" = None) -> "LayerSelect":
+        """AUTOMATIC1111 / ComfyUI "CLIP skip": 1 = last layer, 2 = penultimate."""
+        n = _count(clip_skip, "a1111 clip skip counts from 1 (= last layer)", lambda n: n >= 1)
+        return cls(n - 1, default.final_norm if default else True)
 
     @classmethod
-    def comfy(cls, last_layer: int = -1) -> "LayerSelect":
-        """ComfyUI `CLIPSetLastLayer`: -1 = last layer, -2 = penultimate; final LN always applied."""
-        if isinstance(last_layer, bool) or not isinstance(last_layer, int) or last_layer > -1:
-            raise ValueError(f"comfy stop_at_clip_layer counts from -1 (= last layer), got {last_layer!r}")
-        return cls(-last_layer - 1, True)
+    def comfy(cls, last_layer: int = -1, default: "LayerSelect | None" = None) -> "LayerSelect":
+        """ComfyUI `CLIPSetLastLayer`: -1 = last layer, -2 = penultimate."""
+        n = _count(last_layer, "comfy stop_at_clip_layer counts from -1 (= last layer)", lambda n: n <= -1)
+        return cls(-n - 1, default.final_norm if default else True)
 
     @classmethod
-    def diffusers(cls, clip_skip: int | None = None, sdxl: bool = False, *, unstored: int = 0) -> "LayerSelect":
-        """diffusers `clip_skip`.
-
-        SD: None → hidden_states[-1] + final LN; k → hidden_states[-(k+1)] + final LN.
-        SDXL: None → hidden_states[-2], no LN; N → hidden_states[-(N+2)], no LN.
-        diffusers indexes the layers the checkpoint *stores*; `unstored` = depth − stored layers (1 for
-        diffusers' 23-layer SD2 text encoder, whose hidden_states[-1] is the architecture's layer 23).
-        """
-        if clip_skip is not None and (isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or clip_skip < 0):
-            raise ValueError(f"diffusers clip_skip must be None or an int >= 0, got {clip_skip!r}")
-        if unstored < 0:
-            raise ValueError(f"unstored must be >= 0, got {unstored}")
-        k = clip_skip or 0
-        if sdxl:
-            return cls(k + 1 + unstored, False)
-        return cls(k + unstored, True)
+    def diffusers(cls, clip_skip: int | None = None, default: "LayerSelect | None" = None) -> "LayerSelect":
+        """diffusers `clip_skip`: layers skipped beyond the family's default (None and 0 = the default)."""
+        base = default or cls()
+        if clip_skip is None:
+            return base
+        n = _count(clip_skip, "diffusers clip_skip counts extra skipped layers from 0", lambda n: n >= 0)
+        return replace(base, skip=base.skip + n)
 
     def layer(self, depth: int) -> int:
         """1-based index of the block whose output is used (0 = the embeddings)."""
         return depth - self.skip
+
+
+#: clip-skip convention → how its number reads, given the family's default layer
+SKIP_CONVENTIONS: dict[str, Callable[[int, LayerSelect], LayerSelect]] = {
+    "a1111": LayerSelect.a1111,
+    "comfy": LayerSelect.comfy,
+    "diffusers": LayerSelect.diffusers,
+}
+
+
+def resolve_clip_skip(convention: str, clip_skip: int | None, default: LayerSelect) -> LayerSelect:
+    """A user's clip-skip number in `convention` → the layer one encoder returns (None: the default)."""
+    try:
+        read = SKIP_CONVENTIONS[convention]
+    except KeyError:
+        raise ValueError(f"unknown clip-skip convention {convention!r}; one of {', '.join(SKIP_CONVENTIONS)}") from None
+    return default if clip_skip is None else read(clip_skip, default)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sdclip.conventions.clip_skip import LayerSelect
 from sdclip.tokenizer.stream import EOS
 
 
@@ -66,6 +67,11 @@ class EncoderRole:
     @property
     def width(self) -> int:
         return self.tower.width
+
+    @property
+    def default_layer(self) -> LayerSelect:
+        """The hidden state the family reads without a clip-skip setting."""
+        return LayerSelect(self.skip, self.final_norm)
 
 
 @dataclass(frozen=True)

@@ -4,18 +4,7 @@ A preset sets them all at once; any single option can be overridden by name
 (``Options.preset("a1111", weighting="comfy")``). Nothing downstream asks "which tool is this?": it reads
 the option it needs.
 
-Clip skip, one table for the three conventions (``clip_skip_convention``):
-
-| hidden state used                         | a1111 / CLI `--clip-skip` | comfy `CLIPSetLastLayer` | diffusers `clip_skip` |
-|-------------------------------------------|---------------------------|--------------------------|-----------------------|
-| last layer + final LN (SD1 default)       | 1                         | -1                       | None (0)              |
-| penultimate + final LN                    | 2                         | -2                       | 1                     |
-| SDXL default: penultimate, no final LN    | 2                         | -2                       | None (0)              |
-| SDXL, N more skipped                      | N + 2                     | -(N + 2)                 | N                     |
-
-a1111 and comfy count layers absolutely from the end; diffusers counts *additional* layers skipped beyond the
-family's default (which is why SD1's and SDXL's `clip_skip=1` differ). Whether the final LayerNorm applies is
-the family's policy (SDXL: never), not the convention's.
+Clip skip: one table in sdclip.conventions.clip_skip (`clip_skip_convention` names its column).
 """
 
 from __future__ import annotations
@@ -24,14 +13,13 @@ from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 from sdclip.conventions.family import EncoderRole
-from sdclip.conventions.clip_skip import LayerSelect
+from sdclip.conventions.clip_skip import SKIP_CONVENTIONS, LayerSelect, resolve_clip_skip
 from sdclip.layout.spec import CHUNK_STYLES, LAYOUTS, LayoutSpec
 
 PRESETS = ("a1111", "comfy", "compel", "diffusers")
 #: the weighting formulas (sdclip.assemble.weighting implements them; named here so choosing one needs no torch)
 WEIGHTINGS = ("a1111", "no-norm", "comfy", "compel", "lerp-eos", "none")
 POOLED_SOURCES = ("first", "last", "mean")
-SKIP_CONVENTIONS = ("a1111", "comfy", "diffusers")
 PooledSource = Literal["first", "last", "mean"]
 SkipConvention = Literal["a1111", "comfy", "diffusers"]
 
@@ -52,6 +40,11 @@ class Options:
     clip_skip: int | None = None
     pooled_source: PooledSource = "first"
     zeros_for_empty_negative: bool = False
+    #: how bare embedding names are found: "token-ids" (A1111: the name's token ids anywhere in a weighted
+    #: run, `foxeasynegative` → fox + vectors) or "word" (whole words only)
+    embedding_match: Literal["word", "token-ids"] = "token-ids"
+    #: a ComfyUI `embedding:name` that is not loaded: "drop" it with a warning (ComfyUI) or "error"
+    unknown_embedding: Literal["error", "drop"] = "error"
 
     def __post_init__(self) -> None:
         from sdclip.syntax import DIALECTS
@@ -61,10 +54,12 @@ class Options:
             "dialect": DIALECTS,
             "normalize": NORMALIZATIONS,
             "layout": LAYOUTS,
-            "chunk_style": ("a1111", "comfy", "compel"),
+            "chunk_style": CHUNK_STYLES,
             "weighting": WEIGHTINGS,
             "clip_skip_convention": SKIP_CONVENTIONS,
             "pooled_source": POOLED_SOURCES,
+            "embedding_match": ("word", "token-ids"),
+            "unknown_embedding": ("error", "drop"),
         }
         for name, allowed in choices.items():
             value = getattr(self, name)
@@ -97,26 +92,7 @@ class Options:
 
     def layer(self, role: EncoderRole) -> LayerSelect:
         """The layer one encoder of the family returns under these options."""
-        return resolve_clip_skip(self.clip_skip_convention, self.clip_skip, role)
-
-
-def resolve_clip_skip(convention: SkipConvention, clip_skip: int | None, role: EncoderRole) -> LayerSelect:
-    """A user's clip-skip number in `convention` → the layer for one encoder role.
-
-    a1111 and comfy count absolutely from the last layer (LayerSelect.a1111 / .comfy); diffusers counts
-    layers skipped beyond the family's default. The final LayerNorm follows the family (SDXL: never).
-    """
-    if clip_skip is None:
-        return LayerSelect(role.skip, role.final_norm)
-    if convention == "a1111":
-        return replace(LayerSelect.a1111(clip_skip), final_norm=role.final_norm)
-    if convention == "comfy":
-        return replace(LayerSelect.comfy(clip_skip), final_norm=role.final_norm)
-    if convention == "diffusers":
-        if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or clip_skip < 0:
-            raise ValueError(f"diffusers clip_skip counts extra skipped layers from 0; got {clip_skip!r}")
-        return LayerSelect(role.skip + clip_skip, role.final_norm)
-    raise ValueError(f"unknown clip-skip convention {convention!r}")
+        return resolve_clip_skip(self.clip_skip_convention, self.clip_skip, role.default_layer)
 
 
 _PRESETS: dict[str, Options] = {
@@ -124,7 +100,13 @@ _PRESETS: dict[str, Options] = {
     "a1111": Options(),
     # ComfyUI: absolute weights, words kept whole across rows, lerp from the empty-prompt encoding.
     "comfy": Options(
-        dialect="comfy", chunk_style="comfy", comma_backtrack=0, weighting="comfy", clip_skip_convention="comfy"
+        dialect="comfy",
+        chunk_style="comfy",
+        comma_backtrack=0,
+        weighting="comfy",
+        clip_skip_convention="comfy",
+        embedding_match="word",
+        unknown_embedding="drop",
     ),
     # compel on a transformers-5 pipeline: its syntax, truncation by default (layout="chunk" is compel's
     # truncate_long_prompts=False: rows cut at sentence, else phrase, else word ends), its weighting.
@@ -136,6 +118,7 @@ _PRESETS: dict[str, Options] = {
         comma_backtrack=0,
         weighting="compel",
         clip_skip_convention="diffusers",
+        embedding_match="word",
     ),
     # diffusers' own encode_prompt: no syntax, truncation, zeros for an empty SDXL negative.
     "diffusers": Options(
@@ -145,5 +128,6 @@ _PRESETS: dict[str, Options] = {
         weighting="none",
         clip_skip_convention="diffusers",
         zeros_for_empty_negative=True,
+        embedding_match="word",
     ),
 }

@@ -2,7 +2,7 @@
 
     from sdclip.encoder import load_text_encoders, LayerSelect
     loaded = load_text_encoders("path/to/sd_xl_base_1.0.safetensors")   # family "sdxl", encoders (L, G)
-    out = loaded.encoders[1](ids, LayerSelect.diffusers(None, sdxl=True), pooled=True)
+    out = loaded.encoders[1](ids, LayerSelect(1, final_norm=False), pooled=True)
 """
 
 from sdclip.encoder.loading.checkpoint import CheckpointError, open_tensor_file
