@@ -13,6 +13,7 @@ function el(tag, attrs = {}, ...children) {
     if (k === "text") node.textContent = v;
     else if (k === "class") node.className = v;
     else if (k === "testid") node.dataset.testid = v;
+    else if (k === "background") node.style.backgroundColor = v; // CSSOM: allowed by the page's CSP
     else node.setAttribute(k, v === true ? "" : v);
   }
   for (const c of children) if (c) node.append(c);
@@ -24,12 +25,12 @@ function fmt(w) {
 }
 
 // colour by weight: green above 1, amber below, red at or below 0; stronger further from 1
-function weightStyle(w) {
-  if (Math.abs(w - 1) < 1e-9) return "";
-  if (w <= 0) return "background: hsla(0, 75%, 50%, 0.45)";
+function weightColour(w) {
+  if (Math.abs(w - 1) < 1e-9) return null;
+  if (w <= 0) return "hsla(0, 75%, 50%, 0.45)";
   const strength = Math.min(1, Math.abs(Math.log(w)) / Math.log(2));
   const hue = w > 1 ? 130 : 35;
-  return `background: hsla(${hue}, 70%, 45%, ${(0.15 + 0.55 * strength).toFixed(3)})`;
+  return `hsla(${hue}, 70%, 45%, ${(0.2 + 0.6 * strength).toFixed(3)})`;
 }
 
 function options() {
@@ -206,7 +207,7 @@ function renderRow(row, index, perRow) {
     if (!slot.keep) title += " · window overlap (not kept)";
     const label = slot.cont ? "+" : slot.t;
     slots.append(el("span", {
-      class: classes.join(" "), testid: "token", title, style: weightStyle(slot.w) || null,
+      class: classes.join(" "), testid: "token", title, background: weightColour(slot.w),
       "data-weight": String(slot.w), "data-id": String(slot.id), "data-keep": String(slot.keep), text: label,
     }));
   });
