@@ -13,7 +13,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Collection
 
-from sdclip.syntax.prompt import Prompt, PromptSyntaxError, Schedule, Scheduled
+from sdclip.syntax.prompt import ExtraNetwork, Prompt, PromptSyntaxError, Schedule, Scheduled
 from sdclip.syntax import a1111, comfy, compel, plain
 
 DIALECTS = ("a1111", "comfy", "compel", "plain")
@@ -27,41 +27,88 @@ def _check_text(text: object) -> str:
     return text
 
 
-def parse(text: str, dialect: str = "a1111", embeddings: Collection[str] = ()) -> Prompt:
+EMBEDDING_MATCHES = ("word", "token-ids")
+UNKNOWN_EMBEDDINGS = ("error", "drop")
+
+
+def parse(
+    text: str,
+    dialect: str = "a1111",
+    embeddings: Collection[str] = (),
+    *,
+    step: int = 1,
+    steps: int | None = None,
+    hires_steps: int | None = None,
+    old_scheduling: bool = False,
+    embedding_match: str = "word",
+    unknown_embedding: str = "error",
+) -> Prompt:
     """Parse `text` in `dialect`; names in `embeddings` become textual-inversion references.
 
-    a1111: a prompt that still contains scheduling (`[a:b:when]`, `[a|b]`) is read as at its first
-    step; use schedule() for the per-step texts and parse each (see sdclip.syntax.a1111).
+    a1111: a prompt that still contains scheduling (`[a:b:when]`, `[a|b]`) is read at `step` of `steps`
+    (and `hires_steps`) exactly as A1111 schedules it; without `steps`, as at its first step from the
+    sign of `when` alone (see sdclip.syntax.a1111). Extra-network tags land on `Prompt.extra_networks`.
+    embedding_match: "word" finds loaded names as whole words here; "token-ids" (A1111's rule) leaves bare
+    names to the tokenizer stage, which matches their token ids anywhere (explicit `embedding:name` and
+    `<name>` references are still parsed).
+    unknown_embedding (comfy `embedding:name` not in `embeddings`): "error" keeps the reference (the
+    tokenizer refuses it); "drop" removes it and adds a line to `Prompt.warnings`, as ComfyUI does.
     """
     if dialect not in _PARSERS:
         raise ValueError(f"unknown dialect {dialect!r}; expected one of {DIALECTS}")
     if isinstance(embeddings, str):
         raise TypeError("embeddings must be a collection of names, not one str")
+    if embedding_match not in EMBEDDING_MATCHES:
+        raise ValueError(f"unknown embedding_match {embedding_match!r}; choose one of {', '.join(EMBEDDING_MATCHES)}")
+    if unknown_embedding not in UNKNOWN_EMBEDDINGS:
+        raise ValueError(
+            f"unknown unknown_embedding {unknown_embedding!r}; choose one of {', '.join(UNKNOWN_EMBEDDINGS)}"
+        )
     text = _check_text(text)
     paused = gc.isenabled() and len(text) > 10_000
     if paused:  # parsing allocates many small acyclic objects: cyclic GC passes only cost time
         gc.disable()
     try:
-        return _PARSERS[dialect](text, embeddings)
+        if dialect == "a1111":
+            return a1111.parse(
+                text,
+                embeddings,
+                step=step,
+                steps=steps,
+                hires_steps=hires_steps,
+                old_scheduling=old_scheduling,
+                embedding_match=embedding_match,
+            )
+        if dialect == "comfy":
+            return comfy.parse(text, embeddings, unknown_embedding=unknown_embedding)
+        return _PARSERS[dialect](text, embeddings, embedding_match=embedding_match)
     finally:
         if paused:
             gc.enable()
 
 
-def schedule(text: str, steps: int, dialect: str = "a1111", *, old_scheduling: bool = False) -> Schedule:
+def schedule(
+    text: str,
+    steps: int,
+    dialect: str = "a1111",
+    *,
+    old_scheduling: bool = False,
+    hires_steps: int | None = None,
+) -> Schedule:
     """The text in force at each step, as AUTOMATIC1111's get_learned_conditioning_prompt_schedules.
 
-    Only a1111 schedules; other dialects give one entry (the text, to the last step).
-    `old_scheduling` selects A1111's pre-1.6 rule (`when` < 1 is a fraction of the steps).
+    Only a1111 schedules (AND parts each on their own, extra-network tags removed first); other dialects
+    give one entry (the text, to the last step). `old_scheduling` selects A1111's pre-1.6 rule (`when` < 1
+    is a fraction of the steps); `hires_steps` schedules A1111's highres-fix second pass of that many
+    steps (see sdclip.syntax.a1111.Timeline).
     """
     if dialect not in _PARSERS:
         raise ValueError(f"unknown dialect {dialect!r}; expected one of {DIALECTS}")
     text = _check_text(text)
     if dialect == "a1111":
-        return a1111.schedule(text, steps, old_scheduling)
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    return Schedule(steps, (Scheduled(steps, text),))
+        return a1111.schedule(text, steps, old_scheduling, hires_steps)
+    n = a1111.Timeline.of(steps, hires_steps, old_scheduling).n
+    return Schedule(n, (Scheduled(n, text, (text,)),))
 
 
-__all__ = ["DIALECTS", "parse", "schedule", "PromptSyntaxError"]
+__all__ = ["DIALECTS", "EMBEDDING_MATCHES", "UNKNOWN_EMBEDDINGS", "parse", "schedule", "PromptSyntaxError"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from functools import lru_cache
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
@@ -69,36 +70,68 @@ def checked(weight: float, what: str, source: str, position: int) -> float:
     return check_weight(weight, what, source, max(0, min(position, len(source))))
 
 
-def _embedding_pattern(names: Collection[str], ignore_case: bool, angle: bool = False) -> re.Pattern[str] | None:
+@lru_cache(maxsize=64)
+def _ordered(names: tuple[str, ...]) -> tuple[str, ...]:
+    """Distinct non-empty names, longest first (then by text: a stable order for the pattern)."""
+    return tuple(sorted({n for n in names if n}, key=lambda n: (-len(n), n)))
+
+
+@lru_cache(maxsize=64)
+def _embedding_pattern(
+    names: tuple[str, ...], ignore_case: bool, angle: bool = False, words: bool = True
+) -> re.Pattern[str] | None:
     """Whole-word matcher for embedding names, longest first; with `angle`, `<name>` too (brackets
     consumed), as compel / diffusers users write the trigger token of a loaded embedding.
 
+    Alternative k is the named group `e{k}` for names[k], so a match finds its name by `lastgroup`, never
+    by lower-casing the matched text. Case is ignored character by character as `str.lower` does
+    (`_caseless`), not with re.IGNORECASE, which also equates `ſ` with `s` and `µ` (micro) with `μ`: an
+    embedding named `ſ` must not replace every "s".
+
     "Whole word" means: not glued to a letter, digit or underscore on a side where the name itself
     starts/ends with one — so `<easy-neg>` matches anywhere, `bad` does not match inside `badhands`.
+    With `words` False only the `<name>` forms are matched.
     """
     alts = []
-    for name in sorted({n for n in names if n}, key=len, reverse=True):
+    for k, name in enumerate(names):
+        forms = []
+        body = _caseless(name) if ignore_case else re.escape(name)
         if angle:
-            alts.append(f"<{re.escape(name)}>")
-        left = r"(?<!\w)" if re.match(r"\w", name[0]) else ""
-        right = r"(?!\w)" if re.match(r"\w", name[-1]) else ""
-        alts.append(f"{left}{re.escape(name)}{right}")
+            forms.append(f"<{body}>")
+        if words:
+            left = r"(?<!\w)" if re.match(r"\w", name[0]) else ""
+            right = r"(?!\w)" if re.match(r"\w", name[-1]) else ""
+            forms.append(f"{left}{body}{right}")
+        if forms:
+            alts.append(f"(?P<e{k}>{'|'.join(forms)})")
     if not alts:
         return None
-    return re.compile("|".join(alts), re.IGNORECASE if ignore_case else 0)
+    return re.compile("|".join(alts))
+
+
+def _caseless(name: str) -> str:
+    """A pattern for the strings whose characters lower-case like `name`'s (one character each)."""
+    out = []
+    for c in name:
+        low = c.lower()
+        same = sorted({x for x in (c, low, c.upper(), c.title()) if len(x) == 1 and x.lower() == low})
+        out.append(re.escape(same[0]) if len(same) == 1 else "[" + "".join(re.escape(x) for x in same) + "]")
+    return "".join(out)
 
 
 def split_embeddings(
-    pieces: list[Piece], names: Collection[str], ignore_case: bool = True, angle: bool = False
+    pieces: list[Piece], names: Collection[str], ignore_case: bool = True, angle: bool = False, words: bool = True
 ) -> list[Piece]:
     """Cut each text piece where an embedding name occurs; the reference keeps the piece's weight.
 
     The returned embedding piece's text is the name as given in `names` (the canonical spelling).
     """
-    pattern = _embedding_pattern(names, ignore_case, angle)
+    if not names:
+        return pieces
+    ordered = _ordered(names if isinstance(names, tuple) else tuple(names))
+    pattern = _embedding_pattern(ordered, ignore_case, angle, words)  # cached: AND parts reuse it
     if pattern is None:
         return pieces
-    canonical = {n.lower() if ignore_case else n: n for n in names if n}
     out: list[Piece] = []
     for p in pieces:
         if p.kind != "text" or not p.text:
@@ -113,10 +146,8 @@ def split_embeddings(
         for m in pattern.finditer(p.text):
             if m.start() > last:
                 out.append(Piece(p.text[last : m.start()], p.weight, at(last), at(m.start())))
-            key = m.group(0).lower() if ignore_case else m.group(0)
-            if key not in canonical:  # matched as <name>
-                key = key[1:-1]
-            out.append(Piece(canonical[key], p.weight, at(m.start()), at(m.end()), "embedding"))
+            name = ordered[int(m.lastgroup[1:])]  # type: ignore[index]
+            out.append(Piece(name, p.weight, at(m.start()), at(m.end()), "embedding"))
             last = m.end()
         if last == 0:
             out.append(p)

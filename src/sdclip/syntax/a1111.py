@@ -16,16 +16,21 @@ Emphasis (`parse_prompt_attention`), applied to every AND sub-prompt:
 AND (`get_multicond_prompt_list`): the prompt is split at the whole word `AND`; each sub-prompt may end
   in `:weight` (`a cat :1.5 AND dog`). combine is "and" when there are several parts *or* the one part
   carries a weight other than 1 (A1111 then scales that cond's guidance), else "single".
+Extra networks (`modules/extra_networks.py`): every `<word:args>` tag (`<lora:name:0.8>`, `<lyco:…>`,
+  `<hypernet:…>`) is removed from the text before anything else (replaced by nothing, so `a, <lora:x:1>, b`
+  conditions on `a, , b`) and listed on `Prompt.extra_networks` / `Schedule.extra_networks`.
 Scheduling (`get_learned_conditioning_prompt_schedules`): `[a:b:when]`, `[b:when]`, `[a::when]`,
-  `[a|b|c]` (alternation per step, empty options allowed). A1111 ≥1.6 timeline rule (default): a `when`
-  written with a "." is a fraction of the steps (int(when·steps)), otherwise a step number;
-  `old_scheduling=True` gives the pre-1.6 rule (when < 1 is a fraction). Entries end at
-  min(steps, int(when)); ends < 1 are dropped. A text the scheduling grammar cannot parse (a `|`
-  outside `[..|..]`, a trailing backslash) is not scheduled at all, exactly as in A1111.
+  `[a|b|c]` (alternation per step, empty options allowed). As A1111, the prompt is split at AND first and
+  each sub-prompt is scheduled on its own (`a | b AND [c:d:5]`: the first part, which the grammar cannot
+  parse, stays as written; the second is ` c` to step 5, then ` d`). The `when` → step rule (webui ≥ 1.6
+  by default, the pre-1.6 rule with `old_scheduling`, A1111's highres-fix second pass with
+  `hires_steps`) is `Timeline`'s docstring. A text the scheduling grammar cannot parse (a `|` outside
+  `[..|..]`, a trailing backslash) is not scheduled at all, exactly as in A1111.
 
-parse() and scheduling: parse() conditions on ONE text, so a prompt that still contains scheduling is
-  read as at its first step: `[a:b:when]` → a when `when` > 0 (b for 0 or negative), `[b:when]` → nothing,
-  `[a|b]` → a. Call schedule(text, steps) to get every step's text and parse() each entry's text.
+parse() and scheduling: parse() conditions on ONE text. Given `steps` (and `hires_steps`), it reads every
+  sub-prompt at `step` exactly as schedule() does. Without a step count it reads the first step from the
+  sign of `when` alone (`[a:b:when]` → a when `when` > 0, `[b:when]` → nothing, `[a|b]` → a), which is
+  A1111's result except where int(when · steps) rounds to 0 (`[a:b:0.04]` at 20 steps is `b` in A1111).
 """
 
 from __future__ import annotations
@@ -33,8 +38,9 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Collection
+from dataclasses import dataclass
 
-from sdclip.syntax.prompt import MAX_WEIGHT, Part, Prompt, Schedule, Scheduled
+from sdclip.syntax.prompt import MAX_WEIGHT, ExtraNetwork, Part, Prompt, Schedule, Scheduled
 from sdclip.syntax._common import (
     MAX_DEPTH,
     OffsetMap,
@@ -63,7 +69,16 @@ _ATTENTION_TOKEN = re.compile(
 )
 _BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
 _AND = re.compile(r"\bAND\b")
-_PART_WEIGHT = re.compile(r"\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+))\s*\Z")
+#: the `:weight` ending an AND part; matched from its colon (a leading `\s*` made search() quadratic on
+#: long whitespace runs), the whitespace before the colon is added by `_part_weight`
+_PART_WEIGHT = re.compile(r":\s*([-+]?(?:\d+\.?|\d*\.\d+))\s*\Z")
+
+
+def _part_weight(sub: str) -> tuple[int, re.Match[str] | None]:
+    """(where the part's text ends, the weight match or None). Only the last colon can start a weight."""
+    colon = sub.rfind(":")
+    m = _PART_WEIGHT.match(sub, colon) if colon >= 0 else None
+    return (len(sub[:colon].rstrip()) if m else len(sub)), m
 
 
 # ---------------------------------------------------------------- emphasis
@@ -156,9 +171,9 @@ def split_and(text: str) -> list[tuple[int, int, float | None, int]]:
     out = []
     for s, e in zip(bounds[::2], bounds[1::2]):
         sub = text[s:e]
-        m = _PART_WEIGHT.search(sub)
+        cut, m = _part_weight(sub)
         if m:
-            out.append((s, s + m.start(), float(m.group(1)), s + m.start(1)))
+            out.append((s, s + cut, float(m.group(1)), s + m.start(1)))
         else:
             out.append((s, s + len(sub.rstrip()), None, s))
     return out
@@ -349,15 +364,50 @@ class _Unschedulable(Exception):
     pass
 
 
-def _when(raw: str, steps: int, old: bool) -> int:
-    v = float(raw)
-    if old:
-        v = v * steps if v < 1 else v
-    elif "." in raw:
-        v = v * steps
-    if math.isinf(v):
-        return steps if v > 0 else -1
-    return min(steps, int(v))
+@dataclass(frozen=True)
+class Timeline:
+    """How A1111 turns a `when` into a step (get_learned_conditioning_prompt_schedules, webui ≥ 1.6).
+
+    - steps only (or `old`): steps 1..steps; an integer `when` is a step number, a `when` written with a
+      "." is a fraction of the steps: int(when · steps) (so `[a:b:0.04]` at 20 steps is int(0.8) = 0:
+      `b` from step 1, while at 30 steps int(1.2) = 1: `a` at step 1, `b` from step 2).
+    - with `hires_steps` (A1111's second, highres-fix pass): steps 1..hires_steps of that pass; an
+      integer `when` counts on from the first pass (when − steps), a fraction runs over both passes
+      ((when − 1) · hires_steps: `[a:b:1.5]` switches half-way through the second pass; `0.5` is already
+      past, so `b` throughout).
+    - `old` (A1111 < 1.6, option "use old scheduling"): a `when` below 1 is a fraction, else a step;
+      the second pass is then scheduled like the first.
+    A switch step is min(n, int(v)); `[a:b:when]` gives `a` at every step <= it, then `b`.
+    """
+
+    n: int
+    int_offset: int = 0
+    float_offset: float = 0.0
+    old: bool = False
+
+    @classmethod
+    def of(cls, steps: int, hires_steps: int | None = None, old: bool = False) -> "Timeline":
+        for name, value in (("steps", steps), ("hires_steps", hires_steps)):
+            if value is None and name == "hires_steps":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if hires_steps is None or old:
+            return cls(steps, 0, 0.0, bool(old))
+        return cls(hires_steps, steps, 1.0, False)
+
+    def when(self, raw: str) -> int:
+        """The last step at which `[a:b:raw]` still gives `a` (< 1: never)."""
+        v = float(raw)
+        if self.old:
+            v = v * self.n if v < 1 else v
+        elif "." in raw:
+            v = (v - self.float_offset) * self.n
+        else:
+            v = v - self.int_offset
+        if math.isinf(v) or math.isnan(v):
+            return self.n if v > 0 else -1
+        return min(self.n, int(v))
 
 
 def _walk(items: list, choose) -> list[tuple[str, int]]:
@@ -378,58 +428,93 @@ def _walk(items: list, choose) -> list[tuple[str, int]]:
     return out
 
 
-def _steps_of(items: list, steps: int, old: bool) -> list[int]:
-    ends = {steps}
+def _steps_of(items: list, timeline: Timeline) -> set[int]:
+    ends = {timeline.n}
     work = [items]
     while work:
         for it in work.pop():
             if isinstance(it, _Sched):
-                it_when = _when(it.when, steps, old)
+                it_when = timeline.when(it.when)
                 if it_when >= 1:
                     ends.add(it_when)
                 work += [b for b in (it.before, it.after) if b]
             elif isinstance(it, _Alt):
-                ends.update(range(1, steps + 1))
+                ends.update(range(1, timeline.n + 1))
                 work += it.options
-    return sorted(ends)
+    return ends
 
 
 def _has_constructs(items: list) -> bool:
     return any(not isinstance(it, tuple) for it in items)
 
 
-def schedule(text: str, steps: int, old_scheduling: bool = False) -> Schedule:
-    """Per-step texts exactly as A1111's get_learned_conditioning_prompt_schedules (steps 1-based)."""
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    items = schedule_tree(text) if _maybe_scheduled(text) else None
-    if items is None or not _has_constructs(items):
-        return Schedule(steps, (Scheduled(steps, text),))
-    entries = []
-    for step in _steps_of(items, steps, old_scheduling):
-
-        def choose(node, step=step):
-            if isinstance(node, _Alt):
-                return node.options[(step - 1) % len(node.options)]
-            when = _when(node.when, steps, old_scheduling)
-            return (node.before or []) if step <= when else node.after
-
-        entries.append(Scheduled(step, "".join(t for t, _ in _walk(items, choose))))
-    return Schedule(steps, tuple(entries))
-
-
-def first_step(text: str) -> tuple[str, OffsetMap | None]:
-    """The text in force at step 1 (see module doc) and its map back to `text` (None: unchanged)."""
-    items = schedule_tree(text) if _maybe_scheduled(text) else None
-    if items is None or not _has_constructs(items):
-        return text, None
+def _chooser(step: int, timeline: Timeline | None):
+    """Branch choice at `step`; without a timeline, A1111's first step read by the sign of `when`."""
 
     def choose(node):
         if isinstance(node, _Alt):
-            return node.options[0]
-        return (node.before or []) if float(node.when) > 0 else node.after
+            return node.options[(step - 1) % len(node.options)]
+        if timeline is None:
+            return (node.before or []) if float(node.when) > 0 else node.after
+        return (node.before or []) if step <= timeline.when(node.when) else node.after
 
-    chunks = _walk(items, choose)
+    return choose
+
+
+def _sub_prompts(text: str) -> list[tuple[str, str]]:
+    """(text to schedule, the rest up to the next sub-prompt: `:weight` and the `AND` separator)."""
+    bounds = [0]
+    for m in _AND.finditer(text):
+        bounds += [m.start(), m.end()]
+    bounds.append(len(text))
+    out = []
+    for k, (s, e) in enumerate(zip(bounds[::2], bounds[1::2])):
+        sub = text[s:e]
+        cut, _ = _part_weight(sub)
+        sep_end = bounds[2 * k + 2] if 2 * k + 2 < len(bounds) - 1 else len(text)
+        out.append((sub[:cut], text[s + cut : sep_end]))
+    return out
+
+
+def schedule(text: str, steps: int, old_scheduling: bool = False, hires_steps: int | None = None) -> Schedule:
+    """Per-step texts exactly as A1111's get_learned_conditioning_prompt_schedules (steps 1-based).
+
+    As A1111: extra-network tags are removed first (kept on the Schedule), then the prompt is split at
+    `AND` and each sub-prompt is scheduled on its own (a `|` or an unbalanced bracket in one part leaves
+    only that part unscheduled). See `Timeline` for the `when` rule and `hires_steps`.
+    """
+    timeline = Timeline.of(steps, hires_steps, old_scheduling)
+    body, networks, _ = strip_extra_networks(text)
+    subs = []
+    ends = {timeline.n}
+    for core, rest in _sub_prompts(body):
+        items = schedule_tree(core) if _maybe_scheduled(core) else None
+        if items is not None and not _has_constructs(items):
+            items = None
+        if items is not None:
+            ends |= _steps_of(items, timeline)
+        subs.append((core, rest, items))
+    entries = []
+    for step in sorted(ends):
+        choose = _chooser(step, timeline)
+        parts = tuple(
+            core if items is None else "".join(t for t, _ in _walk(items, choose)) for core, _, items in subs
+        )
+        joined = "".join(p + rest for p, (_, rest, _) in zip(parts, subs))
+        entries.append(Scheduled(step, joined, parts))
+    return Schedule(timeline.n, tuple(entries), networks)
+
+
+def at_step(text: str, step: int = 1, timeline: Timeline | None = None) -> tuple[str, OffsetMap | None]:
+    """One sub-prompt's text in force at `step` and its map back to `text` (None: unchanged).
+
+    Without a timeline (no step count known) this is A1111's first step read from the sign of `when`
+    alone: `[a:b:when]` → a when `when` > 0; exact only once the step count is given.
+    """
+    items = schedule_tree(text) if _maybe_scheduled(text) else None
+    if items is None or not _has_constructs(items):
+        return text, None
+    chunks = _walk(items, _chooser(step, timeline))
     segs, pos = [], 0
     for t, src in chunks:
         segs.append((pos, src, len(t)))
@@ -437,31 +522,96 @@ def first_step(text: str) -> tuple[str, OffsetMap | None]:
     return "".join(t for t, _ in chunks), OffsetMap(segs, len(text))
 
 
+def first_step(text: str) -> tuple[str, OffsetMap | None]:
+    """`at_step(text, 1)` without a step count (kept for callers of the old name)."""
+    return at_step(text)
+
+
+# ---------------------------------------------------------------- extra networks
+
+#: A1111 modules/extra_networks.py `re_extra_net`: any `<word:args>` tag, removed before all other parsing
+_EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
+
+
+def strip_extra_networks(text: str) -> tuple[str, tuple[ExtraNetwork, ...], OffsetMap | None]:
+    """The text without its extra-network tags (replaced by nothing, as A1111 does: `a, <lora:x:1>, b`
+    → `a, , b`), the tags, and a map from the stripped text back to `text` (None: nothing removed)."""
+    if "<" not in text:
+        return text, (), None
+    found: list[ExtraNetwork] = []
+    kept: list[str] = []
+    segs: list[tuple[int, int, int]] = []
+    pos = dst = 0
+    for m in _EXTRA_NETWORK.finditer(text):
+        if m.start() > pos:
+            segs.append((dst, pos, m.start() - pos))
+            kept.append(text[pos : m.start()])
+            dst += m.start() - pos
+        items = m.group(2).split(":")
+        found.append(ExtraNetwork(m.group(1), items[0], tuple(items[1:]), m.start(), m.end()))
+        pos = m.end()
+    if not found:
+        return text, (), None
+    if pos < len(text):
+        segs.append((dst, pos, len(text) - pos))
+        kept.append(text[pos:])
+    return "".join(kept), tuple(found), OffsetMap(segs, len(text))
+
+
 # ---------------------------------------------------------------- parse
 
 
-def parse(text: str, embeddings: Collection[str] = ()) -> Prompt:
-    """A1111 prompt → Prompt: AND parts, each scheduled to its first step, then emphasis and BREAK."""
+def parse(
+    text: str,
+    embeddings: Collection[str] = (),
+    *,
+    step: int = 1,
+    steps: int | None = None,
+    hires_steps: int | None = None,
+    old_scheduling: bool = False,
+    embedding_match: str = "word",
+) -> Prompt:
+    """A1111 prompt → Prompt: extra networks out, AND parts, each read at `step`, then emphasis and BREAK.
+
+    Without `steps` a scheduled part is read as at its first step from the sign of `when` (see
+    `at_step`); with `steps` (and `hires_steps`) at `step` exactly as A1111 (see `Timeline`).
+    `embedding_match` "token-ids" leaves embedding names to the tokenizer stage (A1111's own rule).
+    """
+    timeline = None if steps is None else Timeline.of(steps, hires_steps, old_scheduling)
+    if timeline is not None and (isinstance(step, bool) or not isinstance(step, int) or not 1 <= step <= timeline.n):
+        raise ValueError(f"step must be an int in 1..{timeline.n}, got {step!r}")
+    body, networks, tag_map = strip_extra_networks(text)
+    n = len(text)
     parts = []
-    for s, e, weight, wpos in split_and(text):
+    for s, e, weight, wpos in split_and(body):
         if weight is not None:
-            checked(weight, text[s:e], text, wpos)
-        sub, inner = first_step(text[s:e])
-        where = (lambda p, s=s: s + p) if inner is None else _Composed(inner, s, len(text))
+            checked(weight, body[s:e], text, _outer(tag_map, wpos))
+        sub, inner = at_step(body[s:e], step, timeline)
+        where = _Composed(inner, s, tag_map, n)
         pieces = merge_equal(attention(sub, text, where))
         for p in pieces:
             p.start, p.end = where(p.start), where(p.end)
-        pieces = split_embeddings(pieces, embeddings)
+        if embedding_match == "word":
+            pieces = split_embeddings(pieces, embeddings)
         parts.append(Part(to_sequence(pieces, text), 1.0 if weight is None else weight))
     combine = "and" if len(parts) > 1 or parts[0].weight != 1.0 else "single"
-    return Prompt(tuple(parts), combine, True, text)
+    return Prompt(tuple(parts), combine, True, text, networks)
+
+
+def _outer(tag_map: OffsetMap | None, pos: int) -> int:
+    return pos if tag_map is None else tag_map(pos)
 
 
 class _Composed(OffsetMap):
-    """A sub-prompt's map, then its offset in the whole prompt."""
+    """A position in a scheduled sub-prompt → the stripped prompt → the source prompt."""
 
-    def __init__(self, inner: OffsetMap, offset: int, source_len: int):
-        self._inner, self._offset, self._n = inner, offset, source_len
+    def __init__(self, inner: OffsetMap | None, offset: int, tags: OffsetMap | None, source_len: int):
+        self._inner, self._offset, self._tags, self._n = inner, offset, tags, source_len
 
     def __call__(self, pos: int) -> int:
-        return max(0, min(self._offset + self._inner(pos), self._n))
+        if self._inner is not None:
+            pos = self._inner(pos)
+        pos += self._offset
+        if self._tags is not None:
+            pos = self._tags(pos)
+        return max(0, min(pos, self._n))

@@ -12,10 +12,12 @@ Reproduced behaviour (not code):
     group (`((a)` → "(a" at 1.1), as ComfyUI's splitter does.
   - every weighted segment is its own fragment: ComfyUI tokenizes segments separately, so equal
     neighbours are NOT merged.
-  - `embedding:name` at the start of a segment or after whitespace is a textual-inversion reference
-    (kind "embedding", text = name): the name runs to the next whitespace, `<` or `[`; trailing commas
-    belong to the text unless the name with them is in `embeddings`. Whether the name exists is the
-    tokenizer stage's question (ComfyUI drops unknown ones with a warning).
+  - `embedding:name` at the start of a segment or after a space or newline is a textual-inversion
+    reference (kind "embedding", text = name): the name is the next whitespace-free word, whatever it
+    holds (`embedding:[x cat` names "[x"); trailing commas belong to the text unless the name with them
+    is in `embeddings`. A name not in `embeddings` is dropped with a line in `Prompt.warnings` under
+    unknown_embedding="drop" (ComfyUI's "embedding:NAME does not exist, ignoring"; the rest of the text
+    stays), or kept for the tokenizer stage to refuse under "error".
   - no BREAK, AND or scheduling in core ComfyUI: those words are plain text.
   - weights that are NaN, infinite or beyond ±100 → PromptSyntaxError (ComfyUI accepts them).
 """
@@ -26,10 +28,11 @@ import re
 from array import array
 from collections.abc import Collection
 
-from sdclip.syntax.prompt import Part, Prompt
+from sdclip.syntax.prompt import MAX_WEIGHT, Part, Prompt
 from sdclip.syntax._common import Piece, checked, to_sequence
 
-_EMBED = re.compile(r"(?:^|(?<=\s))embedding:")
+#: ComfyUI splits a segment at " embedding:" and "\nembedding:" (and a segment may start with one)
+_EMBED = re.compile(r"(?:^|(?<=[ \n]))embedding:")
 #: a weight text longer than this (after stripping) is not taken as a number: keeps parsing linear
 _MAX_NUMBER = 64
 
@@ -77,7 +80,11 @@ def _structure(text: str) -> tuple[list[str], array, array, list[int]]:
 
 
 def _group_weight(chars, last_colon, lo: int, hi: int, weight: float, source: str, src) -> tuple[float, int]:
-    """Weight of a group whose inner text is chars[lo:hi], and where its text ends (before `:w`)."""
+    """Weight of a group whose inner text is chars[lo:hi], and where its text ends (before `:w`).
+
+    Cost is O(1) per group apart from the short weight text: the group's text is joined only for the
+    message of a refused weight (joining it eagerly made nested prompts quadratic).
+    """
     weight = weight * 1.1
     xx = last_colon[hi]
     if xx > lo:  # ComfyUI: rfind(":") > 0 within the inner text
@@ -87,7 +94,9 @@ def _group_weight(chars, last_colon, lo: int, hi: int, weight: float, source: st
                 w = float(raw)
             except ValueError:
                 return weight, hi
-            return checked(w, "".join(chars[lo:xx]).replace("\0", ""), source, src[lo]), xx
+            if not -MAX_WEIGHT <= w <= MAX_WEIGHT:  # also NaN
+                checked(w, "".join(chars[lo : min(xx, lo + 80)]).replace("\0", ""), source, src[lo])
+            return w, xx
     return weight, hi
 
 
@@ -141,25 +150,29 @@ def _pieces(text: str) -> list[Piece]:
     return out
 
 
-def _embeddings(pieces: list[Piece], known: Collection[str]) -> list[Piece]:
-    """Split out `embedding:name` references (see module doc)."""
+def _embeddings(pieces: list[Piece], known: Collection[str], unknown: str, warnings: list[str]) -> list[Piece]:
+    """Split out `embedding:name` references (see module doc); drop unknown ones when `unknown` is "drop"."""
     out: list[Piece] = []
     for p in pieces:
-        exact = len(p.text) == p.end - p.start
+        if "embedding:" not in p.text:
+            out.append(p)
+            continue
+        text = p.text
+        exact = len(text) == p.end - p.start
         at = (lambda i, p=p: p.start + i) if exact else (lambda i, p=p: p.start if i < len(p.text) else p.end)
         last = 0
         pos = 0
         while True:
-            m = _EMBED.search(p.text, pos)
+            m = _EMBED.search(text, pos)
             if m is None:
                 break
             k = m.end()
-            while k < len(p.text) and p.text[k].isspace():
+            while k < len(text) and text[k].isspace():
                 k += 1
             e = k
-            while e < len(p.text) and not p.text[e].isspace() and p.text[e] not in "<[":
+            while e < len(text) and not text[e].isspace():
                 e += 1
-            name = p.text[k:e]
+            name = text[k:e]
             if name not in known:
                 trimmed = name.rstrip(",")
                 e -= len(name) - len(trimmed)
@@ -168,17 +181,25 @@ def _embeddings(pieces: list[Piece], known: Collection[str]) -> list[Piece]:
                 pos = m.end()
                 continue
             if m.start() > last:
-                out.append(Piece(p.text[last : m.start()], p.weight, at(last), at(m.start())))
-            out.append(Piece(name, p.weight, at(m.start()), at(e), "embedding"))
+                out.append(Piece(text[last : m.start()], p.weight, at(last), at(m.start())))
+            if name in known or unknown == "error":
+                out.append(Piece(name, p.weight, at(m.start()), at(e), "embedding"))
+            else:
+                warnings.append(f"embedding:{name} does not exist, ignoring (at character {at(m.start())})")
             last = pos = e
         if last == 0:
             out.append(p)
-        elif last < len(p.text):
-            out.append(Piece(p.text[last:], p.weight, at(last), p.end))
+        elif last < len(text):
+            out.append(Piece(text[last:], p.weight, at(last), p.end))
     return out
 
 
-def parse(text: str, embeddings: Collection[str] = ()) -> Prompt:
-    """ComfyUI prompt → Prompt with one part (ComfyUI has no AND)."""
-    pieces = _embeddings(_pieces(text), set(embeddings))
-    return Prompt((Part(to_sequence(pieces, text)),), "single", True, text)
+def parse(text: str, embeddings: Collection[str] = (), *, unknown_embedding: str = "error") -> Prompt:
+    """ComfyUI prompt → Prompt with one part (ComfyUI has no AND).
+
+    unknown_embedding: "error" keeps an unknown `embedding:name` (the tokenizer stage refuses it, naming
+    the loaded ones); "drop" removes it and records a warning, as ComfyUI does.
+    """
+    warnings: list[str] = []
+    pieces = _embeddings(_pieces(text), set(embeddings), unknown_embedding, warnings)
+    return Prompt((Part(to_sequence(pieces, text)),), "single", True, text, warnings=tuple(warnings))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from sdclip.syntax.prompt import Part, Prompt
 from sdclip.syntax._common import OffsetMap, Piece, checked, error, split_embeddings, to_sequence
@@ -521,15 +522,24 @@ def _fuse(frags: list[_Frag], source: str) -> list[Piece]:
     return out
 
 
-def _sequence(nodes: list, source: str, embeddings: Collection[str]):
+class _Embeds(NamedTuple):
+    """Loaded names, and whether bare words match them (embedding_match "word") or only `<name>`."""
+
+    names: Collection[str]
+    words: bool
+
+
+def _sequence(nodes: list, source: str, embeddings: _Embeds):
     frags: list[_Frag] = []
     _flatten(nodes, 1.0, frags, source)
-    pieces = split_embeddings(_fuse(frags, source), embeddings, angle=True)
+    pieces = split_embeddings(_fuse(frags, source), embeddings.names, angle=True, words=embeddings.words)
     return to_sequence(pieces, source), bool(frags)
 
 
-def parse(text: str, embeddings: Collection[str] = ()) -> Prompt:
-    """compel prompt → Prompt ("single", "blend" or "concat")."""
+def parse(text: str, embeddings: Collection[str] = (), *, embedding_match: str = "word") -> Prompt:
+    """compel prompt → Prompt ("single", "blend" or "concat"); with embedding_match "token-ids" only
+    `<name>` references are split out here (bare names are the tokenizer stage's)."""
+    embeds = _Embeds(embeddings, embedding_match == "word")
     # compel's comma rule, with a map back to the source for spans
     segs, out, pos, last = [], [], 0, 0
     for m in _COMMA.finditer(text):
@@ -546,14 +556,14 @@ def parse(text: str, embeddings: Collection[str] = ()) -> Prompt:
         return Prompt((Part(to_sequence([], text)),), "single", True, text)
     p = _Parser(s, where, text)
     try:
-        return _parse_top(p, s, text, embeddings)
+        return _parse_top(p, s, text, embeds)
     except _Fail:
         raise error("compel syntax error", text, 0) from None
     except RecursionError:
         raise error("prompt nested too deeply", text, 0) from None
 
 
-def _parse_top(p: _Parser, s: str, text: str, embeddings: Collection[str]) -> Prompt:
+def _parse_top(p: _Parser, s: str, text: str, embeddings: _Embeds) -> Prompt:
     start = p.ws(0)
     try:
         multi, j = p.multi(start)
@@ -572,7 +582,7 @@ def _parse_top(p: _Parser, s: str, text: str, embeddings: Collection[str]) -> Pr
     return Prompt((Part(seq),), "single", True, text)
 
 
-def _combine(multi: _Multi, text: str, embeddings: Collection[str]) -> Prompt:
+def _combine(multi: _Multi, text: str, embeddings: _Embeds) -> Prompt:
     n = len(multi.prompts)
     weights = multi.weights or [1.0] * n
     where = multi.spans[0][0]

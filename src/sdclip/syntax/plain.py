@@ -8,7 +8,10 @@ from sdclip.syntax.prompt import Part, Prompt
 from sdclip.syntax._common import Piece, split_embeddings, to_sequence
 
 
-def parse(text: str, embeddings: Collection[str] = ()) -> Prompt:
-    """The whole text as one weight-1 run; names in `embeddings` (whole words) become references."""
-    pieces = split_embeddings([Piece(text, 1.0, 0, len(text))], embeddings)
+def parse(text: str, embeddings: Collection[str] = (), *, embedding_match: str = "word") -> Prompt:
+    """The whole text as one weight-1 run; names in `embeddings` (whole words) become references
+    (with embedding_match "token-ids" the tokenizer stage matches them instead)."""
+    pieces = [Piece(text, 1.0, 0, len(text))]
+    if embedding_match == "word":
+        pieces = split_embeddings(pieces, embeddings)
     return Prompt((Part(to_sequence(pieces, text)),), "single", True, text)

@@ -91,6 +91,23 @@ class Part:
 
 
 @dataclass(frozen=True)
+class ExtraNetwork:
+    """An AUTOMATIC1111 extra-network tag (`<lora:name:0.8>`, `<lyco:…>`, `<hypernet:…>`, any `<word:…>`).
+
+    A1111 removes these from the text before any other parsing and applies the network to the model; sdclip
+    removes them from the conditioning the same way and keeps them here so reports can list them.
+    `kind` is the word before the first colon ("lora"), `name` the first argument, `args` the rest as
+    written ("0.8", "te=0.5"), `start`/`end` the tag's span in the source prompt.
+    """
+
+    kind: str
+    name: str
+    args: tuple[str, ...] = ()
+    start: int = 0
+    end: int = 0
+
+
+@dataclass(frozen=True)
 class Prompt:
     """A parsed prompt.
 
@@ -105,14 +122,25 @@ class Prompt:
     combine: Combine = "single"
     normalize: bool = True
     source: str = ""
+    #: A1111 extra-network tags removed from the text (a1111 dialect only), in source order
+    extra_networks: tuple[ExtraNetwork, ...] = ()
+    #: things the parser dropped or could not honour, one readable line each (e.g. an unknown
+    #: ComfyUI `embedding:name` under unknown_embedding="drop")
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Scheduled:
-    """The prompt text in force up to and including step `end_step` (1-based, of `steps`)."""
+    """The prompt text in force up to and including step `end_step` (1-based, of `steps`).
+
+    `parts` are the AND sub-prompts' texts at this step (each scheduled on its own, as A1111 does),
+    `text` joins them with the original `AND` separators, so `parse(text)` gives the same parts unless a
+    scheduled branch itself makes or unmakes an `AND` word (then use `parts`).
+    """
 
     end_step: int
     text: str
+    parts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -121,6 +149,8 @@ class Schedule:
 
     steps: int
     entries: tuple[Scheduled, ...] = field(default_factory=tuple)
+    #: A1111 extra-network tags removed before scheduling (they hold at every step)
+    extra_networks: tuple[ExtraNetwork, ...] = ()
 
     def at(self, step: int) -> str:
         """The text in force at 1-based `step`."""

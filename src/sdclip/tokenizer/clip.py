@@ -35,8 +35,9 @@ from sdclip.tokenizer.vocab import (
     read_folder,
 )
 
-__all__ = ["NORMALIZATIONS", "Tokenizer", "UnknownEmbeddingError", "tokenize"]
+__all__ = ["EMBEDDING_MATCHES", "NORMALIZATIONS", "Tokenizer", "UnknownEmbeddingError", "tokenize"]
 
+_SURROGATE = regex.compile(r"[\ud800-\udfff]")
 _CACHE_LIMIT = 1 << 18  #: cached pieces before the cache starts afresh (bounds memory on endless input)
 
 
@@ -133,6 +134,7 @@ class Tokenizer:
         regex_specials = norm.REGEX_SPECIALS[self.normalize]
         self._seed = dict(zip(regex_specials, ((bos,), (eos,))))
         self._cache = _PieceCache(self)
+        self._lookups: dict[tuple[str, ...], dict] = {}  #: embedding names → token-id lookup (tokenize)
         self._rust = None
         if self.normalize == "hf-fast":
             from tokenizers import Tokenizer as RustTokenizer
@@ -217,10 +219,17 @@ class Tokenizer:
 
     def _rust_encode(self, segment: str, start: int, end: int, spans: list | None) -> list[int]:
         """hf-fast outside the fast path: the Rust pipeline itself, so Unicode quirks are the reference's."""
+        bad = _SURROGATE.search(segment)
+        if bad is not None:  # Rust strings are UTF-8: a lone surrogate cannot cross (openclip/hf-slow: ftfy fixes it)
+            raise ValueError(
+                f"text holds a lone surrogate U+{ord(bad.group()):04X} at character {start + bad.start()}: not valid "
+                "Unicode, so the hf-fast tokenizer cannot read it (decode the text properly; openclip and hf-slow "
+                "modes replace it as ftfy does)"
+            )
         try:
             enc = self._rust.encode(segment, add_special_tokens=False)
-        except Exception as e:  # a lone surrogate cannot cross into Rust
-            raise ValueError(f"text cannot be tokenized: {e}") from None
+        except Exception as e:  # tokenizers raises bare Exceptions
+            raise ValueError(f"text cannot be tokenized by hf-fast: {e}") from None
         if spans is not None:
             spans.extend((start + a, start + b) for a, b in enc.offsets)
         return enc.ids
@@ -298,12 +307,16 @@ def _monotonic(spans: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[int
     return out
 
 
+EMBEDDING_MATCHES = ("word", "token-ids")
+
+
 def tokenize(
     sequence: Sequence,
     tokenizer: Tokenizer,
     embeddings: Mapping[str, int] | None = None,
     *,
     source: str = "",
+    embedding_match: str = "word",
 ) -> TokenStream:
     """One Sequence → one TokenStream.
 
@@ -312,33 +325,90 @@ def tokenize(
     A "break" fragment records a break index; an "embedding" fragment becomes `embeddings[name]` vector
     slots (embeddings maps name → vector count) with ids FIRST_VECTOR_ID + k, one k per distinct
     (name, vector index) in this stream (shifted above a folder's added-token ids, if it has any).
+
+    embedding_match "token-ids" is AUTOMATIC1111's rule: inside each text fragment, wherever the token ids
+    of a loaded name occur (longest name first among those starting with the same id), they are replaced
+    by its vectors, even inside a longer word (`foxeasynegative` → fox + the vectors of `easynegative`)
+    but never across fragments. "word" leaves text fragments alone (the syntax stage found whole words).
+    `stream.fragments[i]` is the index of the fragment token i came from.
     """
+    if embedding_match not in EMBEDDING_MATCHES:
+        raise ValueError(f"unknown embedding_match {embedding_match!r}; choose one of {', '.join(EMBEDDING_MATCHES)}")
     known = embeddings or {}
     stream = TokenStream(source=source)
+    origin = getattr(stream, "fragments", None)
+    if origin is None:
+        origin = []
     slots: dict[tuple[str, int], int] = {}
     base = max(FIRST_VECTOR_ID, tokenizer.vocab_size)
-    for number, frag in enumerate(sequence.fragments):
+    lookup = _id_lookup(tokenizer, known) if embedding_match == "token-ids" and known else {}
+
+    def add_vectors(name: str, weight: float, span: tuple[int, int], index: int) -> None:
+        count = known[name]
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"embedding {name!r} must have a positive vector count, got {count!r}")
+        stream.runs.append((len(stream.ids), count))
+        for k in range(count):
+            slot = slots.setdefault((name, k), base + len(slots))
+            stream.vectors[slot] = (name, k)
+            stream.ids.append(slot)
+        stream.weights.extend([weight] * count)
+        stream.spans.extend([span] * count)
+        origin.extend([index] * count)
+
+    for index, frag in enumerate(sequence.fragments):
         end = max(frag.start, frag.end)
         if frag.kind == "break":
             stream.breaks.append(len(stream.ids))
         elif frag.kind == "embedding":
             if frag.text not in known:
                 raise UnknownEmbeddingError(frag.text, known)
-            count = known[frag.text]
-            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                raise ValueError(f"embedding {frag.text!r} must have a positive vector count, got {count!r}")
-            stream.runs.append((len(stream.ids), count))
-            for k in range(count):
-                slot = slots.setdefault((frag.text, k), base + len(slots))
-                stream.vectors[slot] = (frag.text, k)
-                stream.ids.append(slot)
-                stream.weights.append(frag.weight)
-                stream.spans.append((frag.start, end))
-                stream.fragments.append(number)
+            add_vectors(frag.text, frag.weight, (frag.start, end), index)
         else:
             ids, spans = tokenizer.encode_with_spans(frag.text)
+            spans = [(min(frag.start + a, end), min(frag.start + b, end)) for a, b in spans]
+            if lookup and any(i in lookup for i in ids):
+                _replace_ids(ids, spans, lookup, frag.weight, index, stream, origin, add_vectors)
+                continue
             stream.ids.extend(ids)
             stream.weights.extend([frag.weight] * len(ids))
-            stream.spans.extend((min(frag.start + a, end), min(frag.start + b, end)) for a, b in spans)
-            stream.fragments.extend([number] * len(ids))
+            stream.spans.extend(spans)
+            origin.extend([index] * len(ids))
     return stream
+
+
+def _id_lookup(tokenizer: Tokenizer, names: Mapping[str, int]) -> dict[int, list[tuple[tuple[int, ...], str]]]:
+    """first token id → [(ids of a name, name)], longest first (A1111 EmbeddingDatabase.ids_lookup)."""
+    key = tuple(names)
+    cache = tokenizer._lookups
+    found = cache.get(key)
+    if found is None:
+        found = {}
+        for name in names:
+            ids = tuple(tokenizer.encode(name))
+            if ids:
+                found.setdefault(ids[0], []).append((ids, name))
+        for entries in found.values():
+            entries.sort(key=lambda entry: len(entry[0]), reverse=True)  # stable: load order among equals
+        if len(cache) > 64:
+            cache.clear()
+        cache[key] = found
+    return found
+
+
+def _replace_ids(ids, spans, lookup, weight, index, stream, origin, add_vectors) -> None:
+    """Copy one fragment's tokens into `stream`, turning every occurrence of a name's ids into its vectors."""
+    i, n = 0, len(ids)
+    while i < n:
+        for cand, name in lookup.get(ids[i], ()):
+            m = len(cand)
+            if tuple(ids[i : i + m]) == cand:
+                add_vectors(name, weight, (spans[i][0], spans[i + m - 1][1]), index)
+                i += m
+                break
+        else:
+            stream.ids.append(ids[i])
+            stream.weights.append(weight)
+            stream.spans.append(spans[i])
+            origin.append(index)
+            i += 1

@@ -6,6 +6,11 @@ Facts relied on (OpenAI CLIP `simple_tokenizer.py`, open_clip, transformers):
   merge (the pair concatenated), then `<|startoftext|>` = 49406 and `<|endoftext|>` = 49407 (49,408 ids).
 - HF folders hold `vocab.json` (token → id) and `merges.txt` (`#version` header, then "a b" lines), plus
   added tokens in `tokenizer_config.json` / `special_tokens_map.json` / `tokenizer.json` / `added_tokens.json`.
+  A folder saved by transformers 5 holds only `tokenizer.json` (+ `tokenizer_config.json`): its `model`
+  has `vocab` and `merges` (pairs as ["a", "b"] lists, or "a b" strings in older `tokenizers`), and
+  `added_tokens` lists the specials with their ids.
+Every problem with a folder's files is a `TokenizerFilesError` (a ValueError) naming the file; a missing
+file is also a FileNotFoundError.
 """
 
 from __future__ import annotations
@@ -15,6 +20,14 @@ import json
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+
+class TokenizerFilesError(ValueError):
+    """A tokenizer folder's files are missing, unreadable or not a CLIP BPE vocabulary."""
+
+
+class MissingTokenizerFileError(TokenizerFilesError, FileNotFoundError):
+    """A tokenizer folder (or a file it needs) does not exist."""
+
 
 N_MERGES = 49152 - 256 - 2  #: merges CLIP uses from the packaged file
 BOS_TEXT = "<|startoftext|>"
@@ -64,14 +77,35 @@ def packaged() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
 def read_merges(path: Path) -> list[tuple[str, str]]:
     """`merges.txt`: an optional `#version` header, then one "left right" pair per line."""
     merges = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
+    for n, line in enumerate(_read_text(path).split("\n"), 1):
         if not line.strip() or (n == 1 and line.startswith("#version")):
             continue
         parts = line.split()
         if len(parts) != 2:
-            raise ValueError(f"{path}:{n}: a merge line must be two symbols separated by a space, got {line!r}")
+            raise TokenizerFilesError(f"{path}:{n}: a merge line must be two symbols separated by a space, got {line[:80]!r}")
         merges.append((parts[0], parts[1]))
     return merges
+
+
+def _read_text(path: Path) -> str:
+    """A text file of the folder as UTF-8, every failure a TokenizerFilesError naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise TokenizerFilesError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); is this a tokenizer file?") from None
+    except FileNotFoundError:
+        raise MissingTokenizerFileError(f"{path} is missing") from None
+    except OSError as e:
+        raise TokenizerFilesError(f"{path}: cannot be read ({e.strerror or e})") from None
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(_read_text(path))
+    except json.JSONDecodeError as e:
+        raise TokenizerFilesError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise TokenizerFilesError(f"{path}: JSON nested too deeply") from None
 
 
 def _content(value) -> str | None:
@@ -94,10 +128,7 @@ def read_added_tokens(folder: Path, vocab: dict[str, int]) -> dict[str, int]:
         p = folder / name
         if not p.is_file():
             return None
-        try:
-            return json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p}: not valid JSON ({e})") from None
+        return _read_json(p)
 
     def add(text, token_id=None):
         if text is None:
@@ -108,7 +139,8 @@ def read_added_tokens(folder: Path, vocab: dict[str, int]) -> dict[str, int]:
 
     tok_json = load("tokenizer.json")
     if isinstance(tok_json, dict):
-        for entry in tok_json.get("added_tokens") or []:
+        entries = tok_json.get("added_tokens")
+        for entry in entries if isinstance(entries, list) else []:
             add(_content(entry), entry.get("id") if isinstance(entry, dict) else None)
     added_json = load("added_tokens.json")
     if isinstance(added_json, dict):
@@ -118,28 +150,61 @@ def read_added_tokens(folder: Path, vocab: dict[str, int]) -> dict[str, int]:
         cfg = load(name)
         if not isinstance(cfg, dict):
             continue
-        for key, entry in (cfg.get("added_tokens_decoder") or {}).items():
-            add(_content(entry), int(key) if str(key).isdigit() else None)
+        decoder = cfg.get("added_tokens_decoder")
+        for key, entry in (decoder.items() if isinstance(decoder, dict) else ()):
+            add(_content(entry), int(key) if str(key).isascii() and str(key).isdigit() else None)
         for key in ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token"):
             add(_content(cfg.get(key)))
-        for entry in cfg.get("additional_special_tokens") or []:
+        extra = cfg.get("additional_special_tokens")
+        for entry in extra if isinstance(extra, list) else []:
             add(_content(entry))
     return found
 
 
 def read_folder(path) -> tuple[dict[str, int], list[tuple[str, str]], dict[str, int]]:
-    """(vocab, merges, added tokens) of a Hugging Face / diffusers tokenizer folder."""
+    """(vocab, merges, added tokens) of a Hugging Face / diffusers tokenizer folder.
+
+    `vocab.json` + `merges.txt` when the folder has them (transformers 4 writes both), else the `model`
+    of `tokenizer.json` (transformers 5 writes only that).
+    """
     folder = Path(path)
     if not folder.is_dir():
-        raise FileNotFoundError(f"tokenizer folder {folder} does not exist")
-    vocab_path, merges_path = folder / "vocab.json", folder / "merges.txt"
-    for p in (vocab_path, merges_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"{p} is missing: a CLIP tokenizer folder needs vocab.json and merges.txt")
-    try:
-        vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{vocab_path}: not valid JSON ({e})") from None
-    if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
-        raise ValueError(f"{vocab_path}: expected an object mapping token text to integer id")
-    return vocab, read_merges(merges_path), read_added_tokens(folder, vocab)
+        raise MissingTokenizerFileError(f"tokenizer folder {folder} does not exist")
+    vocab_path, merges_path, json_path = folder / "vocab.json", folder / "merges.txt", folder / "tokenizer.json"
+    if vocab_path.is_file() or merges_path.is_file() or not json_path.is_file():
+        for p in (vocab_path, merges_path):
+            if not p.is_file():
+                raise MissingTokenizerFileError(
+                    f"{p} is missing: a CLIP tokenizer folder needs vocab.json and merges.txt, or a tokenizer.json"
+                )
+        vocab = _check_vocab(_read_json(vocab_path), vocab_path)
+        merges = read_merges(merges_path)
+    else:
+        vocab, merges = _read_tokenizer_json(json_path)
+    return vocab, merges, read_added_tokens(folder, vocab)
+
+
+def _check_vocab(vocab, where: Path) -> dict[str, int]:
+    if not isinstance(vocab, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in vocab.values()):
+        raise TokenizerFilesError(f"{where}: expected an object mapping token text to integer id")
+    return vocab
+
+
+def _read_tokenizer_json(path: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """vocab and merges of a `tokenizers` BPE model saved in tokenizer.json."""
+    data = _read_json(path)
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict) or model.get("type", "BPE") != "BPE":
+        kind = model.get("type") if isinstance(model, dict) else None
+        raise TokenizerFilesError(f"{path}: expected a BPE model (CLIP's), found {kind or 'none'}")
+    vocab = _check_vocab(model.get("vocab"), path)
+    raw = model.get("merges")
+    if not isinstance(raw, list):
+        raise TokenizerFilesError(f"{path}: model.merges must be a list")
+    merges: list[tuple[str, str]] = []
+    for n, m in enumerate(raw):
+        pair = m.split(" ") if isinstance(m, str) else m
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) and x for x in pair)):
+            raise TokenizerFilesError(f"{path}: model.merges[{n}] is not a pair of symbols: {str(m)[:80]}")
+        merges.append((pair[0], pair[1]))
+    return vocab, merges
