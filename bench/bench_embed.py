@@ -1,0 +1,152 @@
+"""`sdclip embed` throughput: captions/s against a plain loop over diffusers' `encode_prompt` (what a trainer's
+caching script does), the cost of resume bookkeeping, and the Ray engine (1 and 2 workers) against local.
+
+Models: random weights at the real widths (ViT-L 768 for SD1; ViT-L 768 + bigG 1280 for SDXL) but only
+LAYERS transformer layers each (time-boxed run: per-caption encoder cost is LAYERS/12 resp. LAYERS/32 of the
+real one, so the fixed per-caption costs — tokenizing, validation, writing — weigh more here than they would
+with real depth). Unique captions (no dedup advantage). Both sides: same text encoders, batch size BATCH.
+The sdclip time is the whole command (model load, validation scan, encoding, shard writes, manifest).
+
+    python bench/bench_embed.py [--captions 192] [--layers 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import _common as C
+
+BATCH = 32
+
+
+def captions(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    words = ("a photo of", "a painting of", "portrait", "red", "blue", "fox", "cat", "castle", "forest", "river",
+             "golden hour", "highly detailed", "misty", "mountain", "city at night", "(sharp focus:1.2)",
+             "watercolor", "wide angle", "bokeh", "studio lighting", "old man", "young woman", "dog", "boat")
+    return [f"{i}, " + ", ".join(rng.choice(words) for _ in range(rng.randint(6, 16))) for i in range(n)]
+
+
+def build_pipeline(family: str, layers: int, dtype: str):  # noqa: ANN201
+    import torch
+    from tiny_models import REAL, tiny_model
+    from tiny_pipelines import _scheduler, _unet, _vae  # noqa: PLC2701 - the tests' smallest UNet/VAE
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    sizes = {k: {**v, "num_hidden_layers": layers} for k, v in REAL.items()}
+    L = tiny_model("clip-vit-l-14", sizes=sizes)
+    if family == "sd1":
+        pipe = StableDiffusionPipeline(vae=_vae(), text_encoder=L, tokenizer=C.clip_tokenizer(),
+                                       unet=_unet(L.config.hidden_size), scheduler=_scheduler(),
+                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    else:
+        G = tiny_model("openclip-vit-bigg-14", sizes=sizes)
+        pipe = StableDiffusionXLPipeline(vae=_vae(), text_encoder=L, text_encoder_2=G, tokenizer=C.clip_tokenizer(),
+                                         tokenizer_2=C.clip_tokenizer("!"),
+                                         unet=_unet(L.config.hidden_size + G.config.hidden_size,
+                                                    G.config.projection_dim),
+                                         scheduler=_scheduler(), add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(dtype=C.dtype_of(dtype))
+
+
+def plain_loop(pipe, caps: list[str]) -> float:  # noqa: ANN001
+    """captions/s of `pipe.encode_prompt` over batches (no guidance: positives only, as a trainer caches)."""
+    import torch
+
+    t = time.perf_counter()
+    with torch.no_grad():
+        for lo in range(0, len(caps), BATCH):
+            pipe.encode_prompt(prompt=caps[lo : lo + BATCH], device="cpu", num_images_per_prompt=1,
+                               do_classifier_free_guidance=False)
+    return len(caps) / (time.perf_counter() - t)
+
+
+def sdclip_embed(model: Path, caps_file: Path, out: Path, *extra: str) -> float:
+    from sdclip.cli.main import main
+
+    t = time.perf_counter()
+    rc = main(["embed", "--model", str(model), "--captions", str(caps_file), "--out", str(out),
+               "--batch-size", str(BATCH), *extra])
+    assert rc == 0
+    return time.perf_counter() - t
+
+
+def engine_loop(model: Path, dtype: str, caps: list[str]) -> float:
+    """captions/s of the engine's inner loop (CaptionEncoder.encode: prepare, encode, fit to N), model loaded."""
+    from dataclasses import asdict
+
+    from sdclip.conventions.presets import Options
+    from sdclip.jobs.encode import CaptionEncoder
+    from sdclip.jobs.plan import JobSpec
+
+    spec = JobSpec(model=str(model), captions="", out="", options=asdict(Options.preset("diffusers")),
+                   batch_size=BATCH, dtype=dtype)
+    enc = CaptionEncoder(spec)
+    enc.encode([f"warm-up {c}" for c in captions(BATCH, seed=1)])  # other captions: no row-cache hits below
+    t = time.perf_counter()
+    enc.encode(caps)
+    return len(caps) / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--captions", type=int, default=192)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--no-ray", action="store_true")
+    args = ap.parse_args()
+    C.setup()
+    caps = captions(args.captions)
+    rows, raw = [], {"machine": C.machine(), "captions": args.captions, "layers": args.layers, "batch": BATCH,
+                     "runs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        caps_file = tmp / "caps.txt"
+        caps_file.write_text("".join(c + "\n" for c in caps))
+        for family, dtype in (("sd1", "fp32"), ("sd1", "bf16"), ("sdxl", "fp32"), ("sdxl", "bf16")):
+            pipe = build_pipeline(family, args.layers, dtype)
+            folder = tmp / f"{family}-{dtype}"
+            pipe.save_pretrained(folder)
+            plain_loop(pipe, caps[:BATCH])  # warm-up
+            base = plain_loop(pipe, caps)
+            secs = sdclip_embed(folder, caps_file, tmp / f"out-{family}-{dtype}", "--dtype", dtype,
+                                "--preset", "diffusers", "--shard-size", "64")
+            ours = len(caps) / secs
+            inner = engine_loop(folder, dtype, caps)
+            run = {"family": family, "dtype": dtype, "encode_prompt_cps": base, "sdclip_embed_cps": ours,
+                   "sdclip_engine_loop_cps": inner, "speedup_whole": ours / base, "speedup_loop": inner / base}
+            raw["runs"].append(run)
+            rows.append([family, dtype, base, ours, inner, f"{ours / base:.2f}×", f"{inner / base:.2f}×"])
+            print(rows[-1], flush=True)
+            del pipe
+        print(C.md_table(["family", "dtype", "diffusers encode_prompt loop (captions/s)",
+                          "sdclip embed, whole command (captions/s)", "sdclip engine loop (captions/s)",
+                          "speed-up (whole)", "speed-up (loop)"], rows))
+
+        # resume bookkeeping: many small shards vs one shard, and a no-op re-run of a finished job
+        model = tmp / "sd1-fp32"
+        one = sdclip_embed(model, caps_file, tmp / "one-shard", "--shard-size", str(10**9))
+        many = sdclip_embed(model, caps_file, tmp / "many-shards", "--shard-size", "16")
+        noop = sdclip_embed(model, caps_file, tmp / "many-shards", "--shard-size", "16")
+        raw["bookkeeping"] = {"one_shard_s": one, "shards_of_16_s": many, "overhead": many / one - 1,
+                              "noop_rerun_s": noop}
+        print(C.md_table(["job", "seconds"], [["1 shard", one], [f"{-(-len(caps) // 16)} shards of 16", many],
+                                              ["re-run of the finished job (verify + nothing to do)", noop]]))
+
+        if not args.no_ray:
+            ray_rows = [["local", len(caps) / sdclip_embed(model, caps_file, tmp / "r-local", "--shard-size", "32")]]
+            for w in (1, 2):
+                s = sdclip_embed(model, caps_file, tmp / f"r-ray{w}", "--shard-size", "32", "--engine", "ray",
+                                 "--workers", str(w))
+                ray_rows.append([f"ray, {w} worker(s)", len(caps) / s])
+            raw["ray"] = {name: cps for name, cps in ray_rows}
+            print(C.md_table(["engine (SD1 fp32, whole command incl. Ray start)", "captions/s"], ray_rows))
+    print("wrote", C.write_json("embed", raw))
+
+
+if __name__ == "__main__":
+    main()
