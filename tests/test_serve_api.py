@@ -198,7 +198,10 @@ def test_time_limit_is_503(monkeypatch):
         return {}
 
     monkeypatch.setattr(api, "describe", slow)
-    with TestClient(create_app(time_limit=0.05)) as c:
+    with TestClient(create_app(time_limit=0.05)) as c:  # a long prompt goes to the worker pool
+        r = c.post("/api/inspect", json={"prompt": "x" * 3000})
+    assert r.status_code == 503 and "0.05 s limit" in r.json()["error"] and r.headers["retry-after"] == "1"
+    with TestClient(create_app(time_limit=0.05, inline_chars=0)) as c:
         r = c.post("/api/inspect", json={"prompt": "x"})
     assert r.status_code == 503 and "0.05 s limit" in r.json()["error"] and r.headers["retry-after"] == "1"
 

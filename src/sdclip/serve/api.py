@@ -57,7 +57,9 @@ class Api:
     async def inspect(self, request: Request) -> Response:
         body = await _json_object(request, TEXT_FIELDS)
         text, options, family, names = _text_request(body)
-        return JSONResponse(await self._work(describe, text, options, family, Tokenizer.default(options.normalize), names))
+        tokenizer = Tokenizer.default(options.normalize)
+        small = self.worker.small(len(text))
+        return JSONResponse(await self._work(describe, text, options, family, tokenizer, names, inline=small))
 
     async def view(self, request: Request) -> Response:
         body = await _json_object(request, VIEW_FIELDS)
@@ -67,7 +69,8 @@ class Api:
         if step > steps:
             raise ApiError(400, f"step {step} is past steps {steps}")
         tokenizer = Tokenizer.default(options.normalize)
-        result = await self._work(lambda: build_view(text, options, family, tokenizer, names, steps=steps, step=step))
+        result = await self._work(lambda: build_view(text, options, family, tokenizer, names, steps=steps, step=step),
+                                  inline=self.worker.small(len(text)))
         return JSONResponse(result)
 
     async def tokenize(self, request: Request) -> Response:
@@ -78,7 +81,7 @@ class Api:
         tokenizer = Tokenizer.default(normalize)
         if "text" in body:
             text = _str(body, "text")
-            return JSONResponse({"ids": await self._work(tokenizer.encode, text)})
+            return JSONResponse({"ids": await self._work(tokenizer.encode, text, inline=self.worker.small(len(text)))})
         lines = body["lines"]
         if not isinstance(lines, list) or not all(isinstance(x, str) for x in lines):
             raise ApiError(400, "'lines' must be a list of str")
@@ -128,11 +131,11 @@ class Api:
             }
         )
 
-    async def _work(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await _guarded(self.worker.run, fn, *args)
+    async def _work(self, fn: Callable[..., Any], *args: Any, inline: bool = False) -> Any:
+        return await _guarded(self.worker.run, fn, *args, inline=inline)
 
 
-async def _guarded(run: Callable, fn: Callable[..., Any], *args: Any) -> Any:
+async def _guarded(run: Callable, fn: Callable[..., Any], *args: Any, inline: bool = False) -> Any:
     """Run `fn` through a Worker, turning the library's bad-input errors into 400s."""
 
     def call() -> Any:
@@ -144,7 +147,7 @@ async def _guarded(run: Callable, fn: Callable[..., Any], *args: Any) -> Any:
             msg = str(exc.args[0]) if isinstance(exc, KeyError) and type(exc) is KeyError and exc.args else str(exc)
             raise ApiError(400, msg.splitlines()[0] if msg else type(exc).__name__) from None
 
-    return await run(call)
+    return await run(call, inline=inline)
 
 
 # -- request bodies ----------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from sdclip.serve.api import Api
-from sdclip.serve.limits import MAX_BODY, TIME_LIMIT, ApiError, BodyLimit, Worker, error_response
+from sdclip.serve.limits import INLINE_CHARS, MAX_BODY, TIME_LIMIT, ApiError, BodyLimit, Worker, error_response
 from sdclip.serve.openapi import SPEC
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -41,11 +41,13 @@ def create_app(
     max_body: int = MAX_BODY,
     time_limit: float = TIME_LIMIT,
     threads: int = 4,
+    inline_chars: int = INLINE_CHARS,
 ) -> Starlette:
     """The app. `conditioner`: an already-built `sdclip.conditioner.Conditioner` enabling /api/encode (None:
     inspection only, and torch is never imported). `token`: bearer token that /api/encode requires.
-    `cors`: the one origin allowed cross-origin requests (none by default)."""
-    worker = Worker(time_limit, threads)
+    `cors`: the one origin allowed cross-origin requests (none by default). `inline_chars`: texts up to this
+    length are inspected on the event loop (see sdclip.serve.limits.INLINE_CHARS); 0 sends all to the pool."""
+    worker = Worker(time_limit, threads, inline_chars=inline_chars)
     encode_worker = Worker(time_limit, 1, name="sdclip-encode")  # one encode at a time: the encoder is not shared
     api = Api(conditioner, token=token, worker=worker, encode_worker=encode_worker)
 

@@ -22,6 +22,10 @@ T = TypeVar("T")
 
 MAX_BODY = 1 << 20  #: bytes of one request body (1 MiB: a prompt is a few KB)
 TIME_LIMIT = 10.0  #: seconds one request may work before it is answered 503
+#: texts up to this many characters are described on the event loop itself: ~1 ms of work (a 150-token
+#: prompt), where the hop to a worker thread and back would cost about as much again in GIL hand-offs
+#: (bench/bench_serve.py). Longer texts go to the worker pool, under the deadline.
+INLINE_CHARS = 2_000
 
 
 class ApiError(Exception):
@@ -103,11 +107,19 @@ class Worker:
     and time out too, instead of starving the event loop).
     """
 
-    def __init__(self, time_limit: float = TIME_LIMIT, threads: int = 4, name: str = "sdclip-serve"):
+    def __init__(self, time_limit: float = TIME_LIMIT, threads: int = 4, name: str = "sdclip-serve",
+                 inline_chars: int = 0):
         self.time_limit = time_limit
+        self.inline_chars = inline_chars
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+    def small(self, chars: int) -> bool:
+        """Whether work on `chars` characters is bounded enough to run on the event loop."""
+        return chars <= self.inline_chars
+
+    async def run(self, fn: Callable[..., T], *args: Any, inline: bool = False) -> T:
+        if inline:
+            return fn(*args)
         future = asyncio.wrap_future(self.pool.submit(fn, *args))
         try:
             return await asyncio.wait_for(future, self.time_limit)
