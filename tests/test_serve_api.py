@@ -249,13 +249,17 @@ def test_encode_without_model_is_404(client):
 
 
 @pytest.fixture(scope="module")
-def cond(tmp_path_factory):
+def model_path(tmp_path_factory):
     from tiny_models import tiny_family, write_layout
 
+    return write_layout("single.safetensors", tiny_family("sd1"), tmp_path_factory.mktemp("sd1"))
+
+
+@pytest.fixture(scope="module")
+def cond(model_path):
     from sdclip.conditioner import Conditioner
 
-    path = write_layout("single.safetensors", tiny_family("sd1"), tmp_path_factory.mktemp("sd1"))
-    return Conditioner.from_pretrained(path, "a1111")
+    return Conditioner.from_pretrained(model_path, "a1111")
 
 
 @pytest.fixture(scope="module")
@@ -334,3 +338,19 @@ def test_cli_prints_url_and_warns_when_bound_wide(monkeypatch, capsys):
     assert "http://127.0.0.1:" in out and "warning: listening on 0.0.0.0" in err
     assert main(["serve", "--port", "70000"]) == 2
     assert "--port" in capsys.readouterr().err
+
+
+def test_cli_loads_the_model_once_and_guards_encode(monkeypatch, capsys, model_path, cond):
+    import uvicorn
+    from safetensors.torch import load
+
+    apps = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: apps.append(self.config.app))
+    assert main(["serve", "--port", "0", "--model", str(model_path), "--token", "t0k", "--cors", "http://a.test"]) == 0
+    assert f"model {model_path}" in capsys.readouterr().out
+    with TestClient(apps[0]) as c:
+        assert c.post("/api/encode", json={"prompt": "a fox"}).status_code == 401
+        r = c.post("/api/encode", json={"prompt": "a fox"}, headers={"Authorization": "Bearer t0k"})
+        assert r.status_code == 200
+        want = cond("a fox").diffusers_kwargs()["prompt_embeds"]
+        assert load(r.content)["prompt_embeds"].equal(want)

@@ -74,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, server_header=False))
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn has shut down cleanly and re-raises the signal: no traceback for Ctrl-C
+        pass
     finally:
         sock.close()
     return 0
