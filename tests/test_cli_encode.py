@@ -146,6 +146,23 @@ def test_prompts_file_batches_to_one_length(models, conditioners, tmp_path, pack
         assert f.metadata()["prompts"] == "4"
 
 
+def test_prompts_file_without_negative_keeps_diffusers_zeros(models, conditioners, tmp_path):
+    """diffusers' SDXL rule (no negative prompt → zero negative embeds and pooled) holds for a batched file
+    too, rows of every batch padded to one N; an explicit empty negative is encoded, not zeroed."""
+    src = tmp_path / "prompts.txt"
+    src.write_text(f"{LONG}\na cat\n", encoding="utf-8")
+    out = tmp_path / "z.safetensors"
+    assert encode("--model", models["sdxl"], "--prompts-file", src, "--preset", "diffusers", "--layout", "chunk",
+                  "--batch-size", "1", "--out", out) == 0
+    got = load_file(out)
+    assert got["negative_prompt_embeds"].shape == got["prompt_embeds"].shape
+    assert not got["negative_prompt_embeds"].any() and not got["negative_pooled_prompt_embeds"].any()
+    assert got["prompt_embeds"].any()
+    assert encode("--model", models["sdxl"], "--prompts-file", src, "--preset", "diffusers", "--negative", "",
+                  "--out", out) == 0
+    assert load_file(out)["negative_prompt_embeds"].any()
+
+
 # ---- failures: exit 2, clear message, --out untouched, no temporary file -------------------------
 
 def _a1111_embedding(path: Path, width: int) -> Path:

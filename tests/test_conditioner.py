@@ -438,7 +438,7 @@ def test_a_request_is_one_encoder_pass_per_encoder() -> None:
     # the prompt's rows + 1 masked + the negative's row + the empty prompt, each encoder once
     assert calls == [[rows + 3], [rows + 3]]
     again = make("sdxl", preset="compel", layout="chunk", chunk_style="compel")
-    again._empty_hidden(0), again._empty_hidden(1)  # the empty prompt first, on its own
+    again.empty_sequence()  # the empty prompt first, on its own (then served from the cache)
     close(pair.positive.embeds, again(PLAIN + " (in the rain)0.5", negative="blurry").positive.embeds)
 
 

@@ -38,6 +38,12 @@ class Prepared:
         return sum(p.rows[0].token_count for p in self.parts)
 
     @property
+    def slots(self) -> int:
+        """Slots of this text's conditioning: its parts side by side for compel .and(), else the longest."""
+        sizes = [sum(sum(row) for row in part.rows[0].keep) for part in self.parts]
+        return sum(sizes) if self.prompt.combine == "concat" else max(sizes)
+
+    @property
     def dropped(self) -> str:
         return " … ".join(p.rows[0].dropped for p in self.parts if p.rows[0].dropped)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from torch import Tensor
 
 
-@dataclass
+@dataclass(frozen=True)
 class Conditioning:
     """embeds [B, N, D]; pooled [B, P] (SDXL) or None.
 
@@ -28,7 +28,7 @@ class Conditioning:
         return int(self.embeds.shape[1])
 
 
-@dataclass
+@dataclass(frozen=True)
 class ConditioningPair:
     """Positive and negative conditioning, always of the same length N."""
 
@@ -51,13 +51,13 @@ class ConditioningPair:
         return out
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScheduledConditioning:
     """Per-step conditioning for scheduled prompts (`[a:b:when]`, `[a|b]`): entry k is in force up to and
     including its 1-based end step. Every entry has the same length N."""
 
     steps: int
-    entries: list[tuple[int, ConditioningPair]] = field(default_factory=list)
+    entries: tuple[tuple[int, ConditioningPair], ...] = ()
 
     def at(self, step: int) -> ConditioningPair:
         if not 1 <= step <= self.steps:

@@ -73,7 +73,7 @@ class CompelPlan:
         return torch.tensor([1.0, *tans], dtype=torch.float64)
 
 
-def _check(hidden: Tensor, weights: Tensor) -> Tensor:
+def checked_weights(hidden: Tensor, weights: Tensor) -> Tensor:
     """Validate shapes and finiteness; return the weights as float32 on hidden's device."""
     if not isinstance(hidden, Tensor) or hidden.dim() != 3 or not hidden.is_floating_point():
         raise WeightingError(f"hidden must be a float tensor [R, L, D], got {_describe(hidden)}")
@@ -249,6 +249,89 @@ def slot_fragments(tokens: Sequence[Sequence[int]], spans: Sequence[tuple[int, i
     return out
 
 
+@dataclass(frozen=True)
+class Weighting:
+    """One weighting formula, and what it needs besides the hidden states: the empty prompt's encoding,
+    each row's EOS slot, masked re-encodings (what the encoder plan must add to the batch)."""
+
+    name: str
+    needs_empty: bool = False
+    needs_eos: bool = False
+    reencodes: bool = False
+
+    def apply(self, hidden: Tensor, w: Tensor, ctx: "WeightingInputs") -> Tensor:
+        raise NotImplementedError
+
+    def reencodings(self, weights: Sequence[Sequence[float]], fragments: Tensor) -> CompelPlan | None:
+        """The masked re-encodings this formula needs for rows with these weights (None: none)."""
+        return None
+
+
+@dataclass(frozen=True)
+class WeightingInputs:
+    empty: Tensor | None = None
+    groups: Sequence[Sequence[int]] | None = None
+    eos: Sequence[int] | None = None
+    downweighted: Tensor | None = None
+    plan: CompelPlan | None = None
+
+
+class _NoWeights(Weighting):
+    def apply(self, hidden, w, ctx):  # noqa: ANN001, ANN201
+        return hidden
+
+
+class _Scale(Weighting):
+    def apply(self, hidden, w, ctx):  # noqa: ANN001, ANN201
+        return (hidden.to(torch.float32) * w.unsqueeze(-1)).to(hidden.dtype)
+
+
+class _MeanRestored(Weighting):
+    def apply(self, hidden, w, ctx):  # noqa: ANN001, ANN201
+        return _a1111(hidden, w, ctx.groups)
+
+
+class _LerpFromEmpty(Weighting):
+    def apply(self, hidden, w, ctx):  # noqa: ANN001, ANN201
+        return _lerp(hidden, _empty_like(ctx.empty, hidden, self.name), w)
+
+
+class _LerpFromEos(Weighting):
+    def apply(self, hidden, w, ctx):  # noqa: ANN001, ANN201
+        return _lerp_eos(hidden, w, ctx.eos)
+
+
+class _Compel(Weighting):
+    def apply(self, hidden, w, ctx):  # noqa: ANN001, ANN201
+        return _compel(hidden, w, ctx.empty, ctx.downweighted, ctx.plan)
+
+    def reencodings(self, weights, fragments):  # noqa: ANN001, ANN201
+        if all(x >= 1.0 for row in weights for x in row):
+            return None
+        return compel_downweight_plan(torch.tensor(weights, dtype=torch.float64), fragments)
+
+
+#: the weighting formulas by name (the names also live, torch-free, in sdclip.conventions.presets.WEIGHTINGS)
+WEIGHTING_MODES: dict[str, Weighting] = {
+    m.name: m
+    for m in (
+        _MeanRestored("a1111"),
+        _Scale("no-norm"),
+        _LerpFromEmpty("comfy", needs_empty=True),
+        _Compel("compel", needs_empty=True, reencodes=True),
+        _LerpFromEos("lerp-eos", needs_eos=True),
+        _NoWeights("none"),
+    )
+}
+
+
+def get_weighting(mode: str) -> Weighting:
+    try:
+        return WEIGHTING_MODES[mode]
+    except KeyError:
+        raise WeightingError(f"unknown weighting {mode!r}; choose one of {', '.join(WEIGHTINGS)}") from None
+
+
 def apply_weights(
     mode: str,
     hidden: Tensor,
@@ -269,17 +352,6 @@ def apply_weights(
       and the `compel_downweight_plan` they were encoded from ("compel", required when any w < 1).
     Raises WeightingError (a ValueError) on an unknown mode, bad shapes, NaN/inf weights.
     """
-    if mode not in WEIGHTINGS:
-        raise WeightingError(f"unknown weighting {mode!r}; choose one of {', '.join(WEIGHTINGS)}")
-    w = _check(hidden, weights)
-    if mode == "none":
-        return hidden
-    if mode == "no-norm":
-        return (hidden.to(torch.float32) * w.unsqueeze(-1)).to(hidden.dtype)
-    if mode == "a1111":
-        return _a1111(hidden, w, groups)
-    if mode == "comfy":
-        return _lerp(hidden, _empty_like(empty, hidden, "comfy"), w)
-    if mode == "lerp-eos":
-        return _lerp_eos(hidden, w, eos)
-    return _compel(hidden, w, empty, downweighted, plan)
+    weighting = get_weighting(mode)
+    w = checked_weights(hidden, weights)
+    return weighting.apply(hidden, w, WeightingInputs(empty, groups, eos, downweighted, plan))

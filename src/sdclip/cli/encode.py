@@ -37,7 +37,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from safetensors.torch import save_file
 
-    from sdclip.assemble.combine import pad_with_empty
     from sdclip.conditioner import Conditioner
     if args.batch_size < 1:
         raise ValueError("--batch-size must be ≥ 1")
@@ -51,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         args.model, family=args.family, dtype=dtype, device=args.device, embeddings=args.embeddings, options=options,
         pack_weights=args.pack_weights
     )
+    texts = prompts + [args.negative or ""]
+    length = max(cond.prepare(t).slots for t in texts)  # one N for the whole file, known before encoding
     pairs = []
     if args.prompt is not None:
         pairs.append(cond(prompts, args.negative))
@@ -61,23 +62,10 @@ def run(args: argparse.Namespace) -> int:
             task = progress.add_task("encoding", total=len(prompts))
             for lo in range(0, len(prompts), args.batch_size):
                 batch = prompts[lo : lo + args.batch_size]
-                pairs.append(cond(batch, args.negative))
+                pairs.append(cond.encode(batch, args.negative, length=length))
                 progress.advance(task, len(batch))
     kwargs = [p.diffusers_kwargs() for p in pairs]
-    n = max(k["prompt_embeds"].shape[1] for k in kwargs)
-    empty = cond.empty_sequence()
-    # a negative that is all zeros (diffusers' rule for SDXL without --negative) stays all zeros
-    zero_negative = bool((kwargs[0]["negative_prompt_embeds"] == 0).all())
-    tensors: dict[str, torch.Tensor] = {}
-    for name in kwargs[0]:
-        filler = torch.zeros_like(empty) if name == "negative_prompt_embeds" and zero_negative else empty
-        parts = []
-        for k in kwargs:
-            t = k[name]
-            if t.dim() == 3 and t.shape[1] < n:
-                t = torch.stack([pad_with_empty(x, n, filler) for x in t])
-            parts.append(t)
-        tensors[name] = torch.cat(parts).contiguous().cpu()
+    tensors = {name: torch.cat([k[name] for k in kwargs]).contiguous().cpu() for name in kwargs[0]}
     metadata = {
         "family": cond.family.name,
         "options": json.dumps(asdict(options)),

@@ -80,6 +80,7 @@ class Family:
     roles: tuple[EncoderRole, ...]
     length: int = 77
     pooled_role: int | None = None  #: index of the encoder whose projected EOS state is the pooled vector
+    recipe: str = "features"  #: how the encoders' sequences are joined (sdclip.assemble.combine.RECIPES)
 
     @property
     def width(self) -> int:

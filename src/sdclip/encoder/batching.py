@@ -8,6 +8,7 @@ attention mask makes a repeated negative prompt nearly free.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sdclip.encoder import CLIPTextEncoder, LayerSelect
+from sdclip.conventions.clip_skip import LayerSelect
+from sdclip.encoder.model import CLIPTextEncoder
+from sdclip.encoder.plan import Encoded, EncoderPlan
 
 Key = tuple
 
@@ -27,32 +30,39 @@ class CacheStats:
 
 
 class RowCache:
-    """A bounded LRU of encoded rows: key → (hidden [L, D], pooled [P] | None)."""
+    """A bounded LRU of encoded rows: key → (hidden [L, D], pooled [P] | None).
+
+    Shared by every call of a Conditioner, so by every thread that calls it: each operation holds one lock
+    (an OrderedDict's move_to_end / popitem are not safe under contention). Values are never mutated."""
 
     def __init__(self, max_rows: int = 1024):
         self.max_rows = max_rows
         self._data: OrderedDict[Key, tuple[Tensor, Tensor | None]] = OrderedDict()
+        self._lock = threading.Lock()
         self.stats = CacheStats()
 
     def get(self, key: Key) -> tuple[Tensor, Tensor | None] | None:
-        value = self._data.get(key)
-        if value is None:
-            self.stats.misses += 1
-            return None
-        self._data.move_to_end(key)
-        self.stats.hits += 1
-        return value
+        with self._lock:
+            value = self._data.get(key)
+            if value is None:
+                self.stats.misses += 1
+                return None
+            self._data.move_to_end(key)
+            self.stats.hits += 1
+            return value
 
     def put(self, key: Key, value: tuple[Tensor, Tensor | None]) -> None:
         if self.max_rows <= 0:
             return
-        self._data[key] = value
-        self._data.move_to_end(key)
-        while len(self._data) > self.max_rows:
-            self._data.popitem(last=False)
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.max_rows:
+                self._data.popitem(last=False)
 
     def clear(self) -> None:
-        self._data.clear()
+        with self._lock:
+            self._data.clear()
 
     def __len__(self) -> int:
         return len(self._data)
@@ -127,3 +137,9 @@ class RowEncoder:
         hidden = torch.stack([found[k][0] for k in keys])
         pooled = torch.stack([found[k][1] for k in keys]) if self.pooled else None  # type: ignore[misc]
         return hidden, pooled
+
+    def run(self, plan: EncoderPlan, vectors: Tensor | None = None) -> Encoded:
+        """Encode a planned batch (sdclip.encoder.plan) in one pass; the result is read by part."""
+        masks = plan.masks if any(m is not None for m in plan.masks) else None
+        hidden, pooled = self.encode(RowBatch(plan.ids, plan.slots, vectors, masks))
+        return Encoded(hidden, pooled, plan)

@@ -71,9 +71,9 @@ class Embedding:
         for r in candidates:
             if self.vectors[r].shape[1] == width:
                 return self.vectors[r]
-        have = ", ".join(f"{r} ({v.shape[1]} wide)" for r, v in self.vectors.items())
+        have = ", ".join(f"{v.shape[1]} wide" + ("" if r == ANY else f" for {r}") for r, v in self.vectors.items())
         want = f"{role} ({width} wide)" if role else f"{width} wide"
-        raise EmbeddingError(f"embedding {self.name!r} has no vectors for {want}; it has {have} — made for another model?")
+        raise EmbeddingError(f"embedding {self.name!r} has no vectors for {want}; its vectors are {have} — made for another model?")
 
 
 def _check_vectors(vec: object, what: str) -> Tensor:

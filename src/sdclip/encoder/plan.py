@@ -1,0 +1,135 @@
+"""One batch per encoder for a whole request, and the slot table that says where everything sits in it.
+
+A request's rows — every part of every prompt and negative, the masked re-encodings a weighting formula
+asks for, and the empty prompt that weighting and padding need — go through each encoder in one batched
+call (`RowEncoder` dedupes identical rows and serves repeats from its cache). The plan is data: nobody
+slices results back by index arithmetic; `Encoded` answers "the rows of part k" from the slot table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from sdclip.layout.rows import Rows
+from sdclip.tokenizer.stream import BOS, EOS
+
+#: (embedding name, vector index): how a textual-inversion vector is named across a request
+VectorName = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class PartSlots:
+    """Where one part's rows sit in an encoder's batch: `count` rows from `start`, then `masks` × `count`
+    masked re-encodings (re-encoding k of row r at start + count·(1 + k) + r)."""
+
+    start: int
+    count: int
+    masks: int = 0
+
+
+@dataclass(frozen=True)
+class EncoderPlan:
+    """Rows for one encoder (ids past the encoder's table are textual-inversion vectors), their attention
+    masks (None = attend everything), and the slot table."""
+
+    ids: tuple[tuple[int, ...], ...]
+    masks: tuple[tuple[int, ...] | None, ...]
+    slots: dict[int, VectorName]  #: vector id in these rows → its name (cache keys outlive the numbering)
+    parts: tuple[PartSlots, ...]
+    empty: int  #: row of the empty prompt
+
+
+def vector_table(streams_vectors: Sequence[Mapping[int, VectorName]]) -> dict[VectorName, int]:
+    """One number per distinct textual-inversion vector across a request (row k of its vector matrix)."""
+    table: dict[VectorName, int] = {}
+    for vectors in streams_vectors:
+        for name in vectors.values():
+            table.setdefault(name, len(table))
+    return table
+
+
+def empty_row(length: int, pad_id: int) -> tuple[int, ...]:
+    """The empty prompt: [BOS, EOS, pad…]."""
+    return (BOS, EOS) + (pad_id,) * (length - 2)
+
+
+def plan_batch(
+    rows: Sequence[Rows],
+    vectors: Sequence[Mapping[int, VectorName]],
+    reencode: Sequence[Tensor | None],
+    table: Mapping[VectorName, int],
+    *,
+    vocab: int,
+    pad_id: int,
+    length: int,
+) -> EncoderPlan:
+    """The batch of one encoder: part k's rows (its stream's vector ids renumbered to `vocab + table[name]`),
+    then its re-encodings under `reencode[k]` ([K, R, L] attention masks, 0 = masked), then the empty row.
+
+    A re-encoded row whose mask masks nothing encodes to the row itself: it gets no mask, so it dedupes."""
+    slots = {vocab + g: name for name, g in table.items()}
+    ids: list[tuple[int, ...]] = []
+    masks: list[tuple[int, ...] | None] = []
+    parts = []
+    for part_rows, part_vectors, plan in zip(rows, vectors, reencode):
+        renumbered = [tuple(vocab + table[part_vectors[t]] if t in part_vectors else t for t in row) for row in part_rows.ids]
+        k = 0 if plan is None else int(plan.shape[0])
+        parts.append(PartSlots(len(ids), len(renumbered), k))
+        ids.extend(renumbered)
+        masks.extend([None] * len(renumbered))
+        for j in range(k):
+            ids.extend(renumbered)
+            masks.extend(tuple(m) if 0 in m else None for m in plan[j].tolist())
+    empty = len(ids)
+    ids.append(empty_row(length, pad_id))
+    masks.append(None)
+    return EncoderPlan(tuple(ids), tuple(masks), slots, tuple(parts), empty)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One encoder's output for a request: hidden [R, L, D], pooled [R, P] or None, and the plan's slot
+    table. Read it by part, never by index arithmetic."""
+
+    hidden: Tensor
+    pooled: Tensor | None
+    plan: EncoderPlan
+
+    @property
+    def empty(self) -> Tensor:
+        """The empty prompt's encoding [L, D]."""
+        return self.hidden[self.plan.empty]
+
+    def rows(self, part: int) -> Tensor:
+        """Part's rows [n, L, D]."""
+        s = self.plan.parts[part]
+        return self.hidden[s.start : s.start + s.count]
+
+    def reencoded(self, part: int) -> Tensor | None:
+        """Part's masked re-encodings [K, n, L, D], or None."""
+        s = self.plan.parts[part]
+        if not s.masks:
+            return None
+        block = self.hidden[s.start + s.count : s.start + s.count * (1 + s.masks)]
+        return block.reshape(s.masks, s.count, *block.shape[1:])
+
+    def pooled_rows(self, part: int) -> Tensor | None:
+        """Part's pooled vectors [n, P], or None for an encoder whose pooled vector is not used."""
+        if self.pooled is None:
+            return None
+        s = self.plan.parts[part]
+        return self.pooled[s.start : s.start + s.count]
+
+
+def vector_matrix(table: Mapping[VectorName, int], lookup, width: int, dtype: torch.dtype, device) -> Tensor | None:  # noqa: ANN001
+    """[K, D] textual-inversion vectors of a request for one encoder: row table[name] = lookup(name)."""
+    if not table:
+        return None
+    out = torch.empty(len(table), width, dtype=dtype)
+    for name, g in table.items():
+        out[g] = lookup(name)
+    return out.to(device)
