@@ -44,7 +44,8 @@ CASES = [
      ["--preset", "comfy", "--family", "sdxl", "--embedding-name", "style:2"]),
     ({"prompt": LONG, "layout": "compress", "max_rows": 1}, ["--layout", "compress", "--max-rows", "1"]),
     ({"prompt": "a fox, mystyle AND a dog:0.5", "embedding_names": {"mystyle": 3}}, ["--embedding-name", "mystyle:3"]),
-    ({"prompt": "café 森林 🦊, (déjà vu:0.8)", "family": "sd2", "comma_backtrack": 5}, ["--family", "sd2", "--comma-backtrack", "5"]),
+    ({"prompt": "café 森林 🦊, (déjà vu:0.8)", "family": "sd2", "comma_backtrack": 5},
+     ["--family", "sd2", "--comma-backtrack", "5"]),
 ]
 
 

@@ -190,6 +190,19 @@ def test_step_slider_shows_the_text_in_force(page, capsys):
     assert not page.get_by_test_id("schedule").is_visible()
 
 
+def test_embedding_references(page, capsys):
+    text = "a fox, mystyle, forest"
+    page.fill("[data-testid=embedding-names]", "mystyle:3")
+    type_prompt(page, text)
+    want = cli(capsys, text, "--embedding-name", "mystyle:3")
+    view = prompt_view(page)
+    assert view.get_by_test_id("token-count").inner_text() == f"{want['tokens']}/{want['capacity']}"
+    vectors = view.locator("[data-testid=token].vector")
+    assert vectors.count() == 3 and vectors.nth(0).inner_text() == "mystyle"
+    assert "mystyle: 3 vector(s)" in view.get_by_test_id("embedding").inner_text()
+    page.fill("[data-testid=embedding-names]", "")
+
+
 def test_negative_box_and_and_parts(page, capsys):
     type_prompt(page, "a fox AND a dog:0.5")
     type_prompt(page, "blurry, lowres", box="negative")

@@ -66,6 +66,16 @@ async function loadInfo() {
   fillSelect(form.elements.preset, c.preset, "a1111");
 }
 
+// "name:2, other:4" → {name: 2, other: 4}; a bare name means one vector; unreadable entries are skipped
+function typedNames() {
+  const out = {};
+  for (const item of $("options").elements.embeddings.value.split(",")) {
+    const m = item.trim().match(/^(.+?)(?::(\d+))?$/);
+    if (m && m[1].trim()) out[m[1].trim()] = Math.min(75, Math.max(1, parseInt(m[2] || "1", 10)));
+  }
+  return out;
+}
+
 function schedule() {
   return { steps: Math.max(1, Math.min(1000, parseInt($("steps").value, 10) || 20)),
            step: parseInt($("step").value, 10) || 1 };
@@ -74,8 +84,8 @@ function schedule() {
 async function fetchView(text, signal) {
   const { steps, step } = schedule();
   const body = { prompt: text, ...options(), steps, step: Math.min(step, steps) };
-  const names = state.info && state.info.embeddings;
-  if (names && Object.keys(names).length) body.embedding_names = names;
+  const names = { ...((state.info && state.info.embeddings) || {}), ...typedNames() };
+  if (Object.keys(names).length) body.embedding_names = names;
   const r = await fetch("/api/view", {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body), signal,
   });
@@ -219,6 +229,8 @@ function renderRow(row, index, perRow) {
 function init() {
   for (const id of ["prompt", "negative"]) $(id).addEventListener("input", scheduleRefresh);
   $("options").addEventListener("change", scheduleRefresh);
+  $("options").addEventListener("input", scheduleRefresh);
+  $("options").addEventListener("submit", (e) => e.preventDefault());
   $("step").addEventListener("input", scheduleRefresh);
   $("steps").addEventListener("input", scheduleRefresh);
   loadInfo().then(refresh);
