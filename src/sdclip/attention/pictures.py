@@ -36,7 +36,7 @@ def overlay(image: Image.Image, heat: Tensor, label: str = "", *, side: int = 25
     h = upsample(heat.float().cpu(), (base.size[1], base.size[0])).numpy()
     lo, hi = float(h.min()), float(h.max())
     heat_rgb = Image.fromarray(colorize((h - lo) / (hi - lo) if hi > lo else h * 0))
-    span = f"{lo:.3f}–{hi:.3f}"
+    span = f"{lo:.3f} to {hi:.3f}"
     return _captioned(Image.blend(base, heat_rgb, alpha), f"{label}  {span}" if label else span)
 
 

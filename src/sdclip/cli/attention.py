@@ -97,7 +97,10 @@ def run(args: argparse.Namespace) -> int:
     from sdclip.pipelines import conditioner_from_pipeline
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    from transformers.utils import logging as transformers_logging
+
     diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
     pipe = DiffusionPipeline.from_pretrained(str(model), dtype=dtype, local_files_only=True)
     if getattr(pipe, "unet", None) is None:
         raise ValueError(f"{args.model} is a {type(pipe).__name__}: `attention` traces UNet pipelines (SD1 / SD2 / SDXL)")
