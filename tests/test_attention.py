@@ -176,3 +176,17 @@ def test_processors_restored_after_an_error() -> None:
     with pytest.raises(ValueError, match="no .unet"):
         with trace(object()):
             pass
+
+
+@pytest.mark.parametrize("layout", ["window", "truncate", "chunk"])
+def test_slot_table_matches_the_sequence_length_in_every_layout(layout: str) -> None:
+    from sdclip.attention import slot_table
+
+    cond = conditioner_from_pipeline(_pipe("sd1"), preset="a1111", layout=layout)
+    n = cond(LONG).positive.embeds.shape[1]
+    slots = slot_table(cond.prepare(LONG), cond.tokenizer, n)
+    assert len(slots) == n and [s.index for s in slots] == list(range(n))
+    tokens = [s.text for s in slots if s.kind == "token"]
+    assert tokens[:3] == ["word", "0", "fox"] or tokens[:2] == ["word0", "fox"]
+    if layout != "truncate":  # every token of the prompt exactly once (window overlaps dropped)
+        assert len(tokens) == cond.prepare(LONG).token_count
