@@ -481,10 +481,14 @@ def test_megabyte_prompt_is_refused_before_any_encoding():
     calls = []
     hook = cond.encoders[0].register_forward_hook(lambda *a: calls.append(1))
     try:
-        with pytest.raises(ValueError, match=r"needs \d+ rows .* row_limit=64: use layout='truncate'"):
+        with pytest.raises(ValueError, match=r"needs more than row_limit=64 rows .*: use layout 'truncate' or 'compress'"):
             cond("a red fox, " * 100_000)
+        with pytest.raises(ValueError, match=r"row_limit=64 rows .*AND parts"):
+            cond("a fox AND " * 10_000 + "a fox")  # refused while counting, not after laying out 10,001 parts
         assert calls == []
         truncated = make("sd1", layout="truncate")("a red fox, " * 100_000)
         assert truncated.positive.embeds.shape[1] == 77 and truncated.positive.dropped[0]
+        compressed = make("sd1", layout="compress")(", ".join(f"tag{i} fox" for i in range(5000)))
+        assert 77 < compressed.positive.embeds.shape[1] <= 64 * 77  # compress without max_rows fits row_limit
     finally:
         hook.remove()

@@ -117,14 +117,8 @@ class Conditioner:
         """syntax → tokenizer → layout for one text (no encoder), refused past `row_limit` rows."""
         if not isinstance(text, str):
             raise TypeError(f"prompts must be str, got {type(text).__name__}")
-        prep = prepare(text, self.options, self.family, self.tokenizer, self.embeddings.vector_counts())
-        rows = sum(len(part.rows[0]) for part in prep.parts)
-        if rows > self.row_limit:
-            raise ValueError(
-                f"this prompt needs {rows} rows of {self.family.length} slots ({prep.token_count} tokens), more than "
-                f"row_limit={self.row_limit}: use layout='truncate' or 'compress' (with max_rows), or raise row_limit"
-            )
-        return prep
+        return prepare(text, self.options, self.family, self.tokenizer, self.embeddings.vector_counts(),
+                       row_limit=self.row_limit)
 
     def __call__(self, prompt: str | Sequence[str], negative: str | Sequence[str] | None = None) -> ConditioningPair:
         return self.encode(prompt, negative)

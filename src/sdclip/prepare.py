@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sdclip.conventions.family import Family
-from sdclip.layout import LONG_CLIP_LENGTH, layout
+from sdclip.layout import LONG_CLIP_LENGTH, RowLimitError, layout
 from sdclip.conventions.presets import Options
 from sdclip.syntax.prompt import Prompt, Sequence
 from sdclip.layout.rows import Rows
@@ -54,8 +54,13 @@ def prepare(
     family: Family,
     tokenizer: Tokenizer,
     embeddings: Mapping[str, int] | None = None,
+    *,
+    row_limit: int | None = None,
 ) -> Prepared:
-    """Parse `text` in the options' dialect and lay every part out for each of the family's encoders."""
+    """Parse `text` in the options' dialect and lay every part out for each of the family's encoders.
+
+    row_limit: refuse a text that needs more rows than this (all parts together), as soon as its layout
+    passes it — never after building them all (RowLimitError)."""
     if options.layout == "long" and family.length != LONG_CLIP_LENGTH:
         raise ValueError(
             f"layout 'long' is Long-CLIP's {LONG_CLIP_LENGTH} positions; a {family.name} model has {family.length}: "
@@ -63,13 +68,17 @@ def prepare(
         )
     names = tuple(embeddings or ())
     prompt = parse(text, options.dialect, embeddings=names)
-    parts = []
+    parts: list[PreparedPart] = []
+    used = 0
     for part in prompt.parts:
+        left = None if row_limit is None else row_limit - used
+        if left is not None and left < 1:
+            raise RowLimitError(
+                f"this prompt needs more than row_limit={row_limit} rows of {family.length} slots "
+                f"({len(prompt.parts)} AND parts): use fewer parts, or raise row_limit (--row-limit)"
+            )
         stream = tokenize(part.sequence, tokenizer, embeddings, source=text)
-        rows = tuple(_layout_for(stream, options, family, role.pad_id) for role in family.roles)
+        rows = tuple(layout(stream, options.layout_spec(family.length, role.pad_id, left)) for role in family.roles)
+        used += len(rows[0])
         parts.append(PreparedPart(part.weight, stream, rows, part.sequence))
     return Prepared(prompt, tuple(parts))
-
-
-def _layout_for(stream: TokenStream, options: Options, family: Family, pad_id: int) -> Rows:
-    return layout(stream, options.layout_spec(family.length, pad_id))

@@ -79,7 +79,10 @@ class Options:
             raise ValueError(f"unknown option(s) {', '.join(unknown)}; options are {', '.join(sorted(known))}")
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
-    def layout_spec(self, length: int, pad_id: int) -> LayoutSpec:
+    def layout_spec(self, length: int, pad_id: int, row_limit: int | None = None) -> LayoutSpec:
+        """The layout options for one encoder. With a `row_limit`, compress without `max_rows` compresses
+        to fit it (so every prompt fits), and every other layout refuses past it while building rows."""
+        max_rows = self.max_rows if self.max_rows is not None or self.layout != "compress" else row_limit
         return LayoutSpec(
             mode=self.layout,  # type: ignore[arg-type]
             length=length,
@@ -87,7 +90,8 @@ class Options:
             comma_backtrack=self.comma_backtrack,
             chunk_style=self.chunk_style,
             stride=self.stride,
-            max_rows=self.max_rows,
+            max_rows=max_rows,
+            row_limit=row_limit,
         )
 
     def layer(self, role: EncoderRole) -> LayerSelect:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from sdclip.layout.chunk import chunk
 from sdclip.layout.compress import compress
 from sdclip.layout.rows import Rows
-from sdclip.layout.spec import CHUNK_STYLES, COMMA_ID, LAYOUTS, LONG_CLIP_LENGTH, LayoutSpec
+from sdclip.layout.spec import CHUNK_STYLES, COMMA_ID, LAYOUTS, LONG_CLIP_LENGTH, LayoutSpec, RowLimitError
 from sdclip.layout.truncate import long, truncate
 from sdclip.layout.window import window
 from sdclip.tokenizer.stream import TokenStream
@@ -32,4 +32,4 @@ def layout(stream: TokenStream, spec: LayoutSpec = LayoutSpec()) -> Rows:
     return BUILDERS[spec.mode](stream, spec)
 
 
-__all__ = ["BUILDERS", "CHUNK_STYLES", "COMMA_ID", "LAYOUTS", "LONG_CLIP_LENGTH", "LayoutSpec", "Rows", "layout"]
+__all__ = ["BUILDERS", "CHUNK_STYLES", "COMMA_ID", "LAYOUTS", "LONG_CLIP_LENGTH", "LayoutSpec", "RowLimitError", "Rows", "layout"]

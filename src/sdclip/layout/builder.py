@@ -4,7 +4,7 @@ embedding runs, BREAK segments and dropped text."""
 from __future__ import annotations
 
 from sdclip.layout.rows import Rows
-from sdclip.layout.spec import LayoutSpec
+from sdclip.layout.spec import LayoutSpec, RowLimitError
 from sdclip.tokenizer.stream import BOS, EOS, TokenStream
 
 
@@ -27,6 +27,11 @@ class RowBuilder:
         spec, s = self.spec, self.stream
         if len(members) > spec.capacity:
             raise AssertionError("row overflow")  # internal invariant
+        if spec.row_limit is not None and len(self.ids) >= spec.row_limit:
+            raise RowLimitError(
+                f"this prompt needs more than row_limit={spec.row_limit} rows of {spec.length} slots "
+                f"({len(s)} tokens): use layout 'truncate' or 'compress', or raise row_limit (--row-limit)"
+            )
         pad = spec.capacity - len(members)
         self.ids.append([BOS] + [s.ids[i] for i in members] + [EOS] + [spec.pad_id] * pad)
         self.weights.append([1.0] + [s.weights[i] for i in members] + [1.0] * (pad + 1))

@@ -1,7 +1,9 @@
 """`compress`: fit without losing meaning first. Drop exact duplicate comma-separated tags, zero-weight
 tokens and redundant commas; then, only when ``max_rows`` is set, drop the lowest-weight tags (the latest
 first among equals) until the prompt fits in ``max_rows`` rows; everything dropped is reported. The rest is
-laid out by the chunk layout (or truncate for one row)."""
+laid out by the chunk layout (without comma backtrack when rows are capped, so the fit is exact), or
+truncate for one row. The Conditioner caps compress at its `row_limit` when no ``max_rows`` is given, so
+every prompt fits."""
 
 from __future__ import annotations
 
@@ -80,7 +82,8 @@ def compress(stream: TokenStream, spec: LayoutSpec) -> Rows:
         mode="truncate" if spec.max_rows == 1 else "chunk",
         length=spec.length,
         pad_id=spec.pad_id,
-        comma_backtrack=spec.comma_backtrack,
+        # a comma backtrack would move text into rows the budget did not count: off when the rows are capped
+        comma_backtrack=spec.comma_backtrack if spec.max_rows is None else 0,
         comma_id=comma,
     )
     rows = truncate(sub, inner) if inner.mode == "truncate" else chunk(sub, inner)

@@ -15,6 +15,10 @@ COMMA_ID = 267  #: ",</w>" in the CLIP vocabulary
 LONG_CLIP_LENGTH = 248
 
 
+class RowLimitError(ValueError):
+    """A prompt needs more rows than the caller allows; raised while the rows are built, not after."""
+
+
 @dataclass(frozen=True)
 class LayoutSpec:
     """Every layout option, by name. ``length`` is the row length (77, or 248 for Long-CLIP)."""
@@ -27,6 +31,7 @@ class LayoutSpec:
     stride: int = 50
     max_rows: int | None = None
     comma_id: int = COMMA_ID
+    row_limit: int | None = None  #: refuse (RowLimitError) as soon as a layout needs more rows than this
 
     def __post_init__(self) -> None:
         if self.mode not in LAYOUTS:
@@ -41,6 +46,8 @@ class LayoutSpec:
             raise ValueError(f"max_rows must be ≥ 1, got {self.max_rows}")
         if self.comma_backtrack < 0:
             raise ValueError("comma_backtrack must be ≥ 0")
+        if self.row_limit is not None and self.row_limit < 1:
+            raise ValueError(f"row_limit must be ≥ 1, got {self.row_limit}")
 
     @property
     def capacity(self) -> int:
