@@ -25,7 +25,7 @@ import torch
 from sdclip.encoder.loading.checkpoint import CheckpointError, TensorFile, open_tensor_file
 from sdclip.encoder.t5 import STORAGE_ONLY, T5Config, T5ConfigError, T5Encoder
 
-__all__ = ["SINGLE_FILE_PREFIX", "find_t5_prefix", "load_t5", "t5_config_from_tensors", "t5_folder"]
+__all__ = ["SINGLE_FILE_PREFIX", "PlainSafetensors", "find_t5_prefix", "load_t5", "open_weights", "t5_config_from_tensors", "t5_folder"]
 
 #: where SD3 / SD3.5 single files keep the T5 encoder
 SINGLE_FILE_PREFIX = "text_encoders.t5xxl.transformer."
@@ -74,8 +74,155 @@ def _folder_file(folder: Path) -> tuple[TensorFile, dict]:
     cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     for name in WEIGHT_NAMES:
         if (folder / name).is_file():
-            return open_tensor_file(folder / name), cfg
+            return open_weights(folder / name), cfg
     raise CheckpointError(f"{folder}: config.json but no weights (looked for {', '.join(WEIGHT_NAMES)})")
+
+
+# ---- reading without mapping ---------------------------------------------------------------------
+
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "F8_E4M3": getattr(torch, "float8_e4m3fn", None), "F8_E5M2": getattr(torch, "float8_e5m2", None),
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+_MAX_HEADER = 100 << 20
+
+
+class PlainSafetensors(TensorFile):
+    """A .safetensors file read tensor by tensor with `readinto` into fresh memory, never mapped.
+
+    Why not `safe_open`: its mapping keeps every page it touched resident for as long as the file is
+    open, so converting a T5-XXL file costs the file's size twice over (measured 2.4× the file's size);
+    reading into the tensor itself costs the tensors and one tensor in flight. The header is checked
+    (size, JSON, known dtypes, offsets inside the file and matching each shape) before anything is read."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        try:
+            size = self.path.stat().st_size
+            with open(self.path, "rb") as fh:
+                head = fh.read(8)
+                n = int.from_bytes(head, "little") if len(head) == 8 else -1
+                if not 2 <= n <= min(_MAX_HEADER, size - 8):
+                    raise ValueError(f"header length {n} does not fit a file of {size} bytes")
+                doc = json.loads(fh.read(n).decode("utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{self.path}: not a readable safetensors file ({e})") from None
+        if not isinstance(doc, dict):
+            raise CheckpointError(f"{self.path}: safetensors header is not a JSON object")
+        base, data = 8 + n, size - 8 - n
+        self._meta: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
+        for key, info in doc.items():
+            if key == "__metadata__":
+                continue
+            try:
+                dtype = _ST_DTYPES[info["dtype"]]
+                shape = tuple(int(d) for d in info["shape"])
+                lo, hi = (int(x) for x in info["data_offsets"])
+                numel = 1
+                for d in shape:
+                    if d < 0:
+                        raise ValueError
+                    numel *= d
+                ok = dtype is not None and 0 <= lo <= hi <= data and hi - lo == numel * torch.empty(0, dtype=dtype).element_size()
+            except (KeyError, TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise CheckpointError(f"{self.path}: corrupt safetensors header entry for {key!r}")
+            self._meta[key] = (dtype, shape, base + lo, hi - lo)
+
+    def keys(self) -> list[str]:
+        return list(self._meta)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._meta[key][1]
+
+    def get(self, key: str) -> torch.Tensor:
+        dtype, shape, at, nbytes = self._meta[key]
+        buf = torch.empty(nbytes, dtype=torch.uint8)
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(at)
+                got = fh.readinto(memoryview(buf.numpy()))
+        except OSError as e:
+            raise CheckpointError(f"{self.path}: cannot read tensor {key!r} ({e})") from None
+        if got != nbytes:
+            raise CheckpointError(f"{self.path}: tensor {key!r} is cut short (file truncated)")
+        return buf.view(dtype).reshape(shape) if nbytes else torch.empty(shape, dtype=dtype)
+
+    def read_as(self, key: str, dtype: torch.dtype | None) -> torch.Tensor:
+        """The tensor converted to `dtype` (None: as stored), read in chunks of ≤ _CHUNK bytes straight
+        into the result: no full-size temporary; every chunk is checked for NaN / inf on the way."""
+        stored, shape, at, nbytes = self._meta[key]
+        dtype = dtype or stored
+        if not (stored.is_floating_point and dtype.is_floating_point):
+            raise CheckpointError(f"{self.path}: {key!r} is {stored}: a quantisation this loader does not read")
+        out = torch.empty(shape, dtype=dtype)
+        flat_out = out.view(-1)
+        item = torch.empty(0, dtype=stored).element_size()
+        step = max(1, _CHUNK // item)
+        direct = dtype == stored
+        with open(self.path, "rb") as fh:
+            fh.seek(at)
+            for lo in range(0, flat_out.numel(), step):
+                part = flat_out[lo: lo + step]
+                buf = part.view(torch.uint8) if direct else torch.empty(part.numel() * item, dtype=torch.uint8)
+                if fh.readinto(memoryview(buf.numpy())) != buf.numel():
+                    raise CheckpointError(f"{self.path}: tensor {key!r} is cut short (file truncated)")
+                chunk = buf.view(stored)
+                if not _finite(chunk):
+                    raise CheckpointError(f"{self.path}: {key!r} contains NaN or infinite values")
+                if not direct:
+                    part.copy_(chunk)
+        return out
+
+
+_CHUNK = 4 << 20  #: small enough that the per-chunk temporaries never matter
+
+
+class _Shards(TensorFile):
+    """A sharded folder (`*.index.json`) over PlainSafetensors / other readers."""
+
+    def __init__(self, index: Path):
+        self.path = Path(index)
+        try:
+            weight_map = json.loads(self.path.read_text(encoding="utf-8"))["weight_map"]
+            items = [(str(k), str(v)) for k, v in weight_map.items()]
+        except Exception as e:
+            raise CheckpointError(f"{self.path}: not a readable shard index ({e})") from None
+        files: dict[str, TensorFile] = {}
+        self._where: dict[str, TensorFile] = {}
+        for key, shard in items:
+            if "/" in shard or "\\" in shard or shard.startswith("."):
+                raise CheckpointError(f"{self.path}: shard name {shard!r} leaves the folder")
+            if shard not in files:
+                files[shard] = open_weights(self.path.parent / shard)
+            self._where[key] = files[shard]
+
+    def keys(self) -> list[str]:
+        return list(self._where)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._where[key].shape(key)
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._where[key].get(key)
+
+    def read_as(self, key: str, dtype: torch.dtype | None) -> torch.Tensor:
+        f = self._where[key]
+        return f.read_as(key, dtype) if hasattr(f, "read_as") else f.get(key)
+
+
+def open_weights(path: Path) -> TensorFile:
+    """Like `open_tensor_file`, but .safetensors (and their shards) are read without mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    name = path.name.lower()
+    if name.endswith(".safetensors.index.json"):
+        return _Shards(path)
+    if name.endswith(".safetensors"):
+        return PlainSafetensors(path)
+    return open_tensor_file(path)
 
 
 # ---- shapes ---------------------------------------------------------------------------------------
@@ -152,6 +299,13 @@ def _read(f: TensorFile, key: str, shape: tuple[int, ...]) -> torch.Tensor:
     return t
 
 
+def _stored_dtype(f: TensorFile, key: str) -> torch.dtype:
+    meta = getattr(f, "_meta", None)
+    if meta is None and hasattr(f, "_where"):
+        meta = getattr(f._where[key], "_meta", None)
+    return meta[key][0] if meta is not None else f.get(key).dtype
+
+
 def _scaled_fp8(f: TensorFile, prefix: str) -> bool:
     marker = prefix + "scaled_fp8"
     if marker in f:
@@ -177,7 +331,7 @@ def _source(path: str | Path | TensorFile) -> tuple[TensorFile, str, dict | None
                                       "text_encoder_3/ or text_encoder_2/)")
             f, cfg = _folder_file(folder)
         else:
-            f, cfg = open_tensor_file(path), None
+            f, cfg = open_weights(path), None
     prefix = find_t5_prefix(f)
     if prefix is None:
         raise CheckpointError(
@@ -212,6 +366,11 @@ def load_t5(
     state: dict[str, torch.Tensor] = {}
 
     def take(key: str, shape: tuple[int, ...], keep: bool, to: torch.dtype = dtype) -> torch.Tensor:
+        if hasattr(f, "read_as") and key in f:
+            if tuple(f.shape(key)) != tuple(shape):
+                raise CheckpointError(f"{f.path}: {key!r} has shape {tuple(f.shape(key))}, expected {tuple(shape)}")
+            stays = keep and _stored_dtype(f, key) in STORAGE_ONLY
+            return f.read_as(key, None if stays else to).to(device)
         t = _read(f, key, shape)
         if keep and t.dtype in STORAGE_ONLY:
             return t.to(device)
