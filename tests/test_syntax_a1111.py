@@ -165,3 +165,99 @@ def test_exponents_are_not_weights_in_a1111():
     # A1111's weight patterns take digits and dots only: "1e400" stays text
     assert frags("(a:1e400)") == [("a:1e400", pytest.approx(1.1))]
     assert parse("a:1e9", "a1111").parts[0].weight == 1.0
+
+
+# issue 11.3 / 11.14 / 11.11 -----------------------------------------------------------------------
+
+
+def test_schedule_splits_at_and_first_then_schedules_each_part():
+    """A1111 splits on AND first: a part its grammar cannot parse stays as written, the others schedule."""
+    s = schedule("a | b AND [c:d:5]", 20)
+    assert [(e.end_step, e.parts) for e in s.entries] == [(5, ("a | b ", " c")), (20, ("a | b ", " d"))]
+    assert [e.text for e in s.entries] == ["a | b AND c", "a | b AND d"]
+    # each entry's text parses back to the same parts, AND weights kept
+    s = schedule("[x:y:3] :1.5 AND z [p|q]", 4)
+    assert [e.text for e in s.entries] == ["x :1.5 AND z p", "x :1.5 AND z q", "x :1.5 AND z p", "y :1.5 AND z q"]
+    p = parse(s.entries[-1].text)
+    assert [(pt.weight, pt.sequence.text) for pt in p.parts] == [(1.5, "y"), (1.0, " z q")]
+
+
+@pytest.mark.parametrize(
+    "text, steps, hires, expected",
+    [  # A1111 prompt_parser doctests (base 10, hires 10) and the rule they follow
+        ("a [b:.5] c", 10, 10, [(10, "a b c")]),
+        ("a [b:1.5] c", 10, 10, [(5, "a  c"), (10, "a b c")]),
+        ("a [b:15] c", 10, 10, [(5, "a  c"), (10, "a b c")]),  # integers count on from the first pass
+        ("a [b:5] c", 10, 10, [(10, "a b c")]),  # already past in the second pass
+        ("a [b:1.5] c", 10, None, [(10, "a  c")]),  # min(steps, int(15)) = 10: b never shows
+    ],
+)
+def test_schedule_hires_steps(text, steps, hires, expected):
+    s = schedule(text, steps, hires_steps=hires)
+    assert [(e.end_step, e.text) for e in s.entries] == expected
+    assert s.steps == (hires or steps)
+
+
+def test_old_scheduling_ignores_hires_steps():
+    s = schedule("a [b:0.5] c", 10, old_scheduling=True, hires_steps=4)
+    assert s.steps == 10 and [(e.end_step, e.text) for e in s.entries] == [(5, "a  c"), (10, "a b c")]
+
+
+def test_switch_step_is_exact_for_a_step_count():
+    """`[a:b:0.04]`: int(0.04·20) = 0, so A1111 gives b from step 1; at 30 steps int(1.2) = 1: a, then b."""
+    assert [e.text for e in schedule("[a:b:0.04]", 20).entries] == ["b"]
+    assert [(e.end_step, e.text) for e in schedule("[a:b:0.04]", 30).entries] == [(1, "a"), (30, "b")]
+    assert frags("[a:b:0.04]", steps=20) == [("b", 1.0)]
+    assert frags("[a:b:0.04]", steps=30) == [("a", 1.0)]
+    assert frags("[a:b:0.04]", steps=30, step=2) == [("b", 1.0)]
+    assert frags("[a:b:0.04]") == [("a", 1.0)]  # no step count: the sign of `when` decides
+    for step in range(1, 21):  # parse(step=k) agrees with schedule() at every step
+        want = schedule("x [a:b:0.3] [c|d|e] y AND [p::7]", 20).at(step)
+        got = parse("x [a:b:0.3] [c|d|e] y AND [p::7]", steps=20, step=step)
+        # (whitespace aside: A1111 strips a part before scheduling, then tokenizes " " as nothing)
+        assert [pt.sequence.text.strip() for pt in got.parts] == [pt.sequence.text.strip() for pt in parse(want).parts]
+    with pytest.raises(ValueError, match="step must be"):
+        parse("[a:b:3]", steps=10, step=11)
+    with pytest.raises(ValueError, match="hires_steps"):
+        schedule("x", 10, hires_steps=0)
+
+
+def test_extra_network_tags_are_removed_and_recorded():
+    text = "a, <lora:film grain:0.8>, (b:1.2) <hypernet:h:1:te=2> AND c <lyco:q:1>"
+    p = parse(text)
+    assert [(n.kind, n.name, n.args) for n in p.extra_networks] == [
+        ("lora", "film grain", ("0.8",)), ("hypernet", "h", ("1", "te=2")), ("lyco", "q", ("1",))
+    ]
+    assert [text[n.start : n.end] for n in p.extra_networks] == ["<lora:film grain:0.8>", "<hypernet:h:1:te=2>",
+                                                                  "<lyco:q:1>"]
+    # replaced by nothing, as A1111 does: the commas around stay
+    assert [[(f.text, f.weight) for f in pt.sequence.fragments] for pt in p.parts] == [
+        [("a, , ", 1.0), ("b", 1.2)], [(" c", 1.0)]  # an AND part's trailing whitespace goes, as in A1111
+    ]
+    b = p.parts[0].sequence.fragments[1]
+    assert text[b.start : b.end] == "b"
+    # not tags: no colon, empty args, a non-word kind
+    assert parse("<lora> <lora:> <:x> <a-b:c>").extra_networks == ()
+    assert frags("<lora> <lora:> <:x>") == [("<lora> <lora:> <:x>", 1.0)]
+    # removed before scheduling (a tag's colons never make a schedule) and listed on the schedule
+    s = schedule("[cat:<lora:x:0.5>dog:5]", 10)
+    assert [e.text for e in s.entries] == ["cat", "dog"] and s.extra_networks[0].name == "x"
+    # other dialects leave them as text
+    assert parse("<lora:x:1> a", "comfy").extra_networks == ()
+
+
+def test_embedding_names_whose_lowercase_differs_do_not_raise():
+    """16.7: `ſ` and `µ-style` (lower-casing / case-folding quirks) once raised KeyError."""
+    seq = parse("x ſ y µ-style Z", embeddings=["ſ", "µ-style", "z"]).parts[0].sequence
+    assert [(f.kind, f.text) for f in seq.fragments if f.kind == "embedding"] == [
+        ("embedding", "ſ"), ("embedding", "µ-style"), ("embedding", "z")
+    ]
+    # re.IGNORECASE would equate ſ with s and micro µ with Greek μ: a name must not eat ordinary words
+    assert frags("s S μ-style", embeddings=["ſ", "µ-style"]) == [("s S μ-style", 1.0)]
+    assert frags("İstanbul", embeddings=["i̇stanbul"]) == [("İstanbul", 1.0)]
+
+
+def test_token_ids_matching_leaves_bare_names_to_the_tokenizer():
+    assert frags("easyneg x", embeddings=["easyneg"], embedding_match="token-ids") == [("easyneg x", 1.0)]
+    with pytest.raises(ValueError, match="embedding_match"):
+        parse("x", embedding_match="sometimes")

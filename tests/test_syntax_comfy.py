@@ -82,3 +82,41 @@ def test_spans():
     assert text[red.start : red.end] == "red"
     for f in seq.fragments:
         assert 0 <= f.start <= f.end <= len(text)
+
+
+def test_embedding_followed_by_junk_names_the_junk():
+    """ComfyUI takes the next whitespace-free word as the name: `embedding:[x cat` names "[x" (unknown)."""
+    p = parse("embedding:[x cat", "comfy", unknown_embedding="drop")
+    assert [(f.kind, f.text) for f in p.parts[0].sequence.fragments] == [("text", " cat")]
+    assert p.warnings == ("embedding:[x does not exist, ignoring (at character 0)",)
+    seq = parse("embedding:[x cat", "comfy").parts[0].sequence  # "error": kept for the tokenizer to refuse
+    assert [(f.kind, f.text) for f in seq.fragments] == [("embedding", "[x"), ("text", " cat")]
+
+
+def test_unknown_embedding_drop_or_error():
+    text = "a embedding:foo, b embedding:bar\nembedding:baz"
+    p = parse(text, "comfy", embeddings=["bar"], unknown_embedding="drop")
+    assert [(f.kind, f.text) for f in p.parts[0].sequence.fragments] == [
+        ("text", "a "), ("text", ", b "), ("embedding", "bar"), ("text", "\n")
+    ]
+    assert [w.split(" does")[0] for w in p.warnings] == ["embedding:foo", "embedding:baz"]
+    p = parse(text, "comfy", embeddings=["bar"])
+    assert [f.text for f in p.parts[0].sequence.fragments if f.kind == "embedding"] == ["foo", "bar", "baz"]
+    assert p.warnings == ()
+    assert parse("a\tembedding:foo", "comfy", unknown_embedding="drop").warnings == ()  # ComfyUI splits at " " / "\n"
+    with pytest.raises(ValueError, match="unknown_embedding"):
+        parse("x", "comfy", unknown_embedding="ignore")
+
+
+def test_nested_groups_are_linear_issue_16_2():
+    """`"("*n + "a:1.1)"*n` was quadratic (each group joined its text for an error message it rarely
+    needed: 112 KB took 13 s); the weight check now joins text only for a refused weight."""
+    import time
+
+    text = "(" * 16_000 + "a:1.1)" * 16_000  # 112 KB
+    t = time.perf_counter()
+    p = parse(text, "comfy")
+    assert time.perf_counter() - t < 5  # ~0.2 s when linear
+    assert [(f.text, f.weight) for f in p.parts[0].sequence.fragments[:2]] == [("a", 1.1), ("a", 1.1)]
+    with pytest.raises(PromptSyntaxError, match="not usable"):
+        parse("(" * 1000 + "a:1e9)" + "b)" * 999, "comfy")

@@ -406,3 +406,134 @@ def test_importing_the_tokenizer_does_not_import_torch():
     code = "import sys, sdclip.tokenizer.clip; sdclip.tokenizer.clip.Tokenizer.default().encode('a'); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# issue 11.13 / 16.7: embedding matching ---------------------------------------------------------------
+
+
+def _read(stream, tok):
+    return [tok.token_text(i) if i not in stream.vectors else stream.vectors[i] for i in stream.ids]
+
+
+def test_token_ids_matching_finds_names_inside_words_as_a1111():
+    """A1111 replaces a name's token ids wherever they occur in a weighted run (longest name first)."""
+    from sdclip.syntax import parse
+
+    tok = Tokenizer.default("hf-slow")
+    emb = {"easynegative": 2, "red cat": 1, "red": 1}
+    text = "foxeasynegative, (a big red cat:1.2) red"
+    prompt = parse(text, "a1111", emb, embedding_match="token-ids")
+    stream = tokenize(prompt.parts[0].sequence, tok, emb, source=text, embedding_match="token-ids")
+    assert tok.encode("foxeasynegative")[-2:] == tok.encode("easynegative")  # the premise
+    assert _read(stream, tok) == ["fox", ("easynegative", 0), ("easynegative", 1), ",</w>", "a</w>", "big</w>",
+                                  ("red cat", 0), ("red", 0)]
+    assert stream.weights == pytest.approx([1, 1, 1, 1, 1.2, 1.2, 1.2, 1])
+    assert [text[a:b] for a, b in stream.spans] == ["fox", "easynegative", "easynegative", ",", "a", "big",
+                                                    "red cat", "red"]
+    assert stream.runs == [(1, 2), (6, 1), (7, 1)]
+    # "word" (the other presets): only whole words, found by the syntax stage
+    prompt = parse(text, "a1111", emb, embedding_match="word")
+    stream = tokenize(prompt.parts[0].sequence, tok, emb, source=text)
+    assert ("easynegative", 0) not in _read(stream, tok) and ("red cat", 0) in _read(stream, tok)
+    with pytest.raises(ValueError, match="embedding_match"):
+        tokenize(prompt.parts[0].sequence, tok, emb, embedding_match="fuzzy")
+
+
+def test_token_ids_matching_never_spans_fragments():
+    tok = Tokenizer.default()
+    seq = Sequence((Fragment("red ", 1.0, 0, 4), Fragment("cat", 1.3, 4, 7)))
+    stream = tokenize(seq, tok, {"red cat": 1}, embedding_match="token-ids")
+    assert stream.vectors == {} and stream.ids == tok.encode("red cat")
+
+
+def test_presets_name_their_embedding_rules():
+    from sdclip.conventions.presets import Options
+
+    assert Options.preset("a1111").embedding_match == "token-ids"
+    assert {Options.preset(p).embedding_match for p in ("comfy", "compel", "diffusers")} == {"word"}
+    assert Options.preset("comfy").unknown_embedding == "drop"
+    assert {Options.preset(p).unknown_embedding for p in ("a1111", "compel", "diffusers")} == {"error"}
+    with pytest.raises(ValueError, match="embedding_match"):
+        Options.preset("a1111", embedding_match="anywhere")
+
+
+@pytest.mark.parametrize("match", ["word", "token-ids"])
+def test_names_whose_lowercase_changes_do_not_raise(match):
+    """16.7: `ſ`, `µ-style`, `İ…` names once raised KeyError; now they match themselves only."""
+    from sdclip.syntax import parse
+
+    emb = {"ſ": 1, "µ-style": 2, "İstanbul": 1}
+    for mode in NORMALIZATIONS:
+        tok = Tokenizer.default(mode)
+        for text in ["ſ µ-style İstanbul", "s S μ-style istanbul", "xſy"]:
+            prompt = parse(text, "a1111", emb, embedding_match=match)
+            stream = tokenize(prompt.parts[0].sequence, tok, emb, source=text, embedding_match=match)
+            assert len(stream.ids) == len(stream.spans)
+
+
+# issue 11.1 / 16.4: tokenizer folders ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def transformers5_folder(hf_folder, tmp_path_factory):
+    """A folder saved by transformers 5's CLIPTokenizer: only tokenizer.json + tokenizer_config.json."""
+    from transformers import CLIPTokenizer
+
+    out = tmp_path_factory.mktemp("t5_saved")
+    CLIPTokenizer.from_pretrained(str(hf_folder)).save_pretrained(str(out))
+    assert not (out / "vocab.json").exists() and (out / "tokenizer.json").is_file()
+    return out
+
+
+def test_folder_saved_by_transformers_5_loads_from_tokenizer_json(transformers5_folder, hf_folder):
+    from transformers import CLIPTokenizer
+
+    ref = CLIPTokenizer.from_pretrained(str(transformers5_folder))
+    ours = Tokenizer.from_folder(transformers5_folder)
+    old = Tokenizer.from_folder(hf_folder)
+    for text in ["a photo of a cat", "cuphead’s café <|endoftext|> wow!!!", "ﬁsh &amp; chips 12"]:
+        want = ref(text, add_special_tokens=False)["input_ids"]
+        assert ours.encode(text) == want == old.encode(text)
+
+
+def test_tokenizer_json_with_string_merges(transformers5_folder, tmp_path):
+    data = json.loads((transformers5_folder / "tokenizer.json").read_text(encoding="utf-8"))
+    data["model"]["merges"] = [" ".join(m) for m in data["model"]["merges"]]  # older `tokenizers` wrote strings
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    assert Tokenizer.from_folder(tmp_path).encode("a photo of a cat") == Tokenizer.default().encode("a photo of a cat")
+    data["model"]["merges"][5] = ["a"]
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"model.merges\[5\]"):
+        Tokenizer.from_folder(tmp_path)
+    data["model"] = {"type": "Unigram", "vocab": []}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(ValueError, match="BPE"):
+        Tokenizer.from_folder(tmp_path)
+
+
+def test_folder_errors_are_value_errors(hf_folder, tmp_path):
+    from sdclip.tokenizer.vocab import TokenizerFilesError
+
+    (tmp_path / "vocab.json").write_bytes((hf_folder / "vocab.json").read_bytes())
+    with pytest.raises(TokenizerFilesError, match="merges.txt is missing") as info:  # was a bare FileNotFoundError
+        Tokenizer.from_folder(tmp_path)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, FileNotFoundError)
+    (tmp_path / "merges.txt").write_bytes((hf_folder / "merges.txt").read_bytes())
+    (tmp_path / "tokenizer_config.json").write_bytes(b'{"pad_token": "\xff\xfe"}')  # not UTF-8
+    with pytest.raises(TokenizerFilesError, match="tokenizer_config.json: not UTF-8"):
+        Tokenizer.from_folder(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text('{"added_tokens_decoder": [1, 2], "additional_special_tokens": 3}')
+    Tokenizer.from_folder(tmp_path)  # odd shapes are skipped, not crashed on
+    (tmp_path / "vocab.json").write_bytes(b"\x80abc")
+    with pytest.raises(TokenizerFilesError, match="vocab.json: not UTF-8"):
+        Tokenizer.from_folder(tmp_path)
+    with pytest.raises(TokenizerFilesError, match="does not exist"):
+        Tokenizer.from_folder(tmp_path / "nope")
+
+
+def test_lone_surrogate_in_hf_fast_is_named():
+    tok = Tokenizer.default("hf-fast")
+    for call in (tok.encode, tok.encode_with_spans):
+        with pytest.raises(ValueError, match=r"lone surrogate U\+D800 at character 3"):
+            call("ab \ud800 c")
+    assert Tokenizer.default("openclip").encode("ab \ud800 c")  # ftfy's modes replace it
