@@ -37,7 +37,7 @@ def running_server(app=None) -> Iterator[str]:  # noqa: ANN001
 
     from sdclip.serve import create_app
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP proto: asyncio sets NODELAY
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app or create_app(), log_level="warning", access_log=False))
