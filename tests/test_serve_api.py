@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -334,6 +335,8 @@ def test_cli_prints_url_and_warns_when_bound_wide(monkeypatch, capsys):
     assert main(["serve", "--port", "0"]) == 0
     out, err = capsys.readouterr()
     assert out.startswith("sdclip serve: http://127.0.0.1:") and "warning" not in err
+    # a TCP-proto socket: asyncio sets TCP_NODELAY only on those (else each answer waits ~40 ms for an ACK)
+    assert seen["sockets"][0].proto == socket.IPPROTO_TCP
     assert main(["serve", "--host", "0.0.0.0", "--port", "0"]) == 0
     out, err = capsys.readouterr()
     assert "http://127.0.0.1:" in out and "warning: listening on 0.0.0.0" in err
