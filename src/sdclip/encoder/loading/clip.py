@@ -453,6 +453,38 @@ def _from_folder(folder: Path, family: str | None) -> tuple[str, list[Part], tup
     )
 
 
+_T5_PIPELINES = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline",
+                 "FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxFillPipeline")
+_T5_REFUSAL = ("its T5 text encoder is not wired into the Conditioner yet (issue 12; "
+               "sdclip.encoder.loading.t5.load_t5 reads it); refusing to encode it as SDXL/SD1 would give wrong answers")
+
+
+def _refuse_t5_pipeline(folder: Path) -> None:
+    """An SD3 / SD3.5 / Flux pipeline folder read as CLIP-only would silently drop T5 (SD3 looks like SDXL)."""
+    from sdclip.encoder.loading.t5 import t5_folder
+
+    name = None
+    index = folder / "model_index.json"
+    if index.is_file():
+        try:
+            name = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+        except (OSError, ValueError, AttributeError):
+            name = None
+    t5 = (folder / "text_encoder_3").is_dir() or ((folder / "text_encoder_2").is_dir() and
+                                                    t5_folder(folder / "text_encoder_2") is not None)
+    if name in _T5_PIPELINES or t5:
+        raise CheckpointError(f"{folder}: an SD3/SD3.5/Flux pipeline ({name or 'T5 encoder found'}): {_T5_REFUSAL}")
+
+
+def _refuse_t5_file(f: TensorFile) -> None:
+    """SD3 / SD3.5 single files keep CLIP-L, CLIP-G and T5 under `text_encoders.*`; bare T5 files have no CLIP."""
+    from sdclip.encoder.loading.t5 import find_t5_prefix
+
+    keys = f.keys()
+    if any(k.startswith("text_encoders.") for k in keys) or find_t5_prefix(f) is not None:
+        raise CheckpointError(f"{f.path}: an SD3/SD3.5/Flux text-encoder file: {_T5_REFUSAL}")
+
+
 def load_text_encoders(
     source: str | Path,
     *,
@@ -470,9 +502,12 @@ def load_text_encoders(
         raise CheckpointError(f"dtype {dtype} unsupported (float32, float16, bfloat16)")
     path = resolve(source)
     if path.is_dir():
+        _refuse_t5_pipeline(path)
         fam, parts, toks = _from_folder(path, family)
     else:
-        parts = find_parts(open_tensor_file(path))
+        f = open_tensor_file(path)
+        _refuse_t5_file(f)
+        parts = find_parts(f)
         fam = assign_family(parts, family, path)
         toks = (None,) * len(parts)
     encoders = tuple(build_encoder(p, dtype, device) for p in parts)
