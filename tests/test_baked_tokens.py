@@ -5,7 +5,8 @@ added token reads its own row of the token table — not a textual-inversion slo
 from __future__ import annotations
 
 import torch
-from tiny_models import tiny_family, write_layout, write_tokenizer
+from clip_files import write_tokenizer
+from tiny_models import tiny_family, write_layout
 from transformers import CLIPTokenizer
 
 from sdclip.conditioner import Conditioner

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from tiny_models import write_tokenizer
+from clip_files import write_tokenizer
 
 from sdclip.cli.main import main
 

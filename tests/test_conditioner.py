@@ -13,17 +13,8 @@ import functools
 import pytest
 import torch
 from safetensors.torch import save_file
-from test_conditioner_a1111 import (
-    BOS,
-    EOS,
-    _text_model,
-    a1111_encode,
-    emphasis_original,
-    family_models,
-    hf_tokenizer,
-    long_prompt,
-    tokenize_line,
-)
+from a1111_oracle import BOS, EOS, hf_tokenizer, tokenize_line
+from test_conditioner_a1111 import _text_model, a1111_encode, emphasis_original, family_models, long_prompt
 from tiny_models import tiny_family, write_layout
 
 from sdclip.conditioner import Conditioner

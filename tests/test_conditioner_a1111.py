@@ -1,18 +1,7 @@
 """a1111 preset vs an independent AUTOMATIC1111 oracle written here, on shared random-weight models.
 
-The oracle re-implements stable-diffusion-webui's text path from its documented rules (behaviour, not code):
+The text side of the oracle (parsing, chunking) is tests/a1111_oracle.py; here is its model side:
 
-- ``modules/prompt_parser.py`` ``parse_prompt_attention``: a regex tokenizer over ``\\(`` ``\\)`` ``\\[`` ``\\]``
-  ``\\\\`` (literals), a lone ``\\`` (dropped), ``(``, ``[``, ``:w)`` (weighted closer), ``)``, ``]``, text, ``:``;
-  ``(x)`` ×1.1, ``[x]`` ÷1.1, ``(x:w)`` ×w, each multiplier applied to the run in the order brackets close;
-  unclosed brackets apply to the end (round first, then square); a closer with nothing open is text;
-  ``\\s*\\bBREAK\\b\\s*`` inside text becomes the marker ("BREAK", -1); adjacent equal weights merge.
-- ``modules/sd_hijack_clip.py`` ``tokenize_line``: every parsed segment tokenized on its own (no BOS/EOS);
-  75-token chunks; on a token that is not a comma arriving at a full chunk whose last comma is within 20
-  (``comma_padding_backtrack``) of the end, the tokens after that comma move to the next chunk; a full chunk is
-  closed; BREAK closes the chunk; a chunk is ``[BOS] + tokens + [EOS]`` padded with EOS to 77; a last empty
-  chunk is kept only when there is none. ``process_tokens``: for models whose pad is not EOS (OpenCLIP: SD2,
-  SDXL's bigG) every slot after the first EOS becomes 0.
 - encoding per chunk index (batch of one prompt): SD1 ``hidden_states[-clip_skip]`` + final LayerNorm (the
   last hidden state for clip skip 1); SD2 the penultimate layer + final LayerNorm; SDXL both encoders at the
   penultimate layer without final LayerNorm, concatenated on features (L ‖ G), pooled from bigG's projected
@@ -29,159 +18,16 @@ chunk means are far from 0 and the mean restoration is well conditioned; checked
 from __future__ import annotations
 
 import functools
-import re
-import tempfile
-from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import tiny_family, write_tokenizer
-from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+from a1111_oracle import BOS, EOS, parse_attention, tokenize_line
+from tiny_models import tiny_family
+from transformers import CLIPTextModelWithProjection
 
 from sdclip.conditioner import Conditioner
 from sdclip.encoder import encoders_from_modules
 from sdclip.conventions.presets import Options
-
-BOS, EOS = 49406, 49407
-CHUNK = 75
-
-# ---------------------------------------------------------------------------------------------------
-# the oracle
-# ---------------------------------------------------------------------------------------------------
-
-_ATTENTION = re.compile(
-    r"""
-\\\(|\\\)|\\\[|\\]|\\\\|\\|
-\(|\[|
-:\s*([+-]?[.\d]+)\s*\)|
-\)|]|
-[^\\()\[\]:]+|
-:
-""",
-    re.X,
-)
-_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
-
-
-def parse_attention(text: str) -> list[list]:
-    """[[text, weight], …] as A1111's parse_prompt_attention; BREAK is ["BREAK", -1]."""
-    res: list[list] = []
-    round_open: list[int] = []
-    square_open: list[int] = []
-
-    def scale(start: int, factor: float) -> None:
-        for p in range(start, len(res)):
-            res[p][1] *= factor
-
-    for m in _ATTENTION.finditer(text):
-        piece, weight = m.group(0), m.group(1)
-        if piece.startswith("\\"):
-            res.append([piece[1:], 1.0])
-        elif piece == "(":
-            round_open.append(len(res))
-        elif piece == "[":
-            square_open.append(len(res))
-        elif weight is not None and round_open:
-            scale(round_open.pop(), float(weight))
-        elif piece == ")" and round_open:
-            scale(round_open.pop(), 1.1)
-        elif piece == "]" and square_open:
-            scale(square_open.pop(), 1 / 1.1)
-        else:
-            for i, part in enumerate(_BREAK.split(piece)):
-                if i:
-                    res.append(["BREAK", -1])
-                res.append([part, 1.0])
-    for pos in round_open:
-        scale(pos, 1.1)
-    for pos in square_open:
-        scale(pos, 1 / 1.1)
-    if not res:
-        res = [["", 1.0]]
-    i = 0
-    while i + 1 < len(res):
-        if res[i][1] == res[i + 1][1]:
-            res[i][0] += res[i + 1][0]
-            res.pop(i + 1)
-        else:
-            i += 1
-    return res
-
-
-@functools.lru_cache(maxsize=None)
-def hf_tokenizer() -> CLIPTokenizer:
-    """transformers 5 CLIPTokenizer over the real CLIP BPE files (tests/tiny_models.write_tokenizer)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        return CLIPTokenizer.from_pretrained(str(write_tokenizer(Path(tmp) / "tok")))
-
-
-def comma_id() -> int:
-    ids = hf_tokenizer()([","], add_special_tokens=False)["input_ids"][0]
-    assert len(ids) == 1
-    return ids[0]
-
-
-def tokenize_line(
-    text: str, backtrack: int = 20, embeddings: dict[str, torch.Tensor] | None = None
-) -> list[tuple[list[int], list[float], list[tuple[int, str]]]]:
-    """Chunks (77 ids with EOS padding, 77 multipliers, [(slot, embedding name)]) as A1111's tokenize_line.
-
-    embeddings: name → [n, D] vectors; a name is found by its own token ids inside a segment (A1111's
-    find_embedding_at_position), fills n slots and never straddles chunks."""
-    tok = hf_tokenizer()
-    parsed = parse_attention(text)
-    tokenized = tok([t for t, _ in parsed], add_special_tokens=False)["input_ids"]
-    lookup = {}
-    for name, vec in (embeddings or {}).items():
-        lookup[tuple(tok([name], add_special_tokens=False)["input_ids"][0])] = (name, vec.shape[0])
-    comma = comma_id()
-    chunks: list[tuple[list[int], list[float], list[tuple[int, str]]]] = []
-    ids: list[int] = []
-    mults: list[float] = []
-    fixes: list[tuple[int, str]] = []
-    last_comma = -1
-
-    def next_chunk() -> None:
-        nonlocal ids, mults, fixes, last_comma
-        pad = CHUNK - len(ids)
-        chunks.append(([BOS] + ids + [EOS] * (pad + 1), [1.0] + mults + [1.0] * (pad + 1), fixes))
-        ids, mults, fixes, last_comma = [], [], [], -1
-
-    for tokens, (segment, weight) in zip(tokenized, parsed):
-        if segment == "BREAK" and weight == -1:
-            next_chunk()
-            continue
-        pos = 0
-        while pos < len(tokens):
-            token = tokens[pos]
-            if token == comma:
-                last_comma = len(ids)
-            elif backtrack and len(ids) == CHUNK and last_comma != -1 and len(ids) - last_comma <= backtrack:
-                cut = last_comma + 1
-                moved_ids, moved_mults = ids[cut:], mults[cut:]
-                moved_fixes = [(s - cut, n) for s, n in fixes if s >= cut]
-                ids, mults, fixes = ids[:cut], mults[:cut], [(s, n) for s, n in fixes if s < cut]
-                next_chunk()
-                ids, mults, fixes = moved_ids, moved_mults, moved_fixes
-            if len(ids) == CHUNK:
-                next_chunk()
-            found = next(((k, v) for k, v in lookup.items() if tuple(tokens[pos : pos + len(k)]) == k), None)
-            if found is None:
-                ids.append(token)
-                mults.append(weight)
-                pos += 1
-                continue
-            (name_ids, (name, n)) = found
-            if len(ids) + n > CHUNK:
-                next_chunk()
-            fixes.append((len(ids), name))
-            ids += [0] * n
-            mults += [weight] * n
-            pos += len(name_ids)
-    if ids or not chunks:
-        next_chunk()
-    return chunks
-
 
 def _text_model(model):
     return model.text_model if isinstance(model, CLIPTextModelWithProjection) else model

@@ -40,7 +40,8 @@ from sdclip.conditioner import Conditioner
 from sdclip.encoder import encoders_from_modules
 from sdclip.conventions.presets import Options
 from sdclip.syntax.prompt import PromptSyntaxError
-from tiny_models import tiny_family, write_tokenizer
+from clip_files import write_tokenizer
+from tiny_models import tiny_family
 
 transformers = pytest.importorskip("transformers")
 compel = pytest.importorskip("compel")

@@ -8,6 +8,8 @@ import random
 
 import pytest
 
+from a1111_oracle import chunk_segments
+
 from sdclip.layout import COMMA_ID, LayoutSpec, layout
 from sdclip.tokenizer.stream import BOS, EOS, FIRST_VECTOR_ID, TokenStream
 
@@ -37,49 +39,10 @@ def members(rows) -> list[list[int]]:
     return [[t for t in row if t >= 0] for row in rows.tokens]
 
 
-# -- an independent AUTOMATIC1111 oracle ------------------------------------------------------------
-
-
-def a1111_oracle(segments, comma_backtrack=20, chunk_length=75, embeddings=None):
-    """segments: list of (token ids, weight) or ("BREAK", -1); returns (chunks as token lists, token_count).
-    Written from REFERENCE.md §5 / sd_hijack_clip.tokenize_line's rules; embeddings: {first id: length}."""
-    embeddings = embeddings or {}
-    chunks, chunk, token_count, last_comma = [], [], 0, -1
-
-    def next_chunk(is_last=False):
-        nonlocal chunk, token_count, last_comma
-        token_count += len(chunk) if is_last else chunk_length
-        chunks.append(list(chunk))
-        chunk, last_comma = [], -1
-
-    for tokens, weight in segments:
-        if tokens == "BREAK" and weight == -1:
-            next_chunk()
-            continue
-        pos = 0
-        while pos < len(tokens):
-            tok = tokens[pos]
-            if tok == COMMA_ID:
-                last_comma = len(chunk)
-            elif comma_backtrack and len(chunk) == chunk_length and last_comma != -1 and len(chunk) - last_comma <= comma_backtrack:
-                reloc = chunk[last_comma + 1 :]
-                chunk = chunk[: last_comma + 1]
-                next_chunk()
-                chunk = reloc
-            if len(chunk) == chunk_length:
-                next_chunk()
-            n = embeddings.get(tok)
-            if n is None:
-                chunk.append(tok)
-                pos += 1
-                continue
-            if len(chunk) + n > chunk_length:
-                next_chunk()
-            chunk.extend(tokens[pos : pos + n])
-            pos += n
-    if chunk or not chunks:
-        next_chunk(is_last=True)
-    return chunks, token_count
+def a1111_oracle(segments, comma_backtrack=20):
+    """The shared oracle's chunks as token lists, and its token count."""
+    chunks, count = chunk_segments(segments, comma=COMMA_ID, backtrack=comma_backtrack)
+    return [[t for t, _, _ in chunk] for chunk in chunks], count
 
 
 def test_chunk_matches_a1111_oracle_on_random_streams():

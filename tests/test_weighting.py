@@ -20,7 +20,7 @@ from sdclip.assemble.weighting import (
     slot_fragments,
 )
 
-from tiny_models import write_tokenizer
+from clip_files import write_tokenizer
 
 transformers = pytest.importorskip("transformers")
 compel = pytest.importorskip("compel")

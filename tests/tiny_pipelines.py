@@ -35,7 +35,7 @@ TIME_EMBED_DIM = 8
 @functools.lru_cache(maxsize=None)
 def clip_tokenizer(pad: str = "<|endoftext|>") -> CLIPTokenizer:
     """A real CLIP BPE tokenizer (transformers' own class, as diffusers loads it); built once per pad."""
-    from tiny_models import write_tokenizer
+    from clip_files import write_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         return CLIPTokenizer.from_pretrained(str(write_tokenizer(Path(tmp) / "tok", pad)))
