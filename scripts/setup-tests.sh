@@ -16,3 +16,13 @@ if [ ! -d .side/hf4/transformers ]; then
   python -m pip install -q --disable-pip-version-check --no-deps --target .side/hf4 \
     "transformers==4.57.6" "tokenizers==0.22.2" "huggingface_hub==0.36.2"
 fi
+# the torch-free stages (syntax, tokenizer, layout, prepare, conventions, inspect) are also tested in an
+# environment without torch, as `pip install sdclip` users have it: a venv with the core install only, plus
+# pytest and the torch-free oracles (tests/test_torch_free.py runs them there)
+if [ ! -x .venv-notorch/bin/python ]; then
+  python -m venv .venv-notorch
+fi
+.venv-notorch/bin/python -m pip install -q --disable-pip-version-check -c scripts/test-constraints.txt \
+  -e . pytest hypothesis "transformers" "starlette>=0.37" "httpx>=0.27"
+# the page's browser test drives Debian's chromium (CI installs it with apt-get; see .ci/run)
+command -v chromium >/dev/null || echo "note: no chromium on PATH: the browser test of sdclip serve will be skipped" >&2

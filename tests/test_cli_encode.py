@@ -10,6 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from safetensors import safe_open
@@ -130,20 +135,21 @@ def test_clip_skip_ignores_the_presets_convention(models, conditioners, tmp_path
 @pytest.mark.parametrize("pack", [False, True], ids=["plain", "packed"])
 def test_prompts_file_batches_to_one_length(models, conditioners, tmp_path, pack):
     """B prompts (batched 2 at a time, of different lengths) → [B, N, D], every row padded to the longest;
-    --pack-weights (oneDNN-packed weight copies) gives the same tensors."""
-    prompts = [PROMPT, LONG, "a cat", "a dog on a sofa"]
+    line i is row i, a blank line the empty prompt; --pack-weights (oneDNN-packed weight copies) gives the
+    same tensors."""
+    prompts = [PROMPT, LONG, "", "a cat", "a dog on a sofa"]
     src = tmp_path / "prompts.txt"
-    src.write_text("\n".join(prompts[:2]) + "\n\n" + "\n".join(prompts[2:]) + "\n", encoding="utf-8")
+    src.write_text("\n".join(prompts) + "\n", encoding="utf-8")
     out = tmp_path / "batch.safetensors"
     assert encode("--model", models["sdxl"], "--prompts-file", src, "--negative", NEGATIVE, "--batch-size", "2",
                   "--out", out, *(["--pack-weights"] if pack else [])) == 0
     got = load_file(out)
-    assert got["prompt_embeds"].shape == got["negative_prompt_embeds"].shape == (4, 154, 320)
-    assert got["pooled_prompt_embeds"].shape == (4, 80)
-    # the whole batch at once through the Conditioner gives the same tensors as the 2 + 2 batches
+    assert got["prompt_embeds"].shape == got["negative_prompt_embeds"].shape == (5, 154, 320)
+    assert got["pooled_prompt_embeds"].shape == (5, 80)
+    # the whole batch at once through the Conditioner gives the same tensors as the 2 + 2 + 1 batches
     assert_same(got, expected(conditioners("sdxl"), prompts, NEGATIVE), atol=1e-5)
     with safe_open(str(out), "pt") as f:
-        assert f.metadata()["prompts"] == "4"
+        assert f.metadata()["prompts"] == "5"
 
 
 def test_prompts_file_without_negative_keeps_diffusers_zeros(models, conditioners, tmp_path):
@@ -183,7 +189,18 @@ FAILURES = {
         "'wide'",
     ),
     "missing prompts file": (lambda m, t: ["--model", m["sd1"], "--prompts-file", t / "none.txt"], "none.txt"),
+    "prompts file is a folder": (lambda m, t: ["--model", m["sd1"], "--prompts-file", t], "is a folder"),
+    "bad line": (lambda m, t: ["--model", m["sd1"], "--prompts-file", _lines(t, "a fox\n\na (cat:1000)\n")], "line 3: "),
+    "non-utf8 line": (lambda m, t: ["--model", m["sd1"], "--prompts-file", _lines(t, b"a fox\n\xff\xfe\n")], "line 2 is not utf-8"),
+    "cuda without a gpu": (lambda m, t: ["--model", m["sd1"], "--prompt", PROMPT, "--device", "cuda"], "no cuda gpu"),
+    "too many rows": (lambda m, t: ["--model", m["sd1"], "--prompt", LONG, "--row-limit", "1"], "row_limit=1"),
 }
+
+
+def _lines(folder: Path, content: str | bytes) -> Path:
+    path = folder / "prompts.txt"
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return path
 
 
 @pytest.mark.parametrize("case", list(FAILURES))
@@ -202,21 +219,67 @@ def test_failure_leaves_out_untouched(models, tmp_path, capsys, case):
     assert [p.name for p in out.parent.iterdir()] == ["c.safetensors"]
 
 
-def test_failure_while_writing_removes_the_temporary_file(models, tmp_path, monkeypatch):
-    """A write that dies half-way (disk full) leaves the old file and no partial temporary file."""
-    import safetensors.torch
+def test_failure_while_writing_removes_the_temporary_file(models, tmp_path, monkeypatch, capsys):
+    """A write that dies half-way (disk full) is a one-line error; the old file stays, no partial file."""
+    import os
 
-    def half_write(tensors, filename, metadata=None):  # noqa: ANN001
-        Path(filename).write_bytes(b"partial")
+    def full(fd, data, offset):  # noqa: ANN001
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", half_write)
+    monkeypatch.setattr(os, "pwrite", full)
     out = tmp_path / "c.safetensors"
     out.write_bytes(OLD_BYTES)
-    with pytest.raises(OSError, match="No space"):
-        encode("--model", models["sd1"], "--prompt", PROMPT, "--out", out)
+    assert encode("--model", models["sd1"], "--prompt", PROMPT, "--out", out) == 2
+    assert capsys.readouterr().err.strip() == f"sdclip: cannot write {out}: disk full; nothing written"
     assert out.read_bytes() == OLD_BYTES
     assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]
+
+
+@pytest.mark.parametrize("where", ["the model", "a folder", "under a file", "read-only"])
+def test_output_location_is_checked_before_loading(models, tmp_path, capsys, monkeypatch, where):
+    """--out equal to the model, a folder, a path under a file or in a read-only folder: a one-line error
+    before the model loads (the loader is never called), the input untouched."""
+    import sdclip.conditioner
+
+    calls = []
+    monkeypatch.setattr(sdclip.conditioner.Conditioner, "from_pretrained", classmethod(lambda *a, **k: calls.append(1)))
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(models["sd1"].read_bytes())
+    before = model.read_bytes()
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    out = {"the model": model, "a folder": tmp_path, "under a file": model / "c.safetensors", "read-only": ro / "c.safetensors"}[where]
+    if where == "read-only":
+        ro.chmod(0o500)
+        if os.access(ro, os.W_OK):  # root ignores permissions: make the folder a read-only mount instead
+            pytest.skip("running as root: permissions do not stop writes")
+    try:
+        assert encode("--model", model, "--prompt", PROMPT, "--out", out) == 2
+    finally:
+        ro.chmod(0o700)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("sdclip: ") and "Traceback" not in err, err
+    assert calls == [] and model.read_bytes() == before
+
+
+def test_truncation_is_reported(models, tmp_path, capsys):
+    """Truncated prompts are named on stderr (by line) and counted in the file's metadata."""
+    src = _lines(tmp_path, f"a fox\n{LONG}\n")
+    out = tmp_path / "t.safetensors"
+    assert encode("--model", models["sd1"], "--prompts-file", src, "--preset", "diffusers", "--out", out) == 0
+    err = capsys.readouterr().err
+    assert "1 of 2 prompt(s) truncated" in err and "line 2: dropped" in err
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    assert meta["truncated"] == "1" and json.loads(meta["truncated_lines"])[0]["line"] == 2
+
+
+def test_missing_torch_says_what_to_install(tmp_path):
+    """Without torch (the README's first install), encode names the install line instead of a traceback."""
+    code = ("import sys; sys.modules['torch'] = None; from sdclip.cli import main; "
+            f"sys.exit(main(['encode', '--model', 'x', '--prompt', 'a fox', '--out', {str(tmp_path / 'c.safetensors')!r}]))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 2 and "pip install 'sdclip[torch]'" in run.stderr and "Traceback" not in run.stderr
 
 
 def test_out_must_be_safetensors(models, tmp_path, capsys):

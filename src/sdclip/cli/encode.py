@@ -1,97 +1,180 @@
 """`sdclip encode`: prompts → a .safetensors file of diffusers-ready conditioning.
 
-Imported by the CLI at start-up, so torch is imported only inside the command itself.
 Contract (keep it stable): writes `prompt_embeds` and `negative_prompt_embeds` ([B, N, D]; B = 1 for
 --prompt) and, for SDXL, `pooled_prompt_embeds` and `negative_pooled_prompt_embeds` ([B, 1280]).
 `--clip-skip N` always uses AUTOMATIC1111's convention (1 = last layer), whatever the preset.
-The file is written atomically: a failure leaves any existing --out untouched and no partial file.
+
+Order of work, so that a mistake costs nothing: the output location is checked (never an input, a folder, a
+read-only place), every prompt is read and laid out (errors name their line), then the model loads, and the
+rows stream into a temporary file batch by batch (memory holds one batch) that is renamed over `--out` only
+when complete. Truncated prompts are reported on stderr and in the file's metadata.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
+import sys
+import warnings
 from dataclasses import asdict
-from collections.abc import Callable
 from pathlib import Path
 
 from sdclip.cli.options import add_model_options, add_text_options, model_options
+from sdclip.outputs import OutputError, atomic_path, check_output_file, reason
+
+#: how many truncated prompts the file's metadata and stderr list by line (the count is always exact)
+REPORTED = 20
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("encode", help="encode prompts with a model's text encoder(s) to a .safetensors file")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="the prompt")
-    src.add_argument("--prompts-file", type=Path, help="one prompt per line, encoded in batches")
+    src.add_argument("--prompts-file", type=Path,
+                     help="UTF-8 text, one prompt per line (line i is row i; a blank line is the empty prompt)")
     p.add_argument("--negative", help="negative prompt (default: none — the empty prompt, or zeros where the preset says)")
-    p.add_argument("--out", required=True, type=Path, help="output .safetensors file")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per batch with --prompts-file")
+    p.add_argument("--out", required=True, type=Path, help="output .safetensors file (never one of the inputs)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per encoder batch with --prompts-file (default 8)")
     add_model_options(p)
     add_text_options(p)
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
-    from safetensors.torch import save_file
+def read_prompts(path: Path) -> list[str]:
+    """Every line of a prompts file, blank ones included (the empty prompt): row i of the output is line i."""
+    if path.is_dir():
+        raise ValueError(f"--prompts-file {path} is a folder, not a file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read --prompts-file {path}: {reason(exc)}") from None
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()  # the newline that ends the last line does not start another
+    out = []
+    for number, raw in enumerate(lines, 1):
+        try:
+            out.append(raw.decode("utf-8").rstrip("\r"))
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path} line {number} is not UTF-8 (byte {exc.start}): {raw[:60]!r}") from None
+    if not out:
+        raise ValueError(f"{path} holds no prompt")
+    return out
 
-    from sdclip.conditioner import Conditioner
+
+def _torch():  # noqa: ANN202
+    try:
+        import torch
+    except ModuleNotFoundError:
+        raise ValueError(
+            "sdclip encode runs the text encoder, which needs torch: pip install 'sdclip[torch]' "
+            "(CPU-only torch first, a few hundred MB instead of the multi-GB CUDA build: "
+            "pip install torch --index-url https://download.pytorch.org/whl/cpu)"
+        ) from None
+    return torch
+
+
+def check_device(torch, device: str) -> None:  # noqa: ANN001
+    """A clear error for a device this machine does not have (before loading anything onto it)."""
+    kind = device.split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: this torch ({torch.__version__}) sees no CUDA GPU; use --device cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available here; use --device cpu")
+
+
+def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError("--batch-size must be ≥ 1")
     if args.out.suffix != ".safetensors":
         raise ValueError(f"--out must be a .safetensors file, got {args.out}")
+    inputs = [args.model, *args.embeddings] + ([args.prompts_file] if args.prompts_file else [])
+    check_output_file(args.out, inputs)
+    prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts_file)
     options = model_options(args)
+    torch = _torch()
+    check_device(torch, args.device)
+    from sdclip.conditioner import Conditioner
+
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
-    prompts = [args.prompt] if args.prompt is not None else _read_prompts(args.prompts_file)
-
     cond = Conditioner.from_pretrained(
-        args.model, family=args.family, dtype=dtype, device=args.device, embeddings=args.embeddings, options=options,
-        pack_weights=args.pack_weights
+        args.model, family=args.family, dtype=dtype, device=args.device, embeddings=args.embeddings,
+        options=options, pack_weights=args.pack_weights, row_limit=args.row_limit,
     )
-    texts = prompts + [args.negative or ""]
-    length = max(cond.prepare(t).slots for t in texts)  # one N for the whole file, known before encoding
-    pairs = []
-    if args.prompt is not None:
-        pairs.append(cond(prompts, args.negative))
-    else:
-        from rich.progress import Progress
-
-        with Progress(transient=True) as progress:
-            task = progress.add_task("encoding", total=len(prompts))
-            for lo in range(0, len(prompts), args.batch_size):
-                batch = prompts[lo : lo + args.batch_size]
-                pairs.append(cond.encode(batch, args.negative, length=length))
-                progress.advance(task, len(batch))
-    kwargs = [p.diffusers_kwargs() for p in pairs]
-    tensors = {name: torch.cat([k[name] for k in kwargs]).contiguous().cpu() for name in kwargs[0]}
+    where = (lambda i: f"line {i + 1}") if args.prompts_file else (lambda i: "the prompt")
+    length, truncated = 0, []
+    for i, text in enumerate(prompts):
+        try:
+            prep = cond.prepare(text)
+        except ValueError as exc:
+            raise type(exc)(f"{where(i)}: {exc}") from None
+        length = max(length, prep.slots)
+        if prep.dropped:
+            truncated.append({"line": i + 1, "dropped": prep.dropped[:200]})
+    negative = args.negative
+    if negative is not None:
+        length = max(length, cond.prepare(negative).slots)
+    _report(truncated, len(prompts), where)
     metadata = {
         "family": cond.family.name,
         "options": json.dumps(asdict(options)),
         "prompts": str(len(prompts)),
+        "truncated": str(len(truncated)),
+        "truncated_lines": json.dumps(truncated[:REPORTED], ensure_ascii=False),
     }
-    _save_atomic(tensors, args.out, metadata, save_file)
-    shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in tensors.items())
-    print(f"wrote {args.out}: {shapes}")
+    shapes = _write(cond, prompts, negative, length, args, metadata, torch)
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in shapes.items()))
     return 0
 
 
-def _read_prompts(path: Path) -> list[str]:
-    lines = [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").splitlines()]
-    prompts = [line for line in lines if line.strip()]
-    if not prompts:
-        raise ValueError(f"{path} holds no prompt")
-    return prompts
+def _report(truncated: list[dict], total: int, where) -> None:  # noqa: ANN001
+    if not truncated:
+        return
+    print(f"sdclip: warning: {len(truncated)} of {total} prompt(s) truncated:", file=sys.stderr)
+    for t in truncated[:REPORTED]:
+        print(f"  {where(t['line'] - 1)}: dropped {t['dropped']!r}", file=sys.stderr)
+    if len(truncated) > REPORTED:
+        print(f"  … and {len(truncated) - REPORTED} more (all counted in the file's metadata)", file=sys.stderr)
 
 
-def _save_atomic(tensors: dict, out: Path, metadata: dict, save_file: Callable) -> None:  # noqa: ANN001
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
+def _write(cond, prompts: list[str], negative, length: int, args, metadata: dict, torch) -> dict:  # noqa: ANN001
+    """Encode in batches straight into a temporary file; rename it over --out only when every row is in."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from sdclip.cli.safetensors_stream import StreamingSafetensors
+
+    first = _kwargs(cond.encode(prompts[:1], negative, length=length))
+    specs = {k: (v.dtype, (len(prompts), *v.shape[1:])) for k, v in first.items()}
     try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_path(args.out) as tmp:
+            out = StreamingSafetensors(tmp, specs, metadata)
+            try:
+                with Progress(transient=True, console=Console(stderr=True), disable=len(prompts) <= args.batch_size) as bar:
+                    task = bar.add_task("encoding", total=len(prompts))
+                    for lo in range(0, len(prompts), args.batch_size):
+                        batch = prompts[lo : lo + args.batch_size]
+                        tensors = first if lo == 0 and len(batch) == 1 else _kwargs(cond.encode(batch, negative, length=length))
+                        for name, rows in tensors.items():
+                            if not bool(torch.isfinite(rows).all()):
+                                raise ValueError(
+                                    f"{name} of prompts {lo + 1}–{lo + len(batch)} is not finite in {rows.dtype} "
+                                    f"(--dtype {args.dtype}: try fp32 or bf16); nothing written"
+                                )
+                            out.write(name, lo, rows)
+                        bar.advance(task, len(batch))
+            finally:
+                out.close()
+    except OSError as exc:
+        raise OutputError(f"cannot write {args.out}: {reason(exc)}; nothing written") from None
+    return {k: list(shape) for k, (_, shape) in specs.items()}
+
+
+def _kwargs(pair) -> dict:  # noqa: ANN001
+    """diffusers kwargs; its warnings (a lone AND weight) are shown as sdclip warnings."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kwargs = pair.diffusers_kwargs()
+    for w in {str(c.message) for c in caught}:
+        print(f"sdclip: warning: {w}", file=sys.stderr)
+    return {k: v.contiguous().cpu() for k, v in kwargs.items()}

@@ -37,6 +37,8 @@ def add_model_options(p: argparse.ArgumentParser, *, model_required: bool = True
     p.add_argument("--embeddings", action="append", default=[], help="textual-inversion file or folder (repeatable)")
     p.add_argument("--dtype", choices=DTYPES, default="fp32", help="encoder precision (default fp32)")
     p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1, mps …")
+    p.add_argument("--row-limit", type=int, default=64,
+                   help="refuse prompts that need more rows than this (default 64 ≈ 4,800 tokens; compress fits it)")
     p.add_argument("--pack-weights", action="store_true",
                    help="CPU: 3-27%% faster encoding for a second copy of the encoder weights in memory")
 
