@@ -266,6 +266,17 @@ def test_and_gives_a_composition_and_diffusers_refuses_it() -> None:
         pair.diffusers_kwargs()
 
 
+@pytest.mark.parametrize("prompt, weight", [("a cinematic photo, 16:9", 9), ("a fox :0.5", 0.5)])
+def test_a_single_part_and_weight_is_a_warning_for_diffusers(prompt, weight) -> None:
+    """An ordinary prompt that A1111 reads as one part with a weight still encodes for diffusers: the weight
+    (a guidance scale only A1111's sampler knows) is named in a warning, the embeds are the part's own."""
+    cond = make()
+    pair = cond(prompt)
+    with pytest.warns(UserWarning, match=f"AND weight {weight:g}"):
+        kwargs = pair.diffusers_kwargs()
+    assert kwargs["prompt_embeds"].shape == (1, 77, 128)
+
+
 def test_compel_blend_and_concat() -> None:
     cond = make(preset="compel")
     a = cond("a red fox").positive.embeds[0]

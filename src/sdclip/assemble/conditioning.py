@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass
 
 from torch import Tensor
 
@@ -27,6 +28,10 @@ class Conditioning:
     def length(self) -> int:
         return int(self.embeds.shape[1])
 
+    def __repr__(self) -> str:
+        pooled = f", pooled {list(self.pooled.shape)}" if self.pooled is not None else ""
+        return f"Conditioning(embeds {list(self.embeds.shape)} {self.embeds.dtype}{pooled}, texts={self.texts!r})"
+
 
 @dataclass(frozen=True)
 class ConditioningPair:
@@ -36,14 +41,28 @@ class ConditioningPair:
     negative: Conditioning
 
     def diffusers_kwargs(self) -> dict[str, Tensor]:
-        """Keyword arguments for a diffusers StableDiffusion(XL)Pipeline call."""
+        """Keyword arguments for a diffusers StableDiffusion(XL)Pipeline call.
+
+        AUTOMATIC1111's AND makes several conditionings per prompt, which only a composable-diffusion sampler
+        mixes (`Conditioning.composition`): several parts are an error here. A single part's weight (a
+        trailing `:w`, as in `a fox :0.5`, or `16:9` read by A1111 as text `16` with weight 9) scales that
+        prompt's guidance in A1111; diffusers has no such knob, so it is dropped with a warning naming it."""
         for name, cond in (("prompt", self.positive), ("negative prompt", self.negative)):
-            if cond.composition is not None:
+            if cond.composition is None:
+                continue
+            if any(len(mix) > 1 for mix in cond.composition):
                 raise ValueError(
-                    f"the {name} uses AUTOMATIC1111's AND / prompt weight (`a AND b`, or a trailing `:2` that "
-                    "scales a whole prompt's guidance): diffusers pipelines take one conditioning per prompt; "
-                    "use a sampler that mixes `composition`, or compel's .blend()/.and()"
+                    f"the {name} uses AUTOMATIC1111's AND (`a AND b`): diffusers pipelines take one conditioning "
+                    "per prompt; use a sampler that mixes `Conditioning.composition` (sdclip's AND entries and "
+                    "weights), or compel's .blend()/.and()"
                 )
+            for b, [(_, weight)] in enumerate(cond.composition):
+                if weight != 1.0:
+                    warnings.warn(
+                        f"{name} {b}: its AUTOMATIC1111 AND weight {weight:g} (a trailing ':{weight:g}') scales "
+                        "guidance in A1111; diffusers has no such knob, so it is ignored",
+                        stacklevel=2,
+                    )
         out = {"prompt_embeds": self.positive.embeds, "negative_prompt_embeds": self.negative.embeds}
         if self.positive.pooled is not None:
             out["pooled_prompt_embeds"] = self.positive.pooled
@@ -58,6 +77,10 @@ class ScheduledConditioning:
 
     steps: int
     entries: tuple[tuple[int, ConditioningPair], ...] = ()
+
+    def __repr__(self) -> str:
+        ends = ", ".join(f"≤{end}: {pair.positive.texts[0]!r}" for end, pair in self.entries)
+        return f"ScheduledConditioning({self.steps} steps; {ends})"
 
     def at(self, step: int) -> ConditioningPair:
         if not 1 <= step <= self.steps:
