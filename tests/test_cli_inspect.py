@@ -65,7 +65,8 @@ def test_truncate_reports_dropped_text_and_chunk_counts(capsys):
 
 def test_break_and_sdxl_rows_by_encoder(capsys):
     out = run_json(capsys, "a fox BREAK a forest", "--family", "sdxl")
-    assert len(out["rows"]) == 2 and out["tokens"] == 75 + 2  # A1111 counts a BREAK-ended chunk as 75
+    assert len(out["rows"]) == 2 and out["tokens"] == 4 and out["capacity"] == 150  # real tokens, rows built
+    assert out["counter"] == {"count": 75 + 2, "capacity": 150}  # A1111 counts a BREAK-ended chunk as 75
     part = out["parts"][0]["rows_by_encoder"]
     assert set(part) == {"clip_l", "clip_g"}
     assert part["clip_l"][0]["ids"][-1] == EOS and part["clip_g"][0]["ids"][-1] == 0
@@ -75,10 +76,13 @@ def test_human_view_shows_rows_counter_and_dropped(capsys):
     long = " ".join(["forest"] * 80)
     assert main(["inspect", long, "--layout", "truncate"]) == 0
     text = capsys.readouterr().out
-    assert "row 1" in text and "tokens: 80/150" in text and "dropped:" in text
+    assert "row 1" in text and "tokens: 80/75 in 1 row(s)" in text and "dropped:" in text
     assert main(["inspect", REF_EXAMPLE]) == 0
     text = capsys.readouterr().out
     assert "house" in text and "1.57" in text and "tokens: 10/75" in text
+    assert main(["inspect", "a café in the 森林 🦊"]) == 0
+    text = capsys.readouterr().out
+    assert "café" in text and "森" in text and "🦊" in text and "Ã" not in text  # as typed, never BPE bytes
 
 
 def test_syntax_error_is_exit_2_with_caret(capsys):
@@ -126,3 +130,45 @@ def test_tokenize_refuses_bytes_that_are_not_utf8():
     assert proc.returncode == 2
     assert proc.stdout.decode().splitlines() == ["[320,3240]"]  # the good line before it is answered
     assert b"line 2" in proc.stderr and b"not UTF-8" in proc.stderr
+
+
+def test_counts_are_per_part_and_truncate_shows_its_capacity(capsys):
+    out = run_json(capsys, "a red fox AND a blue bird :0.5")
+    assert [p["tokens"] for p in out["parts"]] == [3, 3] and [p["capacity"] for p in out["parts"]] == [75, 75]
+    assert out["tokens"] == 6 and out["capacity"] == 150
+    long = " ".join(["forest"] * 5000)
+    out = run_json(capsys, long, "--layout", "truncate")
+    assert (out["tokens"], out["capacity"]) == (5000, 75) and out["dropped"]
+    out = run_json(capsys, long)
+    assert out["warnings"] and "refuses more than 64" in out["warnings"][0]
+    assert len(out["rows"]) == 64 and out["rows_omitted"] == 67 - 64  # bounded unless --full
+    assert len(run_json(capsys, long, "--full")["rows"]) == 67
+
+
+def test_scheduled_prompt_at_a_step_and_prompt_from_stdin():
+    run = subprocess.run([sys.executable, "-m", "sdclip", "inspect", "--json", "--step", "15", "--steps", "20"],
+                         input="a [dog:cat:0.5] fox\n", capture_output=True, text=True, check=True)
+    out = json.loads(run.stdout)
+    assert out["schedule"]["text"] == "a cat fox" and out["schedule"]["step"] == 15 and out["tokens"] == 3
+    run = subprocess.run([sys.executable, "-m", "sdclip", "inspect", "--step", "3"], input="a [dog:cat:0.5] fox",
+                         capture_output=True, text=True, check=True)
+    assert "showing step 3 of 20" in run.stdout and "dog" in run.stdout
+
+
+def test_extra_network_tags_are_listed_not_encoded(capsys):
+    out = run_json(capsys, "a fox, <lora:foxy:0.8>, forest")
+    assert out["extra_networks"] == [{"kind": "lora", "name": "foxy", "args": ["0.8"], "span": [7, 22]}]
+    assert out["warnings"] and "extra-network" in out["warnings"][0]
+
+
+def test_a_bad_flag_shows_its_commands_usage(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["inspect", "a fox", "--bogus"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: sdclip inspect" in err and "--bogus" in err
+
+
+def test_version_and_python_m():
+    run = subprocess.run([sys.executable, "-m", "sdclip", "--version"], capture_output=True, text=True, check=True)
+    assert run.stdout.startswith("sdclip ")

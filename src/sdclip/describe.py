@@ -1,6 +1,18 @@
-"""The JSON view of `prepare`: what `sdclip inspect --json` prints and the web API's /api/inspect answers.
+"""The JSON view of `prepare`: what `sdclip inspect --json` prints and the web API's /api/inspect answers,
+and each slot's readable text, which the terminal view, the page and the attention maps all show.
 
-One function, so the command line and the page can never disagree. Torch-free.
+One place, so the command line, the page and the pictures can never disagree. Torch-free.
+
+Fields of the inspect object (stable: later versions only add):
+- ``rows``: every row of every part (first encoder), one entry per slot incl. BOS/EOS/pad: ``ids``, ``weights``;
+  past ``ROWS_SHOWN`` rows the rest are left out (``rows_omitted`` says how many) unless ``full``.
+- ``tokens``: the prompt's real tokens (all parts; BREAK padding and BOS/EOS/pad not counted);
+  ``capacity``: token slots of the rows built (rows × 75, or × 246 for Long-CLIP), so a truncated prompt
+  shows e.g. 5000/75 with its ``dropped`` text.
+- ``counter``: AUTOMATIC1111's own counter, ``{"count", "capacity"}`` (a BREAK or a comma backtrack pads the
+  count to the row end; capacity 75·ceil(count/75)).
+- ``parts``: per AND/blend part: ``weight``, ``tokens``, ``capacity``, ``rows``, ``rows_by_encoder``, ``notes``.
+- ``warnings``: what `sdclip encode` would refuse or drop (more rows than its row_limit; extra-network tags).
 """
 
 from __future__ import annotations
@@ -10,8 +22,14 @@ from collections.abc import Mapping
 from sdclip.conventions.family import Family
 from sdclip.conventions.presets import Options
 from sdclip.layout.rows import Rows
-from sdclip.prepare import prepare
+from sdclip.prepare import PreparedPart, prepare
 from sdclip.tokenizer import Tokenizer
+from sdclip.tokenizer.stream import BOS, EOS
+
+#: rows an inspect object lists before summarising the rest (a 1 MB prompt of BREAKs is 100,000s of rows)
+ROWS_SHOWN = 64
+#: the row limit `sdclip encode` and the Conditioner apply by default
+ENCODE_ROW_LIMIT = 64
 
 
 def capacity(tokens: int, per_row: int) -> int:
@@ -19,8 +37,32 @@ def capacity(tokens: int, per_row: int) -> int:
     return per_row * max(1, -(-max(tokens, 1) // per_row))
 
 
-def _rows_json(rows: Rows) -> list[dict]:
-    return [{"ids": ids, "weights": [round(w, 6) for w in ws]} for ids, ws in zip(rows.ids, rows.weights)]
+def _rows_json(rows: Rows, limit: int | None) -> list[dict]:
+    n = len(rows) if limit is None else min(limit, len(rows))
+    return [{"ids": rows.ids[r], "weights": [round(w, 6) for w in rows.weights[r]]} for r in range(n)]
+
+
+def readable_slots(text: str, part: PreparedPart, row: int) -> list[dict]:
+    """Row `row`'s slots up to its EOS as the user typed them: ``t`` is the token's own characters of the
+    source (never a byte-level BPE symbol: `café`, `森林`, emoji stay whole; a character split into several
+    byte tokens shows on its first, the others are ``cont``), ``kind`` bos/eos/pad/token/vector, ``w`` the
+    weight, ``keep`` False for a window overlap slot that the merged sequence does not keep."""
+    rows, stream = part.rows[0], part.stream
+    slots = []
+    for s in range(rows.eos[row] + 1):
+        i, tid = rows.tokens[row][s], rows.ids[row][s]
+        slot: dict = {"id": tid, "w": round(rows.weights[row][s], 6), "keep": rows.keep[row][s]}
+        if i < 0:
+            slot.update(kind="bos" if s == 0 and tid == BOS else "eos" if tid == EOS else "pad", t="")
+        elif tid in stream.vectors:
+            name, k = stream.vectors[tid]
+            slot.update(kind="vector", t=name if k == 0 else "", name=name, vector=k, cont=k > 0, span=list(stream.spans[i]))
+        else:
+            a, b = stream.spans[i]
+            cont = i > 0 and stream.spans[i - 1] == (a, b) and a < b
+            slot.update(kind="token", t="" if cont else text[a:b], span=[a, b], cont=cont)
+        slots.append(slot)
+    return slots
 
 
 def describe(
@@ -29,15 +71,32 @@ def describe(
     family: Family,
     tokenizer: Tokenizer,
     embeddings: Mapping[str, int] | None = None,
+    *,
+    full: bool = False,
 ) -> dict:
-    """The stable inspect object (see the README's contracts) for one prompt."""
+    """The stable inspect object (fields above) for one prompt."""
     prepared = prepare(text, options, family, tokenizer, embeddings)
     per_row = family.length - 2
-    count = prepared.token_count
-    return {
-        "rows": [r for part in prepared.parts for r in _rows_json(part.rows[0])],
-        "tokens": count,
-        "capacity": capacity(count, per_row),
+    limit = None if full else ROWS_SHOWN
+    rows: list[dict] = []
+    for part in prepared.parts:
+        rows.extend(_rows_json(part.rows[0], None if limit is None else max(0, limit - len(rows))))
+    total_rows = sum(len(part.rows[0]) for part in prepared.parts)
+    real = sum(len(part.stream) for part in prepared.parts)
+    warnings = []
+    if total_rows > ENCODE_ROW_LIMIT:
+        warnings.append(
+            f"{total_rows} rows: sdclip encode refuses more than {ENCODE_ROW_LIMIT} (--row-limit); "
+            "use --layout truncate or compress"
+        )
+    extra = prepared.prompt.extra_networks
+    if extra:
+        warnings.append(f"{len(extra)} extra-network tag(s) removed from the conditioning (LoRA etc. are not text)")
+    out = {
+        "rows": rows,
+        "tokens": real,
+        "capacity": total_rows * per_row,
+        "counter": {"count": prepared.token_count, "capacity": capacity(prepared.token_count, per_row)},
         "dropped": prepared.dropped,
         "family": family.name,
         "syntax": options.dialect,
@@ -47,10 +106,19 @@ def describe(
         "parts": [
             {
                 "weight": part.weight,
-                "tokens": part.rows[0].token_count,
-                "rows_by_encoder": {role.name: _rows_json(rows) for role, rows in zip(family.roles, part.rows)},
-                "notes": part.rows[0].notes,
+                "tokens": len(part.stream),
+                "capacity": len(part.rows[0]) * per_row,
+                "rows": len(part.rows[0]),
+                "rows_by_encoder": {
+                    role.name: _rows_json(r, limit) for role, r in zip(family.roles, part.rows)
+                },
+                "notes": list(part.rows[0].notes),
             }
             for part in prepared.parts
         ],
+        "warnings": warnings,
+        "extra_networks": [{"kind": e.kind, "name": e.name, "args": list(e.args), "span": [e.start, e.end]} for e in extra],
     }
+    if total_rows > len(rows):
+        out["rows_omitted"] = total_rows - len(rows)
+    return out

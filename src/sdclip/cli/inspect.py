@@ -1,25 +1,30 @@
 """`sdclip inspect`: how a prompt is tokenized, weighted and laid out. No model, no torch.
 
-Contract (keep it stable): `--json` prints the object of `sdclip.describe.describe`.
+Contract (keep it stable): `--json` prints the object of `sdclip.describe.describe` (its docstring lists
+the fields). Scheduled prompts (`[a:b:0.5]`, `[a|b]`) are shown as in force at `--step K` of `--steps N`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from sdclip.cli.options import add_text_options, embedding_names, text_options
 from sdclip.conventions.family import FAMILIES, get_family
-from sdclip.describe import capacity, describe
+from sdclip.describe import describe
 
 EXAMPLE = "a (red:1.3) fox in a [misty] forest, highly detailed, BREAK golden hour light"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="show how a prompt is tokenized, weighted and laid out (no model needed)")
-    p.add_argument("text", nargs="?", default=EXAMPLE, help="the prompt (default: an example)")
+    p.add_argument("text", nargs="?", help="the prompt (default: standard input when piped, else an example)")
     p.add_argument("--family", choices=tuple(FAMILIES), default="sd1", help="model family (default sd1)")
     p.add_argument("--json", action="store_true", help="print one JSON object (stable contract)")
+    p.add_argument("--full", action="store_true", help=f"list every row (default: the first 64, then a summary)")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps, for scheduled prompts (default 20)")
+    p.add_argument("--step", type=int, default=1, help="show the prompt as in force at this step (default 1)")
     p.add_argument(
         "--embedding-name",
         action="append",
@@ -31,19 +36,46 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _text(args: argparse.Namespace) -> str:
+    if args.text is not None:
+        return args.text
+    if not sys.stdin.isatty():
+        data = sys.stdin.buffer.read()
+        try:
+            return data.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"standard input is not UTF-8 (byte {exc.start})") from None
+    return EXAMPLE
+
+
 def run(args: argparse.Namespace) -> int:
     from sdclip.prepare import prepare
+    from sdclip.syntax import schedule
     from sdclip.tokenizer import Tokenizer
 
     options = text_options(args)
     family = get_family(args.family)
     tokenizer = Tokenizer.default(options.normalize)
     names = embedding_names(args.embedding_name)
+    if not 1 <= args.step <= args.steps:
+        raise ValueError(f"--step must be within 1..--steps ({args.steps}), got {args.step}")
+    text = _text(args)
+    sched = schedule(text, args.steps, options.dialect)
+    # a schedule's texts are A1111's, extra-network tags already removed: an unscheduled prompt is shown as typed
+    shown = sched.at(args.step) if len(sched.entries) > 1 else text
+    note = ""
+    if len(sched.entries) > 1:
+        note = (f"scheduled prompt: showing step {args.step} of {args.steps} "
+                f"({len(sched.entries)} texts; --step K shows another)")
     if args.json:
-        print(json.dumps(describe(args.text, options, family, tokenizer, names), ensure_ascii=False))
+        out = describe(shown, options, family, tokenizer, names, full=args.full)
+        if note:
+            out["schedule"] = {"step": args.step, "steps": args.steps, "text": shown,
+                               "entries": [{"end_step": e.end_step, "text": e.text} for e in sched.entries]}
+        print(json.dumps(out, ensure_ascii=False))
         return 0
     from sdclip.cli.render import render_inspect
 
-    prepared = prepare(args.text, options, family, tokenizer, names)
-    render_inspect(args.text, prepared, tokenizer, family, options, capacity(prepared.token_count, family.length - 2))
+    prepared = prepare(shown, options, family, tokenizer, names)
+    render_inspect(shown, prepared, family, options, full=args.full, note=note)
     return 0

@@ -21,7 +21,7 @@ def add_text_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=PRESETS, default="a1111", help="compatibility preset (default a1111)")
     p.add_argument("--syntax", choices=DIALECTS, help="prompt dialect (default: the preset's)")
     p.add_argument("--layout", choices=LAYOUTS, help="long-prompt layout (default: the preset's)")
-    p.add_argument("--normalize", choices=NORMALIZATIONS, help="tokenizer normalisation (default: the preset's)")
+    p.add_argument("--normalize", choices=NORMALIZATIONS, help="tokenizer normalisation (default: the preset's: a1111/comfy hf-slow, compel/diffusers hf-fast)")
     p.add_argument("--stride", type=int, help="window layout: tokens between window starts (default 50)")
     p.add_argument("--comma-backtrack", type=int, help="chunk layout: comma backtrack in tokens (default 20)")
     p.add_argument("--max-rows", type=int, help="compress layout: drop lowest-weight tags to fit N rows")

@@ -1,4 +1,4 @@
-"""Human-readable `sdclip inspect`: tokens with weights, row borders, the n/75 counter, what was dropped."""
+"""Human-readable `sdclip inspect`: tokens as typed with their weights, row borders, counters, what was dropped."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ from rich.console import Console
 from rich.text import Text
 
 from sdclip.conventions.family import Family
-from sdclip.prepare import Prepared
 from sdclip.conventions.presets import Options
-from sdclip.tokenizer.clip import Tokenizer
-from sdclip.tokenizer.stream import BOS, EOS
+from sdclip.describe import ROWS_SHOWN, capacity, readable_slots
+from sdclip.prepare import Prepared
 
 
 def _style(weight: float) -> str:
@@ -20,47 +19,68 @@ def _style(weight: float) -> str:
     return ""
 
 
-def _token_label(tok: Tokenizer, token_id: int, vectors: dict[int, tuple[str, int]]) -> str:
-    if token_id in vectors:
-        name, k = vectors[token_id]
-        return f"<{name}:{k}>"
-    return tok.token_text(token_id).replace("</w>", "·")
+def _label(slot: dict) -> str:
+    if slot["kind"] == "vector":
+        return f"<{slot['name']}:{slot['vector']}>"
+    return slot["t"].strip() or repr(slot["t"])
 
 
 def render_inspect(
-    text: str, prepared: Prepared, tok: Tokenizer, family: Family, options: Options, cap: int, console: Console | None = None
+    text: str, prepared: Prepared, family: Family, options: Options, *, full: bool = False,
+    note: str = "", console: Console | None = None,
 ) -> None:
     console = console or Console(highlight=False)
     console.print(
         f"[bold]sdclip inspect[/]  family={family.name} syntax={options.dialect} layout={options.layout} "
         f"normalize={options.normalize}"
     )
-    console.print(Text(text, style="dim"))
+    console.print(Text(text if len(text) <= 2000 else text[:2000] + " …", style="dim"))
+    if note:
+        console.print(f"[dim]note:[/] {note}")
     multi = len(prepared.parts) > 1
+    shown = 0
+    per_row = family.length - 2
     for p, part in enumerate(prepared.parts):
-        if multi:
-            console.rule(f"part {p + 1} ({prepared.prompt.combine}, weight {part.weight:g})")
         rows = part.rows[0]
-        for r, (ids, weights, keep) in enumerate(zip(rows.ids, rows.weights, rows.keep)):
+        if multi:
+            console.rule(f"part {p + 1} ({prepared.prompt.combine}, weight {part.weight:g}): "
+                         f"{len(part.stream)}/{len(rows) * per_row} tokens")
+        for r in range(len(rows)):
+            if not full and shown >= ROWS_SHOWN:
+                break
+            shown += 1
             line = Text(f"row {r + 1} │ ", style="bold cyan")
-            pad_id = family.roles[0].pad_id
-            used = rows.eos[r] + 1
-            for s, (tid, w) in enumerate(zip(ids[:used], weights[:used])):
-                if tid in (BOS, EOS) and s in (0, rows.eos[r]):
-                    line.append("[BOS] " if s == 0 else "[EOS]", style="dim")
+            for slot in readable_slots(text, part, r):
+                if slot["kind"] in ("bos", "eos"):
+                    line.append("[BOS] " if slot["kind"] == "bos" else "[EOS]", style="dim")
                     continue
-                label = _token_label(tok, tid, part.stream.vectors)
-                if abs(w - 1.0) > 1e-9:
-                    label = f"{label}({w:.3g})"
-                line.append(label + " ", style=_style(w) + ("" if keep[s] else " strike"))
-            pads = len(ids) - used
+                if slot.get("cont"):  # the rest of a character or an embedding shown by its first slot
+                    continue
+                label = _label(slot)
+                if abs(slot["w"] - 1.0) > 1e-9:
+                    label = f"{label}({slot['w']:.3g})"
+                line.append(label + " ", style=_style(slot["w"]) + ("" if slot["keep"] else " strike"))
+            pads = len(rows.ids[r]) - rows.eos[r] - 1
             if pads:
-                line.append(f" +{pads}×pad({pad_id})", style="dim")
+                pad_ids = "/".join(f"{role.name} {role.pad_id}" for role in family.roles) if len(family.roles) > 1 else str(family.roles[0].pad_id)
+                line.append(f" +{pads}×pad({pad_ids})", style="dim")
             console.print(line)
-        for note in rows.notes:
-            console.print(f"[dim]note:[/] {note}")
-    count = prepared.token_count
+        for note_line in rows.notes:
+            console.print(f"[dim]note:[/] {note_line}")
+    total_rows = sum(len(part.rows[0]) for part in prepared.parts)
+    if shown < total_rows:
+        console.print(f"[dim]… {total_rows - shown} more row(s) not shown (--full shows every row)[/]")
+    real = sum(len(part.stream) for part in prepared.parts)
     colour = "red" if prepared.dropped else "green"
-    console.print(f"tokens: [{colour}]{count}/{cap}[/]")
+    console.print(f"tokens: [{colour}]{real}/{total_rows * per_row}[/] in {total_rows} row(s)", end="")
+    count = prepared.token_count
+    if count != real:
+        console.print(f"  (AUTOMATIC1111's counter: {count}/{capacity(count, per_row)}: BREAK and comma "
+                      "backtracks pad to the row end)")
+    else:
+        console.print()
     if prepared.dropped:
-        console.print(f"[red]dropped:[/] {prepared.dropped}")
+        shown_drop = prepared.dropped if len(prepared.dropped) <= 500 else prepared.dropped[:500] + " …"
+        console.print(f"[red]dropped:[/] {shown_drop}")
+    for e in prepared.prompt.extra_networks:
+        console.print(f"[dim]removed extra network:[/] <{e.kind}:{e.name}{''.join(':' + a for a in e.args)}>")

@@ -15,7 +15,8 @@ from sdclip.tokenizer import NORMALIZATIONS
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tokenize", help="ids for each stdin line, one JSON array per line (no BOS/EOS)")
     p.add_argument("--normalize", choices=NORMALIZATIONS, default="openclip",
-                   help="tokenizer normalisation (default openclip, the reference)")
+                   help="tokenizer normalisation (default openclip, the reference tokenizer; inspect and encode "
+                        "default to their preset's: a1111 and comfy hf-slow, compel and diffusers hf-fast)")
     p.set_defaults(func=run)
 
 

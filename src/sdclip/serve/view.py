@@ -13,11 +13,10 @@ from collections.abc import Mapping
 
 from sdclip.conventions.family import Family
 from sdclip.conventions.presets import Options
-from sdclip.describe import capacity, describe
+from sdclip.describe import capacity, describe, readable_slots
 from sdclip.prepare import PreparedPart, prepare
 from sdclip.syntax import schedule
 from sdclip.tokenizer import Tokenizer
-from sdclip.tokenizer.stream import BOS, EOS
 
 #: steps the page's slider spans when a request does not say (A1111's default sampler steps)
 DEFAULT_STEPS = 20
@@ -62,35 +61,16 @@ def build_view(
 
 def _part_view(text: str, part: PreparedPart, family: Family, per_row: int) -> dict:
     rows = part.rows[0]
-    stream = part.stream
-    breaks = set(stream.breaks)
+    breaks = set(part.stream.breaks)
     out_rows = []
     for r in range(len(rows)):
-        eos = rows.eos[r]
-        slots = []
         first_token = next((i for i in rows.tokens[r] if i >= 0), None)
-        count = 0
-        for s in range(eos + 1):
-            i = rows.tokens[r][s]
-            tid = rows.ids[r][s]
-            slot = {"id": tid, "w": round(rows.weights[r][s], 6), "keep": rows.keep[r][s]}
-            if i < 0:
-                slot.update(kind="bos" if s == 0 and tid == BOS else "eos" if tid == EOS else "pad", t="")
-            else:
-                count += 1
-                a, b = stream.spans[i]
-                # a character BPE split into several byte tokens: its first token shows it, the rest continue it
-                cont = i > 0 and stream.spans[i - 1] == (a, b) and a < b
-                slot.update(kind="token", t="" if cont else text[a:b], span=[a, b], cont=cont)
-                if tid in stream.vectors:
-                    name, k = stream.vectors[tid]
-                    slot.update(kind="vector", t=name if k == 0 else "", name=name, vector=k, cont=k > 0)
-            slots.append(slot)
+        slots = readable_slots(text, part, r)
         out_rows.append(
             {
                 "slots": slots,
-                "count": count,
-                "pad": len(rows.ids[r]) - eos - 1,
+                "count": sum(1 for s in slots if s["kind"] in ("token", "vector")),
+                "pad": len(rows.ids[r]) - rows.eos[r] - 1,
                 "pad_id": family.roles[0].pad_id,
                 "break_before": r > 0 and first_token is not None and first_token in breaks,
                 "overlap": sum(1 for i, k in zip(rows.tokens[r], rows.keep[r]) if i >= 0 and not k),
