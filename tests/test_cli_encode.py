@@ -181,7 +181,8 @@ FAILURES = {
     "prompt syntax error": (lambda m, t: ["--model", m["sd1"], "--prompt", "a (fox:1000)"], "syntax error"),
     "family mismatch": (lambda m, t: ["--model", m["sd1"], "--family", "sdxl", "--prompt", PROMPT], "family"),
     "unknown embedding": (
-        lambda m, t: ["--model", m["sd1"], "--preset", "comfy", "--prompt", "a fox, embedding:nosuchthing"],
+        lambda m, t: ["--model", m["sd1"], "--preset", "comfy", "--unknown-embedding", "error",
+                      "--prompt", "a fox, embedding:nosuchthing"],
         "unknown embedding 'nosuchthing'",
     ),
     "embedding width mismatch": (

@@ -380,9 +380,12 @@ def test_embedding_errors(tmp_path) -> None:
     path = _a1111_pt(tmp_path / "zqstyle.pt", vec)
     # a1111 names embeddings as plain words: an unknown one is just text, as in A1111
     close(make(embeddings=[path])("a zqother cat").positive.embeds, make()("a zqother cat").positive.embeds)
-    # ComfyUI's explicit embedding:name must exist
+    # ComfyUI drops an unknown embedding:name with a warning (as ComfyUI does); unknown_embedding="error" refuses
+    dropped = make(preset="comfy", embeddings=[path])
+    assert dropped.prepare("embedding:zqother cat").prompt.warnings
+    close(dropped("embedding:zqother cat").positive.embeds, make(preset="comfy")(" cat").positive.embeds)
     with pytest.raises(UnknownEmbeddingError, match="zqother"):
-        make(preset="comfy", embeddings=[path])("embedding:zqother cat")
+        make(preset="comfy", embeddings=[path], unknown_embedding="error")("embedding:zqother cat")
     narrow = _a1111_pt(tmp_path / "zqnarrow.pt", torch.randn(2, 64))
     with pytest.raises(EmbeddingError, match="zqnarrow"):
         make(embeddings=[narrow])("a zqnarrow cat")

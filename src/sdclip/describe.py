@@ -89,6 +89,7 @@ def describe(
             f"{total_rows} rows: sdclip encode refuses more than {ENCODE_ROW_LIMIT} (--row-limit); "
             "use --layout truncate or compress"
         )
+    warnings.extend(prepared.prompt.warnings)
     extra = prepared.prompt.extra_networks
     if extra:
         warnings.append(f"{len(extra)} extra-network tag(s) removed from the conditioning (LoRA etc. are not text)")

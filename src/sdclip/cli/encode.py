@@ -109,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise type(exc)(f"{where(i)}: {exc}") from None
         length = max(length, prep.slots)
+        for w in prep.prompt.warnings:
+            print(f"sdclip: warning: {where(i)}: {w}", file=sys.stderr)
         if prep.dropped:
             truncated.append({"line": i + 1, "dropped": prep.dropped[:200]})
     negative = args.negative

@@ -25,6 +25,9 @@ def add_text_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stride", type=int, help="window layout: tokens between window starts (default 50)")
     p.add_argument("--comma-backtrack", type=int, help="chunk layout: comma backtrack in tokens (default 20)")
     p.add_argument("--max-rows", type=int, help="compress layout: drop lowest-weight tags to fit N rows")
+    p.add_argument("--unknown-embedding", choices=("drop", "error"),
+                   help="an unknown embedding:NAME (comfy syntax): drop it with a warning as ComfyUI does, or refuse "
+                        "(default: the preset's: comfy drop)")
 
 
 def add_model_options(p: argparse.ArgumentParser, *, model_required: bool = True) -> None:
@@ -53,6 +56,7 @@ def text_options(args: argparse.Namespace) -> Options:
         stride=args.stride,
         comma_backtrack=args.comma_backtrack,
         max_rows=args.max_rows,
+        unknown_embedding=args.unknown_embedding,
     )
 
 
