@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from sdclip.conventions.family import FAMILIES
-from sdclip.conventions.presets import POOLED_SOURCES, PRESETS, WEIGHTINGS, Options
+from sdclip.conventions.presets import POOLED_SOURCES, PRESETS, WEIGHTINGS, Options, options_from_user
 from sdclip.layout import LAYOUTS
 from sdclip.syntax import DIALECTS
 from sdclip.tokenizer import NORMALIZATIONS
+from sdclip.tokenizer.weight_norm import TOKEN_NORMALIZATIONS
 
 DTYPES = ("fp32", "fp16", "bf16")
 
@@ -28,6 +29,9 @@ def add_text_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unknown-embedding", choices=("drop", "error"),
                    help="an unknown embedding:NAME (comfy syntax): drop it with a warning as ComfyUI does, or refuse "
                         "(default: the preset's: comfy drop)")
+    p.add_argument("--token-normalization", choices=tuple(TOKEN_NORMALIZATIONS),
+                   help="ComfyUI_ADV_CLIP_emb token weight normalisation: mean shifts weights to average 1, length "
+                        "spreads a word's emphasis over its tokens (default none)")
 
 
 def add_model_options(p: argparse.ArgumentParser, *, model_required: bool = True) -> None:
@@ -48,15 +52,16 @@ def add_model_options(p: argparse.ArgumentParser, *, model_required: bool = True
 
 def text_options(args: argparse.Namespace) -> Options:
     """The Options that the text flags name (the preset's, overridden flag by flag)."""
-    return Options.preset(
+    return options_from_user(
         args.preset,
-        dialect=args.syntax,
+        syntax=args.syntax,
         layout=args.layout,
         normalize=args.normalize,
         stride=args.stride,
         comma_backtrack=args.comma_backtrack,
         max_rows=args.max_rows,
         unknown_embedding=args.unknown_embedding,
+        token_normalization=getattr(args, "token_normalization", None),
     )
 
 

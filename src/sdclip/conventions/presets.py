@@ -18,7 +18,7 @@ from sdclip.layout.spec import CHUNK_STYLES, LAYOUTS, LayoutSpec
 
 PRESETS = ("a1111", "comfy", "compel", "diffusers")
 #: the weighting formulas (sdclip.assemble.weighting implements them; named here so choosing one needs no torch)
-WEIGHTINGS = ("a1111", "no-norm", "comfy", "compel", "lerp-eos", "none")
+WEIGHTINGS = ("a1111", "no-norm", "comfy", "compel", "lerp-eos", "none", "comfy++", "down_weight")
 POOLED_SOURCES = ("first", "last", "mean")
 PooledSource = Literal["first", "last", "mean"]
 SkipConvention = Literal["a1111", "comfy", "diffusers"]
@@ -45,10 +45,25 @@ class Options:
     embedding_match: Literal["word", "token-ids"] = "token-ids"
     #: a ComfyUI `embedding:name` that is not loaded: "drop" it with a warning (ComfyUI) or "error"
     unknown_embedding: Literal["error", "drop"] = "error"
+    #: SD3 / Flux T5 positions: diffusers' `max_sequence_length` (None: the family's, SD3 256, Flux 512)
+    max_sequence_length: int | None = None
+    #: "max": pad and truncate T5 to max_sequence_length (diffusers); "min": pad up to a minimum, never
+    #: truncate (ComfyUI: 77 SD3 / 256 Flux, or max_sequence_length when given; T5's relative positions
+    #: have no length limit)
+    t5_length: Literal["max", "min"] = "max"
+    #: weighting formula of the T5 sequence (None: the same as `weighting`)
+    t5_weighting: str | None = None
+    #: T5 tokenization of a weighted prompt: "text" all at once (diffusers sees the plain prompt) or
+    #: "fragments" each weighted fragment alone (ComfyUI, compel)
+    t5_split: Literal["text", "fragments"] = "text"
+    #: ComfyUI_ADV_CLIP_emb token weight normalisation: none | mean | length | length+mean
+    #: (sdclip.tokenizer.weight_norm), applied to each part's token weights right after tokenizing
+    token_normalization: str = "none"
 
     def __post_init__(self) -> None:
         from sdclip.syntax import DIALECTS
         from sdclip.tokenizer.clip import NORMALIZATIONS
+        from sdclip.tokenizer.weight_norm import TOKEN_NORMALIZATIONS
 
         choices = {
             "dialect": DIALECTS,
@@ -60,11 +75,21 @@ class Options:
             "pooled_source": POOLED_SOURCES,
             "embedding_match": ("word", "token-ids"),
             "unknown_embedding": ("error", "drop"),
+            "token_normalization": tuple(TOKEN_NORMALIZATIONS),
         }
         for name, allowed in choices.items():
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
+        if self.t5_split not in ("text", "fragments"):
+            raise ValueError(f"unknown t5_split {self.t5_split!r}; choose one of text, fragments")
+        if self.t5_length not in ("max", "min"):
+            raise ValueError(f"unknown t5_length {self.t5_length!r}; choose one of max, min")
+        if self.t5_weighting is not None and self.t5_weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown t5_weighting {self.t5_weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+        n = self.max_sequence_length
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"max_sequence_length must be a positive whole number, got {n!r}")
 
     @classmethod
     def preset(cls, name: str = "a1111", **overrides: object) -> "Options":
@@ -111,6 +136,8 @@ _PRESETS: dict[str, Options] = {
         clip_skip_convention="comfy",
         embedding_match="word",
         unknown_embedding="drop",
+        t5_length="min",
+        t5_split="fragments",
     ),
     # compel on a transformers-5 pipeline: its syntax, truncation by default (layout="chunk" is compel's
     # truncate_long_prompts=False: rows cut at sentence, else phrase, else word ends), its weighting.
@@ -123,6 +150,7 @@ _PRESETS: dict[str, Options] = {
         weighting="compel",
         clip_skip_convention="diffusers",
         embedding_match="word",
+        t5_split="fragments",
     ),
     # diffusers' own encode_prompt: no syntax, truncation, zeros for an empty SDXL negative.
     "diffusers": Options(
@@ -135,3 +163,13 @@ _PRESETS: dict[str, Options] = {
         embedding_match="word",
     ),
 }
+
+
+#: user-facing names (the CLI's flags, the web API's fields) → the Options field each sets
+USER_NAMES = {"syntax": "dialect"}
+
+
+def options_from_user(preset: str = "a1111", **values: object) -> Options:
+    """A preset overridden by the names users see (`syntax` for `dialect`, the rest as in Options); None
+    leaves the preset's value. One mapping for the command line and the web API."""
+    return Options.preset(preset, **{USER_NAMES.get(k, k): v for k, v in values.items()})

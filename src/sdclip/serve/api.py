@@ -13,7 +13,6 @@ silently as a default.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
@@ -23,9 +22,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 import sdclip
-from sdclip.cli.options import text_options
 from sdclip.conventions.family import FAMILIES, get_family
-from sdclip.conventions.presets import PRESETS, Options
+from sdclip.conventions.presets import PRESETS, Options, options_from_user
 from sdclip.describe import describe
 from sdclip.layout import LAYOUTS
 from sdclip.serve.limits import ApiError, Worker, check_bearer
@@ -170,15 +168,14 @@ async def _json_object(request: Request, allowed: tuple[str, ...]) -> dict:
 def _text_request(body: Mapping[str, Any]) -> tuple[str, Options, Any, dict[str, int]]:
     """(prompt, Options, Family, embedding names) as `sdclip inspect` would build them from its flags."""
     text = _str(body, "prompt")
-    args = argparse.Namespace(
-        preset=_choice(body, "preset", PRESETS, "a1111"),
-        syntax=_choice(body, "syntax", DIALECTS, None),
-        layout=_choice(body, "layout", LAYOUTS, None),
-        normalize=_choice(body, "normalize", NORMALIZATIONS, None),
-        **{name: _int(body, name, lo, hi, None) for name, (lo, hi) in INT_RANGES.items()},
-    )
     try:
-        options = text_options(args)
+        options = options_from_user(
+            _choice(body, "preset", PRESETS, "a1111"),
+            syntax=_choice(body, "syntax", DIALECTS, None),
+            layout=_choice(body, "layout", LAYOUTS, None),
+            normalize=_choice(body, "normalize", NORMALIZATIONS, None),
+            **{name: _int(body, name, lo, hi, None) for name, (lo, hi) in INT_RANGES.items()},
+        )
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
     family = get_family(_choice(body, "family", tuple(FAMILIES), "sd1"))
