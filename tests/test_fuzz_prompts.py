@@ -97,18 +97,20 @@ PATHOLOGICAL: dict[str, Callable[[int], str]] = {
 
 
 def best_time(fn: Callable[[], object], repeat: int = 3) -> float:
+    """The least CPU time of this process over `repeat` runs (CPU, not wall, time: other jobs on a shared
+    machine slow the wall clock, not this process's own work)."""
     best = math.inf
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = time.process_time()
         try:
             fn()
         except DOCUMENTED:
             pass
-        best = min(best, time.perf_counter() - t)
+        best = min(best, time.process_time() - t)
     return best
 
 
-def scaling_ratio(make: Callable[[int], str], dialect: str, normalize: str, small: int, factor: int = 4) -> float:
+def scaling_ratio(make: Callable[[int], str], dialect: str, normalize: str, small: int, factor: int = 8) -> float:
     """time(factor·small chars) / time(small chars); ~factor for a linear path, ~factor² for a quadratic one."""
     small_text, big_text = make(small), make(small * factor)
     t_small = best_time(lambda: _quiet(small_text, dialect, normalize))
@@ -176,17 +178,18 @@ WORST = [
 
 @pytest.mark.parametrize("name,dialect", WORST)
 def test_worst_inputs_scale_linearly(name, dialect):
-    """4× the text may cost at most ~10× the time (a quadratic path costs ~16×; 16.2 was 4.7× per 2×)."""
-    ratio = scaling_ratio(PATHOLOGICAL[name], dialect, "openclip", 6_000)
-    if ratio > 10:  # one retry: a busy machine can stall one measurement
-        ratio = scaling_ratio(PATHOLOGICAL[name], dialect, "openclip", 6_000)
-    assert ratio < 10, f"{name} in {dialect}: 4× the text took {ratio:.1f}× the time"
+    """A complexity check, not a speed test (speed is measured in bench/fuzz_prompts.py): 8× the text
+    costs ~8× the CPU on a linear path and ~64× on a quadratic one; the bound of 32 leaves 4× for noise."""
+    ratio = scaling_ratio(PATHOLOGICAL[name], dialect, "openclip", 4_000)
+    if ratio > 32:  # one retry: a stalled measurement
+        ratio = scaling_ratio(PATHOLOGICAL[name], dialect, "openclip", 4_000)
+    assert ratio < 32, f"{name} in {dialect}: 8× the text took {ratio:.1f}× the CPU time"
 
 
 def test_comfy_nested_weights_issue_16_2_is_fast():
     """The reported input (`"("*n + "a:1.1)"*n`, 112 KB took 13 s) now parses in well under a second."""
     text = PATHOLOGICAL["comfy nested weights"](112_000)
-    t = time.perf_counter()
+    cpu = best_time(lambda: parse(text, "comfy"), repeat=1)
     prompt = parse(text, "comfy")
-    assert time.perf_counter() - t < 5  # linear: ~0.2 s here; generous for a shared machine
+    assert cpu < 5  # linear: ~0.2 s of CPU here (13 s before the fix)
     assert prompt.parts[0].sequence.fragments[0].weight == 1.1
