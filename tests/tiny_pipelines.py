@@ -133,3 +133,102 @@ def generate(pipe, seed: int = 0, **kwargs):  # noqa: ANN001, ANN201
         generator=torch.Generator().manual_seed(seed),
         **kwargs,
     ).images
+
+
+# ---- SD3 and Flux ---------------------------------------------------------------------------------
+#: the tiny T5 of SD3 / Flux pipelines: wider than tiny L ‖ G (128 + 192 = 320) so SD3 zero-pads them
+T5_WIDTH = 384
+T5_SIZES = dict(d_model=T5_WIDTH, d_kv=32, num_heads=4, d_ff=256, num_layers=2)
+
+
+@functools.lru_cache(maxsize=None)
+def t5_tokenizer_dir() -> Path:
+    """A transformers-saved T5 tokenizer folder (tokenizer.json), trained once per test session."""
+    from tiny_t5 import build_tokenizer
+
+    root = Path(tempfile.mkdtemp(prefix="sdclip-t5tok-"))
+    return build_tokenizer(root)["json"]
+
+
+def t5_tokenizer():  # noqa: ANN201
+    from transformers import T5TokenizerFast
+
+    return T5TokenizerFast.from_pretrained(str(t5_tokenizer_dir()))
+
+
+def clip_with_projection(role: str, seed: int, projection_dim: int):  # noqa: ANN201
+    """A random tiny CLIPTextModelWithProjection (SD3's CLIP-L has a projection, unlike SDXL's)."""
+    from transformers import CLIPTextModelWithProjection
+
+    from tiny_models import tiny_config
+
+    torch.manual_seed(seed)
+    model = CLIPTextModelWithProjection(tiny_config(role, projection_dim=projection_dim)).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "layer_norm" in name and name.endswith("weight"):
+                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    return model.requires_grad_(False)
+
+
+def _flow_vae() -> AutoencoderKL:
+    """The tiny VAE with SD3 / Flux's latent shift (their pipelines read `shift_factor`)."""
+    vae = _vae()
+    vae.register_to_config(shift_factor=0.0609, scaling_factor=1.5035)
+    return vae
+
+
+def _flow_scheduler():  # noqa: ANN202
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler()
+
+
+def sd3_pipeline(seed: int = 0, t5: bool = True):  # noqa: ANN201
+    """StableDiffusion3Pipeline: random tiny CLIP-L (with projection), CLIP-G, T5 (384 wide) or none."""
+    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    from tiny_t5 import tiny_t5
+
+    l = clip_with_projection("clip-vit-l-14", seed, 128)
+    (g,) = tiny_family("sdxl", seed=seed + 1).models[1:]
+    text_encoder_3 = tiny_t5(seed=seed + 2, **T5_SIZES) if t5 else None
+    pooled = l.config.projection_dim + g.config.projection_dim
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=IMAGE_SIZE // 2, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8,
+        num_attention_heads=2, caption_projection_dim=16, joint_attention_dim=T5_WIDTH,
+        pooled_projection_dim=pooled, out_channels=4,
+    )
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=_flow_scheduler(), vae=_flow_vae(),
+        text_encoder=l, tokenizer=clip_tokenizer(), text_encoder_2=g, tokenizer_2=clip_tokenizer("!"),
+        text_encoder_3=text_encoder_3, tokenizer_3=t5_tokenizer(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def flux_pipeline(seed: int = 0):  # noqa: ANN201
+    """FluxPipeline: random tiny CLIP-L (pooled only, no projection) and T5 (384 wide)."""
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    from tiny_t5 import tiny_t5
+
+    (l,) = tiny_family("sd1", seed=seed).models
+    text_encoder_2 = tiny_t5(seed=seed + 2, **T5_SIZES)
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=T5_WIDTH, pooled_projection_dim=l.config.hidden_size,
+        axes_dims_rope=[2, 2, 4],
+    )
+    pipe = FluxPipeline(
+        transformer=transformer, scheduler=_flow_scheduler(), vae=_flow_vae(),
+        text_encoder=l, tokenizer=clip_tokenizer(), text_encoder_2=text_encoder_2, tokenizer_2=t5_tokenizer(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -16,18 +16,22 @@ from pathlib import Path
 
 import torch
 
-from sdclip.assemble.combine import EncodedPart, conditioning, encoded_part, reencodings, slots_needed, zeroed
+from dataclasses import replace
+
+from sdclip.assemble.combine import block_slots_needed, conditioning, encoded_part, join_blocks, reencodings, zeroed
 from sdclip.assemble.conditioning import Conditioning, ConditioningPair, ScheduledConditioning
 from sdclip.assemble.weighting import get_weighting
 from sdclip.conventions.family import FAMILIES, Family, get_family
 from sdclip.conventions.presets import Options
-from sdclip.encoder.batching import RowCache, RowEncoder
+from sdclip.encoder.batching import RowCache, RowEncoder, T5RowEncoder, ZeroRows
 from sdclip.encoder.model import CLIPTextEncoder
+from sdclip.encoder.t5 import T5Encoder
 from sdclip.encoder.plan import Encoded, plan_batch, vector_matrix, vector_table
 from sdclip.encoder.textual_inversion import EmbeddingLibrary
-from sdclip.prepare import Prepared, prepare
+from sdclip.prepare import Prepared, pad_t5_rows, prepare, t5_row_length
 from sdclip.syntax import schedule
 from sdclip.tokenizer import Tokenizer
+from sdclip.tokenizer.t5 import T5Tokenizer
 
 
 class Conditioner:
@@ -36,50 +40,74 @@ class Conditioner:
     >>> cond = Conditioner.from_pretrained("path/to/sd15.safetensors", preset="a1111")
     >>> pair = cond("a (red:1.3) fox, BREAK forest", negative="blurry")
     >>> pipe(**pair.diffusers_kwargs())
+
+    SD3 / Flux: `encoders` holds the T5 encoder (sdclip.encoder.t5.T5Encoder) at the family's T5 role, or
+    None where the pipeline has none (SD3 without text_encoder_3: zeros [B, N, t5_width], as diffusers).
     """
 
     def __init__(
         self,
-        encoders: Sequence[CLIPTextEncoder],
+        encoders: Sequence[CLIPTextEncoder | T5Encoder | None],
         family: str | Family,
         options: Options | None = None,
         *,
         tokenizer: Tokenizer | None = None,
+        t5_tokenizer: T5Tokenizer | None = None,
         embeddings: EmbeddingLibrary | None = None,
         fingerprint: str = "",
         cache: RowCache | None = None,
         batch_size: int = 32,
         row_limit: int = 64,
+        t5_width: int | None = None,
     ):
         self.family = get_family(family) if isinstance(family, str) else family
         self.options = options or Options.preset("a1111")
         if len(encoders) != len(self.family.roles):
             raise ValueError(f"family {self.family.name} needs {len(self.family.roles)} text encoder(s), got {len(encoders)}")
-        real_widths = {r.width for f in FAMILIES.values() for r in f.roles}
+        real_widths = {r.width for f in FAMILIES.values() for r in f.roles if r.kind == "clip"}
         for enc, role in zip(encoders, self.family.roles):
+            if role.kind == "t5":
+                if enc is not None and not isinstance(enc, T5Encoder):
+                    raise ValueError(f"family {self.family.name}: encoder {role.name} must be a T5 encoder, got {type(enc).__name__}")
+                t5_row_length(self.options, role, 1)  # refuses a max_sequence_length diffusers refuses
+                continue
+            if not isinstance(enc, CLIPTextEncoder):
+                raise ValueError(f"family {self.family.name}: encoder {role.name} must be a CLIP text encoder, got {type(enc).__name__}")
             # a real-size encoder of another family is a mistake; test-size models are let through
             if enc.config.width in real_widths and enc.config.width != role.width:
                 raise ValueError(
                     f"family {self.family.name}: encoder {role.name} should be {role.width} wide, "
                     f"this one is {enc.config.width} (wrong model for this family?)"
                 )
+        if self.family.has_t5 and t5_tokenizer is None:
+            raise ValueError(f"family {self.family.name} needs t5_tokenizer= (the model's T5 tokenizer folder)")
         self.encoders = tuple(encoders)
         self.tokenizer = tokenizer or Tokenizer.default(self.options.normalize)
+        self.t5_tokenizer = t5_tokenizer
         self.embeddings = embeddings or EmbeddingLibrary()
         self.cache = cache if cache is not None else RowCache()
         self.row_limit = row_limit
-        self.fingerprint = fingerprint or f"model@{id(self.encoders[0])}"
+        first = next(e for e in self.encoders if e is not None)
+        self.fingerprint = fingerprint or f"model@{id(first)}"
         self.weighting = get_weighting(self.options.weighting)
-        self._rows = tuple(
-            RowEncoder(enc, self.options.layer(role), pooled=(i == self.family.pooled_role),
-                       key=(self.fingerprint, i), cache=self.cache, batch_size=batch_size)
-            for i, (enc, role) in enumerate(zip(self.encoders, self.family.roles))
-        )
+        t5_weighting = get_weighting(self.options.t5_weighting or self.options.weighting)
+        self.weightings = tuple(t5_weighting if r.kind == "t5" else self.weighting for r in self.family.roles)
+        ref = first.token_embedding.weight if isinstance(first, CLIPTextEncoder) else first.final_norm
+        rows: list[RowEncoder] = []
+        for i, (enc, role) in enumerate(zip(self.encoders, self.family.roles)):
+            key = (self.fingerprint, i)
+            if role.kind == "t5":
+                rows.append(ZeroRows(t5_width or role.width, ref.dtype, ref.device) if enc is None
+                            else T5RowEncoder(enc, key=key, cache=self.cache, batch_size=max(1, batch_size // 4)))
+            else:
+                rows.append(RowEncoder(enc, self.options.layer(role), pooled=i in self.family.pooled_roles,
+                                       key=key, cache=self.cache, batch_size=batch_size))
+        self._rows = tuple(rows)
 
     @classmethod
     def from_pretrained(
         cls,
-        source: str | Path,
+        source: str | Path | Sequence[str | Path],
         preset: str = "a1111",
         *,
         family: str | None = None,
@@ -91,9 +119,9 @@ class Conditioner:
         row_limit: int = 64,
         **overrides: object,
     ) -> "Conditioner":
-        """Load the text encoder(s) of a checkpoint file, model folder or hub id (see sdclip.encoder).
-        pack_weights: CPU encoding 3–27% faster for a second copy of the encoders' weights in memory
-        (CLIPTextEncoder.pack_weights)."""
+        """Load the text encoder(s) of a checkpoint file, model folder, hub id, or several files (ComfyUI's
+        clip_l / clip_g / t5xxl files; see sdclip.encoder). pack_weights: CPU encoding 3–27% faster for a
+        second copy of the CLIP encoders' weights in memory (CLIPTextEncoder.pack_weights)."""
         from sdclip.encoder import load_text_encoders
 
         if options is not None and overrides:
@@ -101,41 +129,71 @@ class Conditioner:
         options = options or Options.preset(preset, **overrides)
         loaded = load_text_encoders(source, family=family, dtype=dtype, device=device)
         for enc in loaded.encoders:
-            enc.pack_weights(pack_weights)
+            if isinstance(enc, CLIPTextEncoder):
+                enc.pack_weights(pack_weights)
         library = EmbeddingLibrary()
         for path in embeddings:
             p = Path(path)
             library.load_dir(p) if p.is_dir() else library.add(p)
         # the model's own tokenizer folder where it has one (a pipeline may have added tokens, e.g. baked-in
         # textual inversions with rows of their own in the text encoder); else the packaged vocabulary
-        folder = next(iter(loaded.tokenizer_dirs), None)
+        folder = next((d for d in loaded.tokenizer_dirs if d is not None), None)
         tokenizer = Tokenizer.from_folder(folder, options.normalize) if folder is not None else None
-        return cls(loaded.encoders, loaded.family, options, tokenizer=tokenizer, embeddings=library,
+        t5_dir = getattr(loaded, "t5_tokenizer_dir", None)
+        t5_tok = T5Tokenizer.from_folder(t5_dir) if t5_dir is not None else None
+        if loaded.family in FAMILIES and FAMILIES[loaded.family].has_t5 and t5_tok is None:
+            raise ValueError(
+                f"{source}: a {loaded.family} model needs its T5 tokenizer: a folder with tokenizer.json or spiece.model "
+                "(diffusers' tokenizer_3/ or tokenizer_2/; put it beside ComfyUI's files as a folder named t5_tokenizer/)"
+            )
+        return cls(loaded.encoders, loaded.family, options, tokenizer=tokenizer, t5_tokenizer=t5_tok, embeddings=library,
                    fingerprint=loaded.fingerprint, row_limit=row_limit)
 
-    def prepare(self, text: str) -> Prepared:
-        """syntax → tokenizer → layout for one text (no encoder), refused past `row_limit` rows."""
-        if not isinstance(text, str):
+    def prepare(self, text: str | tuple) -> Prepared:
+        """syntax → tokenizer → layout for one text (no encoder), refused past `row_limit` rows. A tuple
+        (prompt, prompt_2, prompt_3) gives each encoder its own text (diffusers' convention)."""
+        if not isinstance(text, (str, tuple)):
             raise TypeError(f"prompts must be str, got {type(text).__name__}")
         return prepare(text, self.options, self.family, self.tokenizer, self.embeddings.vector_counts(),
-                       row_limit=self.row_limit)
+                       row_limit=self.row_limit, t5_tokenizer=self.t5_tokenizer)
 
-    def __call__(self, prompt: str | Sequence[str], negative: str | Sequence[str] | None = None) -> ConditioningPair:
-        return self.encode(prompt, negative)
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        negative: str | Sequence[str] | None = None,
+        prompt_2: str | Sequence[str] | None = None,
+        prompt_3: str | Sequence[str] | None = None,
+        negative_2: str | Sequence[str] | None = None,
+        negative_3: str | Sequence[str] | None = None,
+    ) -> ConditioningPair:
+        return self.encode(prompt, negative, prompt_2=prompt_2, prompt_3=prompt_3,
+                           negative_2=negative_2, negative_3=negative_3)
 
     def encode(
-        self, prompt: str | Sequence[str], negative: str | Sequence[str] | None = None, *, length: int = 0
+        self,
+        prompt: str | Sequence[str],
+        negative: str | Sequence[str] | None = None,
+        *,
+        length: int = 0,
+        prompt_2: str | Sequence[str] | None = None,
+        prompt_3: str | Sequence[str] | None = None,
+        negative_2: str | Sequence[str] | None = None,
+        negative_3: str | Sequence[str] | None = None,
     ) -> ConditioningPair:
         """Positive and negative conditioning of the same length N (at least `length` slots), for one prompt
-        or a batch."""
+        or a batch. prompt_2 / prompt_3 (negative_2 / negative_3): the texts of the encoders that read
+        diffusers' prompt_2 / prompt_3 (SDXL: CLIP-G; SD3: CLIP-G, T5; Flux: T5), default the main one."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise ValueError("no prompt given")
         negatives = _broadcast(negative, len(prompts))
-        encoded, empty = self._encode_texts(prompts + negatives)
-        n = max([length] + [slots_needed(*encoded[t]) for t in prompts + negatives])
-        positive = conditioning(prompts, [encoded[t] for t in prompts], n, empty)
-        return ConditioningPair(positive, self._negative(negative, negatives, encoded, n, empty))
+        pos = _keys(prompts, prompt_2, prompt_3)
+        neg = _keys(negatives, negative_2, negative_3)
+        encoded, empty = self._encode_texts(pos + neg)
+        n = self._lengths([encoded[t] for t in pos + neg], length)
+        positive = conditioning(prompts, [encoded[t] for t in pos], n, empty)
+        given = None if negative is None and negative_2 is None and negative_3 is None else True
+        return ConditioningPair(positive, self._negative(given, neg, encoded, n, empty))
 
     def encode_schedule(self, prompt: str, negative: str | None = None, steps: int = 30) -> ScheduledConditioning:
         """Per-step conditioning for scheduled/alternating prompts; each distinct text is encoded once and
@@ -148,7 +206,7 @@ class Conditioner:
         pairs = [(end, pos.at(end), neg.at(end)) for end in ends]
         texts = [t for _, p, q in pairs for t in (p, q)]
         encoded, empty = self._encode_texts(texts)
-        n = max(slots_needed(*encoded[t]) for t in texts)
+        n = self._lengths([encoded[t] for t in texts], 0)
         entries = tuple(
             (end, ConditioningPair(conditioning([p], [encoded[p]], n, empty), self._negative(negative, [q], encoded, n, empty)))
             for end, p, q in pairs
@@ -156,29 +214,48 @@ class Conditioner:
         return ScheduledConditioning(steps, entries)
 
     def empty_sequence(self) -> torch.Tensor:
-        """The empty prompt's conditioning [L, D]: what shorter sequences are padded with."""
-        return self._encode_texts([])[1]
+        """The empty prompt's conditioning [L, D]: what shorter sequences are padded with (SD3: its CLIP
+        block [77, D] then its T5 block [N, D])."""
+        return torch.cat(list(self._encode_texts([])[1]), dim=0)
 
-    def _negative(self, given: object, texts: list[str], encoded: dict, n: int, empty: torch.Tensor) -> Conditioning:
+    def _lengths(self, items: list, length: int) -> tuple[int, ...]:
+        """Slots of every token block for a batch of encoded texts; the first block takes any extra slots
+        `length` asks for (CLIP rows of the empty prompt)."""
+        blocks = [block_slots_needed(*item) for item in items]
+        n = [max(b[i] for b in blocks) for i in range(len(blocks[0]))]
+        n[0] = max(n[0], length - sum(n[1:]))
+        return tuple(n)
+
+    def _negative(self, given: object, texts: list, encoded: dict, n: tuple[int, ...], empty) -> Conditioning:  # noqa: ANN001
         """The negative conditioning; zeros where the options say so for a negative that was not given at
         all (diffusers' force_zeros_for_empty_prompt on SDXL)."""
-        cond = conditioning(texts, [encoded[t] for t in texts], n, empty)
-        if given is None and self.options.zeros_for_empty_negative and self.family.pooled_role is not None:
+        cond = conditioning([_main(t) for t in texts], [encoded[t] for t in texts], n, empty)
+        if given is None and self.options.zeros_for_empty_negative and self.family.zeros_negative:
             return zeroed(cond)
         return cond
 
-    def _encode_texts(self, texts: Sequence[str]) -> tuple[dict[str, tuple[list[EncodedPart], Prepared]], torch.Tensor]:
+    def _encode_texts(self, texts: Sequence) -> tuple[dict, tuple[torch.Tensor, ...]]:
         """Every distinct text, encoded: one planned batch per encoder for all their parts. Also returns the
-        empty prompt's conditioning [L, D], which every batch carries."""
+        empty prompt's encoding of every token block, which every batch carries."""
         unique = list(dict.fromkeys(texts))
-        prepared = {t: self.prepare(t) for t in unique}
+        prepared = _common_t5_length({t: self.prepare(t) for t in unique}, self.family)
         parts = [part for t in unique for part in prepared[t].parts]
-        table = vector_table([p.stream.vectors for p in parts])
-        plans = [[reencodings(self.weighting, p, e) for p in parts] for e in range(len(self.encoders))]
+        streams = [part.stream_for(e) for part in parts for e, r in enumerate(self.family.roles) if r.kind == "clip"]
+        table = vector_table([s.vectors for s in streams])
+        plans = [[reencodings(self.weightings[e], p, e) for p in parts] for e in range(len(self.encoders))]
         encoded: list[Encoded] = []
         for e, (enc, role) in enumerate(zip(self.encoders, self.family.roles)):
+            if role.kind == "t5":
+                length = prepared[unique[0]].parts[0].rows[e].length if unique else self._t5_empty_length(role)
+                batch = plan_batch(
+                    [p.rows[e] for p in parts], [{} for _ in parts],
+                    [plan.attention_masks if plan is not None else None for plan in plans[e]],
+                    {}, vocab=1 << 30, pad_id=role.pad_id, length=length, empty_ids=role.empty_ids(length),
+                )
+                encoded.append(self._rows[e].run(batch))
+                continue
             batch = plan_batch(
-                [p.rows[e] for p in parts], [p.stream.vectors for p in parts],
+                [p.rows[e] for p in parts], [p.stream_for(e).vectors for p in parts],
                 [plan.attention_masks if plan is not None else None for plan in plans[e]],
                 table, vocab=enc.config.vocab, pad_id=role.pad_id, length=self.family.length,
             )
@@ -187,17 +264,60 @@ class Conditioner:
             vectors = vector_matrix(table, lambda nk, w=width, r=role.name: self.embeddings.get(nk[0]).for_width(w, r)[nk[1]],
                                     width, weight.dtype, weight.device)
             encoded.append(self._rows[e].run(batch, vectors))
-        results: dict[str, tuple[list[EncodedPart], Prepared]] = {t: ([], prepared[t]) for t in unique}
+        results: dict = {t: ([], prepared[t]) for t in unique}
         k = 0
         for t in unique:
             for part in prepared[t].parts:
                 per_encoder = [plans[e][k] for e in range(len(encoded))]
                 results[t][0].append(
-                    encoded_part(encoded, k, part, per_encoder, self.weighting, self.family, self.options.pooled_source)
+                    encoded_part(encoded, k, part, per_encoder, self.weightings, self.family, self.options.pooled_source)
                 )
                 k += 1
-        empty = torch.cat([enc.empty for enc in encoded], dim=-1)
+        empty = join_blocks(self.family, {e: enc.empty for e, enc in enumerate(encoded) if self.family.roles[e].sequence})
         return results, empty
+
+    def _t5_empty_length(self, role) -> int:  # noqa: ANN001
+        return t5_row_length(self.options, role, 1)[0]
+
+
+def _keys(texts: list[str], second: str | Sequence[str] | None, third: str | Sequence[str] | None) -> list:
+    """One key per prompt: the text itself, or (text, prompt_2, prompt_3) where per-encoder texts are given."""
+    if second is None and third is None:
+        return texts
+    seconds = _broadcast_optional(second, len(texts), "prompt_2")
+    thirds = _broadcast_optional(third, len(texts), "prompt_3")
+    return [(t, a, b) for t, a, b in zip(texts, seconds, thirds)]
+
+
+def _broadcast_optional(value: str | Sequence[str] | None, n: int, name: str) -> list:
+    if value is None or isinstance(value, str):
+        return [value] * n
+    out = list(value)
+    if len(out) != n:
+        raise ValueError(f"{n} prompts but {len(out)} {name} texts")
+    return out
+
+
+def _main(key: str | tuple) -> str:
+    return key if isinstance(key, str) else key[0]
+
+
+def _common_t5_length(prepared: dict, family: Family) -> dict:
+    """T5 rows of one request at one length (ComfyUI-style rows grow with their prompt): the shorter ones
+    get more pad tokens — ComfyUI's own result with its T5 minimum length set to the longest."""
+    t5 = [e for e, r in enumerate(family.roles) if r.kind == "t5"]
+    if not t5 or not prepared:
+        return prepared
+    out = {}
+    longest = {e: max(p.rows[e].length for prep in prepared.values() for p in prep.parts) for e in t5}
+    for key, prep in prepared.items():
+        parts = tuple(
+            replace(p, rows=tuple(pad_t5_rows(r, longest[e], family.roles[e].pad_id) if e in longest else r
+                                  for e, r in enumerate(p.rows)))
+            for p in prep.parts
+        )
+        out[key] = replace(prep, parts=parts)
+    return out
 
 
 def _broadcast(negative: str | Sequence[str] | None, n: int) -> list[str]:

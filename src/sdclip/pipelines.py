@@ -1,21 +1,49 @@
-"""diffusers integration: conditioning for a loaded StableDiffusionPipeline / StableDiffusionXLPipeline.
+"""diffusers integration: conditioning for a loaded StableDiffusion(XL)Pipeline, StableDiffusion3Pipeline
+or FluxPipeline.
 
     from sdclip.pipelines import pipeline_kwargs
     image = pipe(**pipeline_kwargs(pipe, "a (red:1.3) fox, BREAK forest", "blurry", preset="a1111")).images[0]
 
-The pipeline's own text encoders are read into sdclip's encoder (weights mapped and checked as a saved
-file would be), so clip skip, long prompts, weighting and caching work the same as everywhere else.
+The pipeline's own text encoders are read into sdclip's encoders (weights mapped and checked as a saved
+file would be), so clip skip, long prompts, weighting and caching work the same as everywhere else. SD3 /
+Flux: the T5 tokenizer is the pipeline's own (tokenizer_3 / tokenizer_2); an SD3 pipeline without
+text_encoder_3 gets zeros [B, N, joint_attention_dim] for T5, as diffusers does.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 
 from torch import Tensor
 
 from sdclip.conditioner import Conditioner
-from sdclip.encoder import encoders_from_modules
 from sdclip.conventions.presets import Options
+from sdclip.encoder import encoders_from_modules
+
+
+def t5_family(pipe: object) -> str | None:
+    """"sd3" / "flux" for a pipeline with a T5 prompt path (by its components), else None."""
+    if pipe is None:
+        return None
+    if hasattr(pipe, "text_encoder_3") or hasattr(pipe, "tokenizer_3"):
+        return "sd3"
+    for name in ("text_encoder_2", "tokenizer_2"):
+        part = getattr(pipe, name, None)
+        if part is not None and type(part).__name__.startswith("T5"):
+            return "flux"
+    return None
+
+
+def _t5_tokenizer(tok: object):  # noqa: ANN202
+    """sdclip's T5 tokenizer from a transformers one (saved and read back: the same files, the same ids)."""
+    from sdclip.tokenizer.t5 import T5Tokenizer
+
+    if tok is None:
+        raise ValueError("the pipeline has no T5 tokenizer (tokenizer_3 / tokenizer_2)")
+    with tempfile.TemporaryDirectory(prefix="sdclip-t5tok-") as tmp:
+        tok.save_pretrained(tmp)
+        return T5Tokenizer.from_folder(tmp)
 
 
 def conditioner_from_pipeline(
@@ -26,7 +54,17 @@ def conditioner_from_pipeline(
     preset: str = "diffusers",
     **overrides: object,
 ) -> Conditioner:
-    """A Conditioner over a pipeline's text encoder(s) (or the encoders passed by name)."""
+    """A Conditioner over a pipeline's text encoder(s) (or the CLIP encoders passed by name)."""
+    fam = t5_family(pipe)
+    if fam is not None:
+        from sdclip.encoder.loading.sd3_flux import encoders_from_pipeline
+
+        loaded = encoders_from_pipeline(pipe, fam)
+        tok = getattr(pipe, "tokenizer_3" if fam == "sd3" else "tokenizer_2", None)
+        transformer = getattr(pipe, "transformer", None)
+        width = getattr(getattr(transformer, "config", None), "joint_attention_dim", None)
+        return Conditioner(loaded.encoders, fam, Options.preset(preset, **overrides), t5_tokenizer=_t5_tokenizer(tok),
+                           fingerprint=loaded.fingerprint, t5_width=width)
     if pipe is not None:
         text_encoder = getattr(pipe, "text_encoder", None)
         text_encoder_2 = getattr(pipe, "text_encoder_2", None)
@@ -42,14 +80,20 @@ def pipeline_kwargs(
     prompt: str | Sequence[str],
     negative_prompt: str | Sequence[str] | None = None,
     *,
+    prompt_2: str | Sequence[str] | None = None,
+    prompt_3: str | Sequence[str] | None = None,
+    negative_prompt_2: str | Sequence[str] | None = None,
+    negative_prompt_3: str | Sequence[str] | None = None,
     conditioner: Conditioner | None = None,
     preset: str = "diffusers",
     **overrides: object,
 ) -> dict[str, Tensor]:
-    """`prompt_embeds`, `negative_prompt_embeds` (and SDXL's pooled pair) for `pipe(...)`, in the
-    pipeline's dtype and device. Reuse `conditioner=` across calls to keep its cache warm."""
+    """`prompt_embeds`, `negative_prompt_embeds` (and the pooled pair of SDXL / SD3 / Flux) for `pipe(...)`,
+    in the pipeline's dtype and device. Reuse `conditioner=` across calls to keep its cache warm. Flux uses
+    the negative only with `true_cfg_scale > 1`."""
     cond = conditioner or conditioner_from_pipeline(pipe, preset=preset, **overrides)
-    kwargs = cond(prompt, negative_prompt).diffusers_kwargs()
+    kwargs = cond(prompt, negative_prompt, prompt_2=prompt_2, prompt_3=prompt_3, negative_2=negative_prompt_2,
+                  negative_3=negative_prompt_3).diffusers_kwargs()
     dtype = getattr(pipe, "dtype", None)
     device = getattr(pipe, "device", None)
     return {k: v.to(device=device, dtype=dtype) for k, v in kwargs.items()}

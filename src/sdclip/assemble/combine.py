@@ -1,5 +1,9 @@
 """Encoded rows → one sequence per prompt: weighting, window merge, the family's recipe that joins its
-encoders, the pooled source, part combination (AND / blend / concat), and padding to a common length."""
+encoders, the pooled source, part combination (AND / blend / concat), and padding to a common length.
+
+A sequence is made of token blocks (`Family.sequence_blocks`): SD1/SD2/SDXL one (CLIP, 77·k slots), SD3
+two (CLIP-L ‖ CLIP-G zero-padded to T5's width, then T5's N), Flux one (T5). Padding positive and negative
+to one length works per block, each with its own empty-prompt encoding."""
 
 from __future__ import annotations
 
@@ -67,9 +71,24 @@ def blend(items: Sequence[Tensor], weights: Sequence[float], normalize: bool) ->
     return (stacked * w.view(-1, *([1] * (stacked.dim() - 1)))).sum(0).to(items[0].dtype)
 
 
-#: how a family joins its encoders' sequences [N, D_e] (SDXL: ViT-L ‖ bigG on the feature axis)
-RECIPES: dict[str, Callable[[Sequence[Tensor]], Tensor]] = {
-    "features": lambda seqs: torch.cat(list(seqs), dim=-1),
+def _features(blocks: Sequence[Sequence[Tensor]]) -> tuple[Tensor, ...]:
+    """Each block's encoders side by side on the feature axis (SDXL: ViT-L ‖ bigG)."""
+    return tuple(torch.cat(list(b), dim=-1) for b in blocks)
+
+
+def _padded_blocks(blocks: Sequence[Sequence[Tensor]]) -> tuple[Tensor, ...]:
+    """diffusers' SD3: each block's encoders side by side, zero-padded on features to the widest block
+    (L ‖ G [77k, 2048] → T5's 4096); the blocks then follow each other on the token axis. Flux: T5 alone."""
+    joined = _features(blocks)
+    width = max(b.shape[-1] for b in joined)
+    return tuple(torch.nn.functional.pad(b, (0, width - b.shape[-1])) if b.shape[-1] < width else b for b in joined)
+
+
+#: how a family joins its encoders' sequences [N, D_e], grouped by token block, into blocks [N_b, D]
+RECIPES: dict[str, Callable[[Sequence[Sequence[Tensor]]], tuple[Tensor, ...]]] = {
+    "features": _features,
+    "sd3": _padded_blocks,
+    "flux": _padded_blocks,
 }
 
 
@@ -78,17 +97,22 @@ def reencodings(weighting: Weighting, part: PreparedPart, e: int) -> CompelPlan 
     if not weighting.reencodes:
         return None
     rows = part.rows[e]
-    spans = [(f.start, f.end) for f in part.sequence.fragments if f.kind != "break"]
-    return weighting.reencodings(rows.weights, slot_fragments(rows.tokens, part.stream.spans, spans))
+    spans = [(f.start, f.end) for f in part.sequence_for(e).fragments if f.kind != "break"]
+    return weighting.reencodings(rows.weights, slot_fragments(rows.tokens, part.stream_for(e).spans, spans))
 
 
 @dataclass(frozen=True)
 class EncodedPart:
-    """One sub-prompt after weighting: its sequence [N, D], pooled [P] or None, and its weight."""
+    """One sub-prompt after weighting: its token blocks [N_b, D], pooled [P] or None, and its weight."""
 
-    seq: Tensor
+    blocks: tuple[Tensor, ...]
     pooled: Tensor | None
     weight: float
+
+    @property
+    def seq(self) -> Tensor:
+        """The whole sequence [N, D]: the blocks one after the other."""
+        return self.blocks[0] if len(self.blocks) == 1 else torch.cat(self.blocks, dim=0)
 
 
 def encoded_part(
@@ -96,28 +120,50 @@ def encoded_part(
     k: int,
     part: PreparedPart,
     plans: Sequence[CompelPlan | None],
-    weighting: Weighting,
+    weighting: Weighting | Sequence[Weighting],
     family: Family,
     pooled_source: str,
 ) -> EncodedPart:
-    """Part k of a request: each encoder's rows weighted and merged, joined by the family's recipe."""
-    seqs = []
+    """Part k of a request: each encoder's rows weighted (`weighting`: one, or one per encoder) and merged,
+    joined by the family's recipe; the pooled vector(s) of the pooled roles, concatenated, never weighted."""
+    per_encoder = [weighting] * len(encoded) if isinstance(weighting, Weighting) else list(weighting)
+    seqs: dict[int, Tensor] = {}
     for e, enc in enumerate(encoded):
+        if not family.roles[e].sequence:
+            continue  # pooled only (Flux CLIP-L)
         rows = part.rows[e]
-        w = torch.tensor(rows.weights, dtype=torch.float32)
         h = enc.rows(k)
-        inputs = WeightingInputs(empty=enc.empty, eos=rows.eos, downweighted=enc.reencoded(k), plan=plans[e])
-        seqs.append(merge_rows(weighting.apply(h, checked_weights(h, w), inputs), rows.keep))
+        if not enc.constant:
+            w = torch.tensor(rows.weights, dtype=torch.float32)
+            inputs = WeightingInputs(empty=enc.empty, eos=rows.eos, downweighted=enc.reencoded(k), plan=plans[e])
+            h = per_encoder[e].apply(h, checked_weights(h, w), inputs)
+        seqs[e] = merge_rows(h, rows.keep)
     pooled = None
-    if family.pooled_role is not None:
-        pooled = pick_pooled(encoded[family.pooled_role].pooled_rows(k), pooled_source)
-    return EncodedPart(RECIPES[family.recipe](seqs), pooled, part.weight)
+    if family.pooled_roles:
+        picks = [pick_pooled(encoded[i].pooled_rows(k), pooled_source) for i in family.pooled_roles]
+        pooled = picks[0] if len(picks) == 1 else torch.cat([p.to(picks[0].dtype) for p in picks], dim=-1)
+    return EncodedPart(join_blocks(family, seqs), pooled, part.weight)
+
+
+def join_blocks(family: Family, seqs: dict[int, Tensor]) -> tuple[Tensor, ...]:
+    """Encoder sequences (by role index) → the family's token blocks, in the first sequence's dtype."""
+    dtype = next(iter(seqs.values())).dtype
+    grouped = [[seqs[i].to(dtype) for i in block] for block in family.sequence_blocks]
+    return RECIPES[family.recipe](grouped)
+
+
+def block_slots_needed(parts: Sequence[EncodedPart], prepared: Prepared) -> tuple[int, ...]:
+    """Slots of each block a text needs: its parts side by side for compel .and(), else the longest."""
+    out = []
+    for b in range(len(parts[0].blocks)):
+        sizes = [p.blocks[b].shape[0] for p in parts]
+        out.append(sum(sizes) if prepared.prompt.combine == "concat" else max(sizes))
+    return tuple(out)
 
 
 def slots_needed(parts: Sequence[EncodedPart], prepared: Prepared) -> int:
     """Slots a text's conditioning needs: its parts side by side for compel .and(), else the longest."""
-    sizes = [p.seq.shape[0] for p in parts]
-    return sum(sizes) if prepared.prompt.combine == "concat" else max(sizes)
+    return sum(block_slots_needed(parts, prepared))
 
 
 def _lerp_from_empty(seq: Tensor, empty: Tensor, weight: float) -> Tensor:
@@ -129,17 +175,26 @@ def _lerp_from_empty(seq: Tensor, empty: Tensor, weight: float) -> Tensor:
     return tiled + (seq - tiled) * weight
 
 
+def _pad_blocks(blocks: Sequence[Tensor], lengths: Sequence[int], empties: Sequence[Tensor]) -> Tensor:
+    """Every block padded to its length with its own empty-prompt encoding, then joined on tokens."""
+    padded = [pad_with_empty(b, n, e) for b, n, e in zip(blocks, lengths, empties)]
+    return padded[0] if len(padded) == 1 else torch.cat(padded, dim=0)
+
+
 def conditioning(
     texts: Sequence[str],
     items: Sequence[tuple[Sequence[EncodedPart], Prepared]],
-    length: int,
-    empty: Tensor,
+    length: int | Sequence[int],
+    empty: Tensor | Sequence[Tensor],
 ) -> Conditioning:
-    """The conditioning of a batch of texts, every one padded to `length` slots with the empty prompt."""
+    """The conditioning of a batch of texts, every one padded to `length` slots with the empty prompt
+    (one length and one empty encoding per token block where the family has several)."""
+    lengths = [length] if isinstance(length, int) else list(length)
+    empties = [empty] if isinstance(empty, Tensor) else list(empty)
     embeds, pooled, composition = [], [], []
     uses_and = any(prep.prompt.combine == "and" for _, prep in items)
     for parts, prep in items:
-        padded = [pad_with_empty(p.seq, length, empty) for p in parts]
+        padded = [_pad_blocks(p.blocks, lengths, empties) for p in parts]
         combine = prep.prompt.combine
         if combine == "and":
             composition.append([(len(embeds) + k, p.weight) for k, p in enumerate(parts)])
@@ -153,8 +208,9 @@ def conditioning(
             pool = blend([p.pooled for p in parts], weights, prep.prompt.normalize) if has_pooled else None  # type: ignore[misc]
         elif combine == "concat":
             # compel .and(w…): a part of weight w ≠ 1 is lerped from the empty prompt's encoding
-            seq = torch.cat([_lerp_from_empty(p.seq, empty, p.weight) for p in parts], dim=0)
-            seq = pad_with_empty(seq, length, empty)
+            joined = [torch.cat([_lerp_from_empty(p.blocks[b], empties[b], p.weight) for p in parts], dim=0)
+                      for b in range(len(empties))]
+            seq = _pad_blocks(joined, lengths, empties)
             pool = parts[0].pooled
         else:
             seq, pool = padded[0], parts[0].pooled

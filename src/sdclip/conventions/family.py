@@ -10,6 +10,15 @@ tests' model builders all read it.
 | sd2      | clip_h: OpenCLIP ViT-H (pad 0)           | penultimate + final LN   | [B, 77k, 1024] | —                        |
 | sdxl     | clip_l: ViT-L (pad EOS) + clip_g: bigG (pad 0) | penultimate, no LN | [B, 77k, 2048] | [B, 1280] bigG projected |
 | longclip | clip_l: LongCLIP-L (pad EOS, 248 positions) | last + final LN       | [B, 248k, 768] | —                        |
+| sd3      | clip_l (proj) + clip_g + t5 (T5 v1.1 XXL)  | penultimate, no LN; T5 last | [B, 77k + N, 4096] | [B, 2048] L ‖ G projected |
+| flux     | clip_l (pooled only) + t5                  | T5 last                  | [B, N, 4096]   | [B, 768] L unprojected   |
+
+SD3 joins L ‖ G on features, zero-pads them to T5's width and puts the T5 block after them on the token
+axis (diffusers' StableDiffusion3Pipeline.encode_prompt); Flux's sequence is T5 alone and CLIP-L gives
+only the pooled vector (FluxPipeline.encode_prompt). A role's `prompt` says which of diffusers' prompt,
+prompt_2, prompt_3 feeds it. `blocks` groups the sequence roles joined on features; blocks are joined on
+tokens (sdclip.assemble.combine.RECIPES). T5 sequences have their own length (`EncoderRole.length`,
+diffusers' max_sequence_length: SD3 256, Flux 512; `min_length`: ComfyUI's minimum, 77 / 256).
 
 Pad positions are attended by the UNet, so the pad id matters: CLIP ViT-L pads with EOS (49407), OpenCLIP
 models with 0 (the id of "!"). `skip` counts final transformer blocks that do not run, from the tower's
@@ -21,7 +30,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sdclip.conventions.clip_skip import LayerSelect
-from sdclip.tokenizer.stream import EOS
+from sdclip.tokenizer.stream import BOS, EOS
+
+T5_EOS = 1  #: T5's `</s>`
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,8 @@ class Tower:
     - OpenCLIP ViT-bigG/14 (SDXL's second encoder): 1280, 32 layers, 20 heads, MLP 5120, gelu, and a
       1280×1280 text projection applied to the pooled vector.
     - LongCLIP-L: ViT-L with 248 positions (4·77 − 3·20).
+    - T5 v1.1 XXL encoder (SD3's text_encoder_3, Flux's text_encoder_2): 4096 wide, 24 layers, 64 heads,
+      FFN 10240 gated-GELU, relative positions (no position limit): kind "t5".
     """
 
     name: str
@@ -45,13 +58,15 @@ class Tower:
     positions: int = 77
     projection: int | None = None  #: the pooled projection's size where the family uses it
     diffusers_layers: int | None = None  #: blocks a diffusers folder stores, when fewer than `depth`
+    kind: str = "clip"  #: "clip" (sdclip.encoder.model) or "t5" (sdclip.encoder.t5)
 
 
 VIT_L = Tower("clip-vit-l-14", 768, 12, 12, 3072, "quick_gelu")
 VIT_H = Tower("openclip-vit-h-14", 1024, 24, 16, 4096, "gelu", diffusers_layers=23)
 VIT_BIGG = Tower("openclip-vit-bigg-14", 1280, 32, 20, 5120, "gelu", projection=1280)
 LONGCLIP_L = Tower("longclip-l", 768, 12, 12, 3072, "quick_gelu", positions=248)
-TOWERS: dict[str, Tower] = {t.name: t for t in (VIT_L, VIT_H, VIT_BIGG, LONGCLIP_L)}
+T5_XXL = Tower("t5-v1_1-xxl", 4096, 24, 64, 10240, "gelu_new", positions=0, kind="t5")
+TOWERS: dict[str, Tower] = {t.name: t for t in (VIT_L, VIT_H, VIT_BIGG, LONGCLIP_L)}  #: the CLIP towers
 
 
 @dataclass(frozen=True)
@@ -63,10 +78,24 @@ class EncoderRole:
     pad_id: int
     skip: int  #: blocks not run by default (1 = penultimate)
     final_norm: bool
+    projected: bool = False  #: the pooled vector goes through a text projection (identity where a file has none)
+    sequence: bool = True  #: its hidden states are part of the conditioning sequence (Flux CLIP-L: pooled only)
+    prompt: int = 1  #: which of diffusers' prompt (1), prompt_2 (2), prompt_3 (3) it encodes
+    length: int | None = None  #: T5: sequence length by default (diffusers' max_sequence_length)
+    min_length: int | None = None  #: T5: ComfyUI's minimum length (padded up to it, never truncated)
 
     @property
     def width(self) -> int:
         return self.tower.width
+
+    @property
+    def kind(self) -> str:
+        return self.tower.kind
+
+    def empty_ids(self, length: int) -> tuple[int, ...]:
+        """The empty prompt's row: CLIP [BOS, EOS, pad…]; T5 (no BOS) [</s>, pad…]."""
+        head = (T5_EOS,) if self.kind == "t5" else (BOS, EOS)
+        return head + (self.pad_id,) * (length - len(head))
 
     @property
     def default_layer(self) -> LayerSelect:
@@ -81,11 +110,26 @@ class Family:
     length: int = 77
     pooled_role: int | None = None  #: index of the encoder whose projected EOS state is the pooled vector
     recipe: str = "features"  #: how the encoders' sequences are joined (sdclip.assemble.combine.RECIPES)
+    pooled_from: tuple[int, ...] = ()  #: several pooled encoders, concatenated (SD3: L ‖ G); default (pooled_role,)
+    blocks: tuple[tuple[int, ...], ...] = ()  #: sequence roles joined on features, per token block; default all
+    zeros_negative: bool = False  #: diffusers' force_zeros_for_empty_prompt exists in this family's pipeline
+
+    @property
+    def pooled_roles(self) -> tuple[int, ...]:
+        return self.pooled_from or (() if self.pooled_role is None else (self.pooled_role,))
+
+    @property
+    def sequence_blocks(self) -> tuple[tuple[int, ...], ...]:
+        return self.blocks or (tuple(i for i, r in enumerate(self.roles) if r.sequence),)
+
+    @property
+    def has_t5(self) -> bool:
+        return any(r.kind == "t5" for r in self.roles)
 
     @property
     def width(self) -> int:
-        """Feature width of the conditioning (encoders concatenated on the feature axis)."""
-        return sum(r.width for r in self.roles)
+        """Feature width of the conditioning: each block's encoders side by side, the widest block."""
+        return max(sum(self.roles[i].width for i in block) for block in self.sequence_blocks)
 
 
 FAMILIES: dict[str, Family] = {
@@ -93,13 +137,32 @@ FAMILIES: dict[str, Family] = {
     "sd2": Family("sd2", (EncoderRole("clip_h", VIT_H, 0, 1, True),)),
     "sdxl": Family(
         "sdxl",
-        (EncoderRole("clip_l", VIT_L, EOS, 1, False), EncoderRole("clip_g", VIT_BIGG, 0, 1, False)),
-        pooled_role=1,
+        (EncoderRole("clip_l", VIT_L, EOS, 1, False), EncoderRole("clip_g", VIT_BIGG, 0, 1, False, prompt=2)),
+        pooled_role=1, zeros_negative=True,
     ),
     "longclip": Family("longclip", (EncoderRole("clip_l", LONGCLIP_L, EOS, 0, True),), length=248),
+    "sd3": Family(
+        "sd3",
+        (
+            EncoderRole("clip_l", VIT_L, EOS, 1, False, projected=True, prompt=1),
+            EncoderRole("clip_g", VIT_BIGG, 0, 1, False, projected=True, prompt=2),
+            EncoderRole("t5", T5_XXL, 0, 0, True, prompt=3, length=256, min_length=77),
+        ),
+        pooled_role=1, pooled_from=(0, 1), recipe="sd3", blocks=((0, 1), (2,)),
+    ),
+    "flux": Family(
+        "flux",
+        (
+            EncoderRole("clip_l", VIT_L, EOS, 0, True, sequence=False, prompt=1),
+            EncoderRole("t5", T5_XXL, 0, 0, True, prompt=2, length=512, min_length=256),
+        ),
+        pooled_role=0, recipe="flux",
+    ),
 }
-#: textual-inversion keys → the width of their vectors (clip_l 768, clip_h 1024, clip_g 1280)
-EMBEDDING_KEYS: dict[str, int] = {r.name: r.width for f in FAMILIES.values() for r in f.roles}
+#: textual-inversion keys → the width of their vectors (clip_l 768, clip_h 1024, clip_g 1280); T5 takes none
+EMBEDDING_KEYS: dict[str, int] = {r.name: r.width for f in FAMILIES.values() for r in f.roles if r.kind == "clip"}
+#: the most T5 positions diffusers' SD3 / Flux pipelines accept (`max_sequence_length`)
+DIFFUSERS_T5_MAX = 512
 
 
 def get_family(name: str) -> Family:

@@ -121,7 +121,7 @@ class RowEncoder:
         pending = list(todo.items())
         # masked rows (compel's re-encodings) share the pass: the others get an all-ones mask, which
         # encodes exactly like none (causal attention either way)
-        device = self.encoder.token_embedding.weight.device
+        device = self._device()
         for lo in range(0, len(pending), self.batch_size):
             chunk = pending[lo : lo + self.batch_size]
             ids = torch.tensor([list(batch.ids[i]) for _, i in chunk], dtype=torch.long, device=device)
@@ -129,17 +129,52 @@ class RowEncoder:
             if any(masks[i] is not None for _, i in chunk):
                 rows = [list(masks[i]) if masks[i] is not None else [1] * ids.shape[1] for _, i in chunk]
                 kwargs["attention_mask"] = torch.tensor(rows, device=device)
-            out = self.encoder(ids, self.select, vectors=batch.vectors, pooled=self.pooled, **kwargs)
+            hidden_out, pooled_out = self._pass(ids, batch.vectors, kwargs.get("attention_mask"))
             for j, (k, _) in enumerate(chunk):
-                value = (out.hidden[j], out.pooled[j] if out.pooled is not None else None)
+                value = (hidden_out[j], pooled_out[j] if pooled_out is not None else None)
                 found[k] = value
                 self.cache.put(k, value)
         hidden = torch.stack([found[k][0] for k in keys])
         pooled = torch.stack([found[k][1] for k in keys]) if self.pooled else None  # type: ignore[misc]
         return hidden, pooled
 
+    def _device(self) -> torch.device:
+        return self.encoder.token_embedding.weight.device
+
+    def _pass(self, ids: Tensor, vectors: Tensor | None, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        kwargs = {} if mask is None else {"attention_mask": mask}
+        out = self.encoder(ids, self.select, vectors=vectors, pooled=self.pooled, **kwargs)
+        return out.hidden, out.pooled
+
     def run(self, plan: EncoderPlan, vectors: Tensor | None = None) -> Encoded:
         """Encode a planned batch (sdclip.encoder.plan) in one pass; the result is read by part."""
         masks = plan.masks if any(m is not None for m in plan.masks) else None
         hidden, pooled = self.encode(RowBatch(plan.ids, plan.slots, vectors, masks))
         return Encoded(hidden, pooled, plan)
+
+
+class T5RowEncoder(RowEncoder):
+    """Rows through a T5 encoder (sdclip.encoder.t5): the last hidden state [R, N, D], no pooled vector,
+    no layer choice, no textual-inversion vectors; batched, deduplicated and cached like CLIP rows. An
+    attention mask (compel's down-weighting) hides keys, as transformers' T5 does."""
+
+    def __init__(self, encoder, *, key: tuple, cache: RowCache, batch_size: int = 8):  # noqa: ANN001
+        super().__init__(encoder, LayerSelect(), pooled=False, key=key, cache=cache, batch_size=batch_size)
+
+    def _device(self) -> torch.device:
+        return self.encoder.final_norm.device
+
+    def _pass(self, ids: Tensor, vectors: Tensor | None, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        return self.encoder(ids, attention_mask=mask), None
+
+
+class ZeroRows(RowEncoder):
+    """A missing encoder that diffusers replaces by zeros (SD3 without text_encoder_3: [B, N, 4096])."""
+
+    def __init__(self, width: int, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+        self.width, self.dtype, self.device = width, dtype, torch.device(device)
+        self.pooled = False
+
+    def run(self, plan: EncoderPlan, vectors: Tensor | None = None) -> Encoded:
+        R, L = len(plan.ids), len(plan.ids[0])
+        return Encoded(torch.zeros(R, L, self.width, dtype=self.dtype, device=self.device), None, plan, constant=True)

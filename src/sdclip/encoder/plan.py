@@ -66,11 +66,13 @@ def plan_batch(
     vocab: int,
     pad_id: int,
     length: int,
+    empty_ids: Sequence[int] | None = None,
 ) -> EncoderPlan:
     """The batch of one encoder: part k's rows (its stream's vector ids renumbered to `vocab + table[name]`),
     then its re-encodings under `reencode[k]` ([K, R, L] attention masks, 0 = masked), then the empty row.
 
-    A re-encoded row whose mask masks nothing encodes to the row itself: it gets no mask, so it dedupes."""
+    A re-encoded row whose mask masks nothing encodes to the row itself: it gets no mask, so it dedupes.
+    empty_ids: the empty prompt's row where it is not CLIP's [BOS, EOS, pad…] (T5: [</s>, pad…])."""
     slots = {vocab + g: name for name, g in table.items()}
     ids: list[tuple[int, ...]] = []
     masks: list[tuple[int, ...] | None] = []
@@ -85,7 +87,7 @@ def plan_batch(
             ids.extend(renumbered)
             masks.extend(tuple(m) if 0 in m else None for m in plan[j].tolist())
     empty = len(ids)
-    ids.append(empty_row(length, pad_id))
+    ids.append(tuple(empty_ids) if empty_ids is not None else empty_row(length, pad_id))
     masks.append(None)
     return EncoderPlan(tuple(ids), tuple(masks), slots, tuple(parts), empty)
 
@@ -98,6 +100,7 @@ class Encoded:
     hidden: Tensor
     pooled: Tensor | None
     plan: EncoderPlan
+    constant: bool = False  #: not an encoding (SD3 without its T5: zeros, as diffusers): never weighted
 
     @property
     def empty(self) -> Tensor:

@@ -21,6 +21,7 @@ open_clip / OpenAI CLIP / Long-CLIP model code):
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 import json
 import re
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ KNOWN_PREFIXES: dict[tuple[Layout, str], tuple[str | None, int | None]] = {
     ("hf", "cond_stage_model.transformer.text_model."): ("sd1", 0),
     ("hf", "cond_stage_model.transformer."): ("sd1", 0),
     ("hf", "conditioner.embedders.0.transformer.text_model."): ("sdxl", 0),
+    ("hf", "text_encoders.clip_l.transformer.text_model."): ("sd3", 0),
+    ("hf", "text_encoders.clip_g.transformer.text_model."): ("sd3", 1),
     ("openclip", "cond_stage_model.model."): ("sd2", 0),
     ("openclip", "conditioner.embedders.1.model."): ("sdxl", 1),
     ("hf", "text_model."): (None, None),
@@ -66,6 +69,7 @@ class LoadedEncoders:
     tokenizer_dirs: tuple[Path | None, ...] = ()
     fingerprint: str = ""
     source: str = ""
+    t5_tokenizer_dir: Path | None = None  #: SD3 / Flux: the T5 tokenizer folder (encoders hold T5 or None)
 
 
 @dataclass
@@ -291,11 +295,16 @@ def map_part(part: Part) -> tuple[EncoderConfig, dict[str, torch.Tensor]]:
     ln = "final_layer_norm" if hf else "ln_final"
     sd["final_norm.weight"] = rd(ln + ".weight", (D,))
     sd["final_norm.bias"] = rd(ln + ".bias", (D,))
-    # the projection: HF keeps it at the file root, open_clip next to the tower
-    proj_full = "text_projection.weight" if hf else p + "text_projection"
-    has_proj = proj_full in f and (not hf or p == "text_model.")
+    # the projection: HF keeps it beside `text_model.` (the file root), open_clip next to the tower
+    wrapper = p[: -len("text_model.")] if p.endswith("text_model.") else None
+    proj_full = (wrapper or "") + "text_projection.weight" if hf else p + "text_projection"
+    has_proj = proj_full in f and (not hf or wrapper is not None)
     ignored = {p + "embeddings.position_ids", p + "logit_scale", p + "attn_mask"}
-    if part.role.tower.projection:
+    if part.role.projected and not part.role.tower.projection and not has_proj:
+        # SD3 single files keep no CLIP-L projection: diffusers loads an identity (ComfyUI: unprojected)
+        sd["projection.weight"] = torch.eye(D)
+        cfg = cfg.with_(projection=D)
+    elif part.role.tower.projection or part.role.projected:
         if not has_proj:
             raise CheckpointError(f"{f.path}: the {part.role.name} encoder needs its text projection ({proj_full!r}) — missing")
         shp = f.shape(proj_full)
@@ -407,7 +416,7 @@ def _folder_role(part: Part) -> str:
 
 def _two_encoders(parts: list[Part]) -> tuple[str, list[Part]]:
     """A pipeline's text_encoder and text_encoder_2: the family with two encoders (SDXL), roles in order."""
-    two = [f for f in FAMILIES.values() if len(f.roles) == 2]
+    two = [f for f in FAMILIES.values() if len(f.roles) == 2 and not f.has_t5]
     if len(two) != 1:
         raise CheckpointError(f"cannot tell which two-encoder family this is ({[f.name for f in two]})")
     for part, role in zip(parts, two[0].roles):
@@ -453,60 +462,42 @@ def _from_folder(folder: Path, family: str | None) -> tuple[str, list[Part], tup
     )
 
 
-_T5_PIPELINES = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline",
-                 "FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxFillPipeline")
-_T5_REFUSAL = ("its T5 text encoder is not wired into the Conditioner yet (issue 12; "
-               "sdclip.encoder.loading.t5.load_t5 reads it); refusing to encode it as SDXL/SD1 would give wrong answers")
-
-
-def _refuse_t5_pipeline(folder: Path) -> None:
-    """An SD3 / SD3.5 / Flux pipeline folder read as CLIP-only would silently drop T5 (SD3 looks like SDXL)."""
-    from sdclip.encoder.loading.t5 import t5_folder
-
-    name = None
-    index = folder / "model_index.json"
-    if index.is_file():
-        try:
-            name = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
-        except (OSError, ValueError, AttributeError):
-            name = None
-    t5 = (folder / "text_encoder_3").is_dir() or ((folder / "text_encoder_2").is_dir() and
-                                                    t5_folder(folder / "text_encoder_2") is not None)
-    if name in _T5_PIPELINES or t5:
-        raise CheckpointError(f"{folder}: an SD3/SD3.5/Flux pipeline ({name or 'T5 encoder found'}): {_T5_REFUSAL}")
-
-
-def _refuse_t5_file(f: TensorFile) -> None:
-    """SD3 / SD3.5 single files keep CLIP-L, CLIP-G and T5 under `text_encoders.*`; bare T5 files have no CLIP."""
-    from sdclip.encoder.loading.t5 import find_t5_prefix
-
-    keys = f.keys()
-    if any(k.startswith("text_encoders.") for k in keys) or find_t5_prefix(f) is not None:
-        raise CheckpointError(f"{f.path}: an SD3/SD3.5/Flux text-encoder file: {_T5_REFUSAL}")
-
-
 def load_text_encoders(
-    source: str | Path,
+    source: str | Path | Sequence[str | Path],
     *,
     family: str | None = None,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
 ) -> LoadedEncoders:
-    """Load the text encoder(s) of a family from a folder, a single file or a hub id.
+    """Load the text encoder(s) of a family from a folder, a single file, a hub id, or several files
+    (ComfyUI's clip_l / clip_g / t5xxl files: sdclip.encoder.loading.sd3_flux).
 
     Raises CheckpointError for anything unusable (before any encoder exists).
     """
+    from sdclip.encoder.loading import sd3_flux
     from sdclip.encoder.loading.hub import resolve
 
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise CheckpointError(f"dtype {dtype} unsupported (float32, float16, bfloat16)")
+    if not isinstance(source, (str, Path)):
+        paths = [resolve(s) for s in source]
+        if not paths:
+            raise CheckpointError("no model path given")
+        if len(paths) > 1:
+            return sd3_flux.load_files(paths, family, dtype, device)
+        source = paths[0]
     path = resolve(source)
     if path.is_dir():
-        _refuse_t5_pipeline(path)
+        t5_family = sd3_flux.pipeline_family(path)
+        if t5_family is not None:
+            return sd3_flux.load_pipeline_folder(path, t5_family, family, dtype, device)
+        if sd3_flux.comfy_folder(path):
+            return sd3_flux.load_files([path], family, dtype, device)
         fam, parts, toks = _from_folder(path, family)
     else:
         f = open_tensor_file(path)
-        _refuse_t5_file(f)
+        if sd3_flux.is_t5_file(f):
+            return sd3_flux.load_files([path], family, dtype, device)
         parts = find_parts(f)
         fam = assign_family(parts, family, path)
         toks = (None,) * len(parts)

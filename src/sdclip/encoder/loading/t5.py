@@ -319,9 +319,9 @@ def _scaled_fp8(f: TensorFile, prefix: str) -> bool:
     return False
 
 
-def _source(path: str | Path | TensorFile) -> tuple[TensorFile, str, dict | None]:
+def _source(path: str | Path | TensorFile, config: dict | None = None) -> tuple[TensorFile, str, dict | None]:
     if isinstance(path, TensorFile):
-        f, cfg = path, None
+        f, cfg = path, config
     else:
         path = Path(path)
         if path.is_dir():
@@ -349,6 +349,7 @@ def load_t5(
     *,
     keep_fp8: bool = True,
     fp16_wo_fp32: bool = True,
+    config: dict | None = None,
 ) -> T5Encoder:
     """A T5Encoder from a folder, a single file (SD3 with `text_encoders.t5xxl.transformer.`) or a bare
     T5 file, computing in `dtype`.
@@ -356,10 +357,11 @@ def load_t5(
     keep_fp8: fp8-stored linear weights and token table stay fp8 (upcast at use); False upcasts at load.
     fp16_wo_fp32: with dtype fp16, keep `wo` in fp32 as transformers' `from_pretrained` does
     (`_keep_in_fp32_modules`), so fp16 results match it; fp8-stored `wo` is left to the upcast rule.
+    config: a transformers config dict for a TensorFile source (a live model's state dict).
     """
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point) or dtype in STORAGE_ONLY:
         raise ValueError(f"dtype must be a compute float dtype (float32, bfloat16, float16), got {dtype!r}")
-    f, p, config = _source(source)
+    f, p, config = _source(source, config)
     cfg = t5_config_from_tensors(f, p, config)
     scaled = _scaled_fp8(f, p)
     model = T5Encoder(cfg, device="meta", dtype=dtype)

@@ -1,0 +1,248 @@
+"""SD3 / SD3.5 and Flux text encoders (CLIP-L, CLIP-G, T5 v1.1 XXL) from every layout their users have.
+
+- diffusers pipeline folders: `model_index.json` names the pipeline; SD3 `text_encoder/` (CLIP-L with
+  projection), `text_encoder_2/` (CLIP-G), `text_encoder_3/` (T5, may be absent: zeros as diffusers),
+  `tokenizer/`, `tokenizer_2/`, `tokenizer_3/`; Flux `text_encoder/` (CLIP-L), `text_encoder_2/` (T5),
+  `tokenizer/`, `tokenizer_2/` (T5).
+- SD3 / SD3.5 single files: `text_encoders.clip_l.transformer.text_model.*` (no projection: identity, as
+  diffusers' single-file loader sets), `text_encoders.clip_g.transformer.{text_model.*, text_projection.weight}`,
+  `text_encoders.t5xxl.transformer.*` (optional; the `…_incl_clips` files leave it out).
+- ComfyUI's separate files, as several paths or one folder: `clip_l.safetensors`, `clip_g.safetensors`
+  (bare transformers keys `text_model.*`), `t5xxl_fp16.safetensors` / `t5xxl_fp8_e4m3fn.safetensors`
+  (bare T5 keys). Which CLIP is which: the real widths (768 L, 1280 G), else the narrower is L.
+  These files carry no T5 tokenizer: one is looked for beside them (`t5_tokenizer/`, `tokenizer_3/`,
+  `tokenizer_2/`, or tokenizer.json / spiece.model in the same folder).
+A Flux checkpoint holding only the diffusion transformer is refused with the names of the files to add.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from sdclip.conventions.family import FAMILIES, VIT_BIGG, VIT_L
+from sdclip.encoder.loading.checkpoint import CheckpointError, TensorFile, open_tensor_file
+from sdclip.encoder.loading.clip import (
+    LoadedEncoders, Part, _anchor, _hf_folder_part, build_encoder, find_parts, fingerprint,
+)
+from sdclip.encoder.loading.t5 import SINGLE_FILE_PREFIX, find_t5_prefix, load_t5, t5_folder
+from sdclip.encoder.t5 import T5Encoder
+
+SD3_PIPELINES = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline",
+                 "StableDiffusion3ControlNetPipeline", "StableDiffusion3PAGPipeline")
+FLUX_PIPELINES = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxFillPipeline",
+                  "FluxControlPipeline", "FluxControlNetPipeline", "FluxKontextPipeline")
+#: keys only a Flux diffusion transformer has (BFL / ComfyUI layout and diffusers layout)
+_FLUX_TRANSFORMER = ("double_blocks.", "model.diffusion_model.double_blocks.", "transformer_blocks.0.attn.add_q_proj",
+                     "single_transformer_blocks.")
+_T5_TOKENIZER_DIRS = ("t5_tokenizer", "tokenizer_3", "tokenizer_2", "t5")
+_NEEDED = {"sd3": "clip_l.safetensors, clip_g.safetensors and t5xxl_fp16.safetensors (or t5xxl_fp8_e4m3fn.safetensors)",
+           "flux": "clip_l.safetensors and t5xxl_fp16.safetensors (or t5xxl_fp8_e4m3fn.safetensors)"}
+
+
+def pipeline_family(folder: Path) -> str | None:
+    """"sd3" / "flux" for a diffusers pipeline folder with a T5 encoder (or naming one), else None."""
+    name = None
+    index = folder / "model_index.json"
+    if index.is_file():
+        try:
+            doc = json.loads(index.read_text(encoding="utf-8"))
+            name = doc.get("_class_name") if isinstance(doc, dict) else None
+        except (OSError, ValueError):
+            raise CheckpointError(f"{index}: unreadable model_index.json") from None
+    if name in SD3_PIPELINES or (folder / "text_encoder_3").is_dir():
+        return "sd3"
+    if name in FLUX_PIPELINES:
+        return "flux"
+    te2 = folder / "text_encoder_2"
+    if te2.is_dir() and t5_folder(te2) is not None:
+        return "flux"
+    return None
+
+
+def is_t5_file(f: TensorFile) -> bool:
+    """A file holding SD3's `text_encoders.*`, a bare T5 encoder, or a Flux transformer (refused later)."""
+    keys = f.keys()
+    return (any(k.startswith("text_encoders.") for k in keys) or find_t5_prefix(f) is not None
+            or _flux_transformer(keys))
+
+
+def comfy_folder(folder: Path) -> bool:
+    """A folder of ComfyUI text-encoder files (no diffusers/transformers layout, some .safetensors)."""
+    return (not (folder / "model_index.json").is_file() and not (folder / "config.json").is_file()
+            and not (folder / "text_encoder").is_dir()
+            and any(f.name.lower().startswith(("clip_l", "clip_g", "t5")) for f in folder.glob("*.safetensors")))
+
+
+def _flux_transformer(keys: Sequence[str]) -> bool:
+    return any(k.startswith(_FLUX_TRANSFORMER) for k in keys)
+
+
+def _sample(enc: T5Encoder) -> bytes:
+    """A strided sample of the T5 weights for the fingerprint (same weights, same bytes, any layout)."""
+    out = b""
+    for t in (enc.embed, enc.final_norm, enc.rel_bias, enc.blocks[0].q.weight, enc.blocks[-1].wo.weight):
+        flat = t.detach().reshape(-1)
+        out += flat[:: max(1, flat.numel() // 64)][:64].float().cpu().numpy().tobytes()
+    return out + str(tuple(enc.config.__dict__.values())).encode()
+
+
+def _fingerprint(fam: str, parts: list[Part], t5: T5Encoder | None) -> str:
+    h = hashlib.sha256(fingerprint(fam, parts).encode())
+    h.update(_sample(t5) if t5 is not None else b"no-t5")
+    return h.hexdigest()[:32]
+
+
+def _done(fam: str, parts: list[Part], t5, toks, t5_tok: Path | None, dtype, device, source: str) -> LoadedEncoders:  # noqa: ANN001
+    roles = FAMILIES[fam].roles
+    clip = iter(build_encoder(p, dtype, device) for p in parts)
+    encoders = tuple(t5 if r.kind == "t5" else next(clip) for r in roles)
+    if t5 is not None and t5_tok is None:
+        raise CheckpointError(f"{source}: no T5 tokenizer found (a folder with tokenizer.json or spiece.model: "
+                              f"{', '.join(_T5_TOKENIZER_DIRS)}/ beside the files, or the model's own tokenizer folder)")
+    return LoadedEncoders(fam, encoders, tuple(toks), _fingerprint(fam, parts, t5), source, t5_tokenizer_dir=t5_tok)
+
+
+def _tokenizer_dir(path: Path) -> Path | None:
+    return path if path.is_dir() and ((path / "tokenizer.json").is_file() or (path / "spiece.model").is_file()) else None
+
+
+def load_pipeline_folder(folder: Path, fam: str, family: str | None, dtype: torch.dtype, device) -> LoadedEncoders:  # noqa: ANN001
+    """A diffusers SD3 / Flux pipeline folder."""
+    if family is not None and family != fam:
+        raise CheckpointError(f"{folder}: family={family!r} but the folder holds a {fam!r} pipeline")
+    roles = FAMILIES[fam].roles
+    clip_dirs = [folder / ("text_encoder" if i == 0 else f"text_encoder_{i + 1}") for i, r in enumerate(roles) if r.kind == "clip"]
+    parts = []
+    for d, role in zip(clip_dirs, [r for r in roles if r.kind == "clip"]):
+        if not (d / "config.json").is_file():
+            raise CheckpointError(f"{folder}: a {fam} pipeline needs {d.name}/ ({role.name}), missing")
+        part = _hf_folder_part(d)
+        part.role = role
+        parts.append(part)
+    t5_index = next(i for i, r in enumerate(roles) if r.kind == "t5")
+    t5_dir = folder / f"text_encoder_{t5_index + 1}"
+    tok_dir = folder / f"tokenizer_{t5_index + 1}"
+    t5 = None
+    if (t5_dir / "config.json").is_file():
+        t5 = load_t5(t5_dir, dtype, device)
+    elif fam == "flux":
+        raise CheckpointError(f"{folder}: a Flux pipeline needs text_encoder_2/ (T5), missing")
+    toks = [folder / ("tokenizer" if i == 0 else f"tokenizer_{i + 1}") for i in range(len(clip_dirs))]
+    toks = [d if d.is_dir() else None for d in toks]
+    return _done(fam, parts, t5, toks, _tokenizer_dir(tok_dir), dtype, device, str(folder))
+
+
+def _clip_role(width: int, widths: list[int]) -> str:
+    if width == VIT_L.width:
+        return "clip_l"
+    if width == VIT_BIGG.width:
+        return "clip_g"
+    return "clip_l" if width == min(widths) else "clip_g"
+
+
+def load_files(paths: Sequence[Path], family: str | None, dtype: torch.dtype, device) -> LoadedEncoders:  # noqa: ANN001
+    """SD3 single files, ComfyUI's separate files (several paths), or a folder of them."""
+    files: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            found = sorted(p.glob("*.safetensors"))
+            if not found:
+                raise CheckpointError(f"{p}: no .safetensors files (expected clip_l / clip_g / t5xxl files)")
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise CheckpointError(f"{p}: no such file or folder")
+    clip_parts: list[Part] = []
+    t5_sources: list[tuple[Path, str]] = []
+    for path in files:
+        f = open_tensor_file(path)
+        keys = f.keys()
+        prefix = find_t5_prefix(f)
+        if prefix is not None:
+            t5_sources.append((path, prefix))
+        has_clip = any(k.endswith(_anchor("hf")) or k.endswith(_anchor("openclip")) for k in keys)
+        if has_clip:
+            clip_parts.extend(p for p in find_parts(f) if p.layout == "hf")
+        elif prefix is None:
+            if _flux_transformer(keys):
+                raise CheckpointError(
+                    f"{path}: a Flux checkpoint with only the diffusion transformer, no text encoders; add the "
+                    f"text-encoder files: {_NEEDED['flux']} (several --model paths, or one folder holding them)"
+                )
+            raise CheckpointError(f"{path}: neither a CLIP nor a T5 text encoder")
+    if len(t5_sources) > 1:
+        raise CheckpointError(f"several T5 encoders ({', '.join(p.name for p, _ in t5_sources)}): pass the one to use")
+    single = [p for p in clip_parts if p.role is not None and p.prefix.startswith("text_encoders.")]
+    if single:
+        fam = "sd3"
+    else:
+        fam = family or ("sd3" if len(clip_parts) >= 2 else "flux")
+        widths = [p.file.shape(p.prefix + _anchor(p.layout))[-1] for p in clip_parts]
+        for part, w in zip(clip_parts, widths):
+            name = _clip_role(w, widths)
+            part.role = next((r for r in FAMILIES[fam].roles if r.name == name), None)
+            if part.role is None:
+                raise CheckpointError(f"{part.file.path}: a {name} encoder, which {fam} does not use")
+    if family is not None and family != fam:
+        raise CheckpointError(f"{files[0]}: family={family!r} but these files hold a {fam!r} model")
+    wanted = [r for r in FAMILIES[fam].roles if r.kind == "clip"]
+    got = sorted(p.role.name for p in clip_parts)
+    if got != sorted(r.name for r in wanted):
+        raise CheckpointError(f"{', '.join(str(p) for p in files)}: {fam} needs {', '.join(r.name for r in wanted)} "
+                              f"and T5, found {', '.join(got) or 'no CLIP'}; pass {_NEEDED[fam]}")
+    clip_parts.sort(key=lambda p: wanted.index(p.role))
+    if not t5_sources and fam == "flux":
+        raise CheckpointError(f"{files[0]}: Flux needs its T5 encoder: add t5xxl_fp16.safetensors (or t5xxl_fp8_e4m3fn.safetensors)")
+    t5 = None
+    if t5_sources:
+        path, prefix = t5_sources[0]
+        t5 = load_t5(path, dtype, device)
+    where = [p.parent for p in files]
+    tok = next((d for base in where for name in _T5_TOKENIZER_DIRS if (d := _tokenizer_dir(base / name)) is not None), None)
+    tok = tok or next((b for b in where if _tokenizer_dir(b) is not None), None)
+    return _done(fam, clip_parts, t5, [None] * len(clip_parts), tok, dtype, device, ", ".join(str(p) for p in paths))
+
+
+def encoders_from_pipeline(pipe: object, fam: str) -> LoadedEncoders:
+    """Our encoders from a live StableDiffusion3Pipeline / FluxPipeline, mapped and checked as their saved
+    files would be (T5 in the pipeline's dtype; a missing SD3 text_encoder_3 stays None: zeros)."""
+    from sdclip.encoder.loading.checkpoint import MemoryTensors
+    roles = FAMILIES[fam].roles
+    parts, t5 = [], None
+    dtype = device = None
+    for i, role in enumerate(roles):
+        name = "text_encoder" if i == 0 else f"text_encoder_{i + 1}"
+        model = getattr(pipe, name, None)
+        if role.kind == "t5":
+            if model is not None:
+                sd = {k: v.detach() for k, v in model.state_dict().items()}
+                first = next(model.parameters())
+                wo = [v for k, v in sd.items() if k.endswith("DenseReluDense.wo.weight")]
+                t5 = load_t5(MemoryTensors(sd, f"<{name}>"), first.dtype, first.device, config=model.config.to_dict(),
+                             fp16_wo_fp32=bool(wo) and wo[0].dtype == torch.float32)
+            continue
+        if model is None:
+            raise CheckpointError(f"the pipeline has no {name} ({role.name}); {fam} needs it")
+        sd = {k: v.detach() for k, v in model.state_dict().items()}
+        found = [p for p in find_parts(MemoryTensors(sd, f"<{name}>")) if p.layout == "hf"]
+        if len(found) != 1:
+            raise CheckpointError(f"{name} ({type(model).__name__}) is not one transformers CLIP text model")
+        part = found[0]
+        part.hf_config = model.config.to_dict()
+        part.role = role
+        parts.append(part)
+        first = next(model.parameters())
+        dtype, device = dtype or first.dtype, device or first.device
+    clip = iter(build_encoder(p, dtype, device) for p in parts)
+    encoders = tuple(t5 if r.kind == "t5" else next(clip) for r in roles)
+    return LoadedEncoders(fam, encoders, (None,) * len(parts), _fingerprint(fam, parts, t5), "<pipeline>")
+
+
+__all__ = ["encoders_from_pipeline", "SINGLE_FILE_PREFIX", "comfy_folder", "is_t5_file", "load_files", "load_pipeline_folder", "pipeline_family"]

@@ -1,0 +1,135 @@
+"""SD3 / SD3.5: parity with diffusers' StableDiffusion3Pipeline.encode_prompt on a tiny random pipeline
+(tests/tiny_pipelines.sd3_pipeline: CLIP-L with projection, CLIP-G, T5 384 wide), and generation from our
+tensors equal to the pipeline's own prompt path.
+
+diffusers' recipe: CLIP-L ‖ CLIP-G penultimate (no final LN) [B, 77, 320] zero-padded on features to T5's
+width, then T5 [B, max_sequence_length, 384] on the token axis; pooled = L ‖ G projected. Known difference,
+asserted: diffusers encodes the negative without clip skip (a bug not copied).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sdclip.conditioner import Conditioner
+from sdclip.pipelines import conditioner_from_pipeline, pipeline_kwargs
+from tiny_pipelines import T5_WIDTH, generate, sd3_pipeline
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+NAMES = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
+PROMPT = "a red fox in a misty forest, highly detailed, golden hour"
+NEGATIVE = "blurry, lowres, watermark"
+LONG = ", ".join(f"a {c} fox with {c} eyes under a {c} sky" for c in
+                 ("red", "blue", "green", "golden", "silver", "purple", "orange", "white", "black", "pink") * 3)
+
+
+@pytest.fixture(scope="module")
+def sd3():
+    return sd3_pipeline()
+
+
+@pytest.fixture(scope="module")
+def cond(sd3):
+    return conditioner_from_pipeline(sd3)
+
+
+@torch.no_grad()
+def reference(pipe, prompt, negative=None, **kw) -> dict[str, torch.Tensor]:  # noqa: ANN001
+    out = pipe.encode_prompt(prompt, kw.pop("prompt_2", None), kw.pop("prompt_3", None), device="cpu",
+                             negative_prompt=negative, **kw)
+    return dict(zip(NAMES, out))
+
+
+def close(ours: dict, theirs: dict, names=NAMES) -> None:  # noqa: ANN001
+    for name in names:
+        assert ours[name].shape == theirs[name].shape, name
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("prompt, negative", [(PROMPT, NEGATIVE), (PROMPT, None), ("", None), (LONG, LONG[:300])],
+                         ids=["short", "no-negative", "empty", "long-truncated"])
+def test_parity_with_encode_prompt(sd3, cond, prompt, negative):
+    ours = cond(prompt, negative).diffusers_kwargs()
+    close(ours, reference(sd3, prompt, negative))
+    assert ours["prompt_embeds"].shape == (1, 77 + 256, T5_WIDTH)
+    assert ours["pooled_prompt_embeds"].shape == (1, 128 + 80)
+
+
+def test_clip_block_is_zero_padded_and_t5_follows(cond):
+    embeds = cond(PROMPT).positive.embeds[0]
+    assert bool((embeds[:77, 320:] == 0).all()) and bool((embeds[:77, :320] != 0).any())
+    assert bool((embeds[77:, 320:] != 0).any())  # T5 uses the whole width
+
+
+def test_truncation_is_reported_for_clip_and_t5(cond):
+    prep = cond.prepare(LONG)
+    assert prep.slots == 77 + 256
+    assert "T5:" in prep.dropped
+    t5_rows = prep.parts[0].rows[2]
+    assert t5_rows.ids[0][255] == 1 and t5_rows.token_count == 256  # `</s>` kept, as transformers truncates
+
+
+def test_prompt_2_and_prompt_3(sd3, cond):
+    ours = cond(PROMPT, NEGATIVE, prompt_2="a blue cat", prompt_3="an oil painting", negative_3="dark").diffusers_kwargs()
+    theirs = reference(sd3, PROMPT, NEGATIVE, prompt_2="a blue cat", prompt_3="an oil painting", negative_prompt_3="dark")
+    close(ours, theirs)
+
+
+def test_batch_with_per_prompt_negatives(sd3, cond):
+    prompts, negatives = [PROMPT, "a cat"], ["blurry", ""]
+    close(cond(prompts, negatives).diffusers_kwargs(), reference(sd3, prompts, negatives))
+
+
+def test_max_sequence_length(sd3):
+    c = conditioner_from_pipeline(sd3, max_sequence_length=77)
+    ours = c(LONG, NEGATIVE).diffusers_kwargs()
+    close(ours, reference(sd3, LONG, NEGATIVE, max_sequence_length=77))
+    assert ours["prompt_embeds"].shape[1] == 77 + 77
+    with pytest.raises(ValueError, match="at most 512"):
+        conditioner_from_pipeline(sd3, max_sequence_length=600)
+
+
+def test_clip_skip_positive_matches_and_negative_bug_is_not_copied(sd3):
+    c = conditioner_from_pipeline(sd3, clip_skip=1)
+    ours = c(PROMPT, NEGATIVE).diffusers_kwargs()
+    theirs = reference(sd3, PROMPT, NEGATIVE, clip_skip=1)
+    close(ours, theirs, NAMES[::2])
+    # diffusers' negative ignores clip_skip; ours is the negative text encoded with it
+    as_prompt = reference(sd3, NEGATIVE, None, clip_skip=1)
+    torch.testing.assert_close(ours["negative_prompt_embeds"], as_prompt["prompt_embeds"], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(ours["negative_prompt_embeds"], theirs["negative_prompt_embeds"], atol=1e-3)
+
+
+def test_without_t5_the_t5_block_is_zeros():
+    pipe = sd3_pipeline(t5=False)
+    c = conditioner_from_pipeline(pipe)
+    ours = c(PROMPT, NEGATIVE).diffusers_kwargs()
+    close(ours, reference(pipe, PROMPT, NEGATIVE))
+    assert bool((ours["prompt_embeds"][0, 77:] == 0).all()) and ours["prompt_embeds"].shape == (1, 333, T5_WIDTH)
+
+
+def test_weights_reach_t5_through_character_spans(sd3):
+    c = conditioner_from_pipeline(sd3, preset="a1111", layout="truncate")
+    prep = c.prepare("a (red:1.5) fox")
+    t5 = prep.parts[0].rows[2]
+    tok = c.t5_tokenizer
+    weighted = [tok.token_text(i) for i, w in zip(t5.ids[0], t5.weights[0]) if w == 1.5]
+    assert "".join(weighted).replace("▁", "") == "red"
+    plain = c("a red fox").positive.embeds
+    assert not torch.allclose(c("a (red:1.5) fox").positive.embeds[0, 77:], plain[0, 77:])
+    assert torch.equal(c("a (red:1.5) fox").positive.pooled, c("a red fox").positive.pooled)  # pooled: never weighted
+
+
+def test_same_image_from_our_tensors(sd3, cond):
+    theirs = generate(sd3, prompt=PROMPT, negative_prompt=NEGATIVE)
+    ours = generate(sd3, **pipeline_kwargs(sd3, PROMPT, NEGATIVE, conditioner=cond))
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+
+
+def test_conditioner_rejects_wrong_encoder_kinds(cond):
+    with pytest.raises(ValueError, match="T5 encoder"):
+        Conditioner(cond.encoders[:2] + (cond.encoders[0],), "sd3", cond.options, t5_tokenizer=cond.t5_tokenizer)
+    with pytest.raises(ValueError, match="t5_tokenizer"):
+        Conditioner(cond.encoders, "sd3", cond.options)
