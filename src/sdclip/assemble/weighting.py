@@ -26,6 +26,17 @@ Every mode works on hidden states `z` [R, L, D] (one row per encoded 77- or 248-
            row has exactly the same hidden state: pass `eos=Rows.eos`. Not copied: LPW-XL rounds weights
            to float16 (1.1 → 1.0996) and, when the positive is EOS-padded to the negative's length, lerps
            toward the last of those extra EOS slots.
+- "comfy++" ComfyUI_ADV_CLIP_emb (adv_encode.py `weight_interpretation="comfy++"`): down-weights by
+           "down_weight" below on the raw weights, plus for each fragment with weight w > 1 an up-weight
+           (w − 1)·(z − z_f) on its own slots, z_f = the rows re-encoded with that fragment's tokens
+           replaced by the mask token.
+- "down_weight" ADV_CLIP_emb `"down_weight"`: weights rescaled so the largest is 1 (w/max(w); BOS/EOS/pad
+           stay 1), then with the distinct weights below 1 sorted, w₀ < … < w_{K−1}:
+           z' = w₀·z + Σᵢ (wᵢ − wᵢ₋₁)·zᵢ + (1 − w_{K−1})·z_K, zᵢ = the rows re-encoded with every token of
+           the i lowest weights replaced by the mask token (cumulative). A token of weight w thus keeps a
+           share w of its unmasked encoding.
+           Both ADV modes mask by token substitution (id 266, `+</w>`), not by attention, so their
+           re-encodings are `SubstitutionPlan`s, and apply is the plan's per-slot linear mix.
 - "none"   z unchanged (A1111 "Ignore"/"None").
 """
 
@@ -262,7 +273,7 @@ class Weighting:
     def apply(self, hidden: Tensor, w: Tensor, ctx: "WeightingInputs") -> Tensor:
         raise NotImplementedError
 
-    def reencodings(self, weights: Sequence[Sequence[float]], fragments: Tensor) -> CompelPlan | None:
+    def reencodings(self, weights: Sequence[Sequence[float]], fragments: Tensor) -> "CompelPlan | SubstitutionPlan | None":
         """The masked re-encodings this formula needs for rows with these weights (None: none)."""
         return None
 
@@ -273,7 +284,7 @@ class WeightingInputs:
     groups: Sequence[Sequence[int]] | None = None
     eos: Sequence[int] | None = None
     downweighted: Tensor | None = None
-    plan: CompelPlan | None = None
+    plan: "CompelPlan | SubstitutionPlan | None" = None
 
 
 class _NoWeights(Weighting):
@@ -311,6 +322,174 @@ class _Compel(Weighting):
         return compel_downweight_plan(torch.tensor(weights, dtype=torch.float64), fragments)
 
 
+# -- ComfyUI_ADV_CLIP_emb: re-encodings with tokens replaced by a mask token -------------------------------
+
+#: ADV_CLIP_emb masks a token by replacing its id with 266 — `+</w>` in CLIP's vocabulary (its comment says
+#: "comma", which is 267); the replacement carries weight 1
+ADV_MASK_TOKEN = 266
+
+
+@dataclass(frozen=True)
+class SubstitutionPlan:
+    """Re-encodings of a part's rows with some slots' token ids replaced by `token` (ADV_CLIP_emb), and
+    how to mix them: out = Σⱼ coefficients[j] ⊙ Eⱼ, E₀ = the rows as encoded, Eₖ = re-encoding k.
+
+    - replaced[k]: [R, L] bool, the slots whose id re-encoding k replaces by `token`;
+    - coefficients: [1 + K, R, L] float64, a per-slot factor for each encoding.
+    Unlike compel's `CompelPlan` this masks nothing from attention: an encoder plan builds re-encoding k's
+    rows with `substituted(ids, k)`.
+    """
+
+    replaced: Tensor
+    coefficients: Tensor
+    token: int = ADV_MASK_TOKEN
+
+    def __len__(self) -> int:
+        return int(self.replaced.shape[0])
+
+    @property
+    def attention_masks(self) -> Tensor:
+        """[0, R, L] for a plan without re-encodings; otherwise refused: this is not an attention-mask plan,
+        and an encoder plan that only knows attention masks would encode these rows unmasked and silently
+        return the unweighted prompt."""
+        if len(self) == 0:
+            return torch.ones(self.replaced.shape, dtype=torch.int64)
+        raise WeightingError(
+            "ADV_CLIP_emb weightings ('comfy++', 'down_weight') re-encode rows with tokens replaced by the mask "
+            "token, which this encoder plan cannot build (it needs SubstitutionPlan.substituted)"
+        )
+
+    def substituted(self, ids: Sequence[Sequence[int]], k: int) -> list[tuple[int, ...]]:
+        """Re-encoding k's rows: `ids` [R][L] with the slots of `replaced[k]` set to the mask token."""
+        mask = self.replaced[k].tolist()
+        return [tuple(self.token if m else t for t, m in zip(row, mrow)) for row, mrow in zip(ids, mask)]
+
+
+def _substitution_plan(shape: torch.Size, replaced: list[Tensor], coefficients: list[Tensor]) -> SubstitutionPlan:
+    stacked = torch.stack(replaced) if replaced else torch.zeros((0, *shape), dtype=torch.bool)
+    return SubstitutionPlan(stacked, torch.stack(coefficients).to(torch.float64))
+
+
+def _as_weights(weights: Sequence[Sequence[float]] | Tensor, fragments: Tensor | None) -> tuple[Tensor, Tensor]:
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    if w.dim() != 2 or not bool(torch.isfinite(w).all()):
+        raise WeightingError(f"weights must be finite [R, L], got {_describe(w)}")
+    f = torch.full(w.shape, -1, dtype=torch.int64) if fragments is None else torch.as_tensor(fragments)
+    if tuple(f.shape) != tuple(w.shape) or f.is_floating_point():
+        raise WeightingError(f"fragments must be integer [R, L] = {list(w.shape)}, got {_describe(f)}")
+    return w, f
+
+
+def _down_weight_terms(w: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """ADV_CLIP_emb `down_weight`: (coefficient of E₀, masks, coefficients) of its cumulative re-encodings.
+
+    The mix weights are diff([0, w₀, …, w_{K−1}, 1]). ADV_CLIP_emb takes the 1 from the weights themselves
+    (`w[w <= 1]`) and crashes (a broadcast error) when no slot weighs exactly 1; here the 1 is always the
+    last edge, which is the same whenever ADV_CLIP_emb works and keeps the mix weights summing to 1."""
+    below = sorted({float(x) for x in w.flatten().tolist() if x < 1.0})
+    if not below:
+        return torch.ones_like(w), [], []
+    edges = [0.0, *below, 1.0]
+    mix = [b - a for a, b in zip(edges, edges[1:])]  # float64, as np.diff
+    masks, coeffs, masked = [], [], torch.zeros(w.shape, dtype=torch.bool)
+    for value, c in zip(below, mix[1:]):
+        masked = masked | (w == value)
+        masks.append(masked.clone())
+        coeffs.append(torch.full(w.shape, c, dtype=torch.float64))
+    return torch.full(w.shape, mix[0], dtype=torch.float64), masks, coeffs
+
+
+def scale_to_norm(w: Tensor, fragments: Tensor, w_max: float = 1.0) -> Tensor:
+    """ADV_CLIP_emb `scale_to_norm`: every weight divided by the largest (BOS/EOS/pad included), times
+    min(largest, w_max); BOS/EOS/pad (fragment −1) set to min(largest, w_max)."""
+    top = float(w.max())
+    if top <= 0:
+        raise WeightingError(f"'down_weight' divides by the largest weight, which is {top}: no positive weight")
+    scale = min(top, w_max)
+    return torch.where(fragments < 0, torch.full_like(w, scale), w / top * scale)
+
+
+def down_weight_plan(weights: Sequence[Sequence[float]] | Tensor, fragments: Tensor | None = None) -> SubstitutionPlan:
+    """The re-encodings and mix of "down_weight" for rows with these weights (none: nothing below 1 once
+    rescaled).
+
+    fragments [R, L]: fragment per slot, −1 for BOS/EOS/pad (only these matter, for `scale_to_norm`)."""
+    w, f = _as_weights(weights, fragments)
+    base, masks, coeffs = _down_weight_terms(scale_to_norm(w, f))
+    return _substitution_plan(w.shape, masks, [base, *coeffs])
+
+
+def comfy_plus_plus_plan(weights: Sequence[Sequence[float]] | Tensor, fragments: Tensor) -> SubstitutionPlan:
+    """The re-encodings and mix of "comfy++" (none where every weight is 1).
+
+    ADV_CLIP_emb: `down_weight` on the raw weights, then `from_masked` with the weights clamped to ≥ 1: for
+    each word (fragment) whose weight at its first slot is ≠ 1, ascending, a re-encoding with that word's
+    tokens replaced (not cumulative), added as (u − 1)·(E₀ − E_f) on the word's own slots, u = the slot's
+    clamped weight. ADV_CLIP_emb's pooled output (the hidden state at slot 76, not a pooled vector) is not
+    copied: the pooled vector stays the unweighted encoder's, as for every weighting here."""
+    w, f = _as_weights(weights, fragments)
+    base, masks, coeffs = _down_weight_terms(w)
+    up = torch.clamp(w, min=1.0)
+    flat_f, flat_u = f.flatten().tolist(), up.flatten().tolist()
+    first: dict[int, float] = {}
+    for frag, u in zip(flat_f, flat_u):
+        if frag >= 0:
+            first.setdefault(frag, u)
+    for frag in sorted(first):
+        if first[frag] == 1.0:
+            continue
+        own = f == frag
+        gain = torch.where(own, up - 1.0, torch.zeros_like(up))
+        base = base + gain
+        masks.append(own)
+        coeffs.append(-gain)
+    return _substitution_plan(w.shape, masks, [base, *coeffs])
+
+
+def substitution_mix(hidden: Tensor, reencoded: Tensor, plan: SubstitutionPlan) -> Tensor:
+    """Σⱼ coefficients[j] ⊙ Eⱼ over the rows [R, L, D] and their re-encodings [K, R, L, D], in float32."""
+    K, (R, L, D) = len(plan), hidden.shape
+    if reencoded is None or tuple(reencoded.shape) != (K, R, L, D):
+        got = "nothing" if reencoded is None else _describe(reencoded)
+        raise WeightingError(f"the plan has {K} re-encodings: downweighted must be [K, R, L, D] = {[K, R, L, D]}, got {got}")
+    if tuple(plan.coefficients.shape) != (K + 1, R, L):
+        raise WeightingError(f"plan coefficients must be [{K + 1}, {R}, {L}], got {_describe(plan.coefficients)}")
+    c = plan.coefficients.to(device=hidden.device, dtype=torch.float32).unsqueeze(-1)
+    stacked = torch.cat([hidden.unsqueeze(0), reencoded.to(hidden.dtype)]).to(torch.float32)
+    return (stacked * c).sum(0).to(hidden.dtype)
+
+
+class _AdvMix(Weighting):
+    """ADV_CLIP_emb's modes: the plan carries the whole formula; apply only mixes."""
+
+    def apply(self, hidden, w, ctx):  # noqa: ANN001, ANN201
+        plan = ctx.plan
+        if ctx.downweighted is None and bool((w == 1).all()):
+            return hidden  # both formulas give the rows themselves at unit weights, whatever the plan
+        if plan is None:
+            if ctx.downweighted is not None:
+                raise WeightingError("downweighted= needs plan= (the SubstitutionPlan the re-encodings were made from)")
+            raise WeightingError(
+                f"{self.name!r} re-encodes the rows with tokens replaced by the mask token: pass "
+                f"plan=get_weighting({self.name!r}).reencodings(weights, fragments) and downweighted=<its encodings>"
+            )
+        if not isinstance(plan, SubstitutionPlan):
+            raise WeightingError(f"{self.name!r} needs a SubstitutionPlan, got {type(plan).__name__}")
+        if len(plan) == 0 and ctx.downweighted is None and bool((plan.coefficients == 1).all()):
+            return hidden
+        return substitution_mix(hidden, ctx.downweighted, plan)
+
+
+class _AdvComfyPlusPlus(_AdvMix):
+    def reencodings(self, weights, fragments):  # noqa: ANN001, ANN201
+        return comfy_plus_plus_plan(weights, fragments)
+
+
+class _AdvDownWeight(_AdvMix):
+    def reencodings(self, weights, fragments):  # noqa: ANN001, ANN201
+        return down_weight_plan(weights, fragments)
+
+
 #: the weighting formulas by name (the names also live, torch-free, in sdclip.conventions.presets.WEIGHTINGS)
 WEIGHTING_MODES: dict[str, Weighting] = {
     m.name: m
@@ -321,6 +500,8 @@ WEIGHTING_MODES: dict[str, Weighting] = {
         _Compel("compel", needs_empty=True, reencodes=True),
         _LerpFromEos("lerp-eos", needs_eos=True),
         _NoWeights("none"),
+        _AdvComfyPlusPlus("comfy++", reencodes=True),
+        _AdvDownWeight("down_weight", reencodes=True),
     )
 }
 
@@ -341,7 +522,7 @@ def apply_weights(
     groups: Sequence[Sequence[int]] | None = None,
     eos: Sequence[int] | None = None,
     downweighted: Tensor | None = None,
-    plan: CompelPlan | None = None,
+    plan: CompelPlan | SubstitutionPlan | None = None,
 ) -> Tensor:
     """Weighted hidden states [R, L, D], same dtype as `hidden`, by the formula of `mode` (see module doc).
 
@@ -349,7 +530,9 @@ def apply_weights(
     - groups: rows sharing one mean ("a1111"; default each row alone);
     - eos: each row's EOS slot ("lerp-eos");
     - downweighted, plan: compel's K masked re-encodings [K, R, L, D] (raw encoder output, unweighted)
-      and the `compel_downweight_plan` they were encoded from ("compel", required when any w < 1).
+      and the `compel_downweight_plan` they were encoded from ("compel", required when any w < 1);
+      for "comfy++" / "down_weight" the `SubstitutionPlan` of `get_weighting(mode).reencodings(weights,
+      fragments)` and the rows re-encoded with `plan.substituted(ids, k)` (required when any w ≠ 1).
     Raises WeightingError (a ValueError) on an unknown mode, bad shapes, NaN/inf weights.
     """
     weighting = get_weighting(mode)
