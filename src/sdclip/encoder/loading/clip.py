@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,8 @@ from typing import Literal
 
 import torch
 
-from sdclip.encoder.loading.checkpoint import CheckpointError, MemoryTensors, PickleFile, TensorFile, open_tensor_file, read_checked
+from sdclip.encoder.loading.checkpoint import (CheckpointError, MemoryTensors, PickleFile, TensorFile, open_tensor_file,
+                                               overflow_message, read_checked)
 from sdclip.conventions.family import FAMILIES, EncoderRole, get_family, one_tower_family
 from sdclip.encoder.config import EncoderConfig
 from sdclip.tokenizer.stream import VOCAB_SIZE
@@ -128,13 +130,27 @@ def describe_unknown(f: TensorFile, anchors: list[str]) -> str:
     )
 
 
+#: more blocks than any CLIP text tower has (ViT-bigG: 32): a key naming layer 10**9 is refused, not counted
+MAX_LAYERS = 1024
+
+
 def _layer_count(part: Part) -> int:
+    """Blocks stored under the part's prefix; numbers are checked before anything is sized by them."""
     pat = (re.escape(part.prefix) + (r"encoder\.layers\.(\d+)\." if part.layout == "hf" else r"transformer\.resblocks\.(\d+)\."))
-    found = {int(m.group(1)) for k in part.file.keys() if (m := re.match(pat, k))}
+    found: set[int] = set()
+    for k in part.file.keys():
+        if m := re.match(pat, k):
+            digits = m.group(1)
+            if len(digits) > len(str(MAX_LAYERS)) or int(digits) >= MAX_LAYERS:
+                raise CheckpointError(
+                    f"{part.file.path}: {k[:120]!r} names layer {digits[:20]}{'…' if len(digits) > 20 else ''}; "
+                    f"a CLIP text encoder has fewer than {MAX_LAYERS} layers"
+                )
+            found.add(int(digits))
     if not found:
         raise CheckpointError(f"{part.file.path}: text encoder at {part.prefix or '<root>'!r} has no layers")
     n = max(found) + 1
-    missing = sorted(set(range(n)) - found)
+    missing = [i for i in range(n) if i not in found]
     if missing:
         raise CheckpointError(f"{part.file.path}: layers {missing} missing under {part.prefix or '<root>'!r}")
     return n
@@ -236,7 +252,8 @@ def _config(part: Part, width: int, vocab: int, positions: int, layers: int, mlp
 
 
 class _Reader:
-    """Reads a part's tensors by suffix, records what was used, samples bytes for the fingerprint."""
+    """Reads a part's tensors by suffix, records what was used, samples bytes for the fingerprint.
+    Finiteness is checked after the cast to the requested dtype (build_encoder), not here."""
 
     def __init__(self, part: Part):
         self.part = part
@@ -244,7 +261,7 @@ class _Reader:
 
     def __call__(self, suffix: str, shape: tuple[int, ...]) -> torch.Tensor:
         key = self.part.prefix + suffix
-        t = read_checked(self.part.file, key, shape)
+        t = read_checked(self.part.file, key, shape, finite=False)
         self.used.add(key)
         return t
 
@@ -309,9 +326,9 @@ def map_part(part: Part) -> tuple[EncoderConfig, dict[str, torch.Tensor]]:
             raise CheckpointError(f"{f.path}: the {part.role.name} encoder needs its text projection ({proj_full!r}) — missing")
         shp = f.shape(proj_full)
         if hf:
-            w = read_checked(f, proj_full, (shp[0], D))
+            w = read_checked(f, proj_full, (shp[0], D), finite=False)
         else:
-            w = read_checked(f, proj_full, (D, shp[-1])).T
+            w = read_checked(f, proj_full, (D, shp[-1]), finite=False).T
         rd.used.add(proj_full)
         sd["projection.weight"] = w
         cfg = cfg.with_(projection=int(w.shape[0]))
@@ -346,12 +363,20 @@ def build_encoder(part: Part, dtype: torch.dtype, device: str | torch.device) ->
     out = {}
     for k, t in sd.items():
         u = t.to(device=device, dtype=dtype)
+        if not bool(torch.isfinite(u).all()):  # after the cast: 1e5 is finite in float32, inf in float16
+            raise CheckpointError(overflow_message(t, dtype, f"{part.file.path}: the {cfg.name} encoder's {_where(k)}"))
         if not owned and u.data_ptr() == t.data_ptr():
             u = u.clone()  # do not keep a memory-mapped pickle alive
         out[k] = u.contiguous()
     model = CLIPTextEncoder(cfg, device="meta", dtype=dtype)
     model.load_state_dict(out, strict=True, assign=True)
     return model.eval().requires_grad_(False)
+
+
+def _where(key: str) -> str:
+    """Our state-dict key in words: `blocks.3.mlp.fc.weight` → `layers.3 (0-based) mlp.fc.weight`."""
+    m = re.match(r"blocks\.(\d+)\.(.+)", key)
+    return f"layers.{m.group(1)} (0-based) {m.group(2)}" if m else key
 
 
 def _strided(t: torch.Tensor, n: int = 64) -> bytes:
@@ -376,13 +401,42 @@ WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "model.fp16
                 "pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model.fp16.bin")
 
 
+#: config.json fields the loader reads, with what they must be (positive whole numbers unless said)
+_INT_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "max_position_embeddings", "projection_dim", "vocab_size")
+
+
+def checked_config(cfg: object, where: object) -> dict:
+    """A text model's config (a CLIPConfig's `text_config` when nested) with every field the loader reads
+    of the right type and range: a wrong value is named here rather than failing later or giving NaN."""
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{where}: config must be a JSON object, found a {type(cfg).__name__}")
+    inner = cfg.get("text_config")
+    if inner is not None:
+        if not isinstance(inner, dict):
+            raise CheckpointError(f"{where}: 'text_config' must be an object, found a {type(inner).__name__}")
+        cfg = inner or cfg
+    for name in _INT_FIELDS:
+        value = cfg.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise CheckpointError(f"{where}: {name!r} must be a positive whole number, found {value!r}")
+    act = cfg.get("hidden_act")
+    if act is not None and not isinstance(act, str):
+        raise CheckpointError(f"{where}: 'hidden_act' must be a string, found {act!r}")
+    eps = cfg.get("layer_norm_eps")
+    if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float))
+                            or not math.isfinite(eps) or eps <= 0):
+        raise CheckpointError(f"{where}: 'layer_norm_eps' must be a positive finite number, found {eps!r}")
+    return cfg
+
+
 def _hf_folder_part(folder: Path) -> Part:
     cfg_path = folder / "config.json"
     try:
-        cfg = json.loads(cfg_path.read_text())
-    except Exception as e:
-        raise CheckpointError(f"{cfg_path}: unreadable config ({e})") from e
-    cfg = cfg.get("text_config", cfg) or cfg
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: JSON and UTF-8 decoding
+        raise CheckpointError(f"{cfg_path}: unreadable config ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+    cfg = checked_config(cfg, cfg_path)
     for name in WEIGHT_NAMES:
         if (folder / name).is_file():
             f = open_tensor_file(folder / name)
@@ -517,7 +571,7 @@ def encoders_from_modules(models: tuple, *, dtype: torch.dtype | None = None) ->
             raise CheckpointError(f"model {i} ({type(model).__name__}) is not one transformers CLIP text model")
         part = found[0]
         cfg = getattr(model, "config", None)
-        part.hf_config = cfg.to_dict() if cfg is not None else {}
+        part.hf_config = checked_config(cfg.to_dict(), f"model {i} config") if cfg is not None else {}
         parts.append(part)
     if len(parts) == 2:
         fam, parts = _two_encoders(parts)
