@@ -147,7 +147,7 @@ class Conditioner:
                 "(diffusers' tokenizer_3/ or tokenizer_2/; put it beside ComfyUI's files as a folder named t5_tokenizer/)"
             )
         return cls(loaded.encoders, loaded.family, options, tokenizer=tokenizer, t5_tokenizer=t5_tok, embeddings=library,
-                   fingerprint=loaded.fingerprint, row_limit=row_limit)
+                   fingerprint=loaded.fingerprint, row_limit=row_limit, t5_width=getattr(loaded, "t5_width", None))
 
     def prepare(self, text: str | tuple) -> Prepared:
         """syntax → tokenizer → layout for one text (no encoder), refused past `row_limit` rows. A tuple

@@ -134,7 +134,18 @@ def load_pipeline_folder(folder: Path, fam: str, family: str | None, dtype: torc
         raise CheckpointError(f"{folder}: a Flux pipeline needs text_encoder_2/ (T5), missing")
     toks = [folder / ("tokenizer" if i == 0 else f"tokenizer_{i + 1}") for i in range(len(clip_dirs))]
     toks = [d if d.is_dir() else None for d in toks]
-    return _done(fam, parts, t5, toks, _tokenizer_dir(tok_dir), dtype, device, str(folder))
+    loaded = _done(fam, parts, t5, toks, _tokenizer_dir(tok_dir), dtype, device, str(folder))
+    if t5 is None:  # diffusers' zeros are as wide as the transformer's joint_attention_dim
+        loaded.t5_width = _joint_attention_dim(folder / "transformer" / "config.json")
+    return loaded
+
+
+def _joint_attention_dim(path: Path) -> int | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("joint_attention_dim")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 1 << 16 else None
 
 
 def _clip_role(width: int, widths: list[int]) -> str:
