@@ -287,3 +287,26 @@ def test_out_must_be_safetensors(models, tmp_path, capsys):
     assert encode("--model", models["sd1"], "--prompt", PROMPT, "--out", tmp_path / "c.pt") == 2
     assert "safetensors" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_sigkill_leaves_no_result_and_the_next_run_clears_its_temporary_file(models, tmp_path):
+    """A writer killed with SIGKILL cannot clean up: it leaves only a hidden `.c.safetensors.PID.*.tmp`,
+    never c.safetensors; the next run removes it and writes a complete file."""
+    import signal
+    import time
+
+    src = _lines(tmp_path, "\n".join([LONG] * 400) + "\n")
+    out = tmp_path / "c.safetensors"
+    proc = subprocess.Popen([sys.executable, "-m", "sdclip", "encode", "--model", str(models["sd1"]),
+                             "--prompts-file", str(src), "--batch-size", "4", "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".c.safetensors.*.tmp")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    left = list(tmp_path.glob(".c.safetensors.*.tmp"))
+    assert len(left) == 1
+    assert encode("--model", models["sd1"], "--prompt", PROMPT, "--out", out) == 0
+    assert not list(tmp_path.glob(".c.safetensors.*.tmp")) and load_file(out)["prompt_embeds"].shape[0] == 1

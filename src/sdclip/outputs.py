@@ -38,7 +38,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
     """Yields a temporary path beside `final`; on success it is fsynced and renamed to `final`, on any
     failure (disk full included) removed."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=TMP_SUFFIX, dir=final.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.{os.getpid()}.", suffix=TMP_SUFFIX, dir=final.parent)
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary files
@@ -50,6 +50,29 @@ def atomic_path(final: Path) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def remove_stale_temps(final: Path) -> int:
+    """Remove the temporary files that killed writers of `final` left (`.NAME.PID.*.tmp` whose PID is gone:
+    a SIGKILL cannot be cleaned up after at the time); returns how many."""
+    n = 0
+    for p in Path(final).parent.glob(f".{Path(final).name}.*{TMP_SUFFIX}"):
+        pid = p.name[len(Path(final).name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                p.unlink()
+                n += 1
+    return n
 
 
 def reason(exc: OSError) -> str:
@@ -86,6 +109,7 @@ def check_output_file(out: Path, inputs: Iterable[str | os.PathLike] = (), flag:
             break
     try:
         parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out)
         fd, probe = tempfile.mkstemp(prefix=".probe.", suffix=TMP_SUFFIX, dir=parent)
         os.close(fd)
         os.unlink(probe)
