@@ -125,7 +125,7 @@ def test_family_contradiction_is_an_error(written):
     with pytest.raises(CheckpointError, match="sdxl"):
         load_text_encoders(written[("sdxl", "diffusers")], family="sd1")
     with pytest.raises(CheckpointError, match="unknown family"):
-        load_text_encoders(written[("sd1", "hf")], family="sd3")
+        load_text_encoders(written[("sd1", "hf")], family="sd9")
 
 
 def test_bare_open_clip_needs_family_unless_shapes_say(written):
