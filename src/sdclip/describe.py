@@ -13,6 +13,10 @@ Fields of the inspect object (stable: later versions only add):
   count to the row end; capacity 75·ceil(count/75)).
 - ``parts``: per AND/blend part: ``weight``, ``tokens``, ``capacity``, ``rows``, ``rows_by_encoder``, ``notes``.
 - ``warnings``: what `sdclip encode` would refuse or drop (more rows than its row_limit; extra-network tags).
+- ``t5`` (SD3 / Flux only), per part and at the top: the T5 sequence: ``ids`` (content + ``</s>`` + pad),
+  ``weights``, ``pieces`` (the tokens' text up to ``</s>``), ``count`` (tokens the encoder sees, ``</s>``
+  included: the n of n/256), ``length`` (positions encoded), ``limit`` (max_sequence_length, or None where
+  T5 is never truncated: the comfy preset), ``dropped`` (the source text cut).
 """
 
 from __future__ import annotations
@@ -73,9 +77,10 @@ def describe(
     embeddings: Mapping[str, int] | None = None,
     *,
     full: bool = False,
+    t5_tokenizer=None,  # noqa: ANN001 (sdclip.tokenizer.t5.T5Tokenizer: needed by SD3 / Flux)
 ) -> dict:
     """The stable inspect object (fields above) for one prompt."""
-    prepared = prepare(text, options, family, tokenizer, embeddings)
+    prepared = prepare(text, options, family, tokenizer, embeddings, t5_tokenizer=t5_tokenizer)
     per_row = family.length - 2
     limit = None if full else ROWS_SHOWN
     rows: list[dict] = []
@@ -122,4 +127,27 @@ def describe(
     }
     if total_rows > len(rows):
         out["rows_omitted"] = total_rows - len(rows)
+    t5 = [e for e, role in enumerate(family.roles) if role.kind == "t5"]
+    if t5:
+        per_part = [_t5_json(part.rows[t5[0]], options, family.roles[t5[0]], t5_tokenizer) for part in prepared.parts]
+        for entry, item in zip(out["parts"], per_part):
+            entry["t5"] = item
+        out["t5"] = {"count": sum(p["count"] for p in per_part), "length": max(p["length"] for p in per_part),
+                     "limit": per_part[0]["limit"], "dropped": " … ".join(p["dropped"] for p in per_part if p["dropped"])}
     return out
+
+
+def _t5_json(rows: Rows, options: Options, role, tokenizer) -> dict:  # noqa: ANN001
+    from sdclip.prepare import t5_row_length
+
+    limit = t5_row_length(options, role, 1)[1]
+    n = rows.eos[0]
+    return {
+        "ids": rows.ids[0],
+        "weights": [round(w, 6) for w in rows.weights[0]],
+        "pieces": [tokenizer.token_text(i) for i in rows.ids[0][: n + 1]],
+        "count": rows.token_count,
+        "length": rows.length,
+        "limit": limit,
+        "dropped": rows.dropped,
+    }

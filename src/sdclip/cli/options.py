@@ -26,6 +26,8 @@ def add_text_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stride", type=int, help="window layout: tokens between window starts (default 50)")
     p.add_argument("--comma-backtrack", type=int, help="chunk layout: comma backtrack in tokens (default 20)")
     p.add_argument("--max-rows", type=int, help="compress layout: drop lowest-weight tags to fit N rows")
+    p.add_argument("--max-sequence-length", type=int,
+                   help="SD3 / Flux: T5 positions (default: the family's, SD3 256, Flux 512; comfy preset: the minimum)")
     p.add_argument("--unknown-embedding", choices=("drop", "error"),
                    help="an unknown embedding:NAME (comfy syntax): drop it with a warning as ComfyUI does, or refuse "
                         "(default: the preset's: comfy drop)")
@@ -48,6 +50,8 @@ def add_model_options(p: argparse.ArgumentParser, *, model_required: bool = True
                    help="refuse prompts that need more rows than this (default 64 ≈ 4,800 tokens; compress fits it)")
     p.add_argument("--pack-weights", action="store_true",
                    help="CPU: 3-27%% faster encoding for a second copy of the encoder weights in memory")
+    p.add_argument("--prompt-2", help="diffusers' prompt_2: the text of CLIP-G (SDXL, SD3) or T5 (Flux); default the prompt")
+    p.add_argument("--prompt-3", help="diffusers' prompt_3: the text of SD3's T5; default the prompt")
 
 
 def text_options(args: argparse.Namespace) -> Options:
@@ -62,6 +66,7 @@ def text_options(args: argparse.Namespace) -> Options:
         max_rows=args.max_rows,
         unknown_embedding=args.unknown_embedding,
         token_normalization=getattr(args, "token_normalization", None),
+        max_sequence_length=getattr(args, "max_sequence_length", None),
     )
 
 
