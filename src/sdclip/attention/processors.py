@@ -125,29 +125,8 @@ class TracingAttnProcessor:
         where: tuple[int, int, int],
     ) -> Tensor:
         residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        batch_size, sequence_length, _ = encoder_hidden_states.shape
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
-            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        query = attn.to_q(hidden_states)
-        if attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
-        inner_dim = key.shape[-1]
-        head_dim = inner_dim // attn.heads
-        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-
+        query, key, value, attention_mask = _project(attn, hidden_states, encoder_hidden_states, attention_mask, temb, True)
+        batch_size, head_dim = query.shape[0], query.shape[-1]
         self._record(attn, query, key, attention_mask, where)
 
         hidden_states = F.scaled_dot_product_attention(
@@ -183,28 +162,45 @@ def attention_probs(query: Tensor, key: Tensor, scale: float, mask: Tensor | Non
     return scores.softmax(dim=-1)
 
 
+def _project(
+    attn: Attention,
+    hidden_states: Tensor,
+    encoder_hidden_states: Tensor,
+    attention_mask: Tensor | None,
+    temb: Tensor | None,
+    with_value: bool,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """q, k (and v) [B, heads, ·, d] and the mask exactly as AttnProcessor2_0 forms them."""
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    batch_size, sequence_length, _ = encoder_hidden_states.shape
+    if attention_mask is not None:
+        attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+        attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    query = attn.to_q(hidden_states)
+    if attn.norm_cross:
+        encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+    key = attn.to_k(encoder_hidden_states)
+    head_dim = key.shape[-1] // attn.heads
+
+    def heads(x: Tensor) -> Tensor:
+        return x.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+
+    query, key = heads(query), heads(key)
+    value = heads(attn.to_v(encoder_hidden_states)) if with_value else None
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    return query, key, value, attention_mask
+
+
 def _query_key(
     attn: Attention, hidden_states: Tensor, encoder_hidden_states: Tensor, attention_mask: Tensor | None, temb: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """q and k [B, heads, ·, d] and the mask as AttnProcessor2_0 forms them (for processors not reproduced)."""
     with torch.no_grad():
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        batch_size, sequence_length, _ = encoder_hidden_states.shape
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
-            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        query = attn.to_q(hidden_states)
-        if attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(encoder_hidden_states)
-        head_dim = key.shape[-1] // attn.heads
-        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        return query, key, attention_mask
+        query, key, _, mask = _project(attn, hidden_states, encoder_hidden_states, attention_mask, temb, False)
+    return query, key, mask
