@@ -133,3 +133,23 @@ def test_conditioner_rejects_wrong_encoder_kinds(cond):
         Conditioner(cond.encoders[:2] + (cond.encoders[0],), "sd3", cond.options, t5_tokenizer=cond.t5_tokenizer)
     with pytest.raises(ValueError, match="t5_tokenizer"):
         Conditioner(cond.encoders, "sd3", cond.options)
+
+
+# ---- the ComfyUI preset (comfy/text_encoders/sd3_clip.py) ---------------------------------------------
+
+def test_comfy_sd3_t5_minimum_77_and_unprojected_clip_l_pooled(sd3):
+    c = conditioner_from_pipeline(sd3, preset="comfy")
+    short = c("a red fox").positive
+    assert short.embeds.shape == (1, 77 + 77, T5_WIDTH)  # T5 padded with 0 up to 77, not 256
+    n = len(c.t5_tokenizer.encode(LONG)) + 1
+    clip_slots = c.prepare(LONG).block_slots()[0]  # comfy chunks CLIP: 77·k
+    assert clip_slots % 77 == 0 and c(LONG).positive.embeds.shape == (1, clip_slots + n, T5_WIDTH)  # no T5 maximum
+    ids = torch.tensor([c.prepare("a red fox").parts[0].rows[0].ids[0]])
+    with torch.no_grad():
+        out = sd3.text_encoder(ids, output_hidden_states=True)
+        unprojected = sd3.text_encoder.text_model.final_layer_norm(out.hidden_states[-1])[0, ids[0].tolist().index(49407)]
+        g = sd3.text_encoder_2(torch.tensor([c.prepare("a red fox").parts[0].rows[1].ids[0]]))[0][0]
+    torch.testing.assert_close(short.pooled[0, :128], unprojected, rtol=1e-4, atol=1e-4)  # ComfyUI: L unprojected
+    torch.testing.assert_close(short.pooled[0, 128:], g, rtol=1e-4, atol=1e-4)  # G projected
+    # diffusers projects L's pooled vector
+    assert not torch.allclose(conditioner_from_pipeline(sd3)("a red fox").positive.pooled[0, :128], unprojected, atol=1e-3)

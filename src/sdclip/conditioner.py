@@ -100,6 +100,8 @@ class Conditioner:
                 rows.append(ZeroRows(t5_width or role.width, ref.dtype, ref.device) if enc is None
                             else T5RowEncoder(enc, key=key, cache=self.cache, batch_size=max(1, batch_size // 4)))
             else:
+                if role.name in self.options.unprojected_pooled and enc.projection is not None:
+                    enc, key = _unprojected(enc), key + ("unprojected",)
                 rows.append(RowEncoder(enc, self.options.layer(role), pooled=i in self.family.pooled_roles,
                                        key=key, cache=self.cache, batch_size=batch_size))
         self._rows = tuple(rows)
@@ -278,6 +280,16 @@ class Conditioner:
 
     def _t5_empty_length(self, role) -> int:  # noqa: ANN001
         return t5_row_length(self.options, role, 1)[0]
+
+
+def _unprojected(enc: CLIPTextEncoder) -> CLIPTextEncoder:
+    """The same encoder (shared weights) whose pooled vector skips the text projection."""
+    import copy
+
+    view = copy.copy(enc)
+    view._modules = dict(enc._modules)
+    view._modules["projection"] = None
+    return view
 
 
 def _keys(texts: list[str], second: str | Sequence[str] | None, third: str | Sequence[str] | None) -> list:

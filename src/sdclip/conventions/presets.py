@@ -56,6 +56,9 @@ class Options:
     #: T5 tokenization of a weighted prompt: "text" all at once (diffusers sees the plain prompt) or
     #: "fragments" each weighted fragment alone (ComfyUI, compel)
     t5_split: Literal["text", "fragments"] = "text"
+    #: encoders whose pooled vector is taken before their text projection (ComfyUI's SD3 CLIP-L:
+    #: `return_projected_pooled=False`; diffusers projects it)
+    unprojected_pooled: tuple[str, ...] = ()
     #: ComfyUI_ADV_CLIP_emb token weight normalisation: none | mean | length | length+mean
     #: (sdclip.tokenizer.weight_norm), applied to each part's token weights right after tokenizing
     token_normalization: str = "none"
@@ -138,6 +141,7 @@ _PRESETS: dict[str, Options] = {
         unknown_embedding="drop",
         t5_length="min",
         t5_split="fragments",
+        unprojected_pooled=("clip_l",),
     ),
     # compel on a transformers-5 pipeline: its syntax, truncation by default (layout="chunk" is compel's
     # truncate_long_prompts=False: rows cut at sentence, else phrase, else word ends), its weighting.
