@@ -150,10 +150,14 @@ def t5_tokenizer_dir() -> Path:
     return build_tokenizer(root)["json"]
 
 
-def t5_tokenizer():  # noqa: ANN201
+def t5_tokenizer(model_max_length: int | None = None):  # noqa: ANN201
+    """transformers' T5TokenizerFast over the tiny vocabulary (FLUX.1's tokenizer_2 says model_max_length 512)."""
     from transformers import T5TokenizerFast
 
-    return T5TokenizerFast.from_pretrained(str(t5_tokenizer_dir()))
+    tok = T5TokenizerFast.from_pretrained(str(t5_tokenizer_dir()))
+    if model_max_length is not None:
+        tok.model_max_length = model_max_length
+    return tok
 
 
 def clip_with_projection(role: str, seed: int, projection_dim: int):  # noqa: ANN201
@@ -228,7 +232,7 @@ def flux_pipeline(seed: int = 0):  # noqa: ANN201
     )
     pipe = FluxPipeline(
         transformer=transformer, scheduler=_flow_scheduler(), vae=_flow_vae(),
-        text_encoder=l, tokenizer=clip_tokenizer(), text_encoder_2=text_encoder_2, tokenizer_2=t5_tokenizer(),
+        text_encoder=l, tokenizer=clip_tokenizer(), text_encoder_2=text_encoder_2, tokenizer_2=t5_tokenizer(512),
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
