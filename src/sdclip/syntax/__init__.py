@@ -13,12 +13,23 @@ from __future__ import annotations
 import gc
 from collections.abc import Collection
 
-from sdclip.syntax.prompt import ExtraNetwork, Prompt, PromptSyntaxError, Schedule, Scheduled
+from sdclip.syntax.prompt import ExtraNetwork, ParseOptions, Prompt, PromptSyntaxError, Schedule, Scheduled
 from sdclip.syntax import a1111, comfy, compel, plain
 
 DIALECTS = ("a1111", "comfy", "compel", "plain")
 
+#: dialect → parser(text, embeddings, ParseOptions)
 _PARSERS = {"a1111": a1111.parse, "comfy": comfy.parse, "compel": compel.parse, "plain": plain.parse}
+
+
+def _unscheduled(text: str, steps: int, old_scheduling: bool, hires_steps: int | None) -> Schedule:
+    """A dialect without scheduling: the text, to the last step."""
+    n = a1111.Timeline.of(steps, hires_steps, old_scheduling).n
+    return Schedule(n, (Scheduled(n, text, (text,)),))
+
+
+#: dialect → scheduler(text, steps, old_scheduling, hires_steps); only AUTOMATIC1111 schedules
+_SCHEDULERS = {"a1111": a1111.schedule, "comfy": _unscheduled, "compel": _unscheduled, "plain": _unscheduled}
 
 
 def _check_text(text: object) -> str:
@@ -65,23 +76,12 @@ def parse(
             f"unknown unknown_embedding {unknown_embedding!r}; choose one of {', '.join(UNKNOWN_EMBEDDINGS)}"
         )
     text = _check_text(text)
+    opts = ParseOptions(step, steps, hires_steps, old_scheduling, embedding_match, unknown_embedding)
     paused = gc.isenabled() and len(text) > 10_000
     if paused:  # parsing allocates many small acyclic objects: cyclic GC passes only cost time
         gc.disable()
     try:
-        if dialect == "a1111":
-            return a1111.parse(
-                text,
-                embeddings,
-                step=step,
-                steps=steps,
-                hires_steps=hires_steps,
-                old_scheduling=old_scheduling,
-                embedding_match=embedding_match,
-            )
-        if dialect == "comfy":
-            return comfy.parse(text, embeddings, unknown_embedding=unknown_embedding)
-        return _PARSERS[dialect](text, embeddings, embedding_match=embedding_match)
+        return _PARSERS[dialect](text, embeddings, opts)
     finally:
         if paused:
             gc.enable()
@@ -104,11 +104,7 @@ def schedule(
     """
     if dialect not in _PARSERS:
         raise ValueError(f"unknown dialect {dialect!r}; expected one of {DIALECTS}")
-    text = _check_text(text)
-    if dialect == "a1111":
-        return a1111.schedule(text, steps, old_scheduling, hires_steps)
-    n = a1111.Timeline.of(steps, hires_steps, old_scheduling).n
-    return Schedule(n, (Scheduled(n, text, (text,)),))
+    return _SCHEDULERS[dialect](_check_text(text), steps, old_scheduling, hires_steps)
 
 
-__all__ = ["DIALECTS", "EMBEDDING_MATCHES", "UNKNOWN_EMBEDDINGS", "parse", "schedule", "PromptSyntaxError"]
+__all__ = ["DIALECTS", "EMBEDDING_MATCHES", "UNKNOWN_EMBEDDINGS", "ParseOptions", "parse", "schedule", "PromptSyntaxError"]

@@ -40,7 +40,7 @@ import re
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from sdclip.syntax.prompt import MAX_WEIGHT, ExtraNetwork, Part, Prompt, Schedule, Scheduled
+from sdclip.syntax.prompt import MAX_WEIGHT, ExtraNetwork, ParseOptions, Part, Prompt, Schedule, Scheduled
 from sdclip.syntax._common import (
     MAX_DEPTH,
     OffsetMap,
@@ -561,23 +561,15 @@ def strip_extra_networks(text: str) -> tuple[str, tuple[ExtraNetwork, ...], Offs
 # ---------------------------------------------------------------- parse
 
 
-def parse(
-    text: str,
-    embeddings: Collection[str] = (),
-    *,
-    step: int = 1,
-    steps: int | None = None,
-    hires_steps: int | None = None,
-    old_scheduling: bool = False,
-    embedding_match: str = "word",
-) -> Prompt:
-    """A1111 prompt → Prompt: extra networks out, AND parts, each read at `step`, then emphasis and BREAK.
+def parse(text: str, embeddings: Collection[str] = (), opts: ParseOptions = ParseOptions()) -> Prompt:
+    """A1111 prompt → Prompt: extra networks out, AND parts, each read at `opts.step`, then emphasis and BREAK.
 
-    Without `steps` a scheduled part is read as at its first step from the sign of `when` (see
+    Without `opts.steps` a scheduled part is read as at its first step from the sign of `when` (see
     `at_step`); with `steps` (and `hires_steps`) at `step` exactly as A1111 (see `Timeline`).
     `embedding_match` "token-ids" leaves embedding names to the tokenizer stage (A1111's own rule).
     """
-    timeline = None if steps is None else Timeline.of(steps, hires_steps, old_scheduling)
+    step, embedding_match = opts.step, opts.embedding_match
+    timeline = None if opts.steps is None else Timeline.of(opts.steps, opts.hires_steps, opts.old_scheduling)
     if timeline is not None and (isinstance(step, bool) or not isinstance(step, int) or not 1 <= step <= timeline.n):
         raise ValueError(f"step must be an int in 1..{timeline.n}, got {step!r}")
     body, networks, tag_map = strip_extra_networks(text)

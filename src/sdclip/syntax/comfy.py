@@ -28,7 +28,7 @@ import re
 from array import array
 from collections.abc import Collection
 
-from sdclip.syntax.prompt import MAX_WEIGHT, Part, Prompt
+from sdclip.syntax.prompt import MAX_WEIGHT, ParseOptions, Part, Prompt
 from sdclip.syntax._common import Piece, checked, to_sequence
 
 #: ComfyUI splits a segment at " embedding:" and "\nembedding:" (and a segment may start with one)
@@ -194,12 +194,12 @@ def _embeddings(pieces: list[Piece], known: Collection[str], unknown: str, warni
     return out
 
 
-def parse(text: str, embeddings: Collection[str] = (), *, unknown_embedding: str = "error") -> Prompt:
+def parse(text: str, embeddings: Collection[str] = (), opts: ParseOptions = ParseOptions()) -> Prompt:
     """ComfyUI prompt → Prompt with one part (ComfyUI has no AND).
 
-    unknown_embedding: "error" keeps an unknown `embedding:name` (the tokenizer stage refuses it, naming
+    opts.unknown_embedding: "error" keeps an unknown `embedding:name` (the tokenizer stage refuses it, naming
     the loaded ones); "drop" removes it and records a warning, as ComfyUI does.
     """
     warnings: list[str] = []
-    pieces = _embeddings(_pieces(text), set(embeddings), unknown_embedding, warnings)
+    pieces = _embeddings(_pieces(text), set(embeddings), opts.unknown_embedding, warnings)
     return Prompt((Part(to_sequence(pieces, text)),), "single", True, text, warnings=tuple(warnings))

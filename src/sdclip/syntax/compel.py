@@ -29,7 +29,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from sdclip.syntax.prompt import Part, Prompt
+from sdclip.syntax.prompt import ParseOptions, Part, Prompt
 from sdclip.syntax._common import OffsetMap, Piece, checked, error, split_embeddings, to_sequence
 
 PLUS, MINUS = 1.1, 0.9
@@ -536,10 +536,10 @@ def _sequence(nodes: list, source: str, embeddings: _Embeds):
     return to_sequence(pieces, source), bool(frags)
 
 
-def parse(text: str, embeddings: Collection[str] = (), *, embedding_match: str = "word") -> Prompt:
+def parse(text: str, embeddings: Collection[str] = (), opts: ParseOptions = ParseOptions()) -> Prompt:
     """compel prompt → Prompt ("single", "blend" or "concat"); with embedding_match "token-ids" only
     `<name>` references are split out here (bare names are the tokenizer stage's)."""
-    embeds = _Embeds(embeddings, embedding_match == "word")
+    embeds = _Embeds(embeddings, opts.embedding_match == "word")
     # compel's comma rule, with a map back to the source for spans
     segs, out, pos, last = [], [], 0, 0
     for m in _COMMA.finditer(text):

@@ -160,3 +160,23 @@ class Schedule:
             if step <= entry.end_step:
                 return entry.text
         return self.entries[-1].text
+
+
+@dataclass(frozen=True)
+class ParseOptions:
+    """What a dialect's parser may need besides the text; each dialect reads the fields it has use for.
+
+    step / steps / hires_steps / old_scheduling: a1111 reads a scheduled prompt at `step` of `steps`
+    exactly as A1111 schedules it (without `steps`, as at its first step from the sign of `when`).
+    embedding_match: "word" finds loaded names as whole words in the parser; "token-ids" (A1111's rule)
+    leaves bare names to the tokenizer stage (explicit `embedding:name` and `<name>` are still parsed).
+    unknown_embedding: a comfy `embedding:name` not loaded is kept ("error": the tokenizer refuses it) or
+    removed with a line in `Prompt.warnings` ("drop", as ComfyUI does)."""
+
+    step: int = 1
+    steps: int | None = None
+    hires_steps: int | None = None
+    old_scheduling: bool = False
+    embedding_match: str = "word"
+    unknown_embedding: str = "error"
+
