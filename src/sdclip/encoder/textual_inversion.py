@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from sdclip.conventions.family import EMBEDDING_KEYS
-from sdclip.encoder.loading.checkpoint import _one_line, check_materialised, safe_torch_load, upcast_storage_only
+from sdclip.encoder.loading.checkpoint import _one_line, check_materialised, read_head, safe_torch_load, upcast_storage_only
 
 #: encoder roles an embedding file may name, with the width they have in real Stable Diffusion models
 ROLES = EMBEDDING_KEYS
@@ -118,13 +118,7 @@ def _as_matrix(value: object, what: str) -> Tensor:
 
 def _read(path: Path) -> object:
     """The file's content: safetensors by its header, everything else as a weights-only pickle."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(9)
-    except OSError as e:
-        raise EmbeddingError(f"cannot read embedding file {path}: {e}") from e
-    if not head:
-        raise EmbeddingError(f"embedding file {path} is empty")
+    head = read_head(path, 9, EmbeddingError)
     is_safetensors = path.suffix.lower() == ".safetensors" or (len(head) == 9 and head[8:9] == b"{")
     if is_safetensors:
         try:

@@ -218,19 +218,25 @@ def _check_zip(path: Path, error: type[ValueError]) -> None:
         raise error(f"{path}: refused — a zip with {what} (torch.save never compresses); not a checkpoint sdclip reads")
 
 
+def read_head(path: Path, n: int, error: type[ValueError]) -> bytes:
+    """The first `n` bytes of a file (what tells its format), or one line of `error` if it has none."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(n)
+    except OSError as e:
+        raise error(f"{path}: cannot read the file ({e.strerror or e})") from None
+    if not head:
+        raise error(f"{path}: the file is empty")
+    return head
+
+
 def safe_torch_load(path: Path, error: type[ValueError]) -> object:
     """`torch.load(weights_only=True)`, memory-mapped for zips, every failure one line of `error`.
 
     Never suggests loading with weights_only=False: a refused pickle is described (objects other than
     tensors, a plain Python pickle, or not a checkpoint at all) and converting to .safetensors is advised."""
     path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(4)
-    except OSError as e:
-        raise error(f"{path}: cannot read the file ({e.strerror or e})") from None
-    if not head:
-        raise error(f"{path}: the file is empty")
+    head = read_head(path, 4, error)
     is_zip = zipfile.is_zipfile(path)
     if is_zip:
         _check_zip(path, error)
