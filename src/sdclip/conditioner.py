@@ -100,7 +100,7 @@ class Conditioner:
                 rows.append(ZeroRows(t5_width or role.width, ref.dtype, ref.device) if enc is None
                             else T5RowEncoder(enc, key=key, cache=self.cache, batch_size=max(1, batch_size // 4)))
             else:
-                if role.name in self.options.unprojected_pooled and enc.projection is not None:
+                if role.name == "clip_l" and self.options.clip_l_pooled == "unprojected" and enc.projection is not None:
                     enc, key = _unprojected(enc), key + ("unprojected",)
                 rows.append(RowEncoder(enc, self.options.layer(role), pooled=i in self.family.pooled_roles,
                                        key=key, cache=self.cache, batch_size=batch_size))

@@ -56,9 +56,9 @@ class Options:
     #: T5 tokenization of a weighted prompt: "text" all at once (diffusers sees the plain prompt) or
     #: "fragments" each weighted fragment alone (ComfyUI, compel)
     t5_split: Literal["text", "fragments"] = "text"
-    #: encoders whose pooled vector is taken before their text projection (ComfyUI's SD3 CLIP-L:
-    #: `return_projected_pooled=False`; diffusers projects it)
-    unprojected_pooled: tuple[str, ...] = ()
+    #: SD3's CLIP-L pooled vector: after its text projection (diffusers) or before it (ComfyUI's
+    #: `return_projected_pooled=False`); Flux's CLIP-L has no projection either way
+    clip_l_pooled: Literal["projected", "unprojected"] = "projected"
     #: ComfyUI_ADV_CLIP_emb token weight normalisation: none | mean | length | length+mean
     #: (sdclip.tokenizer.weight_norm), applied to each part's token weights right after tokenizing
     token_normalization: str = "none"
@@ -84,6 +84,8 @@ class Options:
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
+        if self.clip_l_pooled not in ("projected", "unprojected"):
+            raise ValueError(f"unknown clip_l_pooled {self.clip_l_pooled!r}; choose one of projected, unprojected")
         if self.t5_split not in ("text", "fragments"):
             raise ValueError(f"unknown t5_split {self.t5_split!r}; choose one of text, fragments")
         if self.t5_length not in ("max", "min"):
@@ -141,7 +143,7 @@ _PRESETS: dict[str, Options] = {
         unknown_embedding="drop",
         t5_length="min",
         t5_split="fragments",
-        unprojected_pooled=("clip_l",),
+        clip_l_pooled="unprojected",
     ),
     # compel on a transformers-5 pipeline: its syntax, truncation by default (layout="chunk" is compel's
     # truncate_long_prompts=False: rows cut at sentence, else phrase, else word ends), its weighting.
