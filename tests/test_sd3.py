@@ -153,3 +153,28 @@ def test_comfy_sd3_t5_minimum_77_and_unprojected_clip_l_pooled(sd3):
     torch.testing.assert_close(short.pooled[0, 128:], g, rtol=1e-4, atol=1e-4)  # G projected
     # diffusers projects L's pooled vector
     assert not torch.allclose(conditioner_from_pipeline(sd3)("a red fox").positive.pooled[0, :128], unprojected, atol=1e-3)
+
+
+def test_a1111_syntax_long_prompts_and_and_parts(sd3):
+    c = conditioner_from_pipeline(sd3, preset="a1111")
+    pair = c(LONG, "blurry")
+    assert pair.positive.embeds.shape == pair.negative.embeds.shape
+    assert pair.positive.embeds.shape[1] == c.prepare(LONG).block_slots()[0] + 256 and pair.positive.embeds.shape[1] > 333
+    # the shorter negative's CLIP block is padded with empty CLIP rows, before its T5 block
+    empty = c.empty_sequence()
+    torch.testing.assert_close(pair.negative.embeds[0, 77:154], empty[:77])
+    torch.testing.assert_close(pair.negative.embeds[0, -256:], c("blurry").positive.embeds[0, -256:])
+    parts = c("a red fox AND a blue cat:0.5")
+    assert parts.positive.composition == [[(0, 1.0), (1, 0.5)]] and parts.positive.embeds.shape == (2, 333, T5_WIDTH)
+    steps = c.encode_schedule("a [red:blue:0.5] fox", "blurry", steps=4)
+    assert len(steps.entries) == 2 and steps.at(4).positive.embeds.shape == (1, 333, T5_WIDTH)
+
+
+def test_bf16_pipeline_folder(sd3, tmp_path):
+    sd3.save_pretrained(str(tmp_path / "sd3"))
+    c = Conditioner.from_pretrained(tmp_path / "sd3", preset="diffusers", dtype=torch.bfloat16)
+    kw = c(PROMPT, NEGATIVE).diffusers_kwargs()
+    ref = reference(sd3, PROMPT, NEGATIVE)
+    for name in NAMES:
+        assert kw[name].dtype == torch.bfloat16 and bool(torch.isfinite(kw[name]).all())
+        assert float((kw[name].float() - ref[name]).norm() / ref[name].norm()) < 2e-2  # bf16 rounding only
