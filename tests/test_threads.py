@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 
 import torch
-from test_conditioner import make
+from tiny_conditioners import make
 
 from sdclip.encoder.batching import RowCache
 

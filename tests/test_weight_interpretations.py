@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 from a1111_oracle import BOS, EOS
-from test_conditioner import hf_last, ids_of, make, models_of
+from tiny_conditioners import hf_last, ids_of, make, models_of
 
 from sdclip.assemble.weighting import (
     ADV_MASK_TOKEN,
