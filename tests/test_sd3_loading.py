@@ -170,3 +170,18 @@ def test_two_t5_files_are_refused(flux, tmp_path):
     extra.write_bytes(paths[-1].read_bytes())
     with pytest.raises(CheckpointError, match="several T5 encoders"):
         Conditioner.from_pretrained(tmp_path / "clip")
+
+
+def test_comfy_fp8_t5_file(flux, tmp_path):
+    """t5xxl_fp8_e4m3fn.safetensors: weights stay fp8 and are upcast per layer; close to the fp16 result."""
+    from tiny_t5 import to_fp8
+
+    paths = _comfy_files(flux, tmp_path / "clip", [("clip_l", flux.text_encoder)])
+    fp8 = tmp_path / "clip" / "t5xxl_fp8_e4m3fn.safetensors"
+    save_file({k: to_fp8(v) if v.dim() == 2 else v.half() for k, v in t5_state(flux.text_encoder_2).items()}, str(fp8))
+    paths[-1].unlink()
+    cond = Conditioner.from_pretrained(tmp_path / "clip", preset="diffusers")
+    assert cond.encoders[1].blocks[0].q.weight.dtype == torch.float8_e4m3fn
+    ours = cond(PROMPT).diffusers_kwargs()["prompt_embeds"]
+    theirs = flux_reference(flux)["prompt_embeds"]
+    assert ours.shape == theirs.shape and float((ours - theirs).norm() / theirs.norm()) < 0.2
