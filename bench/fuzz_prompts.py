@@ -4,7 +4,7 @@ Three measurements, reproduced by one command:
 1. random prompts (seeded; syntax-heavy alphabet, words, Unicode, tags, `embedding:` references) through
    parse + tokenize in every dialect × normalisation, with both embedding rules, plus A1111 scheduling:
    calls made and crashes (any exception other than the documented ones; goal 0);
-2. the pathological shapes of tests/test_fuzz_prompts.py at 100 kB in every dialect × normalisation:
+2. the pathological shapes of tests/syntax/test_fuzz_prompts.py at 100 kB in every dialect × normalisation:
    the slowest call, in CPU seconds per 100 kB (goal ≤ 1 s);
 3. 1 MB and 10 MB prompts (an ordinary weighted prompt repeated) in each preset's dialect and
    normalisation, each in a fresh process: peak resident memory above the text itself, and time.

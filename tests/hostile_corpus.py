@@ -1,7 +1,7 @@
 """A generated corpus of hostile, broken and odd input files (issue 16), and the entry points they go through.
 
 `build(root)` writes every case under `root` and returns them; `run_case(case)` puts one case through every
-entry point that reads its kind of file and returns what happened at each. Used by tests/test_hostile_files.py
+entry point that reads its kind of file and returns what happened at each. Used by tests/encoder/test_hostile_files.py
 (the whole corpus, every run) and bench/hostile_files.py (the counts for the README).
 
 The rules checked (`Outcome.problems`): an entry point either succeeds with finite conditioning or raises a

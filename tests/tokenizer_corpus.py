@@ -3,7 +3,7 @@
 Real art-prompt phrasing (styles, artist-like names, subjects, lighting, quality tags, weight syntax) mixed
 with the text that breaks tokenizers: Unicode of every kind, html entities, curly quotes, contractions,
 digits, punctuation runs, very long words, literal special tokens, control characters, mojibake, and
-empty or whitespace-only strings. Used by tests/test_tokenizer.py and bench/bench_tokenizer.py.
+empty or whitespace-only strings. Used by tests/tokenizer/test_tokenizer.py and bench/bench_tokenizer.py.
 """
 
 from __future__ import annotations

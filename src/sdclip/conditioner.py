@@ -27,7 +27,7 @@ from sdclip.encoder.batching import RowCache, RowEncoder, T5RowEncoder, ZeroRows
 from sdclip.encoder.model import CLIPTextEncoder
 from sdclip.encoder.t5 import T5Encoder
 from sdclip.encoder.plan import Encoded, plan_batch, vector_matrix, vector_table
-from sdclip.encoder.textual_inversion import EmbeddingLibrary
+from sdclip.encoder.textual_inversion import EmbeddingLibrary, check_token_table
 from sdclip.prepare import Prepared, pad_t5_rows, prepare, t5_row_length
 from sdclip.syntax import schedule
 from sdclip.tokenizer import Tokenizer
@@ -156,6 +156,8 @@ class Conditioner:
         (prompt, prompt_2, prompt_3) gives each encoder its own text (diffusers' convention)."""
         if not isinstance(text, (str, tuple)):
             raise TypeError(f"prompts must be str, got {type(text).__name__}")
+        clip = [enc.config.vocab for enc in self.encoders if hasattr(enc.config, "vocab")]
+        check_token_table(self.tokenizer, clip, self.embeddings)
         return prepare(text, self.options, self.family, self.tokenizer, self.embeddings.vector_counts(),
                        row_limit=self.row_limit, t5_tokenizer=self.t5_tokenizer)
 

@@ -101,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         args.model, family=args.family, dtype=dtype, device=args.device, embeddings=args.embeddings,
         options=options, pack_weights=args.pack_weights, row_limit=args.row_limit,
     )
+    for w in cond.embeddings.warnings:
+        print(f"sdclip: warning: {w}", file=sys.stderr)
     where = (lambda i: f"line {i + 1}") if args.prompts_file else (lambda i: "the prompt")
     length, truncated = 0, []
     for i, text in enumerate(prompts):

@@ -1,5 +1,5 @@
 """The OpenAPI 3 description of the API, written by hand (the API is small; a generator would be a
-dependency). tests/test_serve_api.py checks every path and method here is served and vice versa."""
+dependency). tests/serve/test_serve_api.py checks every path and method here is served and vice versa."""
 
 from __future__ import annotations
 

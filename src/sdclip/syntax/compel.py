@@ -1,6 +1,6 @@
 """compel prompt syntax (compel 2.x `prompt_parser.py`, a pyparsing grammar), reproduced as a PEG parser.
 
-Behaviour (checked against compel.prompt_parser.PromptParser itself, see tests/test_syntax_compel.py):
+Behaviour (checked against compel.prompt_parser.PromptParser itself, see tests/syntax/test_syntax_compel.py):
   - `word+` ×1.1 per `+`, `word-` ×0.9 per `-`; `(a b)1.3`, `(a b)+`, `"a b"0.5` (no space before the
     weight); `x.attend(w)`; nesting multiplies (outer factor first). A `+`/`-` glued to a following
     letter is part of the word (`a+b`); whitespace before a bare-word weight makes it text (`(a) 1.3`).

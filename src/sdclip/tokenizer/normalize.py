@@ -16,7 +16,7 @@ Every mode ends in the same CLIP pre-split regex (module `regex`, IGNORECASE; di
 
 Fast path: for text made of printable ASCII, tab and newline, with no "&", ftfy and `html.unescape` provably
 change nothing (ftfy's fixers touch only entities, non-ASCII, `\\r`, ESC and other control characters;
-`tests/test_tokenizer.py` checks every pair of such characters against ftfy), NFC is the identity, and
+`tests/tokenizer/test_tokenizer.py` checks every pair of such characters against ftfy), NFC is the identity, and
 since no regex match ever contains whitespace, pre-splitting `text.lower()` gives the pieces, with exact
 character offsets, without any cleaning at all (and with stdlib `re`, twice as fast as `regex`).
 Other text skips ftfy (~100 µs a prompt) when `ftfy_inert` proves ftfy would return it unchanged, and

@@ -5,7 +5,7 @@ The oracle follows adv_encode.py line by line (`down_weight`, `from_masked`, `sc
 `mask_word_id`): ComfyUI rows of (token, weight, word id), word id 0 = BOS/EOS/pad, re-encodings with
 tokens replaced by id 266, the whole prompt flattened to one [1, 77·n, D] tensor. Encoder: a tiny random
 transformers `CLIPTextModel` (SD1's last hidden state, as ComfyUI's default layer). Torch-free tests of the
-normalisations: tests/test_token_normalization.py.
+normalisations: tests/tokenizer/test_token_normalization.py.
 """
 
 from __future__ import annotations

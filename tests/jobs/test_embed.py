@@ -29,7 +29,7 @@ LONG = ", ".join(f"a {c} fox with {c} eyes under a {c} sky" for c in
                  ("red", "blue", "green", "golden", "silver", "purple", "orange", "white", "black", "pink"))
 CAPTIONS = ["a red fox", "", "a (blue:1.3) cat in a [misty] forest", "a red fox", LONG, "golden hour, highly detailed",
             "a red fox", "two (dogs:0.8) playing"]
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

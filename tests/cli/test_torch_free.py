@@ -10,20 +10,21 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VENV_PYTHON = ROOT / ".venv-notorch" / "bin" / "python"
 #: the test files of the torch-free stages (each imports neither torch nor a module that does)
 TORCH_FREE_TESTS = (
-    "tests/test_syntax_a1111.py",
-    "tests/test_syntax_comfy.py",
-    "tests/test_syntax_compel.py",
-    "tests/test_syntax_fuzz.py",
-    "tests/test_fuzz_prompts.py",
-    "tests/test_tokenizer.py",
-    "tests/test_layout.py",
-    "tests/test_presets.py",
-    "tests/test_prepare.py",
-    "tests/test_cli_inspect.py",
+    "tests/syntax/test_syntax_a1111.py",
+    "tests/syntax/test_syntax_comfy.py",
+    "tests/syntax/test_syntax_compel.py",
+    "tests/syntax/test_syntax_fuzz.py",
+    "tests/syntax/test_fuzz_prompts.py",
+    "tests/tokenizer/test_tokenizer.py",
+    "tests/tokenizer/test_token_normalization.py",
+    "tests/layout/test_layout.py",
+    "tests/conventions/test_presets.py",
+    "tests/prepare/test_prepare.py",
+    "tests/cli/test_cli_inspect.py",
 )
 #: modules a torch-free user imports
 TORCH_FREE_MODULES = ("sdclip.syntax", "sdclip.tokenizer", "sdclip.layout", "sdclip.prepare", "sdclip.describe",

@@ -5,7 +5,7 @@ test checks what the page shows against `sdclip inspect --json` (the CLI in-proc
 rows and their tokens (as typed, weight on hover), the error view with its caret, the layout selector and
 the step slider of scheduled prompts.
 
-`python tests/test_serve_browser.py --screenshot docs/serve.png` saves the README's screenshot.
+`python tests/serve/test_serve_browser.py --screenshot docs/serve.png` saves the README's screenshot.
 """
 
 from __future__ import annotations
@@ -234,5 +234,5 @@ def screenshot(out: Path) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] != "--screenshot":
-        sys.exit("usage: python tests/test_serve_browser.py --screenshot docs/serve.png")
+        sys.exit("usage: python tests/serve/test_serve_browser.py --screenshot docs/serve.png")
     screenshot(Path(sys.argv[2]))

@@ -20,7 +20,7 @@ from sdclip.tokenizer.clip import NORMALIZATIONS, Tokenizer, UnknownEmbeddingErr
 from sdclip.tokenizer.stream import FIRST_VECTOR_ID
 from tokenizer_corpus import corpus
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HF4 = REPO / ".side" / "hf4"
 FAST_PATH_CHARS = "\t\n" + "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "&")
 
