@@ -111,7 +111,8 @@ def test_without_t5_the_t5_block_is_zeros():
 
 
 def test_weights_reach_t5_through_character_spans(sd3):
-    c = conditioner_from_pipeline(sd3, preset="a1111", layout="truncate")
+    c = conditioner_from_pipeline(sd3, preset="a1111", layout="truncate", t5_length="max", t5_split="text",
+                                  t5_weighting="no-norm")
     prep = c.prepare("a (red:1.5) fox")
     t5 = prep.parts[0].rows[2]
     tok = c.t5_tokenizer
@@ -156,7 +157,7 @@ def test_comfy_sd3_t5_minimum_77_and_unprojected_clip_l_pooled(sd3):
 
 
 def test_a1111_syntax_long_prompts_and_and_parts(sd3):
-    c = conditioner_from_pipeline(sd3, preset="a1111")
+    c = conditioner_from_pipeline(sd3, preset="a1111", t5_length="max")
     pair = c(LONG, "blurry")
     assert pair.positive.embeds.shape == pair.negative.embeds.shape
     assert pair.positive.embeds.shape[1] == c.prepare(LONG).block_slots()[0] + 256 and pair.positive.embeds.shape[1] > 333
@@ -178,3 +179,30 @@ def test_bf16_pipeline_folder(sd3, tmp_path):
     for name in NAMES:
         assert kw[name].dtype == torch.bfloat16 and bool(torch.isfinite(kw[name]).all())
         assert float((kw[name].float() - ref[name]).norm() / ref[name].norm()) < 5e-2  # bf16 vs the fp32 reference (≈ 2%)
+
+
+# ---- the AUTOMATIC1111 preset (modules/models/sd3/sd3_cond.py) ------------------------------------------
+
+def test_a1111_sd3_t5_follows_the_clip_block_unweighted(sd3):
+    """A1111's Sd3T5.tokenize_line: each emphasis fragment tokenized alone, `</s>` appended, padded with 0
+    to the CLIP block's length (77·k) or cut there; its multipliers are never applied; L pooled unprojected."""
+    c = conditioner_from_pipeline(sd3, preset="a1111")
+    tok = c.t5_tokenizer
+    text = "a (red:1.5) fox"
+    expected = tok.encode("a ") + tok.encode("red") + tok.encode(" fox") + [1]
+    expected += [0] * (77 - len(expected))
+    pair = c(text)
+    assert pair.positive.embeds.shape == (1, 77 + 77, T5_WIDTH)
+    with torch.no_grad():
+        t5 = sd3.text_encoder_3(torch.tensor([expected]))[0]
+    torch.testing.assert_close(pair.positive.embeds[0, 77:], t5[0], rtol=1e-4, atol=1e-4)
+    # cut at the CLIP block with no `</s>` kept
+    rows = c.prepare(LONG).parts[0].rows[2]
+    clip_slots = c.prepare(LONG).block_slots()[0]
+    assert rows.length == clip_slots and 1 not in rows.ids[0] and rows.dropped
+    assert rows.ids[0] == tok.encode(LONG)[:clip_slots]
+    # CLIP-L pooled before its projection, as ComfyUI
+    diffusers_pooled = conditioner_from_pipeline(sd3)("a red fox").positive.pooled
+    a1111_pooled = c("a red fox").positive.pooled
+    assert torch.allclose(a1111_pooled[0, 128:], diffusers_pooled[0, 128:], atol=1e-5)
+    assert not torch.allclose(a1111_pooled[0, :128], diffusers_pooled[0, :128], atol=1e-3)

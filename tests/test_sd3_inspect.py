@@ -25,7 +25,8 @@ def t5() -> T5Tokenizer:
 
 @pytest.mark.parametrize("family, length", [("sd3", 256), ("flux", 512)])
 def test_t5_entry_counts_against_the_family_length(t5, family, length):
-    d = describe("a (red:1.4) fox", Options.preset("a1111"), get_family(family), Tokenizer.default("hf-slow"), t5_tokenizer=t5)
+    options = Options.preset("a1111", t5_length="max", t5_split="text")
+    d = describe("a (red:1.4) fox", options, get_family(family), Tokenizer.default("hf-slow"), t5_tokenizer=t5)
     entry = d["parts"][0]["t5"]
     assert entry["count"] == len(t5.encode("a red fox")) + 1 and entry["length"] == entry["limit"] == length
     assert entry["pieces"][-1] == "</s>" and len(entry["ids"]) == length
@@ -37,6 +38,11 @@ def test_truncated_t5_reports_what_was_dropped(t5):
     d = describe(LONG, Options.preset("diffusers"), get_family("sd3"), Tokenizer.default("hf-fast"), t5_tokenizer=t5)
     assert d["t5"]["count"] == 256 and d["t5"]["dropped"] and LONG.endswith(d["t5"]["dropped"])
     assert "T5:" in d["dropped"]
+
+
+def test_a1111_preset_t5_follows_the_clip_rows(t5):
+    d = describe(LONG, Options.preset("a1111"), get_family("sd3"), Tokenizer.default("hf-slow"), t5_tokenizer=t5)
+    assert d["t5"]["length"] == d["t5"]["limit"] == 77 * len(d["parts"][0]["rows_by_encoder"]["clip_l"])
 
 
 def test_comfy_preset_never_truncates_t5(t5):

@@ -156,7 +156,7 @@ class Conditioner:
         (prompt, prompt_2, prompt_3) gives each encoder its own text (diffusers' convention)."""
         if not isinstance(text, (str, tuple)):
             raise TypeError(f"prompts must be str, got {type(text).__name__}")
-        clip = [enc.config.vocab for enc in self.encoders if hasattr(enc.config, "vocab")]
+        clip = [enc.config.vocab for enc in self.encoders if isinstance(enc, CLIPTextEncoder)]
         check_token_table(self.tokenizer, clip, self.embeddings)
         return prepare(text, self.options, self.family, self.tokenizer, self.embeddings.vector_counts(),
                        row_limit=self.row_limit, t5_tokenizer=self.t5_tokenizer)
@@ -281,6 +281,8 @@ class Conditioner:
         return results, empty
 
     def _t5_empty_length(self, role) -> int:  # noqa: ANN001
+        if self.options.t5_length == "clip" and any(self.family.roles[i].kind == "clip" for i in self.family.sequence_blocks[0]):
+            return self.family.length  # the empty prompt's one CLIP row
         return t5_row_length(self.options, role, 1)[0]
 
 

@@ -140,7 +140,7 @@ def describe(
 def _t5_json(rows: Rows, options: Options, role, tokenizer) -> dict:  # noqa: ANN001
     from sdclip.prepare import t5_row_length
 
-    limit = t5_row_length(options, role, 1)[1]
+    limit = rows.length if options.t5_length == "clip" else t5_row_length(options, role, 1)[1]
     n = rows.eos[0]
     return {
         "ids": rows.ids[0],

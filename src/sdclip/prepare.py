@@ -86,7 +86,7 @@ def t5_row_length(options: Options, role: EncoderRole, count: int) -> tuple[int,
     "max" (diffusers): exactly max_sequence_length, truncated to it; diffusers refuses more than 512.
     "min" (ComfyUI): at least the minimum (77 SD3 / 256 Flux, or max_sequence_length), never truncated."""
     n = options.max_sequence_length
-    if options.t5_length == "max":
+    if options.t5_length != "min":
         n = n or role.length or DIFFUSERS_T5_MAX
         if n > DIFFUSERS_T5_MAX:
             raise ValueError(
@@ -114,6 +114,22 @@ def t5_rows(tokens, length: int, pad_id: int, limit: int | None) -> Rows:  # noq
         dropped=tokens.dropped,
         notes=notes,
     )
+
+
+def t5_rows_cut(tokens, length: int, pad_id: int) -> Rows:  # noqa: ANN001
+    """AUTOMATIC1111's SD3 T5 row: content + `</s>`, padded to `length` or cut at it (no `</s>` kept)."""
+    from dataclasses import replace
+
+    full = t5_rows(tokens, max(length, tokens.count), pad_id, None)
+    if tokens.count <= length:
+        return full
+    stream = tokens.stream
+    kept = stream.spans[length][0] if length < len(stream) else len(stream.source)
+    dropped = stream.source[kept:] if stream.source else ""
+    note = f"T5: cut at the CLIP block's {length} positions (no </s> kept), dropped: {dropped!r}"
+    return replace(full, ids=[full.ids[0][:length]], weights=[full.weights[0][:length]], tokens=[full.tokens[0][:length]],
+                   keep=[full.keep[0][:length]], eos=[min(full.eos[0], length - 1)], length=length,
+                   token_count=length, dropped=dropped, notes=(note,))
 
 
 def pad_t5_rows(rows: Rows, length: int, pad_id: int) -> Rows:
@@ -226,11 +242,17 @@ def _prepare_roles(
             text = per_role[e]
             seq = parsed[text].parts[k].sequence
             if role.kind == "t5":
-                count = 0 if options.t5_length == "max" else \
-                    tokenize_t5(seq, t5_tokenizer, None, source=text, split=options.t5_split).count
-                length, limit = t5_row_length(options, role, count)
-                tokens = tokenize_t5(seq, t5_tokenizer, limit, source=text, split=options.t5_split)
-                rows.append(t5_rows(tokens, length, role.pad_id, limit))
+                clip_slots = next((sum(sum(k) for k in rows[i].keep) for i in family.sequence_blocks[0]
+                                   if i < len(rows) and family.roles[i].kind == "clip"), None)
+                if options.t5_length == "clip" and clip_slots is not None:
+                    tokens = tokenize_t5(seq, t5_tokenizer, None, source=text, split=options.t5_split)
+                    rows.append(t5_rows_cut(tokens, clip_slots, role.pad_id))
+                else:
+                    count = 0 if options.t5_length != "min" else \
+                        tokenize_t5(seq, t5_tokenizer, None, source=text, split=options.t5_split).count
+                    length, limit = t5_row_length(options, role, count)
+                    tokens = tokenize_t5(seq, t5_tokenizer, limit, source=text, split=options.t5_split)
+                    rows.append(t5_rows(tokens, length, role.pad_id, limit))
                 role_streams.append(tokens.stream)
             else:
                 key = (text, k)

@@ -49,8 +49,9 @@ class Options:
     max_sequence_length: int | None = None
     #: "max": pad and truncate T5 to max_sequence_length (diffusers); "min": pad up to a minimum, never
     #: truncate (ComfyUI: 77 SD3 / 256 Flux, or max_sequence_length when given; T5's relative positions
-    #: have no length limit)
-    t5_length: Literal["max", "min"] = "max"
+    #: have no length limit); "clip": as long as the text's CLIP block, 77·k, cut there with no `</s>`
+    #: kept (AUTOMATIC1111's SD3; where CLIP gives no sequence, as "max")
+    t5_length: Literal["max", "min", "clip"] = "max"
     #: weighting formula of the T5 sequence (None: the same as `weighting`)
     t5_weighting: str | None = None
     #: T5 tokenization of a weighted prompt: "text" all at once (diffusers sees the plain prompt) or
@@ -88,8 +89,8 @@ class Options:
             raise ValueError(f"unknown clip_l_pooled {self.clip_l_pooled!r}; choose one of projected, unprojected")
         if self.t5_split not in ("text", "fragments"):
             raise ValueError(f"unknown t5_split {self.t5_split!r}; choose one of text, fragments")
-        if self.t5_length not in ("max", "min"):
-            raise ValueError(f"unknown t5_length {self.t5_length!r}; choose one of max, min")
+        if self.t5_length not in ("max", "min", "clip"):
+            raise ValueError(f"unknown t5_length {self.t5_length!r}; choose one of max, min, clip")
         if self.t5_weighting is not None and self.t5_weighting not in WEIGHTINGS:
             raise ValueError(f"unknown t5_weighting {self.t5_weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
         n = self.max_sequence_length
@@ -131,7 +132,9 @@ class Options:
 
 _PRESETS: dict[str, Options] = {
     # AUTOMATIC1111 webui: its syntax, 75-token chunks with comma backtrack, "Original" emphasis.
-    "a1111": Options(),
+    # (SD3, modules/models/sd3/sd3_cond.py: T5 as long as the CLIP block, fragments tokenized alone, its
+    # weights unused; CLIP-L pooled before its projection)
+    "a1111": Options(t5_length="clip", t5_weighting="none", t5_split="fragments", clip_l_pooled="unprojected"),
     # ComfyUI: absolute weights, words kept whole across rows, lerp from the empty-prompt encoding.
     "comfy": Options(
         dialect="comfy",
