@@ -16,8 +16,6 @@ from pathlib import Path
 
 import torch
 
-from dataclasses import replace
-
 from sdclip.assemble.combine import block_slots_needed, conditioning, encoded_part, join_blocks, reencodings, zeroed
 from sdclip.assemble.conditioning import Conditioning, ConditioningPair, ScheduledConditioning
 from sdclip.assemble.weighting import get_weighting
@@ -28,7 +26,7 @@ from sdclip.encoder.model import CLIPTextEncoder
 from sdclip.encoder.t5 import T5Encoder
 from sdclip.encoder.plan import Encoded, plan_batch, vector_matrix, vector_table
 from sdclip.encoder.textual_inversion import EmbeddingLibrary, check_token_table
-from sdclip.prepare import Prepared, pad_t5_rows, prepare, t5_row_length
+from sdclip.prepare import Prepared, common_t5_length, prepare, t5_row_length
 from sdclip.syntax import schedule
 from sdclip.tokenizer import Tokenizer
 from sdclip.tokenizer.t5 import T5Tokenizer
@@ -242,7 +240,7 @@ class Conditioner:
         """Every distinct text, encoded: one planned batch per encoder for all their parts. Also returns the
         empty prompt's encoding of every token block, which every batch carries."""
         unique = list(dict.fromkeys(texts))
-        prepared = _common_t5_length({t: self.prepare(t) for t in unique}, self.family)
+        prepared = common_t5_length({t: self.prepare(t) for t in unique}, self.family)
         parts = [part for t in unique for part in prepared[t].parts]
         streams = [part.stream_for(e) for part in parts for e, r in enumerate(self.family.roles) if r.kind == "clip"]
         table = vector_table([s.vectors for s in streams])
@@ -316,24 +314,6 @@ def _broadcast_optional(value: str | Sequence[str] | None, n: int, name: str) ->
 
 def _main(key: str | tuple) -> str:
     return key if isinstance(key, str) else key[0]
-
-
-def _common_t5_length(prepared: dict, family: Family) -> dict:
-    """T5 rows of one request at one length (ComfyUI-style rows grow with their prompt): the shorter ones
-    get more pad tokens — ComfyUI's own result with its T5 minimum length set to the longest."""
-    t5 = [e for e, r in enumerate(family.roles) if r.kind == "t5"]
-    if not t5 or not prepared:
-        return prepared
-    out = {}
-    longest = {e: max(p.rows[e].length for prep in prepared.values() for p in prep.parts) for e in t5}
-    for key, prep in prepared.items():
-        parts = tuple(
-            replace(p, rows=tuple(pad_t5_rows(r, longest[e], family.roles[e].pad_id) if e in longest else r
-                                  for e, r in enumerate(p.rows)))
-            for p in prep.parts
-        )
-        out[key] = replace(prep, parts=parts)
-    return out
 
 
 def _broadcast(negative: str | Sequence[str] | None, n: int) -> list[str]:

@@ -272,3 +272,23 @@ def _prepare_roles(
         parts.append(PreparedPart(part.weight, role_streams[0], tuple(rows), role_seqs[0],
                                   tuple(role_streams), tuple(role_seqs)))
     return Prepared(main, tuple(parts), family)
+
+
+def common_t5_length(prepared: dict, family: Family) -> dict:
+    """T5 rows of one request at one length (ComfyUI-style rows grow with their prompt): the shorter ones
+    get more pad tokens — ComfyUI's own result with its T5 minimum length set to the longest."""
+    t5 = [e for e, r in enumerate(family.roles) if r.kind == "t5"]
+    if not t5 or not prepared:
+        return prepared
+    from dataclasses import replace as dc_replace
+
+    out = {}
+    longest = {e: max(p.rows[e].length for prep in prepared.values() for p in prep.parts) for e in t5}
+    for key, prep in prepared.items():
+        parts = tuple(
+            dc_replace(p, rows=tuple(pad_t5_rows(r, longest[e], family.roles[e].pad_id) if e in longest else r
+                                  for e, r in enumerate(p.rows)))
+            for p in prep.parts
+        )
+        out[key] = dc_replace(prep, parts=parts)
+    return out
