@@ -31,9 +31,12 @@ from _common import RESULTS, machine, write_json  # noqa: E402
 PROMPTS = [f"a (red:1.{k % 5}) fox number {k}, BREAK a forest at dusk {k % 3}" for k in range(32)]
 
 
-def run_script(name: str, *args: str) -> dict:
-    subprocess.run([sys.executable, str(HERE / name), *args], check=True)
-    return json.loads((RESULTS / name.replace("bench_", "").replace(".py", ".json")).read_text())
+def run_script(name: str, result: str, *args: str, reuse: bool = False) -> dict:
+    """Run bench/NAME (unless `reuse` and its result exists) and read bench/results/RESULT.json."""
+    path = RESULTS / f"{result}.json"
+    if not (reuse and path.exists()):
+        subprocess.run([sys.executable, str(HERE / name), *args], check=True)
+    return json.loads(path.read_text())
 
 
 def thread_stress(threads: int, calls: int) -> dict:
@@ -131,11 +134,11 @@ def main() -> None:
     ap.add_argument("--kills", type=int, default=10)
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--calls", type=int, default=40, help="calls per thread")
+    ap.add_argument("--reuse", action="store_true", help="read the fuzz and hostile-file results already in bench/results")
     args = ap.parse_args()
     report = {"machine": machine("cpu")}
-    report["fuzz"] = run_script("fuzz_prompts.py", "--minutes", str(args.minutes))
-    if (HERE / "hostile_files.py").exists():
-        report["hostile"] = run_script("hostile_files.py")
+    report["fuzz"] = run_script("fuzz_prompts.py", "fuzz", "--minutes", str(args.minutes), reuse=args.reuse)
+    report["hostile"] = run_script("hostile_files.py", "hostile", reuse=args.reuse)
     report["threads"] = thread_stress(args.threads, args.calls)
     report["kill9"] = kill_runs(args.kills)
     write_json("reliability", report)

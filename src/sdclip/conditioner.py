@@ -251,14 +251,14 @@ class Conditioner:
                 length = prepared[unique[0]].parts[0].rows[e].length if unique else self._t5_empty_length(role)
                 batch = plan_batch(
                     [p.rows[e] for p in parts], [{} for _ in parts],
-                    [plan.attention_masks if plan is not None else None for plan in plans[e]],
+                    plans[e],
                     {}, vocab=1 << 30, pad_id=role.pad_id, length=length, empty_ids=role.empty_ids(length),
                 )
                 encoded.append(self._rows[e].run(batch))
                 continue
             batch = plan_batch(
                 [p.rows[e] for p in parts], [p.stream_for(e).vectors for p in parts],
-                [plan.attention_masks if plan is not None else None for plan in plans[e]],
+                plans[e],
                 table, vocab=enc.config.vocab, pad_id=role.pad_id, length=self.family.length,
             )
             weight = enc.token_embedding.weight

@@ -198,8 +198,8 @@ def test_errors_are_one_line_weighting_errors():
         apply_weights("down_weight", z, w, plan=plan)
     with pytest.raises(WeightingError, match="no positive weight"):
         down_weight_plan([[-1.0, -2.0]], torch.tensor([[0, 0]]))
-    with pytest.raises(WeightingError, match="cannot build"):  # an attention-mask encoder plan must not use it
-        plan.attention_masks
+    ids, masks = plan.rows([[49406, 320, 2368, 3240, 49407, 49407]], 0)  # what an encoder plan builds
+    assert masks == [None] and ids[0][1] == 266 and ids[0][0] == 49406  # the 0.5 slot replaced, nothing masked
     torch.testing.assert_close(apply_weights("down_weight", z, torch.ones(1, 6)), z)
 
 
@@ -217,9 +217,6 @@ def _rows_and_word_ids(cond, prompt):
     return rows, word_ids
 
 
-@pytest.mark.xfail(raises=WeightingError, strict=True,
-                   reason="the encoder plan (sdclip.encoder.plan.plan_batch) builds attention-masked re-encodings "
-                          "only; ADV_CLIP_emb's need SubstitutionPlan.substituted rows")
 @pytest.mark.parametrize("mode", ["comfy++", "down_weight"])
 @pytest.mark.parametrize("prompt", E2E, ids=["mixed", "up", "two-rows"])
 def test_conditioner_matches_adv_clip_emb(mode, prompt):

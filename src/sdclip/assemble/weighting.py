@@ -77,6 +77,12 @@ class CompelPlan:
     def __len__(self) -> int:
         return len(self.fragments)
 
+    def rows(self, ids: Sequence[Sequence[int]], k: int) -> tuple[list[tuple[int, ...]], list[tuple[int, ...] | None]]:
+        """Re-encoding k for an encoder plan: the same ids under attention mask k (None for a row it leaves
+        whole, which then dedupes with the row itself)."""
+        masks = [tuple(m) if 0 in m else None for m in self.attention_masks[k].tolist()]
+        return [tuple(r) for r in ids], masks
+
     @property
     def mix_weights(self) -> Tensor:
         """[1 + K] float64: 1 for the unmasked encoding, tan((1 − max(w, 1e-5))·π/2) per re-encoding."""
@@ -347,17 +353,9 @@ class SubstitutionPlan:
     def __len__(self) -> int:
         return int(self.replaced.shape[0])
 
-    @property
-    def attention_masks(self) -> Tensor:
-        """[0, R, L] for a plan without re-encodings; otherwise refused: this is not an attention-mask plan,
-        and an encoder plan that only knows attention masks would encode these rows unmasked and silently
-        return the unweighted prompt."""
-        if len(self) == 0:
-            return torch.ones(self.replaced.shape, dtype=torch.int64)
-        raise WeightingError(
-            "ADV_CLIP_emb weightings ('comfy++', 'down_weight') re-encode rows with tokens replaced by the mask "
-            "token, which this encoder plan cannot build (it needs SubstitutionPlan.substituted)"
-        )
+    def rows(self, ids: Sequence[Sequence[int]], k: int) -> tuple[list[tuple[int, ...]], list[tuple[int, ...] | None]]:
+        """Re-encoding k for an encoder plan: the replaced ids, attending everything."""
+        return self.substituted(ids, k), [None] * len(ids)
 
     def substituted(self, ids: Sequence[Sequence[int]], k: int) -> list[tuple[int, ...]]:
         """Re-encoding k's rows: `ids` [R][L] with the slots of `replaced[k]` set to the mask token."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -57,10 +58,21 @@ def empty_row(length: int, pad_id: int) -> tuple[int, ...]:
     return (BOS, EOS) + (pad_id,) * (length - 2)
 
 
+class Reencoding(Protocol):
+    """What a weighting formula asks to be encoded besides a part's rows (compel: the rows with a fragment
+    masked out of attention; ADV_CLIP_emb: the rows with some tokens replaced): K re-encodings of the rows."""
+
+    def __len__(self) -> int: ...
+
+    def rows(self, ids: Sequence[Sequence[int]], k: int) -> tuple[list[tuple[int, ...]], list[tuple[int, ...] | None]]:
+        """Re-encoding k of these rows: (ids, attention mask per row or None)."""
+        ...
+
+
 def plan_batch(
     rows: Sequence[Rows],
     vectors: Sequence[Mapping[int, VectorName]],
-    reencode: Sequence[Tensor | None],
+    reencode: Sequence[Reencoding | None],
     table: Mapping[VectorName, int],
     *,
     vocab: int,
@@ -69,9 +81,8 @@ def plan_batch(
     empty_ids: Sequence[int] | None = None,
 ) -> EncoderPlan:
     """The batch of one encoder: part k's rows (its stream's vector ids renumbered to `vocab + table[name]`),
-    then its re-encodings under `reencode[k]` ([K, R, L] attention masks, 0 = masked), then the empty row.
-
-    A re-encoded row whose mask masks nothing encodes to the row itself: it gets no mask, so it dedupes.
+    then the K re-encodings `reencode[k]` asks for, then the empty row. A re-encoded row identical to a row
+    (nothing masked or replaced) dedupes in the encoder.
     empty_ids: the empty prompt's row where it is not CLIP's [BOS, EOS, pad…] (T5: [</s>, pad…])."""
     slots = {vocab + g: name for name, g in table.items()}
     ids: list[tuple[int, ...]] = []
@@ -79,13 +90,14 @@ def plan_batch(
     parts = []
     for part_rows, part_vectors, plan in zip(rows, vectors, reencode):
         renumbered = [tuple(vocab + table[part_vectors[t]] if t in part_vectors else t for t in row) for row in part_rows.ids]
-        k = 0 if plan is None else int(plan.shape[0])
+        k = 0 if plan is None else len(plan)
         parts.append(PartSlots(len(ids), len(renumbered), k))
         ids.extend(renumbered)
         masks.extend([None] * len(renumbered))
         for j in range(k):
-            ids.extend(renumbered)
-            masks.extend(tuple(m) if 0 in m else None for m in plan[j].tolist())
+            again, again_masks = plan.rows(renumbered, j)  # type: ignore[union-attr]
+            ids.extend(again)
+            masks.extend(again_masks)
     empty = len(ids)
     ids.append(tuple(empty_ids) if empty_ids is not None else empty_row(length, pad_id))
     masks.append(None)
