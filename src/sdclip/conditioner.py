@@ -197,13 +197,16 @@ class Conditioner:
         given = None if negative is None and negative_2 is None and negative_3 is None else True
         return ConditioningPair(positive, self._negative(given, neg, encoded, n, empty))
 
-    def encode_schedule(self, prompt: str, negative: str | None = None, steps: int = 30) -> ScheduledConditioning:
+    def encode_schedule(
+        self, prompt: str, negative: str | None = None, steps: int = 30, *, hires_steps: int | None = None
+    ) -> ScheduledConditioning:
         """Per-step conditioning for scheduled/alternating prompts; each distinct text is encoded once and
-        every step's pair has the same length."""
+        every step's pair has the same length. With `hires_steps` H, the schedule of A1111's highres-fix
+        second pass instead (its steps 1..H, `when` read across both passes as A1111 does)."""
         if steps < 1:
             raise ValueError(f"steps must be ≥ 1, got {steps}")
-        pos = schedule(prompt, steps, self.options.dialect)
-        neg = schedule(negative or "", steps, self.options.dialect)
+        pos = schedule(prompt, steps, self.options.dialect, hires_steps=hires_steps)
+        neg = schedule(negative or "", steps, self.options.dialect, hires_steps=hires_steps)
         ends = sorted({e.end_step for e in pos.entries} | {e.end_step for e in neg.entries})
         pairs = [(end, pos.at(end), neg.at(end)) for end in ends]
         texts = [t for _, p, q in pairs for t in (p, q)]
@@ -213,7 +216,7 @@ class Conditioner:
             (end, ConditioningPair(conditioning([p], [encoded[p]], n, empty), self._negative(negative, [q], encoded, n, empty)))
             for end, p, q in pairs
         )
-        return ScheduledConditioning(steps, entries)
+        return ScheduledConditioning(pos.steps, entries)
 
     def empty_sequence(self) -> torch.Tensor:
         """The empty prompt's conditioning [L, D]: what shorter sequences are padded with (SD3: its CLIP

@@ -436,3 +436,12 @@ def test_megabyte_prompt_is_refused_before_any_encoding():
         assert 77 < compressed.positive.embeds.shape[1] <= 64 * 77  # compress without max_rows fits row_limit
     finally:
         hook.remove()
+
+
+def test_encode_schedule_reads_the_highres_pass_when_asked() -> None:
+    """`[dog:cat:1.5]` spans both passes: at 10 + 4 highres steps it switches half-way through the second."""
+    cond = make()
+    sched = cond.encode_schedule("a [dog:cat:1.5] fox", steps=10, hires_steps=4)
+    assert sched.steps == 4
+    close(sched.at(1).positive.embeds, cond("a dog fox").positive.embeds)
+    close(sched.at(4).positive.embeds, cond("a cat fox").positive.embeds)

@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     length, truncated = 0, []
     for i, text in enumerate(prompts):
         try:
-            prep = cond.prepare(text)
+            prep = cond.prepare((text, args.prompt_2, args.prompt_3) if args.prompt_2 or args.prompt_3 else text)
         except ValueError as exc:
             raise type(exc)(f"{where(i)}: {exc}") from None
         length = max(length, prep.slots)
@@ -148,7 +148,9 @@ def _write(cond, prompts: list[str], negative, length: int, args, metadata: dict
 
     from sdclip.cli.safetensors_stream import StreamingSafetensors
 
-    first = _kwargs(cond.encode(prompts[:1], negative, length=length))
+    extra = {"prompt_2": args.prompt_2, "prompt_3": args.prompt_3}
+    extra = {k: v for k, v in extra.items() if v is not None}
+    first = _kwargs(cond.encode(prompts[:1], negative, length=length, **extra))
     specs = {k: (v.dtype, (len(prompts), *v.shape[1:])) for k, v in first.items()}
     try:
         with atomic_path(args.out) as tmp:
@@ -158,7 +160,8 @@ def _write(cond, prompts: list[str], negative, length: int, args, metadata: dict
                     task = bar.add_task("encoding", total=len(prompts))
                     for lo in range(0, len(prompts), args.batch_size):
                         batch = prompts[lo : lo + args.batch_size]
-                        tensors = first if lo == 0 and len(batch) == 1 else _kwargs(cond.encode(batch, negative, length=length))
+                        tensors = (first if lo == 0 and len(batch) == 1
+                                   else _kwargs(cond.encode(batch, negative, length=length, **extra)))
                         for name, rows in tensors.items():
                             if not bool(torch.isfinite(rows).all()):
                                 raise ValueError(

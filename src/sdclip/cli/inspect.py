@@ -23,6 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--family", choices=tuple(FAMILIES), default="sd1", help="model family (default sd1)")
     p.add_argument("--json", action="store_true", help="print one JSON object (stable contract)")
     p.add_argument("--full", action="store_true", help=f"list every row (default: the first 64, then a summary)")
+    p.add_argument("--t5-tokenizer", metavar="DIR",
+                   help="SD3 / Flux: the model's T5 tokenizer (its folder with tokenizer.json or spiece.model, or "
+                        "the diffusers model folder holding tokenizer_3/ or tokenizer_2/)")
     p.add_argument("--steps", type=int, default=20, help="sampling steps, for scheduled prompts (default 20)")
     p.add_argument("--step", type=int, default=1, help="show the prompt as in force at this step (default 1)")
     p.add_argument(
@@ -48,6 +51,25 @@ def _text(args: argparse.Namespace) -> str:
     return EXAMPLE
 
 
+def t5_tokenizer_of(path: str | None, family):  # noqa: ANN001, ANN201
+    """The T5 tokenizer `inspect` needs for SD3 / Flux (none for CLIP-only families)."""
+    if not any(role.kind == "t5" for role in family.roles):
+        return None
+    if path is None:
+        raise ValueError(f"--family {family.name} tokenizes with the model's own T5 tokenizer, which sdclip does not "
+                         "ship: pass --t5-tokenizer DIR (the model folder, or its tokenizer_3/ or tokenizer_2/)")
+    from pathlib import Path
+
+    from sdclip.tokenizer.t5 import T5Tokenizer
+
+    folder = Path(path)
+    for sub in ("tokenizer_3", "tokenizer_2", "t5_tokenizer"):
+        if (folder / sub).is_dir() and any((folder / sub / f).exists() for f in ("tokenizer.json", "spiece.model")):
+            folder = folder / sub
+            break
+    return T5Tokenizer.from_folder(folder)
+
+
 def run(args: argparse.Namespace) -> int:
     from sdclip.prepare import prepare
     from sdclip.syntax import schedule
@@ -57,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     family = get_family(args.family)
     tokenizer = Tokenizer.default(options.normalize)
     names = embedding_names(args.embedding_name)
+    t5 = t5_tokenizer_of(args.t5_tokenizer, family)
     if not 1 <= args.step <= args.steps:
         raise ValueError(f"--step must be within 1..--steps ({args.steps}), got {args.step}")
     text = _text(args)
@@ -68,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         note = (f"scheduled prompt: showing step {args.step} of {args.steps} "
                 f"({len(sched.entries)} texts; --step K shows another)")
     if args.json:
-        out = describe(shown, options, family, tokenizer, names, full=args.full)
+        out = describe(shown, options, family, tokenizer, names, full=args.full, t5_tokenizer=t5)
         if note:
             out["schedule"] = {"step": args.step, "steps": args.steps, "text": shown,
                                "entries": [{"end_step": e.end_step, "text": e.text} for e in sched.entries]}
@@ -76,6 +99,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from sdclip.cli.render import render_inspect
 
-    prepared = prepare(shown, options, family, tokenizer, names)
+    prepared = prepare(shown, options, family, tokenizer, names, t5_tokenizer=t5)
     render_inspect(shown, prepared, family, options, full=args.full, note=note)
     return 0

@@ -25,6 +25,25 @@ def _label(slot: dict) -> str:
     return slot["t"].strip() or repr(slot["t"])
 
 
+def _t5_line(part, e: int) -> Text:  # noqa: ANN001
+    """The T5 sequence of a part (SD3 / Flux): its tokens as typed, weights, n/limit, and what was dropped."""
+    rows, stream = part.rows[e], part.stream_for(e)
+    src = stream.source
+    line = Text("T5    │ ", style="bold magenta")
+    for i, (a, b) in enumerate(stream.spans[: rows.eos[0]]):
+        if i and stream.spans[i - 1] == (a, b):
+            continue
+        w = stream.weights[i]
+        label = src[a:b].strip() or "▁"
+        line.append(label + (f"({w:.3g})" if abs(w - 1.0) > 1e-9 else "") + " ", style=_style(w))
+    line.append("</s>", style="dim")
+    colour = "red" if rows.dropped else "green"
+    line.append(f"  {rows.token_count}/{rows.length}", style=colour)
+    if rows.dropped:
+        line.append(f"  dropped: {rows.dropped[:300]}", style="red")
+    return line
+
+
 def render_inspect(
     text: str, prepared: Prepared, family: Family, options: Options, *, full: bool = False,
     note: str = "", console: Console | None = None,
@@ -67,6 +86,9 @@ def render_inspect(
             console.print(line)
         for note_line in rows.notes:
             console.print(f"[dim]note:[/] {note_line}")
+        for e, role in enumerate(family.roles):
+            if role.kind == "t5":
+                console.print(_t5_line(part, e))
     total_rows = sum(len(part.rows[0]) for part in prepared.parts)
     if shown < total_rows:
         console.print(f"[dim]… {total_rows - shown} more row(s) not shown (--full shows every row)[/]")

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from sdclip.jobs.plan import JobSpec, natural_length
+from sdclip.jobs.plan import JobSpec
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -33,6 +33,11 @@ class CaptionEncoder:
                 embeddings=spec.embeddings, options=Options(**spec.options), pack_weights=spec.pack_weights,
             )
         self.cond = conditioner
+        if len(self.cond.family.sequence_blocks) > 1 or any(r.kind != "clip" for r in self.cond.family.roles):
+            raise ValueError(
+                f"sdclip embed caches CLIP-only families (sd1, sd2, sdxl, longclip); {self.cond.family.name} has a T5 "
+                "block, whose fixed-size shards are not built yet: use sdclip encode --prompts-file for now"
+            )
         self.slots = spec.rows * self.cond.family.length
         self.widths = [enc.config.width for enc in self.cond.encoders]
         self.has_pooled = self.cond.family.pooled_role is not None
@@ -55,7 +60,7 @@ class CaptionEncoder:
         if prep.prompt.combine == "and":
             raise ValueError("AUTOMATIC1111 AND / prompt weights make several conditionings, not one "
                              "(use --syntax plain or compel, or remove the AND)")
-        return natural_length(prep)
+        return prep.slots
 
     def empty(self) -> torch.Tensor:
         if self._empty is None:

@@ -98,13 +98,6 @@ def os_error(exc: OSError, what: str, done: int) -> JobError:
                     "re-run the same command to resume once fixed")
 
 
-def natural_length(prep) -> int:  # noqa: ANN001
-    """Slots a caption's conditioning takes before truncation (as the Conditioner assembles it: parts side by
-    side for compel .and(), else the longest part; window layouts keep only their kept slots)."""
-    sizes = [sum(sum(1 for k in row if k) for row in part.rows[0].keep) for part in prep.parts]
-    return sum(sizes) if prep.prompt.combine == "concat" else max(sizes)
-
-
 @dataclass
 class Scan:
     rows: int = 0
@@ -192,4 +185,4 @@ def load_scan_arrays(out: Path):  # noqa: ANN201
         return None
 
 
-__all__ = ["JobSpec", "Scan", "scan", "check_out_dir", "natural_length", "load_scan_arrays", "MANIFEST"]
+__all__ = ["JobSpec", "Scan", "scan", "check_out_dir", "load_scan_arrays", "MANIFEST"]
