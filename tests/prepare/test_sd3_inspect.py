@@ -64,3 +64,20 @@ def test_cli_flags_reach_options():
     assert (args.prompt_2, args.prompt_3) == ("a cat", "a dog")
     with pytest.raises(ValueError, match="max_sequence_length"):
         model_options(p.parse_args(["--model", "m", "--max-sequence-length", "0"]))
+
+
+def test_inspect_command_shows_the_t5_sequence(capsys):
+    """`sdclip inspect --family sd3 --t5-tokenizer DIR`: the JSON's t5 entry, and a T5 line in the rich view."""
+    import json
+
+    from sdclip.cli.main import main
+
+    folder = t5_tokenizer_dir()
+    assert main(["inspect", "a (red:1.3) fox in the snow", "--family", "sd3", "--t5-tokenizer", str(folder), "--preset", "diffusers", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["t5"]["limit"] == 256 and out["t5"]["count"] > 0
+    assert main(["inspect", "a (red:1.3) fox", "--family", "flux", "--t5-tokenizer", str(folder)]) == 0
+    text = capsys.readouterr().out
+    assert "T5" in text and "/512" in text and "fox" in text
+    assert main(["inspect", "a fox", "--family", "sd3"]) == 2
+    assert "--t5-tokenizer" in capsys.readouterr().err

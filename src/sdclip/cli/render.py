@@ -81,7 +81,8 @@ def render_inspect(
                 line.append(label + " ", style=_style(slot["w"]) + ("" if slot["keep"] else " strike"))
             pads = len(rows.ids[r]) - rows.eos[r] - 1
             if pads:
-                pad_ids = "/".join(f"{role.name} {role.pad_id}" for role in family.roles) if len(family.roles) > 1 else str(family.roles[0].pad_id)
+                clip = [role for role in family.roles if role.kind == "clip"]
+                pad_ids = "/".join(f"{role.name} {role.pad_id}" for role in clip) if len(clip) > 1 else str(clip[0].pad_id)
                 line.append(f" +{pads}×pad({pad_ids})", style="dim")
             console.print(line)
         for note_line in rows.notes:
