@@ -19,14 +19,14 @@ import torch
 from sdclip.assemble.combine import block_slots_needed, conditioning, encoded_part, join_blocks, reencodings, zeroed
 from sdclip.assemble.conditioning import Conditioning, ConditioningPair, ScheduledConditioning
 from sdclip.assemble.weighting import get_weighting
-from sdclip.conventions.family import FAMILIES, Family, get_family
+from sdclip.conventions.family import Family, get_family
 from sdclip.conventions.presets import Options
-from sdclip.encoder.batching import RowCache, RowEncoder, T5RowEncoder, ZeroRows
+from sdclip.encoder.batching import RowCache
 from sdclip.encoder.model import CLIPTextEncoder
+from sdclip.encoder.request import build_runners, check_encoders, encode_parts, model_tokenizers
 from sdclip.encoder.t5 import T5Encoder
-from sdclip.encoder.plan import Encoded, plan_batch, vector_matrix, vector_table
 from sdclip.encoder.textual_inversion import EmbeddingLibrary, check_token_table
-from sdclip.prepare import Prepared, common_t5_length, prepare, t5_row_length
+from sdclip.prepare import Prepared, broadcast, common_t5_length, main_text, prepare, prompt_keys, t5_row_length
 from sdclip.syntax import schedule
 from sdclip.tokenizer import Tokenizer
 from sdclip.tokenizer.t5 import T5Tokenizer
@@ -60,23 +60,7 @@ class Conditioner:
     ):
         self.family = get_family(family) if isinstance(family, str) else family
         self.options = options or Options.preset("a1111")
-        if len(encoders) != len(self.family.roles):
-            raise ValueError(f"family {self.family.name} needs {len(self.family.roles)} text encoder(s), got {len(encoders)}")
-        real_widths = {r.width for f in FAMILIES.values() for r in f.roles if r.kind == "clip"}
-        for enc, role in zip(encoders, self.family.roles):
-            if role.kind == "t5":
-                if enc is not None and not isinstance(enc, T5Encoder):
-                    raise ValueError(f"family {self.family.name}: encoder {role.name} must be a T5 encoder, got {type(enc).__name__}")
-                t5_row_length(self.options, role, 1)  # refuses a max_sequence_length diffusers refuses
-                continue
-            if not isinstance(enc, CLIPTextEncoder):
-                raise ValueError(f"family {self.family.name}: encoder {role.name} must be a CLIP text encoder, got {type(enc).__name__}")
-            # a real-size encoder of another family is a mistake; test-size models are let through
-            if enc.config.width in real_widths and enc.config.width != role.width:
-                raise ValueError(
-                    f"family {self.family.name}: encoder {role.name} should be {role.width} wide, "
-                    f"this one is {enc.config.width} (wrong model for this family?)"
-                )
+        check_encoders(encoders, self.family, self.options)
         if self.family.has_t5 and t5_tokenizer is None:
             raise ValueError(f"family {self.family.name} needs t5_tokenizer= (the model's T5 tokenizer folder)")
         self.encoders = tuple(encoders)
@@ -85,24 +69,12 @@ class Conditioner:
         self.embeddings = embeddings or EmbeddingLibrary()
         self.cache = cache if cache is not None else RowCache()
         self.row_limit = row_limit
-        first = next(e for e in self.encoders if e is not None)
-        self.fingerprint = fingerprint or f"model@{id(first)}"
+        self.fingerprint = fingerprint or f"model@{id(next(e for e in self.encoders if e is not None))}"
         self.weighting = get_weighting(self.options.weighting)
         t5_weighting = get_weighting(self.options.t5_weighting or self.options.weighting)
         self.weightings = tuple(t5_weighting if r.kind == "t5" else self.weighting for r in self.family.roles)
-        ref = first.token_embedding.weight if isinstance(first, CLIPTextEncoder) else first.final_norm
-        rows: list[RowEncoder] = []
-        for i, (enc, role) in enumerate(zip(self.encoders, self.family.roles)):
-            key = (self.fingerprint, i)
-            if role.kind == "t5":
-                rows.append(ZeroRows(t5_width or role.width, ref.dtype, ref.device) if enc is None
-                            else T5RowEncoder(enc, key=key, cache=self.cache, batch_size=max(1, batch_size // 4)))
-            else:
-                if role.name == "clip_l" and self.options.clip_l_pooled == "unprojected" and enc.projection is not None:
-                    enc, key = _unprojected(enc), key + ("unprojected",)
-                rows.append(RowEncoder(enc, self.options.layer(role), pooled=i in self.family.pooled_roles,
-                                       key=key, cache=self.cache, batch_size=batch_size))
-        self._rows = tuple(rows)
+        self._rows = build_runners(self.encoders, self.family, self.options, fingerprint=self.fingerprint,
+                                   cache=self.cache, batch_size=batch_size, t5_width=t5_width)
 
     @classmethod
     def from_pretrained(
@@ -135,17 +107,7 @@ class Conditioner:
         for path in embeddings:
             p = Path(path)
             library.load_dir(p) if p.is_dir() else library.add(p)
-        # the model's own tokenizer folder where it has one (a pipeline may have added tokens, e.g. baked-in
-        # textual inversions with rows of their own in the text encoder); else the packaged vocabulary
-        folder = next((d for d in loaded.tokenizer_dirs if d is not None), None)
-        tokenizer = Tokenizer.from_folder(folder, options.normalize) if folder is not None else None
-        t5_dir = getattr(loaded, "t5_tokenizer_dir", None)
-        t5_tok = T5Tokenizer.from_folder(t5_dir) if t5_dir is not None else None
-        if loaded.family in FAMILIES and FAMILIES[loaded.family].has_t5 and t5_tok is None:
-            raise ValueError(
-                f"{source}: a {loaded.family} model needs its T5 tokenizer: a folder with tokenizer.json or spiece.model "
-                "(diffusers' tokenizer_3/ or tokenizer_2/; put it beside ComfyUI's files as a folder named t5_tokenizer/)"
-            )
+        tokenizer, t5_tok = model_tokenizers(loaded, options.normalize, source)
         return cls(loaded.encoders, loaded.family, options, tokenizer=tokenizer, t5_tokenizer=t5_tok, embeddings=library,
                    fingerprint=loaded.fingerprint, row_limit=row_limit, t5_width=getattr(loaded, "t5_width", None))
 
@@ -188,9 +150,9 @@ class Conditioner:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise ValueError("no prompt given")
-        negatives = _broadcast(negative, len(prompts))
-        pos = _keys(prompts, prompt_2, prompt_3)
-        neg = _keys(negatives, negative_2, negative_3)
+        negatives = broadcast(negative, len(prompts))
+        pos = prompt_keys(prompts, prompt_2, prompt_3)
+        neg = prompt_keys(negatives, negative_2, negative_3)
         encoded, empty = self._encode_texts(pos + neg)
         n = self._lengths([encoded[t] for t in pos + neg], length)
         positive = conditioning(prompts, [encoded[t] for t in pos], n, empty)
@@ -234,7 +196,7 @@ class Conditioner:
     def _negative(self, given: object, texts: list, encoded: dict, n: tuple[int, ...], empty) -> Conditioning:  # noqa: ANN001
         """The negative conditioning; zeros where the options say so for a negative that was not given at
         all (diffusers' force_zeros_for_empty_prompt on SDXL)."""
-        cond = conditioning([_main(t) for t in texts], [encoded[t] for t in texts], n, empty)
+        cond = conditioning([main_text(t) for t in texts], [encoded[t] for t in texts], n, empty)
         if given is None and self.options.zeros_for_empty_negative and self.family.zeros_negative:
             return zeroed(cond)
         return cond
@@ -245,30 +207,8 @@ class Conditioner:
         unique = list(dict.fromkeys(texts))
         prepared = common_t5_length({t: self.prepare(t) for t in unique}, self.family)
         parts = [part for t in unique for part in prepared[t].parts]
-        streams = [part.stream_for(e) for part in parts for e, r in enumerate(self.family.roles) if r.kind == "clip"]
-        table = vector_table([s.vectors for s in streams])
         plans = [[reencodings(self.weightings[e], p, e) for p in parts] for e in range(len(self.encoders))]
-        encoded: list[Encoded] = []
-        for e, (enc, role) in enumerate(zip(self.encoders, self.family.roles)):
-            if role.kind == "t5":
-                length = prepared[unique[0]].parts[0].rows[e].length if unique else self._t5_empty_length(role)
-                batch = plan_batch(
-                    [p.rows[e] for p in parts], [{} for _ in parts],
-                    plans[e],
-                    {}, vocab=1 << 30, pad_id=role.pad_id, length=length, empty_ids=role.empty_ids(length),
-                )
-                encoded.append(self._rows[e].run(batch))
-                continue
-            batch = plan_batch(
-                [p.rows[e] for p in parts], [p.stream_for(e).vectors for p in parts],
-                plans[e],
-                table, vocab=enc.config.vocab, pad_id=role.pad_id, length=self.family.length,
-            )
-            weight = enc.token_embedding.weight
-            width = enc.config.width
-            vectors = vector_matrix(table, lambda nk, w=width, r=role.name: self.embeddings.get(nk[0]).for_width(w, r)[nk[1]],
-                                    width, weight.dtype, weight.device)
-            encoded.append(self._rows[e].run(batch, vectors))
+        encoded = encode_parts(parts, self.family, self._rows, plans, self.embeddings, self._t5_empty_length)
         results: dict = {t: ([], prepared[t]) for t in unique}
         k = 0
         for t in unique:
@@ -285,46 +225,3 @@ class Conditioner:
         if self.options.t5_length == "clip" and any(self.family.roles[i].kind == "clip" for i in self.family.sequence_blocks[0]):
             return self.family.length  # the empty prompt's one CLIP row
         return t5_row_length(self.options, role, 1)[0]
-
-
-def _unprojected(enc: CLIPTextEncoder) -> CLIPTextEncoder:
-    """The same encoder (shared weights) whose pooled vector skips the text projection."""
-    import copy
-
-    view = copy.copy(enc)
-    view._modules = dict(enc._modules)
-    view._modules["projection"] = None
-    return view
-
-
-def _keys(texts: list[str], second: str | Sequence[str] | None, third: str | Sequence[str] | None) -> list:
-    """One key per prompt: the text itself, or (text, prompt_2, prompt_3) where per-encoder texts are given."""
-    if second is None and third is None:
-        return texts
-    seconds = _broadcast_optional(second, len(texts), "prompt_2")
-    thirds = _broadcast_optional(third, len(texts), "prompt_3")
-    return [(t, a, b) for t, a, b in zip(texts, seconds, thirds)]
-
-
-def _broadcast_optional(value: str | Sequence[str] | None, n: int, name: str) -> list:
-    if value is None or isinstance(value, str):
-        return [value] * n
-    out = list(value)
-    if len(out) != n:
-        raise ValueError(f"{n} prompts but {len(out)} {name} texts")
-    return out
-
-
-def _main(key: str | tuple) -> str:
-    return key if isinstance(key, str) else key[0]
-
-
-def _broadcast(negative: str | Sequence[str] | None, n: int) -> list[str]:
-    if negative is None:
-        return [""] * n
-    if isinstance(negative, str):
-        return [negative] * n
-    negs = list(negative)
-    if len(negs) != n:
-        raise ValueError(f"{n} prompts but {len(negs)} negative prompts")
-    return negs

@@ -292,3 +292,38 @@ def common_t5_length(prepared: dict, family: Family) -> dict:
         )
         out[key] = dc_replace(prep, parts=parts)
     return out
+
+
+# ---- the prompts of one call: one key per prompt ------------------------------------------------------
+
+def prompt_keys(texts: list[str], second: str | list[str] | None, third: str | list[str] | None) -> list:
+    """One key per prompt: the text itself, or (text, prompt_2, prompt_3) where per-encoder texts are given."""
+    if second is None and third is None:
+        return texts
+    seconds = broadcast_optional(second, len(texts), "prompt_2")
+    thirds = broadcast_optional(third, len(texts), "prompt_3")
+    return [(t, a, b) for t, a, b in zip(texts, seconds, thirds)]
+
+
+def broadcast_optional(value: str | list[str] | None, n: int, name: str) -> list:
+    if value is None or isinstance(value, str):
+        return [value] * n
+    out = list(value)
+    if len(out) != n:
+        raise ValueError(f"{n} prompts but {len(out)} {name} texts")
+    return out
+
+
+def main_text(key: str | tuple) -> str:
+    return key if isinstance(key, str) else key[0]
+
+
+def broadcast(negative: str | list[str] | None, n: int) -> list[str]:
+    if negative is None:
+        return [""] * n
+    if isinstance(negative, str):
+        return [negative] * n
+    negs = list(negative)
+    if len(negs) != n:
+        raise ValueError(f"{n} prompts but {len(negs)} negative prompts")
+    return negs
