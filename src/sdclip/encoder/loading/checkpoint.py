@@ -22,7 +22,7 @@ import pickle
 import re
 import warnings
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -150,10 +150,12 @@ class PickleFile(MemoryTensors):
 
 
 class ShardedFiles(TensorFile):
-    """HF sharded weights: an index.json whose weight_map names the shard of each tensor."""
+    """HF sharded weights: an index.json whose weight_map names the shard of each tensor; each shard is
+    opened by `opener` (default `open_tensor_file`)."""
 
-    def __init__(self, index: Path):
+    def __init__(self, index: Path, opener: Callable[[Path], TensorFile] | None = None):
         self.path = Path(index)
+        opener = opener or open_tensor_file
         try:
             weight_map = json.loads(self.path.read_text(encoding="utf-8"))["weight_map"]
         except Exception as e:
@@ -167,7 +169,7 @@ class ShardedFiles(TensorFile):
                 raise CheckpointError(f"{self.path}: shard {shard!r} is not a file name beside the index")
             f = self._files.get(shard)
             if f is None:
-                f = self._files[shard] = open_tensor_file(self.path.parent / shard)
+                f = self._files[shard] = opener(self.path.parent / shard)
             self._where[key] = f
 
     def keys(self) -> list[str]:

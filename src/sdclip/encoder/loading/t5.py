@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from sdclip.encoder.loading.checkpoint import CheckpointError, TensorFile, open_tensor_file
+from sdclip.encoder.loading.checkpoint import CheckpointError, ShardedFiles, TensorFile, open_tensor_file
 from sdclip.encoder.t5 import STORAGE_ONLY, T5Config, T5ConfigError, T5Encoder
 
 __all__ = ["SINGLE_FILE_PREFIX", "PlainSafetensors", "find_t5_prefix", "load_t5", "open_weights", "t5_config_from_tensors", "t5_folder"]
@@ -179,33 +179,11 @@ class PlainSafetensors(TensorFile):
 _CHUNK = 4 << 20  #: small enough that the per-chunk temporaries never matter
 
 
-class _Shards(TensorFile):
-    """A sharded folder (`*.index.json`) over PlainSafetensors / other readers."""
+class _Shards(ShardedFiles):
+    """A sharded folder (`*.index.json`) whose shards are read by `open_weights` (chunked, converting)."""
 
     def __init__(self, index: Path):
-        self.path = Path(index)
-        try:
-            weight_map = json.loads(self.path.read_text(encoding="utf-8"))["weight_map"]
-            items = [(str(k), str(v)) for k, v in weight_map.items()]
-        except Exception as e:
-            raise CheckpointError(f"{self.path}: not a readable shard index ({e})") from None
-        files: dict[str, TensorFile] = {}
-        self._where: dict[str, TensorFile] = {}
-        for key, shard in items:
-            if "/" in shard or "\\" in shard or shard.startswith("."):
-                raise CheckpointError(f"{self.path}: shard name {shard!r} leaves the folder")
-            if shard not in files:
-                files[shard] = open_weights(self.path.parent / shard)
-            self._where[key] = files[shard]
-
-    def keys(self) -> list[str]:
-        return list(self._where)
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return self._where[key].shape(key)
-
-    def get(self, key: str) -> torch.Tensor:
-        return self._where[key].get(key)
+        super().__init__(index, open_weights)
 
     def read_as(self, key: str, dtype: torch.dtype | None) -> torch.Tensor:
         f = self._where[key]
