@@ -8,7 +8,8 @@
 from sdclip.encoder.loading.checkpoint import CheckpointError, open_tensor_file
 from sdclip.conventions.clip_skip import LayerSelect
 from sdclip.encoder.config import LONGCLIP_L, PRESETS, VIT_BIGG, VIT_H, VIT_L, EncoderConfig
-from sdclip.encoder.loading.clip import LoadedEncoders, encoders_from_modules, load_text_encoders
+from sdclip.encoder.loading.clip import LoadedEncoders, encoders_from_modules
+from sdclip.encoder.loading.load import load_text_encoders
 from sdclip.encoder.model import CLIPTextEncoder, EncoderOutput
 
 __all__ = [

@@ -21,7 +21,6 @@ open_clip / OpenAI CLIP / Long-CLIP model code):
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 import json
 import math
 import re
@@ -516,47 +515,18 @@ def _from_folder(folder: Path, family: str | None) -> tuple[str, list[Part], tup
     )
 
 
-def load_text_encoders(
-    source: str | Path | Sequence[str | Path],
-    *,
-    family: str | None = None,
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
+def load_clip_source(
+    source: Path | TensorFile, family: str | None, dtype: torch.dtype, device: str | torch.device
 ) -> LoadedEncoders:
-    """Load the text encoder(s) of a family from a folder, a single file, a hub id, or several files
-    (ComfyUI's clip_l / clip_g / t5xxl files: sdclip.encoder.loading.sd3_flux).
-
-    Raises CheckpointError for anything unusable (before any encoder exists).
-    """
-    from sdclip.encoder.loading import sd3_flux
-    from sdclip.encoder.loading.hub import resolve
-
-    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise CheckpointError(f"dtype {dtype} unsupported (float32, float16, bfloat16)")
-    if not isinstance(source, (str, Path)):
-        paths = [resolve(s) for s in source]
-        if not paths:
-            raise CheckpointError("no model path given")
-        if len(paths) > 1:
-            return sd3_flux.load_files(paths, family, dtype, device)
-        source = paths[0]
-    path = resolve(source)
-    if path.is_dir():
-        t5_family = sd3_flux.pipeline_family(path)
-        if t5_family is not None:
-            return sd3_flux.load_pipeline_folder(path, t5_family, family, dtype, device)
-        if sd3_flux.comfy_folder(path):
-            return sd3_flux.load_files([path], family, dtype, device)
-        fam, parts, toks = _from_folder(path, family)
+    """The CLIP-only families (sd1, sd2, sdxl, longclip) from a folder or an opened file."""
+    if isinstance(source, Path):
+        fam, parts, toks = _from_folder(source, family)
     else:
-        f = open_tensor_file(path)
-        if sd3_flux.is_t5_file(f):
-            return sd3_flux.load_files([path], family, dtype, device)
-        parts = find_parts(f)
-        fam = assign_family(parts, family, path)
+        parts = find_parts(source)
+        fam = assign_family(parts, family, source.path)
         toks = (None,) * len(parts)
     encoders = tuple(build_encoder(p, dtype, device) for p in parts)
-    return LoadedEncoders(fam, encoders, tuple(toks), fingerprint(fam, parts), str(source))
+    return LoadedEncoders(fam, encoders, tuple(toks), fingerprint(fam, parts), str(getattr(source, "path", source)))
 
 
 def encoders_from_modules(models: tuple, *, dtype: torch.dtype | None = None) -> LoadedEncoders:
