@@ -98,6 +98,7 @@ def main() -> None:
     ap.add_argument("--captions", type=int, default=192)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--no-ray", action="store_true")
+    ap.add_argument("--families", default="sd1,sdxl", help="comma-separated (real depth: sd1 only is quick enough)")
     args = ap.parse_args()
     C.setup()
     caps = captions(args.captions)
@@ -107,7 +108,8 @@ def main() -> None:
         tmp = Path(tmp)
         caps_file = tmp / "caps.txt"
         caps_file.write_text("".join(c + "\n" for c in caps))
-        for family, dtype in (("sd1", "fp32"), ("sd1", "bf16"), ("sdxl", "fp32"), ("sdxl", "bf16")):
+        chosen = args.families.split(",")
+        for family, dtype in [(f, d) for f in ("sd1", "sdxl") if f in chosen for d in ("fp32", "bf16")]:
             pipe = build_pipeline(family, args.layers, dtype)
             folder = tmp / f"{family}-{dtype}"
             pipe.save_pretrained(folder)
