@@ -28,9 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import REPO, machine, md_table, write_json  # noqa: E402
 
-COLOURS = ("red", "blue", "green", "golden", "silver", "purple", "orange", "white", "black", "pink", "teal")
-#: weighted, with emphasis, a BREAK and a comma list: ≈150 tokens in two 75-token rows
-PROMPT = ", ".join(f"a ({c} fox:1.2) with [{c} eyes] under a {c} sky" for c in COLOURS[:9]) + \
+COLOURS = ("red", "blue", "green", "golden", "silver", "purple", "orange", "white", "black", "pink", "grey",
+           "amber", "teal")
+#: weighted, with emphasis, a BREAK and a comma list: ≈150 real tokens in three 75-token rows
+PROMPT = ", ".join(f"a ({c} fox:1.2) with [{c} eyes] under a {c} sky" for c in COLOURS) + \
     " BREAK golden hour, (highly detailed:1.1), sharp focus"
 
 
