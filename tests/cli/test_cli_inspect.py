@@ -172,3 +172,10 @@ def test_a_bad_flag_shows_its_commands_usage(capsys):
 def test_version_and_python_m():
     run = subprocess.run([sys.executable, "-m", "sdclip", "--version"], capture_output=True, text=True, check=True)
     assert run.stdout.startswith("sdclip ")
+
+
+def test_a_missing_extra_names_its_install_line():
+    """`sdclip serve` without the serve extra: one line naming `pip install 'sdclip[serve]'`, no traceback."""
+    code = "import sys; sys.modules['uvicorn'] = None; from sdclip.cli.main import main; sys.exit(main(['serve']))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 2 and "pip install 'sdclip[serve]'" in run.stderr and "Traceback" not in run.stderr

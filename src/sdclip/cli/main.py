@@ -14,6 +14,10 @@ from collections.abc import Sequence
 import sdclip
 from sdclip.syntax.prompt import PromptSyntaxError
 
+#: optional dependencies → the extra that installs them (pip install 'sdclip[EXTRA]')
+EXTRAS = {"torch": "torch", "safetensors": "torch", "huggingface_hub": "torch", "starlette": "serve",
+          "uvicorn": "serve", "ray": "ray", "pyarrow": "ray", "diffusers": "attention", "PIL": "attention"}
+
 #: the commands, in help order: each is the module sdclip.cli.<name>
 COMMANDS = ("inspect", "tokenize", "encode", "serve", "attention", "embed")
 
@@ -41,6 +45,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     try:
         return int(args.func(args) or 0)
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").split(".")[0]
+        if top not in EXTRAS:
+            raise
+        print(f"sdclip: {args.command} needs {top}, which is not installed: pip install 'sdclip[{EXTRAS[top]}]'"
+              + (" (torch: bring your build; CPU only: pip install torch --index-url "
+                 "https://download.pytorch.org/whl/cpu)" if EXTRAS[top] == "torch" else ""), file=sys.stderr)
+        return 2
     except PromptSyntaxError as exc:
         print(f"sdclip: prompt syntax error: {exc}", file=sys.stderr)
         return 2
