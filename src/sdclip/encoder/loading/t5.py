@@ -193,14 +193,11 @@ class _Shards(ShardedFiles):
 def open_weights(path: Path) -> TensorFile:
     """Like `open_tensor_file`, but .safetensors (and their shards) are read without mapping."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
-    name = path.name.lower()
-    if name.endswith(".safetensors.index.json"):
-        return _Shards(path)
-    if name.endswith(".safetensors"):
-        return PlainSafetensors(path)
-    return open_tensor_file(path)
+    readers = {".safetensors.index.json": _Shards, ".safetensors": PlainSafetensors}
+    reader = next((r for suffix, r in readers.items() if path.name.lower().endswith(suffix)), None)
+    if reader is None or not path.is_file():
+        return open_tensor_file(path)  # other formats, and the one "no such file" error
+    return reader(path)
 
 
 # ---- shapes ---------------------------------------------------------------------------------------
