@@ -1,10 +1,11 @@
 """Run every benchmark, each in its own process, and merge their tables into one report.
 
-    python bench/run.py [--quick] [--device cpu|cuda] [--only tokenizer,encoder,end_to_end,loading]
+    python bench/run.py [--quick] [--device cpu|cuda] [--only tokenizer,encoder,end_to_end,loading,t5,...]
 
 Each benchmark is a script in bench/ that prints a markdown table and writes bench/results/NAME.json
 (bench_tokenizer.py → tokenizer.json, bench_encoder.py → encoder.json, bench_end_to_end.py →
-end_to_end.json, bench_loading.py → loading.json). Separate processes keep them from disturbing each
+end_to_end.json, bench_loading.py → loading.json, and likewise t5, sd3_flux, embed, serve, attention;
+the reliability campaign is bench/reliability.py). Separate processes keep them from disturbing each
 other: allocator state, thread pools, and above all peak memory (the loading benchmark measures
 ru_maxrss of fresh processes). This script then writes bench/results/summary.json (machine, command,
 wall times, every benchmark's numbers) and bench/results/REPORT.md (the tables; what README's
@@ -31,14 +32,23 @@ BENCHES = {  # name → (script, supports --device, title)
     "encoder": ("bench_encoder.py", True, "Encoder (rows of 77 tokens per second, random weights)"),
     "end_to_end": ("bench_end_to_end.py", True, "End to end (weighted ~150-token prompt + negative)"),
     "loading": ("bench_loading.py", False, "Loading text encoders from a single-file checkpoint"),
+    "t5": ("bench_t5.py", False, "T5 encoder vs transformers' T5EncoderModel; T5 loading memory"),
+    "sd3_flux": ("bench_sd3_flux.py", False, "SD3 / Flux prompt + negative vs diffusers' encode_prompt"),
+    "embed": ("bench_embed.py", False, "sdclip embed vs a plain encode_prompt loop; bookkeeping; Ray"),
+    "serve": ("bench_serve.py", False, "sdclip serve: loopback load test"),
+    "attention": ("bench_attention.py", False, "Attention tracing: traced ÷ untraced generation"),
 }
+#: benchmarks that have no --quick flag (they are sized to a few minutes already), with the --quick arguments
+#: run.py gives them instead
+QUICK_ARGS = {"t5": [], "sd3_flux": ["--dtypes", "fp32"], "embed": ["--captions", "64", "--no-ray"], "serve": [],
+              "attention": []}
 
 
 def run_one(name: str, quick: bool, device: str) -> dict:
     script, takes_device, _ = BENCHES[name]
     cmd = [sys.executable, str(HERE / script)]
     if quick:
-        cmd.append("--quick")
+        cmd += QUICK_ARGS.get(name, ["--quick"])
     if takes_device:
         cmd += ["--device", device]
     print(f"\n## {name}: {' '.join(cmd[1:])}\n", flush=True)
