@@ -179,3 +179,10 @@ def test_a_missing_extra_names_its_install_line():
     code = "import sys; sys.modules['uvicorn'] = None; from sdclip.cli.main import main; sys.exit(main(['serve']))"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 2 and "pip install 'sdclip[serve]'" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_piping_json_into_a_closed_reader_is_quiet():
+    """`sdclip inspect … --json | head -c 50`: the reader goes away; no BrokenPipeError traceback."""
+    proc = subprocess.run(f"{sys.executable} -m sdclip inspect --json --full < /dev/stdin | head -c 50",
+                          shell=True, input="a fox " * 20000, capture_output=True, text=True)
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr

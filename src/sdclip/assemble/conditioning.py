@@ -52,14 +52,14 @@ class ConditioningPair:
                 continue
             if any(len(mix) > 1 for mix in cond.composition):
                 raise ValueError(
-                    f"the {name} uses AUTOMATIC1111's AND (`a AND b`): diffusers pipelines take one conditioning "
-                    "per prompt; use a sampler that mixes `Conditioning.composition` (sdclip's AND entries and "
-                    "weights), or compel's .blend()/.and()"
+                    f"the {name} uses AUTOMATIC1111's AND (`a AND b`), which makes several conditionings per "
+                    "prompt: diffusers-format output (sdclip encode's file, pipe(**kwargs)) holds one per prompt; "
+                    "use a sampler that mixes `Conditioning.composition`, compel's .blend()/.and(), or --syntax plain"
                 )
             for b, [(_, weight)] in enumerate(cond.composition):
                 if weight != 1.0:
                     warnings.warn(
-                        f"{name} {b}: its AUTOMATIC1111 AND weight {weight:g} (a trailing ':{weight:g}') scales "
+                        f"{name} {b + 1}: its AUTOMATIC1111 AND weight {weight:g} (a trailing ':{weight:g}') scales "
                         "guidance in A1111; diffusers has no such knob, so it is ignored",
                         stacklevel=2,
                     )

@@ -67,9 +67,10 @@ def _torch():  # noqa: ANN202
         import torch
     except ModuleNotFoundError:
         raise ValueError(
-            "sdclip encode runs the text encoder, which needs torch: pip install 'sdclip[torch]' "
-            "(CPU-only torch first, a few hundred MB instead of the multi-GB CUDA build: "
-            "pip install torch --index-url https://download.pytorch.org/whl/cpu)"
+            "sdclip encode runs the text encoder, which needs torch: pip install 'sdclip[torch]' (from a checkout: "
+            "pip install -e '.[torch]'); "
+            "CPU-only torch first, a few hundred MB instead of the multi-GB CUDA build: "
+            "pip install torch --index-url https://download.pytorch.org/whl/cpu"
         ) from None
     return torch
 

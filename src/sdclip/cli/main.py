@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -49,10 +50,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         top = (exc.name or "").split(".")[0]
         if top not in EXTRAS:
             raise
-        print(f"sdclip: {args.command} needs {top}, which is not installed: pip install 'sdclip[{EXTRAS[top]}]'"
+        print(f"sdclip: {args.command} needs {top}, which is not installed: pip install 'sdclip[{EXTRAS[top]}]' "
+              f"(from a checkout: pip install -e '.[{EXTRAS[top]}]')"
               + (" (torch: bring your build; CPU only: pip install torch --index-url "
                  "https://download.pytorch.org/whl/cpu)" if EXTRAS[top] == "torch" else ""), file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `sdclip inspect … --json | head`: the reader is gone, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except PromptSyntaxError as exc:
         print(f"sdclip: prompt syntax error: {exc}", file=sys.stderr)
         return 2
