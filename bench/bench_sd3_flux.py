@@ -54,20 +54,12 @@ def _clip(role: str, seed: int, layers: int, projection: bool):  # noqa: ANN202
     """A transformers CLIP text model of the real width, `layers` deep, every parameter random."""
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from tiny_models import REAL, tiny_config
+    from tiny_models import REAL, randomize_, tiny_config
 
     sizes = dict(REAL[role], num_hidden_layers=layers)
     cfg = tiny_config(role, {role: sizes}, projection_dim=sizes["hidden_size"])
     torch.manual_seed(seed)
-    model = (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "layer_norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(0.02 * torch.randn(p.shape, generator=g))
-    return model.requires_grad_(False)
+    return randomize_((CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg).eval(), seed, 0.02)
 
 
 def _t5(seed: int, layers: int):  # noqa: ANN202

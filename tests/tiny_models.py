@@ -75,14 +75,19 @@ def tiny_model(role: str, seed: int = 0, sizes: dict[str, dict] = TINY, **overri
     cfg = tiny_config(role, sizes, **overrides)
     cls = CLIPTextModelWithProjection if TOWERS[role].projection else CLIPTextModel
     torch.manual_seed(seed)
-    model = cls(cfg).eval()
+    return randomize_(cls(cfg).eval(), seed)
+
+
+def randomize_(model, seed: int, scale: float = 0.05):  # noqa: ANN001, ANN201
+    """Every parameter random (LayerNorm weights near 1, LN biases included), so a mis-mapped tensor
+    cannot hide; returns the model, frozen."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "layer_norm" in name and name.endswith("weight"):
                 p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
             else:
-                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+                p.copy_(scale * torch.randn(p.shape, generator=g))
     return model.requires_grad_(False)
 
 

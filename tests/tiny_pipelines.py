@@ -164,18 +164,10 @@ def clip_with_projection(role: str, seed: int, projection_dim: int):  # noqa: AN
     """A random tiny CLIPTextModelWithProjection (SD3's CLIP-L has a projection, unlike SDXL's)."""
     from transformers import CLIPTextModelWithProjection
 
-    from tiny_models import tiny_config
+    from tiny_models import randomize_, tiny_config
 
     torch.manual_seed(seed)
-    model = CLIPTextModelWithProjection(tiny_config(role, projection_dim=projection_dim)).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "layer_norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(0.05 * torch.randn(p.shape, generator=g))
-    return model.requires_grad_(False)
+    return randomize_(CLIPTextModelWithProjection(tiny_config(role, projection_dim=projection_dim)).eval(), seed)
 
 
 def _flow_vae() -> AutoencoderKL:
