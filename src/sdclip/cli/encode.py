@@ -75,15 +75,6 @@ def _torch():  # noqa: ANN202
     return torch
 
 
-def check_device(torch, device: str) -> None:  # noqa: ANN001
-    """A clear error for a device this machine does not have (before loading anything onto it)."""
-    kind = device.split(":")[0]
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: this torch ({torch.__version__}) sees no CUDA GPU; use --device cpu")
-    if kind == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {device}: MPS is not available here; use --device cpu")
-
-
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError("--batch-size must be ≥ 1")
@@ -94,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
     prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts_file)
     options = model_options(args)
     torch = _torch()
-    check_device(torch, args.device)
+    from sdclip.encoder.device import resolve_device
+
+    args.device = resolve_device(args.device)
     from sdclip.conditioner import Conditioner
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
