@@ -16,8 +16,30 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 TMP_SUFFIX = ".tmp"
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+
+
+def current_umask() -> int:
+    """The process umask now (read from /proc where it can be, since os.umask can only be read by setting it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a plain `open(path, "w")` would give a new file: results are ordinary files (issue 19.11)."""
+    return 0o666 & ~current_umask()
+
+
+def folder_mode() -> int:
+    """The mode a plain `mkdir` would give a new folder (`tempfile.mkdtemp` makes 0700)."""
+    return 0o777 & ~current_umask()
 
 
 class OutputError(ValueError):
@@ -41,8 +63,10 @@ def atomic_path(final: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.{os.getpid()}.", suffix=TMP_SUFFIX, dir=final.parent)
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary files
         yield Path(tmp)
+        # mkstemp makes 0600, and writers that replace the path (safetensors' save_file) make 0600 too:
+        # the result gets the mode the umask gives any new file, as manifest.json always had
+        os.chmod(tmp, file_mode())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
@@ -84,29 +108,50 @@ def reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def _same(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
+def _real(path: str | os.PathLike) -> Path:
+    return Path(os.path.realpath(os.path.expanduser(str(path))))
 
 
-def check_output_file(out: Path, inputs: Iterable[str | os.PathLike] = (), flag: str = "--out") -> None:
-    """Fail fast, before any model loads: `out` must be a file we can create in an existing-or-creatable
-    folder, and never one of the inputs (or inside an input folder's files)."""
-    out = Path(out)
-    if out.is_dir():
-        raise OutputError(f"{flag} {out} is a folder; give a file name")
-    for given in inputs:
-        src = Path(given)
-        if _same(out, src) or (src.is_dir() and out.exists() and _same(out.parent, src) and out.name in os.listdir(src)):
-            raise OutputError(f"{flag} {out} is an input ({given}); refusing to overwrite it")
+def refuse_reads(out: Path, reads: Iterable[str | os.PathLike], flag: str = "--out", writes: Iterable[str] = ()) -> None:
+    """OutputError when `out` (or `out/NAME` for each NAME in `writes`) is one of `reads` or inside one.
+
+    `reads` are what the command reads: the paths `sdclip.encoder.loading.reads.model_reads` returns for
+    the model and embeddings, and any input file. Compared with symbolic links followed, so another name
+    for the same file or a link into the model folder is refused too."""
+    real = _real(out)
+    targets = [(real, out)] + [(real / name, Path(out) / name) for name in writes]
+    for given in reads:
+        src = _real(given)
+        for target, shown in targets:
+            if target == src or src in target.parents:
+                where = "is" if target == src else "is inside"
+                what = f"{flag} {out}" if shown == out else f"{flag} {out}: the command writes {shown}, which"
+                raise OutputError(
+                    f"{what} {where} {given}, read by this command (the model, its tokenizers, embeddings or an "
+                    "input); refusing to write there: choose an output outside it"
+                )
+
+
+def _file_ancestor(out: Path, flag: str) -> Path:
+    """The nearest existing ancestor of `out`; OutputError if it is a file (PATH/under/a/file)."""
     parent = out.parent if str(out.parent) else Path(".")
     for p in (parent, *parent.parents):
         if p.exists():
             if not p.is_dir():
                 raise OutputError(f"{flag} {out}: {p} is a file, not a folder")
-            break
+            return p
+    return Path(".")
+
+
+def check_output_file(out: Path, inputs: Iterable[str | os.PathLike] = (), flag: str = "--out") -> None:
+    """Fail fast, before any model loads: `out` must be a file we can create in an existing-or-creatable
+    folder, and never one of the inputs nor inside anything they read (see `refuse_reads`)."""
+    out = Path(out)
+    if out.is_dir():
+        raise OutputError(f"{flag} {out} is a folder; give a file name")
+    refuse_reads(out, inputs, flag)
+    _file_ancestor(out, flag)
+    parent = out.parent if str(out.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(out)
@@ -115,3 +160,26 @@ def check_output_file(out: Path, inputs: Iterable[str | os.PathLike] = (), flag:
         os.unlink(probe)
     except OSError as exc:
         raise OutputError(f"cannot write {flag} {out}: {reason(exc)}") from None
+
+
+def check_output_folder(
+    out: Path, inputs: Iterable[str | os.PathLike] = (), flag: str = "--out", writes: Iterable[str] = ()
+) -> None:
+    """Fail fast, before any model loads, and create nothing: `out` must be an existing or creatable, writable
+    folder that is not one of the inputs nor inside anything they read, and whose `writes` (the names the
+    command writes in it) are not either. A folder that merely *contains* the model is allowed: the commands
+    write only their own names in it and never remove or replace a file they did not create."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{flag} {out} is a file, not a folder")
+    refuse_reads(out, inputs, flag, writes)
+    where = out if out.is_dir() else _file_ancestor(out, flag)
+    if out.is_dir():
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".probe.", suffix=TMP_SUFFIX, dir=out)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise OutputError(f"cannot write to {flag} {out}: {reason(exc)}") from None
+    elif not os.access(where, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write to {flag} {out}: {where} is not writable")

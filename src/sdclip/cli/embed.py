@@ -60,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
         raise JobError(f"embed needs {', '.join(missing)} (or --verify DIR)")
     if args.workers < 1:
         raise JobError("--workers must be ≥ 1")
+    from sdclip.encoder.loading.reads import model_reads
+    from sdclip.outputs import check_output_folder
+
+    check_output_folder(args.out, model_reads(args.model, args.embeddings))  # never where the model load reads
     from sdclip.jobs.driver import Job
     from sdclip.jobs.plan import JobSpec
 

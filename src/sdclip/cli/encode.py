@@ -2,7 +2,8 @@
 
 Contract (keep it stable): writes `prompt_embeds` and `negative_prompt_embeds` ([B, N, D]; B = 1 for
 --prompt) and, for SDXL, `pooled_prompt_embeds` and `negative_pooled_prompt_embeds` ([B, 1280]).
-`--clip-skip N` always uses AUTOMATIC1111's convention (1 = last layer), whatever the preset.
+`--clip-skip N` is AUTOMATIC1111's count (1 = last layer) whatever the preset, unless --clip-skip-convention
+names another (a negative N can only be ComfyUI's, and is read as such); a bad N fails before the model loads.
 
 Order of work, so that a mistake costs nothing: the output location is checked (never an input, a folder, a
 read-only place), every prompt is read and laid out (errors name their line), then the model loads, and the
@@ -19,7 +20,7 @@ import warnings
 from dataclasses import asdict
 from pathlib import Path
 
-from sdclip.cli.options import add_model_options, add_text_options, model_options
+from sdclip.cli.options import add_model_options, add_text_options, model_options, whole_number
 from sdclip.outputs import OutputError, atomic_path, check_output_file, reason
 
 #: how many truncated prompts the file's metadata and stderr list by line (the count is always exact)
@@ -34,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                      help="UTF-8 text, one prompt per line (line i is row i; a blank line is the empty prompt)")
     p.add_argument("--negative", help="negative prompt (default: none — the empty prompt, or zeros where the preset says)")
     p.add_argument("--out", required=True, type=Path, help="output .safetensors file (never one of the inputs)")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per encoder batch with --prompts-file (default 8)")
+    p.add_argument("--batch-size", type=whole_number, default=8, help="prompts per encoder batch with --prompts-file (default 8)")
     add_model_options(p)
     add_text_options(p)
     p.set_defaults(func=run)
@@ -80,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--batch-size must be ≥ 1")
     if args.out.suffix != ".safetensors":
         raise ValueError(f"--out must be a .safetensors file, got {args.out}")
-    inputs = [args.model, *args.embeddings] + ([args.prompts_file] if args.prompts_file else [])
+    from sdclip.encoder.loading.reads import model_reads  # the model folder / file, its tokenizers, embeddings
+
+    inputs = [*model_reads(args.model, args.embeddings)] + ([args.prompts_file] if args.prompts_file else [])
     check_output_file(args.out, inputs)
     prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts_file)
     options = model_options(args)
