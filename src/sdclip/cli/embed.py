@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sdclip.cli.options import add_model_options, add_text_options, model_options
+from sdclip.cli.options import add_model_options, add_text_options, model_options, whole_number
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,17 +20,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--captions", type=Path, help=".txt (one caption a line) / .jsonl / .csv / .tsv / .parquet, "
                    "or an image folder with sidecar .txt captions")
     p.add_argument("--out", type=Path, help="output folder (manifest.json + shard-NNNNN.safetensors)")
-    p.add_argument("--shard-size", type=int, default=1024, help="captions per shard (default 1024)")
-    p.add_argument("--batch-size", type=int, default=64, help="distinct captions per encoder call (default 64)")
+    p.add_argument("--shard-size", type=whole_number, default=1024, help="captions per shard (default 1024)")
+    p.add_argument("--batch-size", type=whole_number, default=64, help="distinct captions per encoder call (default 64)")
     p.add_argument("--format", choices=("safetensors", "kohya"), default="safetensors",
                    help="safetensors shards (default) or kohya sd-scripts' per-image _te_outputs.npz (SDXL)")
     p.add_argument("--engine", choices=("local", "ray"), default="local", help="local (default) or Ray Data")
     p.add_argument("--ray-address", help="Ray cluster address (default: start a local Ray)")
-    p.add_argument("--workers", type=int, default=1, help="Ray actors, each with its own encoder (default 1)")
+    p.add_argument("--workers", type=whole_number, default=1, help="Ray actors, each with its own encoder (default 1)")
     p.add_argument("--column", help="caption column of .jsonl/.csv/.tsv/.parquet (default caption, then text)")
     p.add_argument("--on-error", choices=("fail", "skip"), default="fail",
                    help="invalid captions: fail before encoding (default) or skip them, listed in the manifest")
-    p.add_argument("--overwrite", action="store_true", help="discard an existing job in --out and start again")
+    p.add_argument("--caption-extension", default=".txt", metavar="EXT",
+                   help="image folders: the caption files' suffix (default .txt; kohya sd-scripts' "
+                   "--caption_extension); an image without one gets the empty caption, with a warning, as there")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again: remove the files an earlier job wrote in --out (only those: shards and "
+                   "npz files whose hashes its manifest records), then run")
+    p.add_argument("--verbose", action="store_true", help="show the Ray engine's own logs (quiet by default)")
     p.add_argument("--verify", type=Path, metavar="DIR", help="check a finished folder (hashes, every index once)")
     add_model_options(p, model_required=False)
     add_text_options(p)
@@ -60,24 +66,32 @@ def run(args: argparse.Namespace) -> int:
         raise JobError(f"embed needs {', '.join(missing)} (or --verify DIR)")
     if args.workers < 1:
         raise JobError("--workers must be ≥ 1")
+    from sdclip.encoder.device import resolve_device
     from sdclip.encoder.loading.reads import model_reads
     from sdclip.outputs import check_output_folder
 
     check_output_folder(args.out, model_reads(args.model, args.embeddings))  # never where the model load reads
     from sdclip.jobs.driver import Job
+    from sdclip.jobs.encode import refuse_t5_family
     from sdclip.jobs.plan import JobSpec
 
+    args.device = resolve_device(args.device)  # before any folder is made or model read
+    refuse_t5_family(str(args.model), args.family)
     spec = JobSpec(
         model=str(args.model), captions=str(args.captions), out=str(args.out), options=asdict(model_options(args)),
         rows=args.max_rows or 1, shard_size=args.shard_size, batch_size=args.batch_size, dtype=args.dtype,
         device=args.device, family=args.family, embeddings=list(args.embeddings), format=args.format,
         column=args.column, on_error=args.on_error, pack_weights=args.pack_weights,
+        caption_extension=args.caption_extension,
     )
     job = Job(spec, overwrite=args.overwrite, console=console)  # folder + configuration checked: no model yet
+    failed = True
     try:
-        return _run(job, spec, args, console)
+        code = _run(job, spec, args, console)
+        failed = False
+        return code
     finally:
-        job.close()
+        job.close(failed=failed)
 
 
 def _run(job, spec, args: argparse.Namespace, console) -> int:  # noqa: ANN001
@@ -90,13 +104,21 @@ def _run(job, spec, args: argparse.Namespace, console) -> int:  # noqa: ANN001
         def render(self, task) -> Text:  # noqa: ANN001
             return Text(f"{task.speed:,.1f} captions/s" if task.speed else "– captions/s")
 
+    class Count(ProgressColumn):
+        """done/total, or done alone while the total is unknown (the validation pass has none)."""
+
+        def render(self, task) -> Text:  # noqa: ANN001
+            done = f"{int(task.completed):,}"
+            return Text(done if task.total is None else f"{done}/{int(task.total):,}")
+
     encoder = CaptionEncoder(spec)
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
-               Speed(), TimeRemainingColumn(), TextColumn("{task.fields[shards]}"))
+    columns = (TextColumn("{task.description}"), BarColumn(), Count(), Speed(), TimeRemainingColumn(),
+               TextColumn("{task.fields[shards]}"))
     with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
         t = progress.add_task("validating", total=None, shards="")
         job.prepare(encoder, lambda n: progress.advance(t, n))
         progress.remove_task(t)
+        _warnings(job, progress.console)
         total_shards = job.shard_count()
         pending = job.pending()
         done_rows = sum(r["rows"] for r in job.manifest.shards.values())
@@ -108,12 +130,12 @@ def _run(job, spec, args: argparse.Namespace, console) -> int:  # noqa: ANN001
             progress.update(task, advance=rec["rows"], shards=f"{len(job.manifest.shards)}/{total_shards} shards")
 
         if pending and len(pending) < total_shards:  # resuming: say what is kept
-            print(f"{job.out}: {len(pending)} of {total_shards} shard(s) to do "
-                  f"({total_shards - len(pending)} kept)", file=sys.stderr)
+            progress.console.print(f"{job.out}: {len(pending)} of {total_shards} shard(s) to do "
+                                   f"({total_shards - len(pending)} kept)", markup=False, highlight=False, soft_wrap=True)
         if args.engine == "ray":
             from sdclip.jobs.ray_engine import run_ray
 
-            run_ray(job, address=args.ray_address, workers=args.workers, on_shard=on_shard)
+            run_ray(job, address=args.ray_address, workers=args.workers, on_shard=on_shard, verbose=args.verbose)
         else:
             from sdclip.jobs.local import run_local
 
@@ -124,3 +146,17 @@ def _run(job, spec, args: argparse.Namespace, console) -> int:  # noqa: ANN001
           f"{s['encoded_now']:,} encoded now in {s['seconds']:.1f} s ({rate:,.1f} captions/s); "
           f"{s['truncated']:,} truncated, {s['errors']:,} error(s) skipped", file=sys.stdout)
     return 0
+
+
+#: scan warnings shown on stderr (all are counted; the manifest lists the first 100)
+SHOWN_WARNINGS = 10
+
+
+def _warnings(job, console) -> None:  # noqa: ANN001
+    found = job.manifest.scan.get("warnings") or {}
+    first, count = found.get("first", []), int(found.get("count", 0))
+    for w in first[:SHOWN_WARNINGS]:
+        console.print(f"sdclip: warning: {w['where']}: {w['warning']}", markup=False, highlight=False, soft_wrap=True)
+    if count > SHOWN_WARNINGS:
+        console.print(f"sdclip: warning: … and {count - SHOWN_WARNINGS} more (manifest.json lists the first "
+                      f"{len(first)})", markup=False, highlight=False, soft_wrap=True)

@@ -19,6 +19,13 @@ from sdclip.syntax.prompt import PromptSyntaxError
 EXTRAS = {"torch": "torch", "safetensors": "torch", "huggingface_hub": "torch", "starlette": "serve",
           "uvicorn": "serve", "ray": "ray", "pyarrow": "ray", "diffusers": "attention", "PIL": "attention"}
 
+#: what a Ctrl-C leaves, said after "sdclip: interrupted" (every output is written atomically: nothing half-written)
+INTERRUPTED = {
+    "embed": "; finished shards are kept: re-run the same command to resume",
+    "encode": "; nothing written (an earlier --out is unchanged)",
+    "attention": "; nothing written",
+}
+
 #: the commands, in help order: each is the module sdclip.cli.<name>
 COMMANDS = ("inspect", "tokenize", "encode", "serve", "attention", "embed")
 
@@ -43,9 +50,16 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse(argv)
+    try:
+        args = _parse(argv)
+    except KeyboardInterrupt:
+        print("sdclip: interrupted", file=sys.stderr)
+        return 130
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback through torch; 130 as shells report SIGINT
+        print(f"sdclip: interrupted{INTERRUPTED.get(args.command, '')}", file=sys.stderr)
+        return 130
     except ModuleNotFoundError as exc:
         top = (exc.name or "").split(".")[0]
         if top not in EXTRAS:

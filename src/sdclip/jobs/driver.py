@@ -17,11 +17,15 @@ from pathlib import Path
 
 import sdclip
 from sdclip.jobs.manifest import MANIFEST, JobError, Manifest, first_difference
-from sdclip.jobs.plan import LAST, LENGTHS, JobSpec, check_out_dir, load_scan_arrays, os_error, scan
+from sdclip.jobs.plan import (SCAN_FILES, JobSpec, check_out_dir, load_scan_arrays, os_error, remove_empty,
+                              remove_scan_files, scan)
 from sdclip.jobs.shards import read_header, remove_stale_temps, sha256_file, shard_name
 from sdclip.jobs.work import config_digest
 
 MAX_LISTED_ERRORS = 10
+#: characters of one listed error before it is cut (with "…")
+MAX_ERROR_CHARS = 200
+LOCK = ".lock"
 
 
 class Job:
@@ -32,12 +36,17 @@ class Job:
         self.spec = spec
         self.out = Path(spec.out)
         self.console = console
-        check_out_dir(self.out)
-        self._lock = _lock(self.out)
+        self.manifest: Manifest | None = None
+        self._created = check_out_dir(self.out)
+        try:
+            self._lock: int | None = _lock(self.out)
+        except BaseException:
+            remove_empty(self._created)
+            raise
         try:
             self._open(spec, overwrite)
         except BaseException:
-            self.close()
+            self.close(failed=True)
             raise
         self.started = time.perf_counter()
         self.encoded = 0
@@ -49,19 +58,15 @@ class Job:
             raise JobError("--format kohya writes .npz files beside the images: --captions must be an image folder")
         self.config = spec.config(self.source)
         self.digest = config_digest(self.config)
-        self.manifest: Manifest | None = None
-        if (self.out / MANIFEST).exists():
-            if overwrite:
-                self._clear()
-            else:
-                old = Manifest.load(self.out)
-                diff = first_difference(old.config, self.config)
-                if diff is not None:
-                    raise JobError(f"{self.out} holds a different job ({diff}): pass --overwrite to start again, "
-                                   "or choose another --out")
-                self.manifest = old
-        elif overwrite:
+        if overwrite:
             self._clear()
+        elif (self.out / MANIFEST).exists():
+            old = Manifest.load(self.out)
+            diff = first_difference(old.config, self.config)
+            if diff is not None:
+                raise JobError(f"{self.out} holds a different job ({diff}): pass --overwrite to start again, "
+                               "or choose another --out")
+            self.manifest = old
 
     # -- setup ------------------------------------------------------------------------------------
 
@@ -73,22 +78,34 @@ class Job:
             check_kohya(encoder.cond.family.name, self.source.format, self.spec.rows)
         info = {"captions": str(Path(self.spec.captions).resolve()), "family": encoder.cond.family.name, "slots": encoder.slots, "widths": encoder.widths,
                 "loaded_fingerprint": encoder.fingerprint}
-        have_scan = (self.manifest is not None and self.manifest.scan.get("rows") is not None
-                     and load_scan_arrays(self.out) is not None)
-        if not have_scan:
-            result = scan(self.source, encoder.validate, encoder.slots, self.spec.shard_size, self.out, progress)
-            if result.errors and self.spec.on_error == "fail":
-                for name in (LENGTHS, LAST):
-                    (self.out / name).unlink(missing_ok=True)
-                listed = "; ".join(f"{e['where']}: {e['error']}" for e in result.errors[:MAX_LISTED_ERRORS])
-                more = len(result.errors) - MAX_LISTED_ERRORS
-                raise JobError(f"{len(result.errors)} invalid caption(s), nothing encoded (--on-error skip records "
-                               f"them and goes on): {listed}" + (f"; … {more} more" if more > 0 else ""))
-            self.manifest = Manifest(self.config, sdclip.__version__, result.to_manifest(), {}, info)
-        assert self.manifest is not None
-        self.manifest.info.update(info)
-        self._check_shards()
+        if self.manifest is None or self.manifest.scan.get("rows") is None:
+            self._scan(encoder, progress, info)
+            self._check_shards()
+        else:
+            self.manifest.info.update(info)
+            self._check_shards()
+            if self.pending() and not self._have_arrays():  # a finished job's scan files are gone: redo them
+                self._scan(encoder, progress, info)
         self._save()
+
+    def _have_arrays(self) -> bool:
+        arrays = load_scan_arrays(self.out)
+        return arrays is not None and len(arrays[0]) == self.rows
+
+    def _scan(self, encoder, progress, info: dict) -> None:  # noqa: ANN001
+        try:
+            result = scan(self.source, encoder.check, encoder.slots, self.spec.shard_size, self.out, progress)
+        except OSError as exc:
+            remove_scan_files(self.out)
+            raise os_error(exc, "the scan's arrays", 0) from None
+        if result.errors and self.spec.on_error == "fail":
+            remove_scan_files(self.out)
+            raise JobError(invalid_captions(result.errors))
+        shards = self.manifest.shards if self.manifest is not None else {}
+        if self.manifest is not None and self.manifest.scan.get("rows") not in (None, result.rows):
+            raise JobError(f"{self.spec.captions} reads as {result.rows} caption(s) now, "
+                           f"{self.manifest.scan['rows']} when the job started: re-run with --overwrite")
+        self.manifest = Manifest(self.config, sdclip.__version__, result.to_manifest(), shards, info)
 
     def _check_shards(self) -> None:
         m = self.manifest
@@ -111,11 +128,13 @@ class Job:
                 return all((images / f).is_file() for f in rec["files"])
             if rec.get("file") is None:
                 return True
+            if rec["file"] != shard_name(int(rec["shard"])):  # the manifest is untrusted: only our own names
+                return False
             path = self.out / rec["file"]
             header = read_header(path)
             return (path.stat().st_size == rec["bytes"] and header["index"]["shape"] == [rec["rows"]]
                     and header.get("__metadata__", {}).get("sdclip_job") == self.digest)
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             return False
 
     def _adopt(self, k: int, path: Path) -> dict | None:
@@ -127,21 +146,32 @@ class Job:
                 return None
             start, stop = int(meta["start"]), int(meta["stop"])
             n = header["index"]["shape"][0]
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             return None
         return {"shard": k, "start": start, "stop": stop, "rows": n, "file": path.name,
                 "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
     def _clear(self) -> None:
-        """--overwrite: remove this tool's files from the folder (nothing else)."""
-        with contextlib.suppress(JobError):
-            old = Manifest.load(self.out)
-            for rec in old.shards.values():
-                for f in rec.get("files", {}):
-                    with contextlib.suppress(OSError):
-                        Path(old.info["captions"], f).unlink()
-        for p in list(self.out.glob("shard-*.safetensors")) + [self.out / n for n in (MANIFEST, LENGTHS, LAST)]:
-            p.unlink(missing_ok=True)
+        """--overwrite: remove the files an earlier job wrote here, nothing else (sdclip.jobs.overwrite says
+        which; the old manifest is untrusted input). A manifest sdclip did not write is refused, not removed."""
+        from sdclip.jobs.overwrite import kohya_files, regular, shard_files
+
+        records: list = []
+        if (self.out / MANIFEST).exists() or (self.out / MANIFEST).is_symlink():
+            try:
+                old = Manifest.load(self.out)
+            except JobError as exc:
+                raise JobError(f"--overwrite: {exc}; sdclip removes only files it wrote, so move that file away "
+                               "or choose another --out") from None
+            records = list(old.shards.values())
+            if old.config.get("format") == "kohya" and self.source.format == "images":
+                for path in kohya_files(Path(self.spec.captions), records):
+                    path.unlink(missing_ok=True)
+        for path in shard_files(self.out, records):
+            path.unlink(missing_ok=True)
+        for name in (MANIFEST, *SCAN_FILES):
+            if regular(self.out / name):
+                (self.out / name).unlink(missing_ok=True)
 
     # -- progress ---------------------------------------------------------------------------------
 
@@ -169,6 +199,8 @@ class Job:
         assert m is not None
         m.complete = not self.pending()
         self._save()
+        if m.complete:  # the scan's arrays serve pending shards only; a re-run of a finished job needs none
+            remove_scan_files(self.out)
         return {
             "rows": m.scan["rows"],
             "written": sum(r["rows"] for r in m.shards.values()),
@@ -185,17 +217,49 @@ class Job:
         except OSError as exc:
             raise os_error(exc, MANIFEST, len(self.manifest.shards)) from None  # type: ignore[union-attr]
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """Release the folder. A start that failed before any manifest was written leaves nothing: its scan
+        files go, and so do the folders this job created, if empty."""
+        if self._lock is None:
+            return
+        if failed and not (self.out / MANIFEST).exists():
+            remove_scan_files(self.out)
+        with contextlib.suppress(OSError):
+            (self.out / LOCK).unlink()  # unlinked while held: a job waiting on it re-checks (see _lock)
         with contextlib.suppress(OSError):
             os.close(self._lock)
+        self._lock = None
+        if failed:
+            remove_empty(self._created)
+
+
+def invalid_captions(errors: list[dict]) -> str:
+    """The refusal for invalid captions: one line per caption (the first MAX_LISTED_ERRORS), then a count."""
+    lines = [f"{len(errors)} invalid caption(s), nothing encoded (--on-error skip records them in the manifest "
+             "and goes on):"]
+    for e in errors[:MAX_LISTED_ERRORS]:
+        text = f"{e['where']}: {e['error']}"
+        lines.append("  " + (text[: MAX_ERROR_CHARS - 1] + "…" if len(text) > MAX_ERROR_CHARS else text))
+    if len(errors) > MAX_LISTED_ERRORS:
+        lines.append(f"  … and {len(errors) - MAX_LISTED_ERRORS} more")
+    return "\n".join(lines)
 
 
 def _lock(out: Path) -> int:
-    """An advisory lock on the folder: two jobs writing one folder would undo each other's manifest."""
-    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    """An advisory lock on the folder: two jobs writing one folder would undo each other's manifest. The lock
+    file is removed when a job ends, so after locking, the path must still name the file locked (else a
+    finishing job unlinked it meanwhile: lock the new one)."""
+    for _ in range(10):
+        fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise JobError(f"{out}: another `sdclip embed` is writing this folder") from None
+        try:
+            if os.stat(out / LOCK).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
         os.close(fd)
-        raise JobError(f"{out}: another `sdclip embed` is writing this folder") from None
-    return fd
+    raise JobError(f"{out}: another `sdclip embed` keeps taking this folder")

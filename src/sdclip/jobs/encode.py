@@ -10,12 +10,41 @@ beyond fp32 rounding: each is cut back to its own natural length before padding.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
 from sdclip.jobs.plan import JobSpec
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+T5_FAMILIES = ("sd3", "flux")
+
+
+def t5_refusal(family: str) -> str:
+    return (f"sdclip embed caches CLIP-only families (sd1, sd2, sdxl, longclip); {family} has a T5 block, whose "
+            "fixed-size shards are not built yet: use sdclip encode --prompts-file for now")
+
+
+def refuse_t5_family(model: str, family: str | None) -> None:
+    """Refuse SD3 / Flux before anything loads (a T5 model is many GB): from --family, a pipeline folder's
+    model_index.json / folders, or a single .safetensors file's header keys. ValueError (one line)."""
+    if family in T5_FAMILIES:
+        raise ValueError(t5_refusal(family))
+    from sdclip.encoder.loading import sd3_flux
+    from sdclip.encoder.loading.checkpoint import CheckpointError, open_tensor_file
+
+    path = Path(model)
+    try:
+        if path.is_dir():
+            found = sd3_flux.pipeline_family(path) or ("sd3 or flux" if sd3_flux.comfy_folder(path) else None)
+        elif path.is_file() and path.suffix.lower() == ".safetensors":
+            found = "sd3 or flux" if sd3_flux.is_t5_file(open_tensor_file(path)) else None
+        else:
+            found = None
+    except (CheckpointError, OSError, ValueError):
+        return  # the loader says what is wrong with the model, in its own words
+    if found is not None:
+        raise ValueError(t5_refusal(found))
 
 
 class CaptionEncoder:
@@ -34,10 +63,7 @@ class CaptionEncoder:
             )
         self.cond = conditioner
         if len(self.cond.family.sequence_blocks) > 1 or any(r.kind != "clip" for r in self.cond.family.roles):
-            raise ValueError(
-                f"sdclip embed caches CLIP-only families (sd1, sd2, sdxl, longclip); {self.cond.family.name} has a T5 "
-                "block, whose fixed-size shards are not built yet: use sdclip encode --prompts-file for now"
-            )
+            raise ValueError(t5_refusal(self.cond.family.name))
         self.slots = spec.rows * self.cond.family.length
         self.widths = [enc.config.width for enc in self.cond.encoders]
         self.has_pooled = self.cond.family.pooled_role is not None
@@ -56,11 +82,23 @@ class CaptionEncoder:
 
     def validate(self, text: str) -> int:
         """Natural length in slots of a valid caption; ValueError (one line) for one that cannot be embedded."""
+        return self.check(text)[0]
+
+    def check(self, text: str) -> tuple[int, tuple[str, ...]]:
+        """(natural length in slots, warnings) of a caption; ValueError (one line) for one that cannot be
+        embedded. The rule is `sdclip encode`'s: several AUTOMATIC1111 AND parts are an error (one caption, one
+        conditioning), a single part's weight (`a photo, 16:9` is text `16` with weight 9) only a warning."""
         prep = self.cond.prepare(text)
+        warnings = list(prep.prompt.warnings)
         if prep.prompt.combine == "and":
-            raise ValueError("AUTOMATIC1111 AND / prompt weights make several conditionings, not one "
-                             "(use --syntax plain or compel, or remove the AND)")
-        return prep.slots
+            if len(prep.prompt.parts) > 1:
+                raise ValueError("AUTOMATIC1111 AND makes several conditionings, a training cache holds one per "
+                                 "caption (use --syntax plain for captions that say AND, or remove it)")
+            weight = prep.prompt.parts[0].weight
+            if weight != 1.0:
+                warnings.append(f"its AUTOMATIC1111 AND weight {weight:g} (a trailing ':{weight:g}') scales guidance "
+                                "in A1111 only; the cache ignores it")
+        return prep.slots, tuple(warnings)
 
     def empty(self) -> torch.Tensor:
         if self._empty is None:

@@ -81,6 +81,7 @@ class Manifest:
             "truncated": self.scan.get("truncated", {}),
             "errors": self.scan.get("errors", []),
             "shard_seeks": self.scan.get("seeks", []),
+            "warnings": self.scan.get("warnings", {}),
             "shards": [self.shards[k] for k in sorted(self.shards, key=int)],
         }
 
@@ -90,22 +91,44 @@ class Manifest:
 
     @classmethod
     def load(cls, folder: Path) -> "Manifest":
+        """The folder's manifest, its fields checked for type (it is untrusted input: anyone can write one)."""
         path = Path(folder) / MANIFEST
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise JobError(f"{folder}: no {MANIFEST} (not an `sdclip embed` output folder)") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise JobError(f"{path}: unreadable manifest ({exc})") from None
-        if data.get("schema") != SCHEMA:
-            raise JobError(f"{path}: not an `sdclip embed` manifest (schema {data.get('schema')!r})")
-        scan = {
-            "rows": data.get("rows"),
-            "valid_rows": data.get("valid_rows"),
-            "truncated": data.get("truncated", {}),
-            "errors": data.get("errors", []),
-            "seeks": data.get("shard_seeks", []),
-        }
-        shards = {str(s["shard"]): s for s in data.get("shards", [])}
-        return cls(data["config"], data.get("sdclip_version", ""), scan, shards, data.get("info", {}),
-                   bool(data.get("complete")))
+        except IsADirectoryError:
+            raise JobError(f"{path} is a folder, not an `sdclip embed` manifest") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+            raise JobError(f"{path}: unreadable manifest ({reason})") from None
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            schema = data.get("schema") if isinstance(data, dict) else None
+            raise JobError(f"{path}: not an `sdclip embed` manifest (schema {schema!r})")
+        try:
+            scan = {
+                "rows": _typed(data.get("rows"), int, None),
+                "valid_rows": _typed(data.get("valid_rows"), int, None),
+                "truncated": _typed(data.get("truncated", {}), dict),
+                "errors": _typed(data.get("errors", []), list),
+                "seeks": _typed(data.get("shard_seeks", []), list),
+                "warnings": _typed(data.get("warnings", {}), dict),
+            }
+            records = _typed(data.get("shards", []), list)
+            shards = {}
+            for s in records:
+                k = _typed(_typed(s, dict)["shard"], int)
+                shards[str(k)] = s
+            return cls(_typed(data["config"], dict), str(data.get("sdclip_version", "")), scan, shards,
+                       _typed(data.get("info", {}), dict), bool(data.get("complete")))
+        except (KeyError, TypeError) as exc:
+            raise JobError(f"{path}: malformed manifest ({exc})") from None
+
+
+def _typed(value: object, kind: type, *allowed: object) -> object:
+    """value if it is a `kind` (bool is not an int here) or one of `allowed`; TypeError otherwise."""
+    if value in allowed and not isinstance(value, bool):
+        return value
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise TypeError(f"{type(value).__name__} where {kind.__name__} belongs")
+    return value

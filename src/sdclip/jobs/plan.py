@@ -18,10 +18,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sdclip.jobs.manifest import MANIFEST, JobError, model_fingerprint
-from sdclip.jobs.readers import CaptionSource, open_source
+from sdclip.jobs.readers import CaptionSource, Record, open_source
 
 LENGTHS = "scan-lengths.npy"
 LAST = "scan-last.npy"
+#: blake2b-64 of each record as the scan read it: a shard's rows are checked against it before it is written
+DIGESTS = "scan-digests.npy"
+#: the scan's files: needed while shards are pending, removed when the job finishes
+SCAN_FILES = (LENGTHS, LAST, DIGESTS)
+#: warnings listed in the manifest (all are counted)
+MAX_RECORDED_WARNINGS = 100
 FORMATS = ("safetensors", "kohya")
 
 
@@ -44,6 +50,7 @@ class JobSpec:
     column: str | None = None
     on_error: str = "fail"
     pack_weights: bool = False
+    caption_extension: str = ".txt"  #: image folders: the sidecar captions' suffix (kohya's --caption_extension)
 
     def check(self) -> None:
         for name in ("rows", "shard_size", "batch_size"):
@@ -56,11 +63,13 @@ class JobSpec:
             raise JobError("--on-error must be fail or skip")
 
     def source(self) -> CaptionSource:
-        return open_source(self.captions, self.column)
+        return open_source(self.captions, self.column, self.caption_extension)
 
     def config(self, source: CaptionSource) -> dict:
         """The job's identity (see sdclip.jobs.manifest): what must match for a folder to be resumed."""
+        extra = {"caption_extension": self.caption_extension} if source.format == "images" else {}
         return {
+            **extra,
             "model": model_fingerprint(self.model),
             "family": self.family,
             "embeddings": [model_fingerprint(e) for e in self.embeddings],
@@ -78,17 +87,30 @@ class JobSpec:
         return asdict(self)
 
 
-def check_out_dir(out: Path) -> None:
-    """Fail fast, before any model loads: the output folder must be a creatable, writable folder."""
+def check_out_dir(out: Path) -> list[Path]:
+    """Fail fast, before any model loads: the output folder must be a creatable, writable folder. Returns
+    the folders this call created (deepest first), so a failed start can remove them if still empty."""
     if out.exists() and not out.is_dir():
         raise JobError(f"--out {out} is a file, not a folder")
+    created = [p for p in (out, *out.parents) if not p.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=out)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
+        remove_empty(created)
         raise JobError(f"cannot write to --out {out}: {exc.strerror or exc}") from None
+    return created
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """rmdir each folder (deepest first) that is still empty; a folder holding anything stays."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def os_error(exc: OSError, what: str, done: int) -> JobError:
@@ -105,6 +127,13 @@ class Scan:
     errors: list[dict] = field(default_factory=list)
     truncated: list[int] = field(default_factory=list)
     seeks: list = field(default_factory=list)
+    warnings: list[dict] = field(default_factory=list)
+    warning_count: int = 0
+
+    def warn(self, index: int, where: str, warning: str) -> None:
+        self.warning_count += 1
+        if len(self.warnings) < MAX_RECORDED_WARNINGS:
+            self.warnings.append({"index": index, "where": where, "warning": warning})
 
     def to_manifest(self) -> dict:
         return {
@@ -113,13 +142,24 @@ class Scan:
             "errors": self.errors,
             "truncated": {"count": len(self.truncated), "indices": self.truncated},
             "seeks": self.seeks,
+            "warnings": {"count": self.warning_count, "first": self.warnings},
         }
 
 
-def scan(source: CaptionSource, validate: Callable[[str], int], slots: int, shard_size: int, out: Path,
+def record_digest(rec: Record) -> int:
+    """blake2b-64 of what a record holds: its text, or (unreadable) its error and index. Equal texts have
+    equal digests (identical captions are encoded once); a shard re-reads its rows and compares."""
+    text = rec.text if rec.text is not None else f"\x00error{rec.index}\x00{rec.error}"
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+Check = Callable[[str], "tuple[int, tuple[str, ...]]"]
+
+
+def scan(source: CaptionSource, check: Check, slots: int, shard_size: int, out: Path,
          progress: Callable[[int], None] | None = None) -> Scan:
-    """Validate every caption (validate(text) → natural length, raising ValueError for a bad caption) and
-    write the per-row arrays beside the manifest."""
+    """Validate every caption (check(text) → (natural length, warnings), raising ValueError for a bad caption)
+    and write the per-row arrays beside the manifest (OSError, e.g. a full disk, is the caller's to report)."""
     import numpy as np
 
     result = Scan()
@@ -130,11 +170,16 @@ def scan(source: CaptionSource, validate: Callable[[str], int], slots: int, shar
             result.seeks.append(list(rec.seek) if isinstance(rec.seek, tuple) else rec.seek)
         error = rec.error
         n = -1
+        if rec.warning is not None:
+            result.warn(rec.index, rec.where, rec.warning)
         if error is None:
             try:
-                n = validate(rec.text)  # type: ignore[arg-type]
+                n, warnings = check(rec.text)  # type: ignore[arg-type]
             except ValueError as exc:
                 error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            else:
+                for w in warnings:
+                    result.warn(rec.index, rec.where, w)
         if error is not None:
             result.errors.append({"index": rec.index, "where": rec.where, "error": error})
         else:
@@ -142,23 +187,27 @@ def scan(source: CaptionSource, validate: Callable[[str], int], slots: int, shar
             if n > slots:
                 result.truncated.append(rec.index)
         lengths.append(n)
-        text = rec.text if error is None else f"\x00error{rec.index}"
-        digests.append(int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little"))
+        digests.append(record_digest(rec))
         result.rows += 1
         if progress is not None and result.rows % 256 == 0:
             progress(256)
     if progress is not None:
         progress(result.rows % 256)
     h = np.frombuffer(digests, dtype=np.uint64) if result.rows else np.zeros(0, np.uint64)
+    valid = np.frombuffer(lengths, dtype=np.int32) >= 0 if result.rows else np.zeros(0, bool)
     last = np.arange(result.rows, dtype=np.int64)
     if result.rows:
-        order = np.argsort(h, kind="stable")  # equal digests stay in index order: the run's end is its last
-        sorted_h = h[order]
-        run_end = np.r_[np.nonzero(sorted_h[1:] != sorted_h[:-1])[0], result.rows - 1]
-        run_id = np.searchsorted(run_end, np.arange(result.rows))
-        last[order] = order[run_end[run_id]]
+        # identical valid captions: each row points at the last row holding its text (invalid rows: at themselves)
+        rows = np.nonzero(valid)[0]
+        hv = h[rows]
+        order = np.argsort(hv, kind="stable")  # equal digests stay in index order: the run's end is its last
+        sorted_h = hv[order]
+        run_end = np.r_[np.nonzero(sorted_h[1:] != sorted_h[:-1])[0], len(rows) - 1] if len(rows) else np.zeros(0, np.int64)
+        run_id = np.searchsorted(run_end, np.arange(len(rows)))
+        last[rows[order]] = rows[order[run_end[run_id]]]
     _save_npy(out / LENGTHS, np.frombuffer(lengths, dtype=np.int32) if result.rows else np.zeros(0, np.int32))
     _save_npy(out / LAST, last)
+    _save_npy(out / DIGESTS, h)
     return result
 
 
@@ -175,14 +224,22 @@ def _save_npy(path: Path, arr) -> None:  # noqa: ANN001
 
 
 def load_scan_arrays(out: Path):  # noqa: ANN201
-    """(lengths int32 [n], last int64 [n]) memory-mapped; pickles are never loaded."""
+    """(lengths int32 [n], last int64 [n], digests uint64 [n]) memory-mapped, or None when one is missing or
+    of another length; pickles are never loaded."""
     import numpy as np
 
     try:
-        return (np.load(out / LENGTHS, mmap_mode="r", allow_pickle=False),
-                np.load(out / LAST, mmap_mode="r", allow_pickle=False))
+        arrays = tuple(np.load(out / name, mmap_mode="r", allow_pickle=False) for name in SCAN_FILES)
     except (OSError, ValueError):
         return None
+    if len({a.shape for a in arrays}) != 1 or arrays[0].ndim != 1:
+        return None
+    return arrays
 
 
-__all__ = ["JobSpec", "Scan", "scan", "check_out_dir", "load_scan_arrays", "MANIFEST"]
+def remove_scan_files(out: Path) -> None:
+    for name in SCAN_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
+__all__ = ["JobSpec", "Scan", "scan", "check_out_dir", "load_scan_arrays", "record_digest", "MANIFEST"]

@@ -18,6 +18,7 @@ Python API for an existing Ray pipeline:
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import asdict
 
@@ -72,22 +73,37 @@ def shard_dataset(job: Job, workers: int = 1):  # noqa: ANN201
     )
 
 
+def quiet_ray_logs() -> None:
+    """Ray and Ray Data log pages of INFO lines (cluster start, execution plans, operator progress) to stderr:
+    above WARNING only, unless `sdclip embed --verbose`."""
+    for name in ("ray", "ray.data", "ray.util", "ray._private"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def run_ray(job: Job, *, address: str | None = None, workers: int = 1,
-            on_shard: Callable[[dict], None] | None = None, init_kwargs: dict | None = None) -> None:
+            on_shard: Callable[[dict], None] | None = None, init_kwargs: dict | None = None,
+            verbose: bool = False) -> None:
     """Run a prepared job's pending shards on Ray (a local Ray unless `address` names a cluster)."""
     import ray
 
     if not job.pending():
         return
+    if not verbose:
+        quiet_ray_logs()
     started_here = False
     if not ray.is_initialized():
         kwargs = dict(init_kwargs or {})
         kwargs.setdefault("include_dashboard", False)
-        kwargs.setdefault("log_to_driver", False)
+        kwargs.setdefault("log_to_driver", verbose)
+        if not verbose:
+            kwargs.setdefault("logging_level", logging.WARNING)
+            kwargs.setdefault("configure_logging", True)
         if address:
             kwargs["address"] = address
         ray.init(**kwargs)
         started_here = True
+        if not verbose:
+            quiet_ray_logs()
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False

@@ -14,6 +14,8 @@ import hashlib
 import io
 import json
 import os
+import stat
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +23,13 @@ from pathlib import Path
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".jxl")
 FORMATS = ("txt", "jsonl", "csv", "tsv", "parquet", "images")
 DEFAULT_COLUMNS = ("caption", "text")
+#: csv's default field limit (131,072 characters) ended a file at its first long caption; captions are
+#: bounded later by the row limit, so the reader's own limit is the largest the platform allows
+CSV_FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)
 
 
 class CaptionSourceError(ValueError):
-    """The captions input cannot be read at all (missing, unknown format, no such column)."""
+    """The captions input cannot be read at all (missing, unknown format, no such column, broken CSV)."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,8 @@ class Record:
     text: str | None
     error: str | None = None
     seek: object = 0
+    #: readable, but worth a line (an image without a caption file reads as the empty caption)
+    warning: str | None = None
 
 
 def detect_format(path: Path) -> str:
@@ -124,6 +131,12 @@ class JsonLines(TextLines):
             except json.JSONDecodeError as exc:
                 yield Record(rec.index, rec.where, None, f"invalid JSON: {exc.msg}", rec.seek)
                 continue
+            except RecursionError:
+                yield Record(rec.index, rec.where, None, "invalid JSON: nested too deeply", rec.seek)
+                continue
+            except ValueError as exc:  # e.g. an integer of more than 4300 digits
+                yield Record(rec.index, rec.where, None, f"invalid JSON: {str(exc).splitlines()[0]}", rec.seek)
+                continue
             text, error = _pick(obj, self.column)
             yield Record(rec.index, rec.where, text, error, rec.seek)
 
@@ -163,7 +176,8 @@ class Delimited(CaptionSource):
         found = next((n for n in wanted if n in names), None)
         if found is None:
             raise CaptionSourceError(
-                f"{self.path}: no column {' or '.join(repr(n) for n in wanted)} in the header ({', '.join(names)})"
+                f"{self.path}: no column {' or '.join(repr(n) for n in wanted)} in the header "
+                f"({', '.join(names)}): name the caption column with --column"
             )
         self._col = names.index(found)
 
@@ -184,6 +198,8 @@ class Delimited(CaptionSource):
                 yield text
 
         index = start
+        if csv.field_size_limit() < CSV_FIELD_LIMIT:
+            csv.field_size_limit(CSV_FIELD_LIMIT)
         with open(self.path, "rb") as f:
             f.seek(offset)
             it = lines(f)
@@ -196,8 +212,9 @@ class Delimited(CaptionSource):
                 except StopIteration:
                     return
                 except csv.Error as exc:
-                    yield Record(index, f"line {here[1]}", None, f"CSV error: {exc}", here)
-                    return
+                    # the parser cannot resynchronise: every later row would be lost, so the file is refused
+                    raise CaptionSourceError(f"{self.path} line {here[1]}: CSV error ({exc}); no row after it "
+                                             "could be read reliably: fix the file") from None
                 where = f"line {here[1]}"
                 if state["bad"] is not None:
                     yield Record(index, where, None, state["bad"], here)
@@ -229,7 +246,8 @@ class Parquet(CaptionSource):
         found = next((n for n in wanted if n in names), None)
         if found is None:
             raise CaptionSourceError(
-                f"{self.path}: no column {' or '.join(repr(n) for n in wanted)} ({', '.join(names)})"
+                f"{self.path}: no column {' or '.join(repr(n) for n in wanted)} ({', '.join(names)}): "
+                "name the caption column with --column"
             )
         self._name = found
 
@@ -260,9 +278,19 @@ class Parquet(CaptionSource):
 
 class ImageFolder(CaptionSource):
     """An image folder with sidecar captions (`cat.png` + `cat.txt`, as trainers keep them), indexed by
-    sorted relative path. A missing or unreadable sidecar is an error for that image. Seek = position."""
+    sorted relative path. `caption_extension` is kohya sd-scripts' `--caption_extension` (default `.txt`). As in
+    sd-scripts, an image without a caption file is trained on the empty caption: it reads as "" with a
+    warning. A sidecar that is not a regular file (a folder, a FIFO) or not UTF-8 is an error for that image,
+    found without opening it (a FIFO would block). Seek = position."""
 
     format = "images"
+
+    def __init__(self, path: Path, column: str | None = None, caption_extension: str = ".txt"):
+        super().__init__(path, column)
+        ext = caption_extension if caption_extension.startswith(".") else "." + caption_extension
+        if ext == "." or "/" in ext or ext.lower() in IMAGE_SUFFIXES:
+            raise CaptionSourceError(f"--caption-extension {caption_extension!r}: give a suffix such as .txt or .caption")
+        self.caption_extension = ext
 
     def images(self) -> Iterator[str]:
         """Relative image paths (POSIX), sorted, walked lazily one folder at a time."""
@@ -277,17 +305,39 @@ class ImageFolder(CaptionSource):
 
         return walk(self.path, "")
 
+    def sidecar(self, rel: str) -> Path:
+        return self.path / (os.path.splitext(rel)[0] + self.caption_extension)
+
+    def _caption(self, rel: str) -> tuple[bytes | None, str | None]:
+        """(bytes, None), (None, None) when there is no caption file, or (None, error)."""
+        sidecar = self.sidecar(rel)
+        try:
+            mode = os.stat(sidecar).st_mode
+        except FileNotFoundError:
+            return None, None
+        except OSError as exc:
+            return None, f"caption file {sidecar.name}: {exc.strerror or exc}"
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+            return None, f"caption file {sidecar.name} is {kind}"
+        try:
+            return sidecar.read_bytes(), None
+        except OSError as exc:
+            return None, f"caption file {sidecar.name}: {exc.strerror or exc}"
+
     def read(self, seek: object, start: int, stop: int | None) -> Iterator[Record]:
         for index, rel in enumerate(self.images()):
             if index < start:
                 continue
             if stop is not None and index >= stop:
                 return
-            sidecar = self.path / (os.path.splitext(rel)[0] + ".txt")
-            try:
-                raw = sidecar.read_bytes()
-            except FileNotFoundError:
-                yield Record(index, rel, None, f"no caption file {sidecar.name}", index)
+            raw, error = self._caption(rel)
+            if error is not None:
+                yield Record(index, rel, None, error, index)
+                continue
+            if raw is None:
+                yield Record(index, rel, "", None, index,
+                             warning=f"no caption file {self.sidecar(rel).name}: the empty caption (as sd-scripts)")
                 continue
             text, error = _decode(raw.strip(b"\r\n"))
             if text is not None:
@@ -299,8 +349,8 @@ class ImageFolder(CaptionSource):
         h = hashlib.sha256()
         size = 0
         for rel in self.images():
-            sidecar = self.path / (os.path.splitext(rel)[0] + ".txt")
-            cap = sidecar.read_bytes() if sidecar.exists() else b"\x00missing"
+            raw, error = self._caption(rel)
+            cap = raw if raw is not None else (b"\x00missing" if error is None else b"\x00error")
             h.update(f"{rel}\x00{len(cap)}\x00".encode())
             h.update(cap)
             size += len(cap)
@@ -317,12 +367,16 @@ _SOURCES: dict[str, type[CaptionSource]] = {
 }
 
 
-def open_source(path: str | Path, column: str | None = None) -> CaptionSource:
+def open_source(path: str | Path, column: str | None = None, caption_extension: str = ".txt") -> CaptionSource:
     """The caption source for a file (by suffix) or an image folder."""
     path = Path(path)
     if not path.exists():
         raise CaptionSourceError(f"{path}: no such captions file or folder")
+    if not path.is_dir() and not path.is_file():
+        raise CaptionSourceError(f"{path}: not a regular file or a folder (a FIFO or device cannot be resumed)")
     fmt = detect_format(path)
     if column and fmt == "txt":
         raise CaptionSourceError("--column applies to .jsonl / .csv / .tsv / .parquet captions, not .txt")
+    if fmt == "images":
+        return ImageFolder(path, column, caption_extension)
     return _SOURCES[fmt](path, column)

@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import json
 import struct
-from collections.abc import Callable
 from pathlib import Path
 
 from sdclip.outputs import TMP_SUFFIX, atomic_path
@@ -34,13 +33,22 @@ def write_bytes_atomic(final: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def write_shard(final: Path, tensors: dict, metadata: dict[str, str],
-                save: Callable | None = None) -> tuple[str, int]:  # noqa: ANN001
-    """Write a safetensors shard atomically; returns (sha256, size in bytes)."""
-    if save is None:
-        from safetensors.torch import save_file as save
+def write_shard(final: Path, tensors: dict, metadata: dict[str, str]) -> tuple[str, int]:
+    """Write a safetensors shard atomically; returns (sha256, size in bytes).
+
+    Written with sdclip's own streaming writer (plain `os` writes), not safetensors' `save_file`: a full disk
+    is then an `OSError` (ENOSPC) the job reports in one line, where the Rust writer raised a
+    `SafetensorError` holding the OS error as text."""
+    from sdclip.cli.safetensors_stream import StreamingSafetensors
+
+    specs = {name: (t.dtype, tuple(t.shape)) for name, t in tensors.items()}
     with atomic_path(final) as tmp:
-        save(tensors, str(tmp), metadata=metadata)
+        out = StreamingSafetensors(tmp, specs, metadata)
+        try:
+            for name, t in tensors.items():
+                out.write(name, 0, t)
+        finally:
+            out.close()
         digest = sha256_file(tmp)
         size = tmp.stat().st_size
     return digest, size

@@ -50,7 +50,9 @@ def verify(out: str | Path) -> dict:
     rows = m.scan.get("rows") or 0
     missing = [i for i in range(rows) if i not in seen and i not in errors]
     if missing:
-        problems.append(f"{len(missing)} index(es) in no shard (first {missing[0]})"
+        first = f"caption {missing[0] + 1} (index {missing[0]})"
+        problems.append((f"{len(missing)} captions are in no shard, the first is {first}" if len(missing) > 1
+                         else f"{first} is in no shard")
                         + ("" if m.complete else ": the job is not finished; re-run it to resume"))
     if problems:
         raise JobError(f"{out}: {len(problems)} problem(s): " + "; ".join(problems[:5]))

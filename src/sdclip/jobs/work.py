@@ -14,9 +14,14 @@ from pathlib import Path
 import torch
 
 from sdclip.jobs.encode import CaptionEncoder
-from sdclip.jobs.plan import JobSpec, load_scan_arrays
+from sdclip.jobs.manifest import JobError
+from sdclip.jobs.plan import JobSpec, load_scan_arrays, record_digest
 from sdclip.jobs.readers import CaptionSource
 from sdclip.jobs.shards import shard_name, write_shard
+
+
+class InputChanged(JobError):
+    """The captions input no longer holds what the scan validated (edited while the job ran)."""
 
 
 def config_digest(config: dict) -> str:
@@ -39,7 +44,7 @@ class ShardWork:
         arrays = load_scan_arrays(self.out)
         if arrays is None:
             raise ValueError(f"{self.out}: the scan arrays are missing (is the job folder shared with this worker?)")
-        self.lengths, self.last = arrays
+        self.lengths, self.last, self.digests = arrays
 
     def run(self, k: int, seek: object, rows: int) -> dict:
         """Encode and write shard k; returns its manifest record."""
@@ -47,12 +52,18 @@ class ShardWork:
         seek = tuple(seek) if isinstance(seek, list) else seek
         self.encoder.forget_before(start)
         indices, texts, wheres = [], [], []
+        expected = start
         for rec in self.source.read(seek, start, stop):
+            if rec.index != expected or rec.index >= len(self.digests) or record_digest(rec) != int(self.digests[rec.index]):
+                raise self._changed(rec.where, k)
+            expected += 1
             if int(self.lengths[rec.index]) < 0:
                 continue
             indices.append(rec.index)
             texts.append(rec.text)
             wheres.append(rec.where)
+        if expected != stop:
+            raise self._changed(f"caption {expected + 1} (the input ends earlier)", k)
         lengths = [int(self.lengths[i]) for i in indices]
         reuse = [int(self.last[i]) for i in indices]
         tensors = self.encoder.encode(texts, lengths, reuse, position=stop - 1)
@@ -72,3 +83,9 @@ class ShardWork:
         digest, size = write_shard(self.out / name, tensors, meta)
         record.update(file=name, sha256=digest, bytes=size)
         return record
+
+    def _changed(self, where: str, k: int) -> InputChanged:
+        return InputChanged(
+            f"{self.spec.captions} changed after the job validated it ({where} is not what was read then): "
+            f"shard {k} and later not written; restore the file and re-run, or start over on it with --overwrite"
+        )

@@ -1,0 +1,108 @@
+"""`sdclip embed --overwrite`: which files an earlier job may have removed, with its manifest as untrusted input.
+
+Why: `manifest.json` is a file anyone can write (or copy from another machine). Earlier, `--overwrite`
+unlinked every path its `shards[].files` listed, joined to its `info.captions`, so a crafted manifest
+(`../victim.txt`, `/home/me/thesis.tex`) deleted any file the user could delete. Now a file is removed only
+when all of these hold:
+  - it is a regular file (never a symlink, never a folder) directly inside `--out` with a shard's name
+    (`shard-NNNNN.safetensors`), or, for `--format kohya`, a `*_te_outputs.npz` under the job's own image
+    folder (`--captions`, never a folder the manifest names) reached without leaving it or passing a symlink;
+  - sdclip wrote it: a shard's safetensors header carries `sdclip_job` metadata, or its sha256 is the one the
+    manifest records for that name; an npz's sha256 is the one the manifest records for that path.
+Every manifest field is checked for its type first; anything unexpected is skipped, never followed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import stat
+from pathlib import Path, PurePosixPath
+
+from sdclip.jobs.shards import read_header, sha256_file
+
+SHARD_RE = re.compile(r"shard-\d{5,}\.safetensors")
+KOHYA_SUFFIX = "_te_outputs.npz"
+
+
+def regular(path: Path) -> bool:
+    """A regular file, not a symlink to one."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _recorded_hashes(records: list[dict]) -> dict[str, str]:
+    """{shard file name: sha256} for the records whose fields have the expected types."""
+    out: dict[str, str] = {}
+    for rec in records:
+        if isinstance(rec, dict) and isinstance(rec.get("file"), str) and isinstance(rec.get("sha256"), str):
+            out[rec["file"]] = rec["sha256"]
+    return out
+
+
+def _ours(path: Path, recorded: dict[str, str]) -> bool:
+    """A shard sdclip embed wrote: its header says so, or its bytes hash to what the manifest records."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, RecursionError):
+        meta = read_header(path).get("__metadata__")
+        if isinstance(meta, dict) and isinstance(meta.get("sdclip_job"), str):
+            return True
+    digest = recorded.get(path.name)
+    if digest is None:
+        return False
+    with contextlib.suppress(OSError):
+        return sha256_file(path) == digest
+    return False
+
+
+def shard_files(out: Path, records: list[dict]) -> list[Path]:
+    """The shard files in `out` an earlier sdclip embed job wrote (see the module docstring)."""
+    recorded = _recorded_hashes(records)
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(out):
+            path = out / entry.name
+            if SHARD_RE.fullmatch(entry.name) and regular(path) and _ours(path, recorded):
+                found.append(path)
+    return sorted(found)
+
+
+def _inside(images: Path, rel: object) -> Path | None:
+    """images/rel when rel is a plain relative path to a kohya npz that stays inside `images` through real
+    folders (no `..`, no absolute path, no symlinked folder on the way); else None."""
+    if not isinstance(rel, str) or not rel or "\x00" in rel or "\\" in rel:
+        return None
+    parts = PurePosixPath(rel).parts
+    if PurePosixPath(rel).is_absolute() or any(p in ("", ".", "..") for p in parts):
+        return None
+    if not parts[-1].endswith(KOHYA_SUFFIX):
+        return None
+    folder = images
+    for name in parts[:-1]:
+        folder = folder / name
+        try:
+            if not stat.S_ISDIR(os.lstat(folder).st_mode):
+                return None
+        except OSError:
+            return None
+    return folder / parts[-1]
+
+
+def kohya_files(images: Path, records: list[dict]) -> list[Path]:
+    """The kohya npz files under the job's own image folder whose sha256 the manifest records."""
+    found = []
+    for rec in records:
+        files = rec.get("files") if isinstance(rec, dict) else None
+        if not isinstance(files, dict):
+            continue
+        for rel, digest in files.items():
+            path = _inside(images, rel)
+            if path is None or not isinstance(digest, str) or not regular(path):
+                continue
+            with contextlib.suppress(OSError):
+                if hashlib.sha256(path.read_bytes()).hexdigest() == digest:
+                    found.append(path)
+    return found
