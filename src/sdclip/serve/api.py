@@ -1,6 +1,6 @@
 """The JSON API's handlers: request bodies checked field by field, work run off the event loop.
 
-- POST /api/inspect  → exactly `sdclip inspect --json`'s object (`sdclip.describe.describe`)
+- POST /api/inspect  → exactly `sdclip inspect --json`'s object (`sdclip.serve.view.inspect_object`)
 - POST /api/view     → {"inspect": ..., "view": ...}: what the page draws (see sdclip.serve.view)
 - POST /api/tokenize → ids, as `sdclip tokenize`
 - POST /api/encode   → a safetensors body of `pair.diffusers_kwargs()` (or a JSON summary), with --model
@@ -8,14 +8,15 @@
 
 No field names a file: a request can only choose among the server's options and name embeddings by
 `{name: vectors}` (as `inspect --embedding-name`). Unknown fields are refused, so a typo cannot pass
-silently as a default.
+silently as a default (sdclip.serve.fields reads every field). A request without `family` gets the
+server's: its model's, or `--family`. SD3 / Flux tokenize T5 with the model's own tokenizer: the model's
+(`--model`) or `--t5-tokenizer DIR`'s; without either those families are refused with one line.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
 from typing import Any
 
 from starlette.requests import Request
@@ -24,61 +25,66 @@ from starlette.responses import JSONResponse, Response
 import sdclip
 from sdclip.conventions.family import FAMILIES, get_family
 from sdclip.conventions.presets import PRESETS, Options, options_from_user
-from sdclip.describe import describe
 from sdclip.layout import LAYOUTS
+from sdclip.serve import fields
 from sdclip.serve.limits import ApiError, Worker, check_bearer
-from sdclip.serve.view import DEFAULT_STEPS, MAX_STEPS, build_view
+from sdclip.serve.view import DEFAULT_STEPS, MAX_STEPS, build_view, inspect_object
 from sdclip.syntax import DIALECTS
 from sdclip.syntax.prompt import PromptSyntaxError
 from sdclip.tokenizer import NORMALIZATIONS, Tokenizer
 
 MAX_LINES = 10_000  #: lines of one /api/tokenize request
-MAX_BATCH = 16  #: prompts of one /api/encode request
-MAX_NAMES = 64  #: embedding names of one request
+MAX_BATCH = fields.MAX_BATCH
 #: integer option → (lowest, highest) accepted
-INT_RANGES = {"stride": (1, 10_000), "comma_backtrack": (0, 10_000), "max_rows": (1, 10_000)}
+INT_RANGES = {"stride": (1, 10_000), "comma_backtrack": (0, 10_000), "max_rows": (1, 10_000),
+              "max_sequence_length": (1, 4_096)}
 TEXT_FIELDS = ("prompt", "syntax", "family", "layout", "normalize", "preset", *INT_RANGES, "embedding_names")
 VIEW_FIELDS = (*TEXT_FIELDS, "steps", "step")
+#: the families whose tokenizing needs the model's T5 tokenizer
+T5_FAMILIES = tuple(name for name, fam in FAMILIES.items() if any(r.kind == "t5" for r in fam.roles))
 
 
 class Api:
-    """State shared by the handlers: an optional Conditioner, the encode token, the workers."""
+    """State shared by the handlers: an optional Conditioner, the T5 tokenizer, the encode token, the workers."""
 
-    def __init__(self, conditioner: Any = None, *, token: str | None = None, worker: Worker, encode_worker: Worker):
+    def __init__(self, conditioner: Any = None, *, token: str | None = None, worker: Worker, encode_worker: Worker,
+                 t5_tokenizer: Any = None, family: str | None = None):
         self.conditioner = conditioner
         self.token = token
         self.worker = worker
         self.encode_worker = encode_worker
+        self.t5_tokenizer = t5_tokenizer if t5_tokenizer is not None else getattr(conditioner, "t5_tokenizer", None)
+        self.family = family or (conditioner.family.name if conditioner is not None else "sd1")
 
     # -- handlers ------------------------------------------------------------------------------
 
     async def inspect(self, request: Request) -> Response:
-        body = await _json_object(request, TEXT_FIELDS)
-        text, options, family, names = _text_request(body)
-        tokenizer = Tokenizer.default(options.normalize)
-        small = self.worker.small(len(text))
-        return JSONResponse(await self._work(describe, text, options, family, tokenizer, names, inline=small))
+        body = fields.json_object(await request.body(), VIEW_FIELDS)
+        text, options, family, names = self._text_request(body)
+        steps, step = _steps(body)
+        result = await self._work(lambda: inspect_object(text, options, family, Tokenizer.default(options.normalize),
+                                                         names, steps=steps, step=step, t5_tokenizer=self.t5_tokenizer),
+                                  inline=self.worker.small(len(text)))
+        return JSONResponse(result)
 
     async def view(self, request: Request) -> Response:
-        body = await _json_object(request, VIEW_FIELDS)
-        text, options, family, names = _text_request(body)
-        steps = _int(body, "steps", 1, MAX_STEPS, DEFAULT_STEPS)
-        step = _int(body, "step", 1, MAX_STEPS, 1)
-        if step > steps:
-            raise ApiError(400, f"step {step} is past steps {steps}")
+        body = fields.json_object(await request.body(), VIEW_FIELDS)
+        text, options, family, names = self._text_request(body)
+        steps, step = _steps(body)
         tokenizer = Tokenizer.default(options.normalize)
-        result = await self._work(lambda: build_view(text, options, family, tokenizer, names, steps=steps, step=step),
+        result = await self._work(lambda: build_view(text, options, family, tokenizer, names, steps=steps, step=step,
+                                                     t5_tokenizer=self.t5_tokenizer),
                                   inline=self.worker.small(len(text)))
         return JSONResponse(result)
 
     async def tokenize(self, request: Request) -> Response:
-        body = await _json_object(request, ("text", "lines", "normalize"))
-        normalize = _choice(body, "normalize", NORMALIZATIONS, "openclip")
+        body = fields.json_object(await request.body(), ("text", "lines", "normalize"))
+        normalize = fields.choice(body, "normalize", NORMALIZATIONS, "openclip")
         if ("text" in body) == ("lines" in body):
             raise ApiError(400, "give exactly one of 'text' (a str) or 'lines' (a list of str)")
         tokenizer = Tokenizer.default(normalize)
         if "text" in body:
-            text = _str(body, "text")
+            text = fields.text(body, "text")
             return JSONResponse({"ids": await self._work(tokenizer.encode, text, inline=self.worker.small(len(text)))})
         lines = body["lines"]
         if not isinstance(lines, list) or not all(isinstance(x, str) for x in lines):
@@ -94,18 +100,22 @@ class Api:
         fmt = request.query_params.get("format", "safetensors")
         if fmt not in ("safetensors", "json"):
             raise ApiError(400, f"format must be 'safetensors' or 'json', got {fmt!r}")
-        body = await _json_object(request, ("prompt", "negative"))
-        prompt = _prompts(body, "prompt", required=True)
-        negative = _prompts(body, "negative", required=False)
+        body = fields.json_object(await request.body(), ("prompt", "negative"))
+        prompt = fields.prompts(body, "prompt", required=True)
+        negative = fields.prompts(body, "negative", required=False)
         if isinstance(prompt, list) and isinstance(negative, list) and len(negative) != len(prompt):
             raise ApiError(400, f"{len(prompt)} prompts but {len(negative)} negatives")
+        from sdclip.serve.encode import encode_bytes, encode_summary  # torch: only with a model
+
         cond = self.conditioner
         run = self.encode_worker.run
         if fmt == "json":
-            return JSONResponse(await _guarded(run, _encode_summary, cond, prompt, negative))
-        data = await _guarded(run, _encode_bytes, cond, prompt, negative)
-        return Response(data, media_type="application/octet-stream",
-                        headers={"Content-Disposition": 'attachment; filename="conditioning.safetensors"'})
+            return JSONResponse(await _guarded(run, encode_summary, cond, prompt, negative))
+        data, notes = await _guarded(run, encode_bytes, cond, prompt, negative)
+        headers = {"Content-Disposition": 'attachment; filename="conditioning.safetensors"'}
+        if notes:  # ASCII JSON: a header value must be Latin-1
+            headers["X-Sdclip-Warnings"] = json.dumps(notes, ensure_ascii=True)
+        return Response(data, media_type="application/octet-stream", headers=headers)
 
     async def info(self, request: Request) -> Response:
         cond = self.conditioner
@@ -114,7 +124,9 @@ class Api:
             {
                 "version": sdclip.__version__,
                 "model": cond is not None,
-                "family": cond.family.name if cond is not None else "sd1",
+                "family": self.family,
+                "t5_tokenizer": self.t5_tokenizer is not None,
+                "needs_t5": list(T5_FAMILIES),
                 "defaults": {"syntax": options.dialect, "layout": options.layout, "normalize": options.normalize},
                 "embeddings": dict(cond.embeddings.vector_counts()) if cond is not None else {},
                 "encode_auth": self.token is not None,
@@ -128,6 +140,25 @@ class Api:
                 "limits": {"time_s": self.worker.time_limit, "max_steps": MAX_STEPS},
             }
         )
+
+    def _text_request(self, body: Mapping[str, Any]) -> tuple[str, Options, Any, dict[str, int]]:
+        """(prompt, Options, Family, embedding names) as `sdclip inspect` would build them from its flags."""
+        text = fields.text(body, "prompt")
+        try:
+            options = options_from_user(
+                fields.choice(body, "preset", PRESETS, "a1111"),
+                syntax=fields.choice(body, "syntax", DIALECTS, None),
+                layout=fields.choice(body, "layout", LAYOUTS, None),
+                normalize=fields.choice(body, "normalize", NORMALIZATIONS, None),
+                **{name: fields.integer(body, name, lo, hi, None) for name, (lo, hi) in INT_RANGES.items()},
+            )
+        except ValueError as exc:
+            raise ApiError(400, str(exc).splitlines()[0]) from None
+        family = get_family(fields.choice(body, "family", tuple(FAMILIES), self.family))
+        if family.name in T5_FAMILIES and self.t5_tokenizer is None:
+            raise ApiError(400, f"family {family.name} tokenizes with its model's T5 tokenizer, which this server was "
+                           "not given: start it with --model <an SD3 / Flux model> or --t5-tokenizer DIR")
+        return text, options, family, fields.embedding_names(body.get("embedding_names"))
 
     async def _work(self, fn: Callable[..., Any], *args: Any, inline: bool = False) -> Any:
         return await _guarded(self.worker.run, fn, *args, inline=inline)
@@ -148,115 +179,9 @@ async def _guarded(run: Callable, fn: Callable[..., Any], *args: Any, inline: bo
     return await run(call, inline=inline)
 
 
-# -- request bodies ----------------------------------------------------------------------------------
-
-
-async def _json_object(request: Request, allowed: tuple[str, ...]) -> dict:
-    raw = await request.body()
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, f"the request body is not JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, f"the request body must be a JSON object, got {type(body).__name__}")
-    unknown = sorted(set(body) - set(allowed))
-    if unknown:
-        raise ApiError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; this endpoint takes {', '.join(allowed)}")
-    return body
-
-
-def _text_request(body: Mapping[str, Any]) -> tuple[str, Options, Any, dict[str, int]]:
-    """(prompt, Options, Family, embedding names) as `sdclip inspect` would build them from its flags."""
-    text = _str(body, "prompt")
-    try:
-        options = options_from_user(
-            _choice(body, "preset", PRESETS, "a1111"),
-            syntax=_choice(body, "syntax", DIALECTS, None),
-            layout=_choice(body, "layout", LAYOUTS, None),
-            normalize=_choice(body, "normalize", NORMALIZATIONS, None),
-            **{name: _int(body, name, lo, hi, None) for name, (lo, hi) in INT_RANGES.items()},
-        )
-    except ValueError as exc:
-        raise ApiError(400, str(exc)) from None
-    family = get_family(_choice(body, "family", tuple(FAMILIES), "sd1"))
-    return text, options, family, _names(body.get("embedding_names"))
-
-
-def _str(body: Mapping[str, Any], key: str) -> str:
-    value = body.get(key)
-    if not isinstance(value, str):
-        raise ApiError(400, f"'{key}' must be a str" + ("" if key in body else " (missing)"))
-    return value
-
-
-def _choice(body: Mapping[str, Any], key: str, allowed: tuple[str, ...], default: str | None) -> Any:
-    value = body.get(key)
-    if value is None:
-        return default
-    if value not in allowed:
-        raise ApiError(400, f"unknown {key} {value!r}; choose one of {', '.join(allowed)}")
-    return value
-
-
-def _int(body: Mapping[str, Any], key: str, lo: int, hi: int, default: int | None) -> Any:
-    value = body.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ApiError(400, f"'{key}' must be an integer in {lo}..{hi}, got {value!r}")
-    return value
-
-
-def _names(value: object) -> dict[str, int]:
-    """`{"name": vectors}` → embedding names as `inspect --embedding-name NAME:N` gives them."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or len(value) > MAX_NAMES:
-        raise ApiError(400, f"'embedding_names' must be an object {{name: vectors}} of at most {MAX_NAMES} names")
-    for name, n in value.items():
-        if not name.strip() or isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 75:
-            raise ApiError(400, f"embedding {name!r}: vectors must be an integer in 1..75, got {n!r}")
-    return dict(value)
-
-
-def _prompts(body: Mapping[str, Any], key: str, *, required: bool) -> str | list[str] | None:
-    value = body.get(key)
-    if value is None and not required:
-        return None
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list) and value and len(value) <= MAX_BATCH and all(isinstance(x, str) for x in value):
-        return value
-    raise ApiError(400, f"'{key}' must be a str or a list of 1..{MAX_BATCH} str")
-
-
-# -- encoding (torch imported here only) --------------------------------------------------------------
-
-
-def _tensors(cond: Any, prompt: str | list[str], negative: str | list[str] | None) -> dict:
-    pair = cond(prompt, negative)
-    return {k: v.detach().contiguous().cpu() for k, v in pair.diffusers_kwargs().items()}
-
-
-def _encode_bytes(cond: Any, prompt: str | list[str], negative: str | list[str] | None) -> bytes:
-    from safetensors.torch import save
-
-    metadata = {"family": cond.family.name, "options": json.dumps(asdict(cond.options))}
-    return save(_tensors(cond, prompt, negative), metadata=metadata)
-
-
-def _encode_summary(cond: Any, prompt: str | list[str], negative: str | list[str] | None) -> dict:
-    tensors = _tensors(cond, prompt, negative)
-    prompts = [prompt] if isinstance(prompt, str) else prompt
-    if negative is None:
-        negatives = [""] * len(prompts)
-    else:
-        negatives = [negative] * len(prompts) if isinstance(negative, str) else negative
-    preps = {"prompt": [cond.prepare(p) for p in prompts], "negative": [cond.prepare(n) for n in negatives]}
-    return {
-        "family": cond.family.name,
-        "options": asdict(cond.options),
-        "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in tensors.items()},
-        "tokens": {k: [p.token_count for p in v] for k, v in preps.items()},
-        "dropped": {k: [p.dropped for p in v] for k, v in preps.items()},
-    }
+def _steps(body: Mapping[str, Any]) -> tuple[int, int]:
+    steps = fields.integer(body, "steps", 1, MAX_STEPS, DEFAULT_STEPS)
+    step = fields.integer(body, "step", 1, MAX_STEPS, 1)
+    if step > steps:
+        raise ApiError(400, f"'step' {step} is past 'steps' {steps}")
+    return steps, step

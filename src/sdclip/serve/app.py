@@ -21,7 +21,18 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from sdclip.serve.api import Api
-from sdclip.serve.limits import INLINE_CHARS, MAX_BODY, TIME_LIMIT, ApiError, BodyLimit, Worker, error_response
+from sdclip.serve.limits import (
+    BODY_TIMEOUT,
+    INLINE_CHARS,
+    LOOPBACK_HOSTS,
+    MAX_BODY,
+    TIME_LIMIT,
+    ApiError,
+    BodyLimit,
+    HostCheck,
+    Worker,
+    error_response,
+)
 from sdclip.serve.openapi import SPEC
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -42,14 +53,22 @@ def create_app(
     time_limit: float = TIME_LIMIT,
     threads: int = 4,
     inline_chars: int = INLINE_CHARS,
+    t5_tokenizer: Any = None,
+    family: str | None = None,
+    allowed_hosts: tuple[str, ...] | None = LOOPBACK_HOSTS,
+    body_timeout: float = BODY_TIMEOUT,
 ) -> Starlette:
     """The app. `conditioner`: an already-built `sdclip.conditioner.Conditioner` enabling /api/encode (None:
     inspection only, and torch is never imported). `token`: bearer token that /api/encode requires.
     `cors`: the one origin allowed cross-origin requests (none by default). `inline_chars`: texts up to this
-    length are inspected on the event loop (see sdclip.serve.limits.INLINE_CHARS); 0 sends all to the pool."""
+    length are inspected on the event loop (see sdclip.serve.limits.INLINE_CHARS); 0 sends all to the pool.
+    `t5_tokenizer`: SD3 / Flux tokenizing without a model (default: the conditioner's). `family`: what a
+    request without one gets (default: the conditioner's, else sd1). `allowed_hosts`: the Host names
+    answered when there is no `token` (None: any). `body_timeout`: seconds a request body may take."""
     worker = Worker(time_limit, threads, inline_chars=inline_chars)
     encode_worker = Worker(time_limit, 1, name="sdclip-encode")  # one encode at a time: the encoder is not shared
-    api = Api(conditioner, token=token, worker=worker, encode_worker=encode_worker)
+    api = Api(conditioner, token=token, worker=worker, encode_worker=encode_worker, t5_tokenizer=t5_tokenizer,
+              family=family)
 
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers=_HEADERS)
@@ -74,7 +93,10 @@ def create_app(
         worker.close()
         encode_worker.close()
 
-    middleware = [Middleware(BodyLimit, limit=max_body)]
+    middleware = []
+    if token is None and allowed_hosts is not None and "*" not in allowed_hosts:
+        middleware.append(Middleware(HostCheck, allowed=tuple(allowed_hosts)))
+    middleware.append(Middleware(BodyLimit, limit=max_body, timeout=body_timeout))
     if cors:
         middleware.append(Middleware(CORSMiddleware, allow_origins=[cors], allow_methods=["GET", "POST"],
                                      allow_headers=["Authorization", "Content-Type"]))

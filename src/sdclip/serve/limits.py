@@ -1,4 +1,5 @@
-"""The server's guards: request size, per-request time, bearer tokens, and where it listens.
+"""The server's guards: request size, body arrival time, per-request time, bearer tokens, the Host header,
+and where it listens.
 
 Each guard answers with the same JSON error shape as a bad prompt (`{"error": ..., "position": null}`),
 so a client handles one kind of failure.
@@ -21,6 +22,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 T = TypeVar("T")
 
 MAX_BODY = 1 << 20  #: bytes of one request body (1 MiB: a prompt is a few KB)
+#: seconds a request body may take to arrive: a client that opens a body and never finishes it would
+#: otherwise hold its connection (and a buffer) forever; 1 MiB at 100 kB/s is 10 s
+BODY_TIMEOUT = 15.0
+#: the names a server without --token answers to: a page on another site whose name resolves to 127.0.0.1
+#: (DNS rebinding) sends its own name as Host, and is refused
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 TIME_LIMIT = 10.0  #: seconds one request may work before it is answered 503
 #: texts up to this many characters are described on the event loop itself: ~1 ms of work (a 150-token
 #: prompt), where the hop to a worker thread and back would cost about as much again in GIL hand-offs
@@ -47,14 +54,17 @@ def error_response(status: int, message: str, position: int | None = None, heade
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for a body over `limit` bytes, by Content-Length or as it streams in.
+    """ASGI middleware: 413 for a body over `limit` bytes, by Content-Length or as it streams in; 408 (and
+    the connection closed) for a body that has not fully arrived `timeout` seconds after the request began.
 
-    Counting the stream matters: a chunked request has no Content-Length, and a client may lie.
+    Counting the stream matters: a chunked request has no Content-Length, and a client may lie. The
+    deadline matters because uvicorn's `timeout_keep_alive` only covers the idle time between requests.
     """
 
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY):
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY, timeout: float = BODY_TIMEOUT):
         self.app = app
         self.limit = limit
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -75,8 +85,16 @@ class BodyLimit:
         # a partial body, and the answer to an oversized one is always a clean 413
         chunks: list[bytes] = []
         seen = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                slow = error_response(408, f"the request body did not arrive within {self.timeout:g} s",
+                                      headers={"Connection": "close"})
+                await slow(scope, receive, send)
+                return
             if message["type"] != "http.request":
                 return  # client went away
             body = message.get("body", b"")
@@ -97,6 +115,38 @@ class BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+class HostCheck:
+    """ASGI middleware: 403 for a request whose Host header is not one of `allowed` (names, compared without
+    port or brackets, case-insensitively). The guard against DNS rebinding for a server without a token."""
+
+    def __init__(self, app: ASGIApp, allowed: tuple[str, ...] = LOOPBACK_HOSTS):
+        self.app = app
+        self.allowed = frozenset(h.strip("[]").lower() for h in allowed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"host"), "")
+            name = host_name(host)
+            if name not in self.allowed:
+                shown = host[:80] if host.isprintable() else repr(host[:80])
+                refused = error_response(
+                    403, f"this server answers to {', '.join(sorted(self.allowed))} only, not Host {shown!r} "
+                    "(a guard against DNS rebinding): start it with --allow-host NAME, or with --token")
+                await refused(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def host_name(host: str) -> str:
+    """`[::1]:7861` → `::1`, `LocalHost:80` → `localhost`: a Host header's name without its port."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    if host.count(":") == 1:
+        return host.partition(":")[0]
+    return host
 
 
 class Worker:

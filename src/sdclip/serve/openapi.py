@@ -7,7 +7,8 @@ import sdclip
 from sdclip.conventions.family import FAMILIES
 from sdclip.conventions.presets import PRESETS
 from sdclip.layout import LAYOUTS
-from sdclip.serve.api import INT_RANGES, MAX_BATCH, MAX_LINES, MAX_NAMES
+from sdclip.serve.api import INT_RANGES, MAX_BATCH, MAX_LINES
+from sdclip.serve.fields import MAX_NAMES
 from sdclip.serve.view import MAX_STEPS
 from sdclip.syntax import DIALECTS
 from sdclip.tokenizer import NORMALIZATIONS
@@ -22,7 +23,11 @@ def _json(ref: str) -> dict:
 
 
 _ERRORS = {
-    "400": {"description": "bad input (a syntax error carries its character position)", **_json("Error")},
+    "400": {"description": "bad input, naming the field (a syntax error carries its character position)",
+            **_json("Error")},
+    "403": {"description": "a Host header this server does not answer to (DNS rebinding guard; --allow-host)",
+            **_json("Error")},
+    "408": {"description": "the request body did not arrive within the server's body timeout", **_json("Error")},
     "413": {"description": "request body over the size limit", **_json("Error")},
     "503": {"description": "the request ran past the server's time limit", **_json("Error")},
 }
@@ -30,7 +35,8 @@ _ERRORS = {
 _TEXT_PROPS = {
     "prompt": {"type": "string", "description": "the prompt, in the chosen syntax"},
     "syntax": _enum(DIALECTS, "prompt dialect (default: the preset's)"),
-    "family": _enum(FAMILIES, "model family (default sd1)"),
+    "family": _enum(FAMILIES, "model family (default: the server's model's, else sd1); sd3 / flux need the "
+                              "server's T5 tokenizer (GET /api/info: t5_tokenizer)"),
     "layout": _enum(LAYOUTS, "long-prompt layout (default: the preset's)"),
     "normalize": _enum(NORMALIZATIONS, "tokenizer normalisation (default: the preset's)"),
     "preset": _enum(PRESETS, "compatibility preset (default a1111)"),
@@ -58,8 +64,9 @@ SPEC: dict = {
     "paths": {
         "/api/inspect": {
             "post": {
-                "summary": "the object `sdclip inspect --json` prints for the same prompt and options",
-                "requestBody": {"required": True, **_json("TextRequest")},
+                "summary": "the object `sdclip inspect --json` prints for the same prompt and options "
+                           "(steps / step as --steps / --step)",
+                "requestBody": {"required": True, **_json("ViewRequest")},
                 "responses": {"200": {"description": "the inspect object", **_json("Inspect")}, **_ERRORS},
             }
         },
@@ -116,8 +123,10 @@ SPEC: dict = {
                 }}}},
                 "responses": {
                     "200": {
-                        "description": "prompt_embeds, negative_prompt_embeds (+ pooled for SDXL) as safetensors, "
-                                       "or a JSON summary (shapes, token counts, dropped text) with ?format=json",
+                        "description": "prompt_embeds, negative_prompt_embeds (+ pooled for SDXL) as safetensors "
+                                       "(warnings in its metadata and the X-Sdclip-Warnings header, a JSON list), "
+                                       "or a JSON summary (shapes, token counts, dropped text, warnings) with "
+                                       "?format=json",
                         "content": {
                             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                             "application/json": {"schema": {"type": "object"}},
@@ -178,6 +187,8 @@ SPEC: dict = {
                     "normalize": {"type": "string"},
                     "combine": {"type": "string", "enum": ["single", "and", "blend", "concat"]},
                     "parts": {"type": "array", "items": {"type": "object"}},
+                    "schedule": {"type": "object", "description": "scheduled prompts only: step, steps, text, entries"},
+                    "t5": {"type": "object", "description": "SD3 / Flux only: the T5 sequence's count, length, limit"},
                 },
                 "required": ["rows", "tokens", "capacity", "dropped", "family", "syntax", "layout", "normalize",
                              "combine", "parts"],

@@ -1,7 +1,8 @@
 """What the page draws for one text: `describe`'s object plus the readable layout `sdclip inspect` shows.
 
-The `inspect` key is exactly `sdclip.describe.describe` of the text in force at the chosen step (the
-prompt itself when nothing is scheduled), so the page's counter can never disagree with the CLI. The
+`inspect_object` is `sdclip inspect --json`'s object for the same flags (the text in force at the chosen
+step, the prompt as typed when nothing is scheduled, and its `schedule` entry), which /api/inspect answers
+and the page's `inspect` key holds, so the page's counter can never disagree with the CLI. The
 `view` key adds what the page needs and the stable object leaves out: each slot's text *as typed* (the
 token's character span in the source, never a byte-level BPE symbol), BREAK boundaries, window overlaps,
 embedding references, AND parts and the source text with dropped spans marked. Torch-free.
@@ -16,11 +17,41 @@ from sdclip.conventions.presets import Options
 from sdclip.describe import capacity, describe, readable_slots
 from sdclip.prepare import PreparedPart, prepare
 from sdclip.syntax import schedule
+from sdclip.syntax.prompt import Schedule
 from sdclip.tokenizer import Tokenizer
 
 #: steps the page's slider spans when a request does not say (A1111's default sampler steps)
 DEFAULT_STEPS = 20
 MAX_STEPS = 1000
+
+
+def shown_text(text: str, options: Options, steps: int, step: int) -> tuple[str, Schedule]:
+    """The text `sdclip inspect --steps N --step K` shows: the schedule's text at the step when the prompt is
+    scheduled, else the prompt as typed (a schedule's texts have extra-network tags already removed)."""
+    if not 1 <= step <= steps <= MAX_STEPS:
+        raise ValueError(f"step must be within 1..steps and steps within 1..{MAX_STEPS}; got step {step} of {steps}")
+    sched = schedule(text, steps, options.dialect)
+    return (sched.at(step) if len(sched.entries) > 1 else text), sched
+
+
+def inspect_object(
+    text: str,
+    options: Options,
+    family: Family,
+    tokenizer: Tokenizer,
+    embeddings: Mapping[str, int] | None = None,
+    *,
+    steps: int = DEFAULT_STEPS,
+    step: int = 1,
+    t5_tokenizer=None,  # noqa: ANN001 (sdclip.tokenizer.t5.T5Tokenizer: SD3 / Flux)
+) -> dict:
+    """`sdclip inspect --json --steps N --step K`'s object, `schedule` entry included."""
+    shown, sched = shown_text(text, options, steps, step)
+    out = describe(shown, options, family, tokenizer, embeddings, t5_tokenizer=t5_tokenizer)
+    if len(sched.entries) > 1:
+        out["schedule"] = {"step": step, "steps": steps, "text": shown,
+                           "entries": [{"end_step": e.end_step, "text": e.text} for e in sched.entries]}
+    return out
 
 
 def build_view(
@@ -32,13 +63,11 @@ def build_view(
     *,
     steps: int = DEFAULT_STEPS,
     step: int = 1,
+    t5_tokenizer=None,  # noqa: ANN001 (sdclip.tokenizer.t5.T5Tokenizer: SD3 / Flux)
 ) -> dict:
-    """{"inspect": describe(shown), "view": {...}} for the text in force at 1-based `step` of `steps`."""
-    if not 1 <= step <= steps <= MAX_STEPS:
-        raise ValueError(f"step must be within 1..steps and steps within 1..{MAX_STEPS}; got step {step} of {steps}")
-    sched = schedule(text, steps, options.dialect)
-    shown = sched.at(step)
-    prepared = prepare(shown, options, family, tokenizer, embeddings)
+    """{"inspect": inspect_object(...), "view": {...}} for the text in force at 1-based `step` of `steps`."""
+    shown, sched = shown_text(text, options, steps, step)
+    prepared = prepare(shown, options, family, tokenizer, embeddings, t5_tokenizer=t5_tokenizer)
     per_row = family.length - 2
     parts = [_part_view(shown, part, family, per_row) for part in prepared.parts]
     dropped_chars = set()
@@ -56,7 +85,27 @@ def build_view(
         "source": _segments(shown, dropped_chars),
         "embeddings": _embedding_refs(shown, prepared.parts),
     }
-    return {"inspect": describe(shown, options, family, tokenizer, embeddings), "view": view}
+    inspect = inspect_object(text, options, family, tokenizer, embeddings, steps=steps, step=step,
+                             t5_tokenizer=t5_tokenizer)
+    for part, entry in zip(parts, inspect["parts"]):
+        if "t5" in entry:
+            part["t5"] = _t5_view(entry["t5"])
+    return {"inspect": inspect, "view": view}
+
+
+def _t5_view(t5: dict) -> dict:
+    """SD3 / Flux: a part's T5 sequence as the page draws it, one chip per SentencePiece piece up to `</s>`.
+    `t` is the piece without its word-start mark `▁` (`word` says it had one); a lone `▁` (the tokenizer's
+    own piece before a character it has no word-initial piece for) keeps the mark, so it is never drawn as
+    the next piece's letter."""
+    pieces = []
+    for i, piece in enumerate(t5["pieces"]):
+        word = piece.startswith("▁")
+        pieces.append({"piece": piece, "t": piece[1:] if word and len(piece) > 1 else piece, "word": word,
+                       "id": t5["ids"][i], "w": t5["weights"][i], "special": piece == "</s>"})
+    limit = t5["limit"]
+    return {"pieces": pieces, "count": t5["count"], "length": t5["length"], "limit": limit,
+            "capacity": limit if limit is not None else t5["length"], "dropped": t5["dropped"]}
 
 
 def _part_view(text: str, part: PreparedPart, family: Family, per_row: int) -> dict:
