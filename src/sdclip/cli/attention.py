@@ -21,7 +21,8 @@ from pathlib import Path
 
 from dataclasses import asdict
 
-from sdclip.cli.options import DTYPES, add_text_options, model_options
+from sdclip.cli.options import (DTYPES, add_clip_skip_options, add_text_options, finite_float, model_options,
+                                seed_number, whole_number)
 from sdclip.conventions.presets import POOLED_SOURCES, WEIGHTINGS, Options
 
 
@@ -30,13 +31,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="diffusers pipeline folder (SD1 / SD2 / SDXL)")
     p.add_argument("--prompt", required=True, help="the prompt")
     p.add_argument("--negative", help="negative prompt (default: none)")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
-    p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    p.add_argument("--steps", type=whole_number, default=20, help="denoising steps (default 20)")
+    p.add_argument("--seed", type=seed_number, default=0, help="generator seed (default 0)")
     p.add_argument("--size", help="WxH in pixels (default: the pipeline's)")
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    p.add_argument("--guidance", type=finite_float, default=7.5, help="classifier-free guidance scale (default 7.5)")
     p.add_argument("--trace-steps", help="START:END, 0-based steps to trace (default all)")
     p.add_argument("--resolutions", help="comma-separated downsampling factors to trace, e.g. 2,4 (default all)")
-    p.add_argument("--clip-skip", type=int, help="AUTOMATIC1111 convention: 1 = last layer, 2 = penultimate")
+    add_clip_skip_options(p)
     p.add_argument("--weighting", choices=WEIGHTINGS, help="weighting formula (default: the preset's)")
     p.add_argument("--pooled-source", choices=POOLED_SOURCES, help="SDXL pooled vector source row")
     p.add_argument("--dtype", choices=DTYPES, default="fp32", help="pipeline precision (default fp32)")

@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from sdclip.cli.options import add_text_options, embedding_names, text_options
+from sdclip.cli.options import add_text_options, embedding_names, text_options, whole_number
 from sdclip.conventions.family import FAMILIES, get_family
 from sdclip.describe import describe
 
@@ -26,8 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--t5-tokenizer", metavar="DIR",
                    help="SD3 / Flux: the model's T5 tokenizer (its folder with tokenizer.json or spiece.model, or "
                         "the diffusers model folder holding tokenizer_3/ or tokenizer_2/)")
-    p.add_argument("--steps", type=int, default=20, help="sampling steps, for scheduled prompts (default 20)")
-    p.add_argument("--step", type=int, default=1, help="show the prompt as in force at this step (default 1)")
+    p.add_argument("--steps", type=whole_number, default=20, help="sampling steps, for scheduled prompts (default 20)")
+    p.add_argument("--step", type=whole_number, default=1, help="show the prompt as in force at this step (default 1)")
     p.add_argument(
         "--embedding-name",
         action="append",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sdclip.cli.options import add_model_options, add_text_options
+from sdclip.cli.options import add_model_options, add_text_options, finite_float, whole_number
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7861
@@ -20,11 +20,11 @@ DEFAULT_PORT = 7861
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="a live token page and a JSON API in the browser (no model needed)")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}: this machine only)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free port)")
+    p.add_argument("--port", type=whole_number, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free port)")
     p.add_argument("--open", action="store_true", help="open the page in the default browser")
     p.add_argument("--cors", metavar="ORIGIN", help="allow cross-origin requests from ORIGIN (default: none)")
     p.add_argument("--token", help="bearer token that /api/encode requires (default: none)")
-    p.add_argument("--time-limit", type=float, default=10.0, help="seconds one request may work (default 10)")
+    p.add_argument("--time-limit", type=finite_float, default=10.0, help="seconds one request may work (default 10)")
     add_model_options(p, model_required=False)
     add_text_options(p)
     p.set_defaults(func=run)

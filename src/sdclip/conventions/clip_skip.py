@@ -12,6 +12,8 @@ a1111 and comfy count absolutely from the last layer; diffusers counts layers sk
 default* (which is why SD1's and SDXL's `clip_skip=1` differ; diffusers indexes the layers a checkpoint
 stores, and its SD2 folder stores 23 of 24, so its `None` is the architecture's penultimate). Whether the
 final LayerNorm applies is the family's policy (SDXL: never), not the convention's. Skipped layers never run.
+A number that would skip every block of a tower (or more) is refused: no tool means the bare token embeddings
+(ComfyUI silently falls back to the last layer there; A1111's slider stops at the tower's depth).
 """
 
 from __future__ import annotations
@@ -22,8 +24,19 @@ from dataclasses import dataclass, replace
 
 def _count(value: object, what: str, ok: Callable[[int], bool]) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not ok(value):
-        raise ValueError(f"{what}, got {value!r}")
+        raise ValueError(f"{what}, got {value!r}{_hint(value)}")
     return value
+
+
+def _hint(value: object) -> str:
+    """Which other convention a refused number belongs to: the mistakes people from other tools make."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return ""
+    if value < 0:
+        return "; a negative number is ComfyUI's count (convention comfy: -1 = last layer)"
+    if value == 0:
+        return "; 0 is diffusers' count (convention diffusers: 0 = the family's default layer)"
+    return "; a positive number is AUTOMATIC1111's count (convention a1111: 1 = last layer) or diffusers'"
 
 
 @dataclass(frozen=True)
@@ -69,12 +82,46 @@ SKIP_CONVENTIONS: dict[str, Callable[[int, LayerSelect], LayerSelect]] = {
     "comfy": LayerSelect.comfy,
     "diffusers": LayerSelect.diffusers,
 }
+#: clip-skip convention → what its numbers mean, in the words of the tools that use it (the CLI's --help)
+SKIP_MEANINGS: dict[str, str] = {
+    "a1111": "AUTOMATIC1111 / Forge / kohya 'CLIP skip': 1 = last layer, 2 = penultimate (SD2 and SDXL read 2 "
+             "by default)",
+    "comfy": "ComfyUI CLIPSetLastLayer: -1 = last layer, -2 = penultimate",
+    "diffusers": "diffusers clip_skip: layers skipped beyond the family's default, 0 = the default (SD1: 1 = "
+                 "penultimate; SD2 / SDXL: 1 = the layer before the penultimate)",
+}
 
 
-def resolve_clip_skip(convention: str, clip_skip: int | None, default: LayerSelect) -> LayerSelect:
-    """A user's clip-skip number in `convention` → the layer one encoder returns (None: the default)."""
+def resolve_clip_skip(
+    convention: str, clip_skip: int | None, default: LayerSelect, depth: int | None = None
+) -> LayerSelect:
+    """A user's clip-skip number in `convention` → the layer one encoder returns (None: the default). With
+    the tower's `depth`, a number that leaves no block to run is refused, naming the numbers that fit."""
     try:
         read = SKIP_CONVENTIONS[convention]
     except KeyError:
         raise ValueError(f"unknown clip-skip convention {convention!r}; one of {', '.join(SKIP_CONVENTIONS)}") from None
-    return default if clip_skip is None else read(clip_skip, default)
+    if clip_skip is None:
+        return default
+    select = read(clip_skip, default)
+    if depth is not None and select.layer(depth) < 1:
+        lo, hi = clip_skip_range(convention, default, depth)
+        raise ValueError(
+            f"clip skip {clip_skip} ({convention}) skips {select.skip} layers of a {depth}-layer text encoder; "
+            f"{convention} numbers run {lo}..{hi} for it"
+        )
+    return select
+
+
+def clip_skip_range(convention: str, default: LayerSelect, depth: int) -> tuple[int, int]:
+    """The smallest and largest number of `convention` that leave at least one of `depth` blocks to run."""
+    read = SKIP_CONVENTIONS[convention]
+    fits = []
+    for n in range(-depth - 1, depth + 2):
+        try:
+            layer = read(n, default).layer(depth)
+        except ValueError:
+            continue
+        if 1 <= layer <= depth:
+            fits.append(n)
+    return min(fits), max(fits)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Literal
 
-from sdclip.conventions.family import EncoderRole
+from sdclip.conventions.family import FAMILIES, EncoderRole, Family, get_family
 from sdclip.conventions.clip_skip import SKIP_CONVENTIONS, LayerSelect, resolve_clip_skip
 from sdclip.layout.spec import CHUNK_STYLES, LAYOUTS, LayoutSpec
 
@@ -96,6 +96,24 @@ class Options:
         n = self.max_sequence_length
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise ValueError(f"max_sequence_length must be a positive whole number, got {n!r}")
+        self._check_clip_skip()
+
+    def _check_clip_skip(self) -> None:
+        """A clip skip that no model could honour is refused as the options are built (before any model
+        loads): a number of the wrong sign for its convention, or one that skips every block of every
+        family's CLIP towers. The family's own depth is checked by `check_family` once the family is known."""
+        if self.clip_skip is None:
+            return
+        resolve_clip_skip(self.clip_skip_convention, self.clip_skip, LayerSelect())  # type and sign
+        roles = [r for f in FAMILIES.values() for r in f.roles if r.kind == "clip"]
+        errors = []
+        for role in roles:
+            try:
+                resolve_clip_skip(self.clip_skip_convention, self.clip_skip, role.default_layer, role.tower.depth)
+                return
+            except ValueError as exc:
+                errors.append((role.tower.depth, str(exc)))
+        raise ValueError(f"{max(errors)[1]} (the deepest text encoder of any family)")
 
     @classmethod
     def preset(cls, name: str = "a1111", **overrides: object) -> "Options":
@@ -126,8 +144,22 @@ class Options:
         )
 
     def layer(self, role: EncoderRole) -> LayerSelect:
-        """The layer one encoder of the family returns under these options."""
-        return resolve_clip_skip(self.clip_skip_convention, self.clip_skip, role.default_layer)
+        """The layer one encoder of the family returns under these options (a clip skip past the tower's
+        depth is refused, naming the role)."""
+        try:
+            return resolve_clip_skip(self.clip_skip_convention, self.clip_skip, role.default_layer, role.tower.depth)
+        except ValueError as exc:
+            raise ValueError(f"{role.name}: {exc}") from None
+
+    def check_family(self, family: Family | str) -> None:
+        """Refuse, in one line, options that this family's towers cannot honour (before its model loads)."""
+        fam = get_family(family) if isinstance(family, str) else family
+        for role in fam.roles:
+            if role.kind == "clip":
+                try:
+                    self.layer(role)
+                except ValueError as exc:
+                    raise ValueError(f"family {fam.name}: {exc}") from None
 
 
 _PRESETS: dict[str, Options] = {
@@ -178,7 +210,11 @@ _PRESETS: dict[str, Options] = {
 USER_NAMES = {"syntax": "dialect"}
 
 
-def options_from_user(preset: str = "a1111", **values: object) -> Options:
+def options_from_user(preset: str = "a1111", *, family: Family | str | None = None, **values: object) -> Options:
     """A preset overridden by the names users see (`syntax` for `dialect`, the rest as in Options); None
-    leaves the preset's value. One mapping for the command line and the web API."""
-    return Options.preset(preset, **{USER_NAMES.get(k, k): v for k, v in values.items()})
+    leaves the preset's value. One mapping for the command line and the web API. With the `family` (when
+    the user named it), what its towers cannot honour is refused here too, before any model loads."""
+    options = Options.preset(preset, **{USER_NAMES.get(k, k): v for k, v in values.items()})
+    if family is not None:
+        options.check_family(family)
+    return options
