@@ -13,8 +13,11 @@ from sdclip.jobs.work import ShardWork
 
 def run_local(job: Job, encoder: CaptionEncoder, on_shard: Callable[[dict], None] | None = None) -> None:
     """Encode every pending shard in input order (so a caption repeated later is reused, not re-encoded)."""
+    pending = job.pending()
+    if not pending:  # a finished job: its scan arrays are gone, and nothing needs them
+        return
     work = ShardWork(job.spec, job.digest, encoder)
-    for k in job.pending():
+    for k in pending:
         try:
             record = work.run(k, job.seek(k), job.rows)
         except OSError as exc:
