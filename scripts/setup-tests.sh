@@ -3,8 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PIP="python -m pip install -q --disable-pip-version-check -c scripts/test-constraints.txt"
-# the CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build
-$PIP "torch==2.13.0"
+# the CPU build of torch first: PyPI's would be the multi-GB CUDA build (scripts/torch-index.sh says where from)
+. scripts/torch-index.sh
+TORCH_INDEX=$(torch_index_args | tr '\n' ' ')  # words without spaces: split on purpose below
+$PIP $TORCH_INDEX "torch==2.13.0"
 $PIP -e ".[torch,serve,ray,attention,test]"
 # open_clip's tokenizer is the reference for the "openclip" normalisation; its package import needs
 # torchvision (which breaks beside this torch), so it is installed without dependencies and its

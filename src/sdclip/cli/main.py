@@ -17,7 +17,8 @@ from sdclip.syntax.prompt import PromptSyntaxError
 
 #: optional dependencies → the extra that installs them (pip install 'sdclip[EXTRA]')
 EXTRAS = {"torch": "torch", "safetensors": "torch", "huggingface_hub": "torch", "starlette": "serve",
-          "uvicorn": "serve", "ray": "ray", "pyarrow": "ray", "diffusers": "attention", "PIL": "attention"}
+          "uvicorn": "serve", "h11": "serve", "ray": "ray", "pyarrow": "ray", "diffusers": "attention",
+          "transformers": "attention", "PIL": "attention", "numpy": "torch"}
 
 #: what a Ctrl-C leaves, said after "sdclip: interrupted" (every output is written atomically: nothing half-written)
 INTERRUPTED = {
