@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from sdclip.prepare import Prepared
 from sdclip.tokenizer.stream import BOS, EOS
 
-KINDS = ("BOS", "EOS", "pad", "token", "embedding")
+KINDS = ("BOS", "EOS", "pad", "token", "embedding", "</s>")
 _WORD_CHAR = re.compile(r"[\w'’-]")
 
 
@@ -25,7 +25,8 @@ class Slot:
     - piece: the vocabulary entry (e.g. "fox</w>"), or `<name:k>` for a textual-inversion vector.
     - word / word_span: the whole word around the token (`word("fox")` sums its slots); "" for BOS/EOS/pad.
     - row: the row of the prompt's layout the slot came from (None for padding past the prompt's rows).
-    - kind: BOS, EOS, pad, token or embedding.
+    - kind: BOS, EOS, pad, token or embedding (T5 blocks: token, `</s>`, pad).
+    - encoder: the block the slot belongs to where a sequence has several (SD3: "clip" then "t5"), else "".
     """
 
     index: int
@@ -36,6 +37,7 @@ class Slot:
     row: int | None
     weight: float
     kind: str
+    encoder: str = ""
 
     def to_json(self) -> dict:
         out = asdict(self)
