@@ -17,11 +17,14 @@ source text it dropped.
 
 from __future__ import annotations
 
-import json
+import base64
+import sys
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from sdclip.bounded_files import MAX_TOKENIZER, loads, read_bytes, read_json, read_text
 from sdclip.syntax.prompt import Sequence
 from sdclip.tokenizer.stream import TokenStream
 
@@ -101,26 +104,30 @@ class T5Tokenizer:
 
     @classmethod
     def from_file(cls, path: str | Path, pipeline: Pipeline = "transformers") -> "T5Tokenizer":
-        """A `tokenizer.json` holding a Unigram (SentencePiece) model."""
+        """A `tokenizer.json` holding a Unigram (SentencePiece) model. The file is read through the bounded
+        reader and every normalisation table in it is checked before `tokenizers` sees it (a bad one
+        panics or aborts inside Rust)."""
         from tokenizers import Tokenizer
 
         path = Path(path)
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise T5TokenizerError(f"{path}: not a readable tokenizer.json ({e})") from None
+        if pipeline not in ("transformers", "file"):
+            raise ValueError(f"pipeline must be 'transformers' or 'file', got {pipeline!r}")
+        text = read_text(path, MAX_TOKENIZER, T5TokenizerError, "not a readable tokenizer.json")
+        doc = loads(text, path, T5TokenizerError, "not a readable tokenizer.json")
         model = doc.get("model") if isinstance(doc, dict) else None
         if not isinstance(model, dict) or model.get("type") != "Unigram":
             kind = model.get("type") if isinstance(model, dict) else None
-            raise T5TokenizerError(f"{path}: a {kind or 'unknown'} tokenizer, not T5's SentencePiece Unigram")
+            raise T5TokenizerError(f"{path}: a {kind if isinstance(kind, str) else 'unknown'} tokenizer, not T5's "
+                                   "SentencePiece Unigram")
+        charsmaps = _charsmaps(doc.get("normalizer"), path)
         try:
-            backend = Tokenizer.from_str(json.dumps(doc))
-        except Exception as e:  # tokenizers raises bare Exceptions on malformed documents
-            raise T5TokenizerError(f"{path}: tokenizers cannot read it ({str(e).splitlines()[0]})") from None
+            backend = Tokenizer.from_str(text)
+        except BaseException as e:  # tokenizers raises bare Exceptions (and panics) on malformed documents
+            if not _from_rust(e):
+                raise
+            raise T5TokenizerError(f"{path}: tokenizers cannot read it ({_first_line(e)})") from None
         if pipeline == "transformers":
-            _transformers_pipeline(backend, _charsmap(doc.get("normalizer")))
-        elif pipeline != "file":
-            raise ValueError(f"pipeline must be 'transformers' or 'file', got {pipeline!r}")
+            _transformers_pipeline(backend, charsmaps[0] if charsmaps else None, path)
         backend.post_processor = None
         backend.no_truncation()
         backend.no_padding()
@@ -138,20 +145,32 @@ class T5Tokenizer:
             from sentencepiece import sentencepiece_model_pb2 as pb
 
             proto = pb.ModelProto()
-            proto.ParseFromString(path.read_bytes())
+            proto.ParseFromString(read_bytes(path, MAX_TOKENIZER, T5TokenizerError, "not a SentencePiece model"))
+        except T5TokenizerError:
+            raise
         except ImportError:
             raise T5TokenizerError(f"{path}: reading spiece.model needs the sentencepiece package") from None
         except Exception as e:
-            raise T5TokenizerError(f"{path}: not a SentencePiece model ({type(e).__name__}: {e})") from None
+            raise T5TokenizerError(f"{path}: not a SentencePiece model ({type(e).__name__}: {_first_line(e)})") from None
         if proto.trainer_spec.model_type != 1 or not proto.pieces:  # 1 = UNIGRAM
             raise T5TokenizerError(f"{path}: not a SentencePiece Unigram model")
         vocab = [(p.piece, float(p.score)) for p in proto.pieces]
         unk = proto.trainer_spec.unk_id
-        backend = Tokenizer(Unigram(vocab, unk_id=unk, byte_fallback=False))
+        if not 0 <= unk < len(vocab):
+            raise T5TokenizerError(f"{path}: its unknown-piece id {unk} is outside its {len(vocab)} pieces")
+        try:
+            backend = Tokenizer(Unigram(vocab, unk_id=unk, byte_fallback=False))
+        except BaseException as e:
+            if not _from_rust(e):
+                raise
+            raise T5TokenizerError(f"{path}: tokenizers cannot use its pieces ({_first_line(e)})") from None
         sentinels = [f"<extra_id_{i}>" for i in range(extra_ids - 1, -1, -1)]
         specials = [p.piece for p in proto.pieces if p.type in (2, 3)]  # CONTROL, UNKNOWN
         backend.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in specials + sentinels])
-        _transformers_pipeline(backend, proto.normalizer_spec.precompiled_charsmap or None)
+        charsmap = proto.normalizer_spec.precompiled_charsmap or None
+        if charsmap is not None:
+            check_charsmap(charsmap, path)
+        _transformers_pipeline(backend, charsmap, path)
         return cls(backend, str(path))
 
     # encoding ---------------------------------------------------------------------------------------
@@ -203,41 +222,109 @@ def _required(vocab: dict, text: str, source: str) -> int:
     return vocab[text]
 
 
-def _charsmap(normalizer: object) -> bytes | None:
-    """The SentencePiece normalisation table of a tokenizer.json normaliser (alone or in a Sequence)."""
-    import base64
-
-    items = normalizer.get("normalizers", [normalizer]) if isinstance(normalizer, dict) else []
-    for item in items:
-        if isinstance(item, dict) and item.get("type") == "Precompiled" and item.get("precompiled_charsmap"):
+def _charsmaps(normalizer: object, where: Path) -> list[bytes]:
+    """Every SentencePiece normalisation table of a tokenizer.json normaliser (alone or in Sequences, in
+    order), decoded and checked: `tokenizers` decodes and reads them itself, and panics on bad ones."""
+    found: list[bytes] = []
+    stack = [normalizer]
+    while stack:
+        item = stack.pop()
+        if not isinstance(item, dict):
+            continue
+        if item.get("type") == "Sequence" and isinstance(item.get("normalizers"), list):
+            stack.extend(reversed(item["normalizers"]))
+        elif item.get("type") == "Precompiled":
+            raw = item.get("precompiled_charsmap")
+            if raw is None or raw == "":
+                continue
+            if not isinstance(raw, str):
+                raise T5TokenizerError(f"{where}: precompiled_charsmap must be a base64 string, found {type(raw).__name__}")
             try:
-                return base64.b64decode(item["precompiled_charsmap"])
+                blob = base64.b64decode(raw, validate=True)
             except ValueError:
-                raise T5TokenizerError("tokenizer.json: precompiled_charsmap is not base64") from None
-    return None
+                raise T5TokenizerError(f"{where}: precompiled_charsmap is not base64") from None
+            check_charsmap(blob, where)
+            found.append(blob)
+    return found
 
 
-def _transformers_pipeline(backend, charsmap: bytes | None) -> None:
-    """The normaliser / pre-tokeniser transformers 5's T5Tokenizer.__init__ installs."""
+#: the largest normalisation table read (nmt_nfkc's, what T5 uses: 240 kB)
+MAX_CHARSMAP = 16 << 20
+
+
+def check_charsmap(blob: bytes, where: object) -> None:
+    """Refuse a SentencePiece `precompiled_charsmap` that `tokenizers` could not use safely.
+
+    The format: a little-endian u32 trie size in bytes, the trie (darts-clone double array, u32 units),
+    then NUL-separated replacement strings (UTF-8). `tokenizers` allocates the trie by the stated size
+    (random bytes: gigabytes, an abort) and walks it without bounds checks of its own making (a panic). So:
+    the size must fit the blob; from every node unit (the root and each unit without the value bit 31) the
+    block its children sit in, (index ^ offset) | 0xFF, must lie inside the array — that bounds every
+    position a walk can reach for any input byte; and every value a leaf yields must start a character of
+    the replacement strings. Real tables pass (the rule holds by darts-clone's 256-unit blocks)."""
+    size = len(blob)
+    if size > MAX_CHARSMAP:
+        raise T5TokenizerError(f"{where}: the SentencePiece normalisation table is {size:,} bytes, more than any real one")
+    trie_size = int.from_bytes(blob[:4], "little") if size >= 4 else -1
+    if trie_size < 4 or trie_size % 4 or 4 + trie_size > size:
+        raise T5TokenizerError(f"{where}: corrupt SentencePiece normalisation table (its trie size {trie_size} does "
+                               f"not fit its {size:,} bytes)")
+    units = array("I")
+    units.frombytes(blob[4: 4 + trie_size])
+    if sys.byteorder != "little":
+        units.byteswap()
+    replacements = blob[4 + trie_size:]
+    try:
+        replacements.decode("utf-8")
+    except UnicodeDecodeError:
+        raise T5TokenizerError(f"{where}: corrupt SentencePiece normalisation table (replacements not UTF-8)") from None
+    n, end = len(units), len(replacements)
+    for i, unit in enumerate(units):
+        if unit >> 31 and i:
+            continue  # a value unit: never walked through (its label carries bit 31)
+        base = i ^ ((unit >> 10) << ((unit & (1 << 9)) >> 6))
+        if (base | 0xFF) >= n:
+            raise T5TokenizerError(f"{where}: corrupt SentencePiece normalisation table (trie unit {i} points "
+                                   f"past its {n:,} units)")
+        if (unit >> 8) & 1:
+            value = units[base] & 0x7FFFFFFF
+            if value > end or (value < end and 0x80 <= replacements[value] < 0xC0):
+                raise T5TokenizerError(f"{where}: corrupt SentencePiece normalisation table (trie unit {i} names "
+                                       f"replacement byte {value}, not the start of one of its {end:,} bytes)")
+
+
+def _from_rust(e: BaseException) -> bool:
+    """An error `tokenizers` raised: an Exception, or pyo3's PanicException (a BaseException)."""
+    return isinstance(e, Exception) or type(e).__name__ == "PanicException"
+
+
+def _first_line(e: BaseException) -> str:
+    return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)[:200]
+
+
+def _transformers_pipeline(backend, charsmap: bytes | None, where: object = "") -> None:
+    """The normaliser / pre-tokeniser transformers 5's T5Tokenizer.__init__ installs (`charsmap` checked)."""
     from tokenizers import normalizers, pre_tokenizers
 
     try:
         backend.normalizer = normalizers.Precompiled(charsmap) if charsmap else None
-    except Exception as e:
-        raise T5TokenizerError(f"unusable SentencePiece normalisation table ({e})") from None
+    except BaseException as e:
+        if not _from_rust(e):
+            raise
+        raise T5TokenizerError(f"{where}: unusable SentencePiece normalisation table ({_first_line(e)})") from None
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)]
     )
 
 
 def _extra_ids(folder: Path) -> int:
-    """`extra_ids` of a folder's tokenizer_config.json (T5's default: 100)."""
-    try:
-        cfg = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-        n = cfg.get("extra_ids", 100)
-        return n if isinstance(n, int) and 0 <= n <= 10000 else 100
-    except (OSError, ValueError, AttributeError):
+    """`extra_ids` of a folder's tokenizer_config.json (T5's default: 100; an unreadable file: refused)."""
+    path = folder / "tokenizer_config.json"
+    if not path.exists():
         return 100
+    cfg = read_json(path, T5TokenizerError, "unreadable tokenizer_config.json")
+    n = cfg.get("extra_ids", 100) if isinstance(cfg, dict) else 100
+    return n if isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= 10000 else 100
 
 
 def tokenize_t5(

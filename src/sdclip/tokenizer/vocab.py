@@ -16,10 +16,11 @@ file is also a FileNotFoundError.
 from __future__ import annotations
 
 import gzip
-import json
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+
+from sdclip.bounded_files import MAX_TOKENIZER, loads, read_text
 
 class TokenizerFilesError(ValueError):
     """A tokenizer folder's files are missing, unreadable or not a CLIP BPE vocabulary."""
@@ -88,24 +89,13 @@ def read_merges(path: Path) -> list[tuple[str, str]]:
 
 
 def _read_text(path: Path) -> str:
-    """A text file of the folder as UTF-8, every failure a TokenizerFilesError naming it."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise TokenizerFilesError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); is this a tokenizer file?") from None
-    except FileNotFoundError:
-        raise MissingTokenizerFileError(f"{path} is missing") from None
-    except OSError as e:
-        raise TokenizerFilesError(f"{path}: cannot be read ({e.strerror or e})") from None
+    """A text file of the folder as UTF-8 through sdclip's bounded reader (regular files only, a size cap),
+    every failure a TokenizerFilesError naming it."""
+    return read_text(path, MAX_TOKENIZER, TokenizerFilesError, missing=MissingTokenizerFileError)
 
 
 def _read_json(path: Path):
-    try:
-        return json.loads(_read_text(path))
-    except json.JSONDecodeError as e:
-        raise TokenizerFilesError(f"{path}: not valid JSON ({e})") from None
-    except RecursionError:
-        raise TokenizerFilesError(f"{path}: JSON nested too deeply") from None
+    return loads(_read_text(path), path, TokenizerFilesError)
 
 
 def _content(value) -> str | None:

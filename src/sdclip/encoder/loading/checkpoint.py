@@ -17,7 +17,6 @@ sparse tensors. fp8-stored tensors are read and upcast to float32 (`read_checked
 
 from __future__ import annotations
 
-import json
 import pickle
 import re
 import warnings
@@ -26,6 +25,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
+
+from sdclip.bounded_files import file_kind, open_regular, read_json
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -156,10 +157,8 @@ class ShardedFiles(TensorFile):
     def __init__(self, index: Path, opener: Callable[[Path], TensorFile] | None = None):
         self.path = Path(index)
         opener = opener or open_tensor_file
-        try:
-            weight_map = json.loads(self.path.read_text(encoding="utf-8"))["weight_map"]
-        except Exception as e:
-            raise CheckpointError(f"{self.path}: not a readable shard index ({_one_line(e)})") from None
+        doc = read_json(self.path, CheckpointError, "not a readable shard index")
+        weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise CheckpointError(f"{self.path}: weight_map must map tensor names to shard file names")
         self._files: dict[str, TensorFile] = {}
@@ -221,12 +220,13 @@ def _check_zip(path: Path, error: type[ValueError]) -> None:
 
 
 def read_head(path: Path, n: int, error: type[ValueError]) -> bytes:
-    """The first `n` bytes of a file (what tells its format), or one line of `error` if it has none."""
-    try:
-        with open(path, "rb") as fh:
+    """The first `n` bytes of a regular file (what tells its format), or one line of `error` if it has none
+    (a FIFO, a device such as /dev/zero and a folder are refused by kind before anything is read)."""
+    with open_regular(path, error) as fh:
+        try:
             head = fh.read(n)
-    except OSError as e:
-        raise error(f"{path}: cannot read the file ({e.strerror or e})") from None
+        except OSError as e:
+            raise error(f"{path}: cannot read the file ({e.strerror or e})") from None
     if not head:
         raise error(f"{path}: the file is empty")
     return head
@@ -290,6 +290,9 @@ def open_tensor_file(path: str | Path) -> TensorFile:
     """Open a weight file by suffix (sniffing the bytes when the suffix says nothing)."""
     path = Path(path)
     if not path.is_file():
+        if path.exists():
+            raise CheckpointError(f"{path}: not a regular file ({file_kind(path.stat().st_mode)}); weights are read "
+                                  "from regular files only")
         raise CheckpointError(f"{path}: no such file")
     name = path.name.lower()
     if name.endswith(".index.json"):

@@ -21,7 +21,6 @@ open_clip / OpenAI CLIP / Long-CLIP model code):
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -30,12 +29,14 @@ from typing import Literal
 
 import torch
 
+from sdclip.bounded_files import read_json
 from sdclip.encoder.loading.checkpoint import (CheckpointError, MemoryTensors, PickleFile, TensorFile, open_tensor_file,
                                                overflow_message, read_checked)
 from sdclip.conventions.family import FAMILIES, EncoderRole, get_family, one_tower_family
 from sdclip.encoder.config import EncoderConfig
 from sdclip.tokenizer.stream import VOCAB_SIZE
 from sdclip.encoder.model import CLIPTextEncoder
+from sdclip.encoder.loading.wrong_folder import not_text_encoder
 
 Layout = Literal["hf", "openclip"]
 
@@ -431,10 +432,8 @@ def checked_config(cfg: object, where: object) -> dict:
 
 def _hf_folder_part(folder: Path) -> Part:
     cfg_path = folder / "config.json"
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as e:  # ValueError: JSON and UTF-8 decoding
-        raise CheckpointError(f"{cfg_path}: unreadable config ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+    cfg = read_json(cfg_path, CheckpointError, "unreadable config")
+    not_text_encoder(folder, cfg)
     cfg = checked_config(cfg, cfg_path)
     for name in WEIGHT_NAMES:
         if (folder / name).is_file():
@@ -509,6 +508,7 @@ def _from_folder(folder: Path, family: str | None) -> tuple[str, list[Part], tup
         part.unstored = _unstored(part, in_pipeline=False)
         has_tok = (folder / "vocab.json").is_file() or (folder / "tokenizer.json").is_file()
         return fam, [part], (folder if has_tok else None,)
+    not_text_encoder(folder, None)
     names = sorted(x.name for x in folder.iterdir())[:10]
     raise CheckpointError(
         f"{folder}: neither a diffusers pipeline (text_encoder/) nor an HF model folder (config.json); holds {names}"

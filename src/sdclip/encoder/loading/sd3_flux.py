@@ -18,18 +18,18 @@ A Flux checkpoint holding only the diffusion transformer is refused with the nam
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from sdclip.bounded_files import read_json
 from sdclip.conventions.family import FAMILIES, VIT_BIGG, VIT_L
 from sdclip.encoder.loading.checkpoint import CheckpointError, TensorFile, open_tensor_file
 from sdclip.encoder.loading.clip import (
     LoadedEncoders, Part, _anchor, _hf_folder_part, build_encoder, find_parts, fingerprint,
 )
-from sdclip.encoder.loading.t5 import SINGLE_FILE_PREFIX, find_t5_prefix, load_t5, t5_folder
+from sdclip.encoder.loading.t5 import SINGLE_FILE_PREFIX, WEIGHT_NAMES, find_t5_prefix, load_t5, t5_folder
 from sdclip.encoder.t5 import T5Encoder
 
 SD3_PIPELINES = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline",
@@ -44,16 +44,21 @@ _NEEDED = {"sd3": "clip_l.safetensors, clip_g.safetensors and t5xxl_fp16.safeten
            "flux": "clip_l.safetensors and t5xxl_fp16.safetensors (or t5xxl_fp8_e4m3fn.safetensors)"}
 
 
+def _model_index(folder: Path) -> dict | None:
+    """The folder's model_index.json (None without one), read through the bounded reader."""
+    index = folder / "model_index.json"
+    if not index.exists():
+        return None
+    doc = read_json(index, CheckpointError, "unreadable model_index.json")
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"{index}: unreadable model_index.json: a JSON object expected, found a {type(doc).__name__}")
+    return doc
+
+
 def pipeline_family(folder: Path) -> str | None:
     """"sd3" / "flux" for a diffusers pipeline folder with a T5 encoder (or naming one), else None."""
-    name = None
-    index = folder / "model_index.json"
-    if index.is_file():
-        try:
-            doc = json.loads(index.read_text(encoding="utf-8"))
-            name = doc.get("_class_name") if isinstance(doc, dict) else None
-        except (OSError, ValueError):
-            raise CheckpointError(f"{index}: unreadable model_index.json") from None
+    doc = _model_index(folder)
+    name = doc.get("_class_name") if doc is not None else None
     if name in SD3_PIPELINES or (folder / "text_encoder_3").is_dir():
         return "sd3"
     if name in FLUX_PIPELINES:
@@ -128,10 +133,10 @@ def load_pipeline_folder(folder: Path, fam: str, family: str | None, dtype: torc
     t5_dir = folder / f"text_encoder_{t5_index + 1}"
     tok_dir = folder / f"tokenizer_{t5_index + 1}"
     t5 = None
-    if (t5_dir / "config.json").is_file():
-        t5 = load_t5(t5_dir, dtype, device)
-    elif fam == "flux":
-        raise CheckpointError(f"{folder}: a Flux pipeline needs text_encoder_2/ (T5), missing")
+    if t5_dir.exists() or fam == "flux":
+        t5 = _load_t5_dir(folder, t5_dir, fam, dtype, device)
+    else:
+        _check_t5_left_out(folder, t5_dir.name)
     toks = [folder / ("tokenizer" if i == 0 else f"tokenizer_{i + 1}") for i in range(len(clip_dirs))]
     toks = [d if d.is_dir() else None for d in toks]
     loaded = _done(fam, parts, t5, toks, _tokenizer_dir(tok_dir), dtype, device, str(folder))
@@ -140,11 +145,45 @@ def load_pipeline_folder(folder: Path, fam: str, family: str | None, dtype: torc
     return loaded
 
 
+def _load_t5_dir(folder: Path, t5_dir: Path, fam: str, dtype: torch.dtype, device) -> T5Encoder:  # noqa: ANN001
+    """The pipeline's T5 folder, or one line saying why not. A folder that is there but unusable is never
+    read as "no T5" (that would encode zeros without a word: issue 24, 0c)."""
+    role = "text_encoder_2/ (T5)" if fam == "flux" else "text_encoder_3/ (T5)"
+    if not t5_dir.exists():
+        raise CheckpointError(f"{folder}: a Flux pipeline needs {role}, missing")
+    if not t5_dir.is_dir():
+        raise CheckpointError(f"{folder}: {role} is not a folder")
+    cfg = t5_dir / "config.json"
+    if not cfg.exists():
+        weights = [n for n in WEIGHT_NAMES if (t5_dir / n).exists()]
+        held = f"weights ({weights[0]}) but no config.json" if weights else "no config.json and no weights"
+        drop = " — or remove the folder to run SD3 without T5 (zeros, as diffusers)" if fam == "sd3" else ""
+        raise CheckpointError(
+            f"{t5_dir}: {held}; the T5 config (activation, maximum distance) is not in the weights, so sdclip "
+            f"will not guess it: copy config.json (and the weights) from the model's repository{drop}"
+        )
+    return load_t5(t5_dir, dtype, device)
+
+
+def _check_t5_left_out(folder: Path, name: str) -> None:
+    """SD3 without its T5 folder: zeros, as diffusers gives with text_encoder_3=None — but only where the
+    pipeline says it has none. A model_index.json naming a T5 class whose folder is missing is refused,
+    as diffusers' from_pretrained refuses it."""
+    doc = _model_index(folder)
+    entry = doc.get(name) if doc is not None else None
+    if isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry):
+        raise CheckpointError(
+            f"{folder}: model_index.json names {name} ({entry[1]}) but the folder is missing: restore it, or, to run "
+            f"SD3 without T5 (zeros, as diffusers with {name}=None), set \"{name}\": [null, null] in model_index.json"
+        )
+
+
 def _joint_attention_dim(path: Path) -> int | None:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8")).get("joint_attention_dim")
-    except (OSError, ValueError, AttributeError):
+    """transformer/config.json's joint_attention_dim: None without the file; an unreadable file is refused."""
+    if not path.exists():
         return None
+    doc = read_json(path, CheckpointError, "unreadable config")
+    value = doc.get("joint_attention_dim") if isinstance(doc, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 1 << 16 else None
 
 

@@ -16,11 +16,12 @@ distance, which no tensor holds, is 128 unless a config says otherwise.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import torch
+
+from sdclip.bounded_files import loads, read_json
 
 from sdclip.encoder.loading.checkpoint import CheckpointError, ShardedFiles, TensorFile, open_tensor_file
 from sdclip.encoder.t5 import STORAGE_ONLY, T5Config, T5ConfigError, T5Encoder
@@ -56,22 +57,23 @@ def find_t5_prefix(f: TensorFile) -> str | None:
     return None
 
 
+def _config(folder: Path) -> object:
+    """A folder's config.json through the bounded reader (None without one)."""
+    cfg = folder / "config.json"
+    return read_json(cfg, CheckpointError, "unreadable config") if cfg.exists() else None
+
+
 def t5_folder(path: Path) -> Path | None:
     """The T5 encoder folder of a transformers folder or a diffusers SD3 / Flux pipeline folder."""
     for cand in (path, path / "text_encoder_3", path / "text_encoder_2"):
-        cfg = cand / "config.json"
-        if cfg.is_file():
-            try:
-                doc = json.loads(cfg.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as e:
-                raise CheckpointError(f"{cfg}: unreadable config ({e})") from None
-            if isinstance(doc, dict) and doc.get("model_type") == "t5":
-                return cand
+        doc = _config(cand)
+        if isinstance(doc, dict) and doc.get("model_type") == "t5":
+            return cand
     return None
 
 
 def _folder_file(folder: Path) -> tuple[TensorFile, dict]:
-    cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    cfg = _config(folder)
     for name in WEIGHT_NAMES:
         if (folder / name).is_file():
             return open_weights(folder / name), cfg
@@ -104,8 +106,10 @@ class PlainSafetensors(TensorFile):
                 n = int.from_bytes(head, "little") if len(head) == 8 else -1
                 if not 2 <= n <= min(_MAX_HEADER, size - 8):
                     raise ValueError(f"header length {n} does not fit a file of {size} bytes")
-                doc = json.loads(fh.read(n).decode("utf-8"))
-        except (OSError, ValueError, UnicodeDecodeError) as e:
+                doc = loads(fh.read(n), self.path, CheckpointError, "not a readable safetensors header")
+        except (OSError, ValueError) as e:
+            if isinstance(e, CheckpointError):
+                raise
             raise CheckpointError(f"{self.path}: not a readable safetensors file ({e})") from None
         if not isinstance(doc, dict):
             raise CheckpointError(f"{self.path}: safetensors header is not a JSON object")
@@ -222,7 +226,7 @@ def t5_config_from_tensors(f: TensorFile, prefix: str, config: dict | None = Non
     d_ff = _shape(f, ff_key, 2)[0]
     if inner % heads:
         raise CheckpointError(f"{f.path}: attention width {inner} is not a multiple of {heads} heads")
-    cfg = dict(config or {})
+    cfg = checked_t5_config(config, f.path)
     kw = dict(vocab_size=vocab, d_model=d_model, d_kv=inner // heads, d_ff=d_ff, num_layers=layers,
               num_heads=heads, relative_attention_num_buckets=buckets)
     for name, value in kw.items():
@@ -237,6 +241,23 @@ def t5_config_from_tensors(f: TensorFile, prefix: str, config: dict | None = Non
                         layer_norm_epsilon=cfg.get("layer_norm_epsilon", 1e-6), feed_forward_proj=proj)
     except T5ConfigError as e:
         raise CheckpointError(f"{f.path}: {e}") from None
+
+
+def checked_t5_config(config: object, where: object) -> dict:
+    """A T5 config.json (or a live model's config dict) with the fields the loader reads of the right types,
+    named when wrong ({"feed_forward_proj": 5} used to end in AttributeError)."""
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{where}: T5 config must be a JSON object, found a {type(config).__name__}")
+    proj = config.get("feed_forward_proj", "gated-gelu")
+    if not isinstance(proj, str):
+        raise CheckpointError(f"{where}: config.json feed_forward_proj must be a string such as 'gated-gelu', found {proj!r:.80}")
+    for name in ("relative_attention_max_distance", "layer_norm_epsilon"):
+        value = config.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise CheckpointError(f"{where}: config.json {name} must be a number, found {value!r:.80}")
+    return dict(config)
 
 
 def _shape(f: TensorFile, key: str, dims: int) -> tuple[int, ...]:
