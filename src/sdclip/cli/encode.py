@@ -160,10 +160,12 @@ def _write(cond, prompts: list[str], negative, length: int, args, metadata: dict
                         tensors = (first if lo == 0 and len(batch) == 1
                                    else _kwargs(cond.encode(batch, negative, length=length, **extra)))
                         for name, rows in tensors.items():
-                            if not bool(torch.isfinite(rows).all()):
+                            if not bool(torch.isfinite(rows).all()):  # the encoders check their own output; this is the assembly's
+                                from sdclip.encoder.finite import dtype_advice
+
                                 raise ValueError(
                                     f"{name} of prompts {lo + 1}–{lo + len(batch)} is not finite in {rows.dtype} "
-                                    f"(--dtype {args.dtype}: try fp32 or bf16); nothing written"
+                                    f"(--dtype {args.dtype}: {dtype_advice(rows.dtype, cli=True)}); nothing written"
                                 )
                             out.write(name, lo, rows)
                         bar.advance(task, len(batch))

@@ -19,7 +19,7 @@ from sdclip.tokenizer.stream import EOS
 from sdclip.conventions.clip_skip import LayerSelect
 from sdclip.encoder import kernels
 from sdclip.encoder.config import EncoderConfig
-from sdclip.encoder.loading.checkpoint import CheckpointError
+from sdclip.encoder.finite import NonFiniteError, first_non_finite, non_finite_message
 
 
 @dataclass
@@ -271,21 +271,16 @@ class CLIPTextEncoder(nn.Module):
             final = hidden if (keep == run and select.final_norm) else self.final_norm(x)
             pool = self._pool(ids, final)
         if not bool(torch.isfinite(hidden).all()) or (pool is not None and not bool(torch.isfinite(pool).all())):
-            raise CheckpointError(self._non_finite(ids, vectors))
+            raise NonFiniteError(self._non_finite(ids, vectors))
         return EncoderOutput(hidden, pool)
 
     def _non_finite(self, ids: torch.Tensor, vectors: torch.Tensor | None) -> str:
         """Where a non-finite encoding first appears (the failure path only: it re-runs every layer)."""
-        dtype = str(self.token_embedding.weight.dtype).removeprefix("torch.")
-        where = "the output"
-        for i, h in enumerate(self.hidden_states(ids, vectors)):
-            if not bool(torch.isfinite(h).all()):
-                where = ("the embeddings (token table, positions or textual-inversion vectors)" if i == 0
-                         else "the final layer norm" if i > self.config.layers else f"block layers.{i - 1} (0-based)")
-                break
-        fix = "" if dtype == "float32" else "; try float32"
-        return (f"{self.config.name}: the encoding turns NaN/inf at {where} in {dtype}: the weights (or an "
-                f"embedding's vectors) are too large to compute with in {dtype}{fix}. Nothing was returned")
+        i = first_non_finite(self.hidden_states(ids, vectors))
+        where = ("the output" if i is None
+                 else "the embeddings (token table, positions or textual-inversion vectors)" if i == 0
+                 else "the final layer norm" if i > self.config.layers else f"block layers.{i - 1} (0-based)")
+        return non_finite_message(self.config.name, where, self.token_embedding.weight.dtype)
 
     def _pool(self, ids: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
         is_eos = ids == EOS

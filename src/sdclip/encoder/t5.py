@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sdclip.encoder import kernels
+from sdclip.encoder.finite import NonFiniteError, first_non_finite, non_finite_message
 
 #: dtypes a weight may be stored in but never computed in: upcast to the compute dtype at use
 STORAGE_ONLY = tuple(
@@ -281,7 +282,22 @@ class T5Encoder(nn.Module):
         bias = self._bias(ids, attention_mask, x.dtype)
         for block in self.blocks:
             x = block(x, bias)
-        return rms_norm(x, self.final_norm, self.config.layer_norm_epsilon)
+        out = rms_norm(x, self.final_norm, self.config.layer_norm_epsilon)
+        if not bool(torch.isfinite(out).all()):  # one check per pass; the failure path finds the block
+            raise NonFiniteError(self._non_finite(ids, attention_mask))
+        return out
+
+    @property
+    def name(self) -> str:
+        """The encoder in words, for errors: "T5 (24 blocks × 4096)"."""
+        return f"T5 ({self.config.num_layers} blocks × {self.config.d_model})"
+
+    def _non_finite(self, ids: torch.Tensor, attention_mask: torch.Tensor | None) -> str:
+        """Where a non-finite encoding first appears (re-runs the layers one by one)."""
+        i = first_non_finite(self.hidden_states(ids, attention_mask))
+        where = ("the output" if i is None else "the embeddings (the token table)" if i == 0
+                 else "the final norm" if i > self.config.num_layers else f"block {i - 1} (0-based)")
+        return non_finite_message(self.name, where, self.dtype)
 
     def _bias(self, ids: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
         bias = self.position_bias(ids.shape[1])

@@ -23,7 +23,7 @@ import torch
 
 from sdclip.bounded_files import loads, read_json
 
-from sdclip.encoder.loading.checkpoint import CheckpointError, ShardedFiles, TensorFile, open_tensor_file
+from sdclip.encoder.loading.checkpoint import CheckpointError, ShardedFiles, TensorFile, open_tensor_file, overflow_message
 from sdclip.encoder.t5 import STORAGE_ONLY, T5Config, T5ConfigError, T5Encoder
 
 __all__ = ["SINGLE_FILE_PREFIX", "PlainSafetensors", "find_t5_prefix", "load_t5", "open_weights", "t5_config_from_tensors", "t5_folder"]
@@ -177,6 +177,8 @@ class PlainSafetensors(TensorFile):
                     raise CheckpointError(f"{self.path}: {key!r} contains NaN or infinite values")
                 if not direct:
                     part.copy_(chunk)
+                    if dtype == torch.float16 and not bool(torch.isfinite(part).all()):  # fp32 / bf16 values past fp16's range
+                        raise CheckpointError(overflow_message(chunk, dtype, f"{self.path}: {key!r}"))
         return out
 
 
@@ -372,7 +374,10 @@ def load_t5(
         t = _read(f, key, shape)
         if keep and t.dtype in STORAGE_ONLY:
             return t.to(device)
-        return t.to(device=device, dtype=to)
+        u = t.to(device=device, dtype=to)
+        if to == torch.float16 and t.dtype != to and not bool(torch.isfinite(u).all()):
+            raise CheckpointError(overflow_message(t, to, f"{f.path}: {key!r}"))
+        return u
 
     table = next(p + k for k in _TABLE_KEYS if p + k in f)
     state["embed"] = take(table, (cfg.vocab_size, cfg.d_model), keep_fp8 and not scaled)
