@@ -57,30 +57,46 @@ def running_server(app=None) -> Iterator[str]:  # noqa: ANN001
 
 
 @contextmanager
-def browser_page(url: str, width: int = 1200, height: int = 800):  # noqa: ANN201
+def chromium():  # noqa: ANN201
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": width, "height": height})
-            page.set_default_timeout(TIMEOUT_MS)
-            page.console_errors = []  # CSP violations and script errors land here
-            page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
-            page.on("pageerror", lambda e: page.console_errors.append(str(e)))
-            # nothing may be fetched from anywhere but this server (no CDN)
-            page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(url)
-                       else route.abort())
-            page.goto(url)
-            page.wait_for_selector("body[data-ready]")
-            yield page
+            yield browser
         finally:
             browser.close()
 
 
+@contextmanager
+def open_page(browser, url: str, width: int = 1200, height: int = 800):  # noqa: ANN001, ANN201
+    """A new tab on `url`, once the page has drawn its first view."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    try:
+        page.set_default_timeout(TIMEOUT_MS)
+        page.console_errors = []  # CSP violations and script errors land here
+        page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
+        page.on("pageerror", lambda e: page.console_errors.append(str(e)))
+        # nothing may be fetched from anywhere but this server (no CDN)
+        origin = url.split("?")[0]
+        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(origin)
+                   else route.abort())
+        page.goto(url)
+        page.wait_for_selector("body[data-ready]")
+        yield page
+    finally:
+        page.close()
+
+
 @pytest.fixture(scope="module")
-def page():
-    with running_server() as url, browser_page(url) as p:
+def browser():
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def page(browser):
+    with running_server() as url, open_page(browser, url) as p:
         yield p
 
 
@@ -213,6 +229,84 @@ def test_negative_box_and_and_parts(page, capsys):
     assert len(heads) == 2 and "AND weight 0.5" in heads[1]
 
 
+def test_first_open_shows_the_example_rendered(browser, capsys):
+    """A first visit shows a real prompt (text in the box, not a grey placeholder) and its tokens, never 0/75."""
+    with running_server() as url, open_page(browser, url) as p:
+        text = p.get_by_test_id("prompt").input_value()
+        assert text and "BREAK" in text
+        want = cli(capsys, text)
+        view = prompt_view(p)
+        assert view.get_by_test_id("token-count").inner_text() == f"{want['tokens']}/{want['capacity']}" != "0/75"
+        assert view.get_by_test_id("row").count() == len(want["rows"])
+        negative = p.get_by_test_id("negative").input_value()
+        assert negative and p.locator("[data-testid=negative-view]").get_by_test_id("token").count() > 0
+        # the legend explains the chips a view shows: `+` (a character's further byte tokens) and `+N pad`
+        legend = p.get_by_test_id("legend").inner_text()
+        assert "+ = one more token of the character before it" in legend and "pad = padding" in legend
+        assert p.console_errors == []
+
+
+def test_url_shares_a_prompt_and_follows_typing(browser, capsys):
+    from urllib.parse import parse_qs, quote, urlsplit
+
+    text = "a (fox:1.2) in the snow, 🦊 BREAK night"
+    with running_server() as url:
+        shared = f"{url}?prompt={quote(text)}&family=sd2&layout=truncate"
+        with open_page(browser, shared) as p:
+            assert p.get_by_test_id("prompt").input_value() == text
+            assert p.get_by_test_id("negative").input_value() == ""  # a shared prompt: no example negative
+            assert p.get_by_test_id("family").input_value() == "sd2"
+            want = cli(capsys, text, "--family", "sd2", "--layout", "truncate")
+            assert prompt_view(p).get_by_test_id("token-count").inner_text() == f"{want['tokens']}/{want['capacity']}"
+            history = p.evaluate("history.length")
+            type_prompt(p, "a cat & a dog")
+            query = parse_qs(urlsplit(p.url).query)
+            assert query["prompt"] == ["a cat & a dog"] and query["family"] == ["sd2"]
+            assert query["layout"] == ["truncate"] and p.evaluate("history.length") == history  # replaceState
+            address = p.url
+        with open_page(browser, address) as q:  # the address opens the same view
+            assert q.get_by_test_id("prompt").input_value() == "a cat & a dog"
+            assert q.get_by_test_id("layout").input_value() == "truncate"
+
+
+def test_t5_families_without_a_tokenizer_say_what_is_missing(browser):
+    with running_server() as url, open_page(browser, url) as p:
+        labels = p.locator("[data-testid=family] option").all_inner_texts()
+        assert "sd3 (needs T5)" in labels and "flux (needs T5)" in labels and "sd1" in labels
+        before = p.evaluate("document.body.dataset.ready")
+        p.select_option("[data-testid=family]", "flux")
+        p.wait_for_function("b => document.body.dataset.ready !== b", arg=before)
+        message = prompt_view(p).get_by_test_id("error-message").inner_text()
+        assert "family flux" in message and "--t5-tokenizer DIR" in message
+
+
+def test_t5_pieces_per_part(browser, capsys):
+    from sdclip.serve import create_app
+    from sdclip.tokenizer.t5 import T5Tokenizer
+    from tiny_pipelines import t5_tokenizer_dir
+
+    folder = t5_tokenizer_dir()
+    app = create_app(t5_tokenizer=T5Tokenizer.from_folder(folder), family="flux")
+    text = "a (red:1.3) fox AND a misty forest:0.5"
+    with running_server(app) as url, open_page(browser, url) as p:
+        assert "flux" in p.locator("[data-testid=family] option").all_inner_texts()
+        type_prompt(p, text)
+        want = cli(capsys, text, "--family", "flux", "--t5-tokenizer", str(folder))
+        rows = prompt_view(p).get_by_test_id("t5")
+        assert rows.count() == len(want["parts"]) == 2
+        for k, part in enumerate(want["parts"]):
+            row = rows.nth(k)
+            assert row.get_by_test_id("t5-count").inner_text() == f"T5 · {part['t5']['count']}/512"
+            pieces = row.get_by_test_id("t5-piece")
+            shown = [x.removeprefix("▁") or "▁" for x in part["t5"]["pieces"][:-1]]  # </s> is a special chip
+            assert pieces.all_inner_texts() == shown
+            ids = [int(i) for i in pieces.evaluate_all("els => els.map(e => e.dataset.id)")]
+            assert ids == part["t5"]["ids"][: len(shown)]
+        red = rows.nth(0).get_by_test_id("t5-piece").filter(has_text="red")
+        assert red.count() >= 1 and red.first.get_attribute("title").startswith("weight 1.3 ")
+        assert p.console_errors == []
+
+
 def test_no_script_errors(page):
     """Runs last: nothing the tests typed (errors included) broke a script or hit the page's CSP."""
     expected = "Failed to load resource: the server responded with a status of 400"  # the bad prompts' answers
@@ -221,7 +315,7 @@ def test_no_script_errors(page):
 
 def screenshot(out: Path) -> None:
     """The README's picture: an example prompt with weights, BREAK, a schedule and a negative."""
-    with running_server() as url, browser_page(url, 1100, 760) as p:
+    with running_server() as url, chromium() as b, open_page(b, url, 1100, 760) as p:
         type_prompt(p, "a (red:1.3) fox in a [misty] forest, café 森林 🦊, [summer:winter:0.5] light, "
                        "highly detailed BREAK golden hour, (soft focus:0.8)")
         type_prompt(p, "blurry, lowres, (watermark:1.2)", box="negative")

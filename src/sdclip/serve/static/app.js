@@ -3,6 +3,11 @@
 "use strict";
 
 const DEBOUNCE_MS = 150;
+// shown rendered on a first visit (real text, not a placeholder), as `sdclip inspect` shows its example
+const EXAMPLE = { prompt: "a (red:1.3) fox in a [misty] forest, highly detailed, BREAK golden hour light",
+                  negative: "blurry, lowres" };
+// what the address bar carries, so a copied URL opens the same view (?prompt=…&family=…)
+const SELECTS = ["syntax", "family", "layout", "normalize", "preset"];
 const $ = (id) => document.getElementById(id);
 const state = { info: null, seq: 0, controller: null, timer: 0 };
 
@@ -36,17 +41,17 @@ function weightColour(w) {
 function options() {
   const form = $("options");
   const out = {};
-  for (const name of ["syntax", "family", "layout", "normalize", "preset"]) {
+  for (const name of SELECTS) {
     const v = form.elements[name].value;
     if (v) out[name] = v;
   }
   return out;
 }
 
-function fillSelect(select, values, chosen, blankLabel) {
+function fillSelect(select, values, chosen, blankLabel, label = (v) => v) {
   select.replaceChildren();
   if (blankLabel) select.append(el("option", { value: "", text: blankLabel }));
-  for (const v of values) select.append(el("option", { value: v, text: v, selected: v === chosen }));
+  for (const v of values) select.append(el("option", { value: v, text: label(v), selected: v === chosen }));
 }
 
 async function loadInfo() {
@@ -59,11 +64,49 @@ async function loadInfo() {
   }
   const c = state.info.choices;
   const form = $("options");
+  // SD3 / Flux need the model's T5 tokenizer: say so in the list when this server has none
+  const needsT5 = new Set(state.info.t5_tokenizer ? [] : (state.info.needs_t5 || []));
+  const family = (v) => (needsT5.has(v) ? `${v} (needs T5)` : v);
   fillSelect(form.elements.syntax, c.syntax, null, "(preset's)");
-  fillSelect(form.elements.family, c.family, state.info.family);
+  fillSelect(form.elements.family, c.family, state.info.family, null, family);
   fillSelect(form.elements.layout, c.layout, null, "(preset's)");
   fillSelect(form.elements.normalize, c.normalize, null, "(preset's)");
   fillSelect(form.elements.preset, c.preset, "a1111");
+}
+
+// the view from the address bar (?prompt=…&negative=…&family=…), else the example
+function readUrl() {
+  const q = new URLSearchParams(window.location.search);
+  const shared = q.has("prompt") || q.has("negative");
+  $("prompt").value = shared ? q.get("prompt") || "" : EXAMPLE.prompt;
+  $("negative").value = shared ? q.get("negative") || "" : EXAMPLE.negative;
+  const form = $("options");
+  for (const name of SELECTS) {
+    const v = q.get(name);
+    if (v !== null && [...form.elements[name].options].some((o) => o.value === v)) form.elements[name].value = v;
+  }
+  if (q.has("embeddings")) form.elements.embeddings.value = q.get("embeddings");
+  if (q.has("steps")) $("steps").value = q.get("steps");
+  if (q.has("step")) $("step").value = q.get("step");
+}
+
+// the address bar follows the view (replaceState: no history entry per keystroke); defaults left out
+function writeUrl() {
+  const q = new URLSearchParams();
+  q.set("prompt", $("prompt").value);
+  if ($("negative").value) q.set("negative", $("negative").value);
+  const form = $("options");
+  const defaults = { family: state.info ? state.info.family : "sd1", preset: "a1111" };
+  for (const name of SELECTS) {
+    const v = form.elements[name].value;
+    if (v && v !== (defaults[name] || "")) q.set(name, v);
+  }
+  if (form.elements.embeddings.value.trim()) q.set("embeddings", form.elements.embeddings.value.trim());
+  const { steps, step } = schedule();
+  if (steps !== 20) q.set("steps", String(steps));
+  if (step !== 1) q.set("step", String(step));
+  const url = `${window.location.pathname}?${q.toString()}`;
+  if (url !== window.location.pathname + window.location.search) history.replaceState(null, "", url);
 }
 
 // "name:2, other:4" → {name: 2, other: 4}; a bare name means one vector; unreadable entries are skipped
@@ -116,6 +159,7 @@ async function refresh() {
   }
   if (seq !== state.seq) return; // a newer edit is on its way
   $("status").textContent = "";
+  writeUrl();
   renderSchedule(results);
   renderView($("prompt-view"), "prompt", prompt, results[0]);
   renderView($("negative-view"), "negative", negative, results[1]);
@@ -185,6 +229,7 @@ function renderView(section, which, text, result) {
       if (row.break_before) box.append(el("div", { class: "break", testid: "break", text: "BREAK" }));
       box.append(renderRow(row, rowIndex++, view.per_row));
     });
+    if (part.t5) box.append(renderT5(part.t5));
     for (const note of part.notes) box.append(el("div", { class: "note", testid: "note", text: note }));
     if (part.dropped) box.append(el("div", { class: "dropped-text", testid: "dropped-text" },
       el("b", { text: "dropped: " }), el("del", { text: part.dropped })));
@@ -226,6 +271,34 @@ function renderRow(row, index, perRow) {
   return line;
 }
 
+// SD3 / Flux: the part's T5 sequence, one chip per SentencePiece piece up to </s>
+function renderT5(t5) {
+  const line = el("div", { class: "row t5-row", testid: "t5-row" });
+  const over = t5.dropped ? " over" : "";
+  line.append(el("span", { class: `row-head${over}`, testid: "t5-count",
+    title: `T5: ${t5.count} positions used (</s> included) of ${t5.capacity}; ${t5.length} encoded`,
+    text: `T5 · ${t5.count}/${t5.capacity}` }));
+  const chips = el("span", { class: "slots" });
+  for (const p of t5.pieces) {
+    if (p.special) {
+      chips.append(el("span", { class: "special eos", title: `id ${p.id}`, text: p.piece }));
+      continue;
+    }
+    chips.append(el("span", {
+      class: p.word ? "token t5 word" : "token t5", testid: "t5-piece", background: weightColour(p.w),
+      title: `weight ${fmt(p.w)} · id ${p.id} · piece ${JSON.stringify(p.piece)}`,
+      "data-weight": String(p.w), "data-id": String(p.id), text: p.t,
+    }));
+  }
+  const pad = t5.length - t5.pieces.length;
+  if (pad > 0) chips.append(el("span", { class: "special pad", title: "pad id 0", text: `+${pad} pad` }));
+  line.append(chips);
+  const box = el("div", { class: "t5", testid: "t5" }, line);
+  if (t5.dropped) box.append(el("div", { class: "dropped-text", testid: "t5-dropped" },
+    el("b", { text: "T5 dropped: " }), el("del", { text: t5.dropped })));
+  return box;
+}
+
 function init() {
   for (const id of ["prompt", "negative"]) $(id).addEventListener("input", scheduleRefresh);
   $("options").addEventListener("change", scheduleRefresh);
@@ -233,7 +306,7 @@ function init() {
   $("options").addEventListener("submit", (e) => e.preventDefault());
   $("step").addEventListener("input", scheduleRefresh);
   $("steps").addEventListener("input", scheduleRefresh);
-  loadInfo().then(refresh);
+  loadInfo().then(() => { readUrl(); refresh(); });
 }
 
 document.addEventListener("DOMContentLoaded", init);
