@@ -23,6 +23,7 @@ TORCH_FREE_TESTS = (
     "tests/tokenizer/test_token_normalization.py",
     "tests/layout/test_layout.py",
     "tests/conventions/test_presets.py",
+    "tests/conventions/test_clip_skip.py",
     "tests/prepare/test_prepare.py",
     "tests/cli/test_cli_inspect.py",
 )
