@@ -5,18 +5,17 @@ Contract (keep it stable): `--out DIR` receives
   averaged over the traced layers, heads and steps, so at every pixel the N maps sum to 1;
 - tokens.json: a list with one entry per slot (index, text, piece, word, word_span, row, weight, kind);
 - image.png, words/NN_word.png (one overlay per word of the prompt), contact_sheet.png.
-The folder is assembled beside DIR and moved in file by file, so a failure leaves no partial result.
+The folder is assembled beside DIR and moved in file by file, so a failure leaves no partial result; a file
+the command did not write is never replaced or removed (DIR/.sdclip-attention.json records its own files;
+sdclip.attention.output), and DIR is never inside what the model load reads. Progress is drawn on a terminal.
 Imported at CLI start-up: torch and diffusers are imported inside `run` only.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 from dataclasses import asdict
@@ -28,7 +27,10 @@ from sdclip.conventions.presets import POOLED_SOURCES, WEIGHTINGS, Options
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("attention", help="generate an image and write each token's cross-attention map")
-    p.add_argument("--model", required=True, help="diffusers pipeline folder (SD1 / SD2 / SDXL)")
+    p.add_argument("--model", required=True,
+                   help="diffusers pipeline folder, or a single .safetensors checkpoint (SD1 / SD2 / SDXL)")
+    p.add_argument("--pipeline-config", metavar="DIR",
+                   help="single-file --model offline: a local diffusers folder of the same model type, for its configs")
     p.add_argument("--prompt", required=True, help="the prompt")
     p.add_argument("--negative", help="negative prompt (default: none)")
     p.add_argument("--steps", type=whole_number, default=20, help="denoising steps (default 20)")
@@ -42,7 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pooled-source", choices=POOLED_SOURCES, help="SDXL pooled vector source row")
     p.add_argument("--dtype", choices=DTYPES, default="fp32", help="pipeline precision (default fp32)")
     p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1, mps …")
-    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output folder (never inside the model; files it did not write are never replaced)")
     add_text_options(p)
     p.set_defaults(func=run)
 
@@ -87,50 +90,72 @@ def run(args: argparse.Namespace) -> int:
     resolutions = parse_resolutions(args.resolutions)
     options = model_options(args)
     model = Path(args.model)
-    if not (model / "model_index.json").is_file():
-        raise ValueError(f"--model wants a diffusers pipeline folder (with model_index.json): {args.model}")
+    config = getattr(args, "pipeline_config", None)
 
     import torch
-    from diffusers import DiffusionPipeline
+
+    from sdclip.attention.load import check_model, load_pipeline
+    from sdclip.attention.output import WRITES, check_folder
+    from sdclip.encoder.device import resolve_device
+    from sdclip.encoder.loading.reads import model_reads
+    from sdclip.outputs import check_output_folder
+
+    # everything that can be refused is refused here, before the pipeline loads and before any folder is made
+    check_model(model)
+    if config is not None and not (Path(config) / "model_index.json").is_file():
+        raise ValueError(f"--pipeline-config wants a local diffusers pipeline folder (with model_index.json): {config}")
+    device = resolve_device(args.device)
+    check_output_folder(args.out, model_reads([model, *([config] if config else [])]), writes=WRITES)
+    check_folder(args.out)
+
+    # the libraries' own start-up notes (accelerate, torchvision) are not this command's output; a user's setting wins
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
     from sdclip.attention import trace
+    from sdclip.attention.progress import progress
     from sdclip.pipelines import conditioner_from_pipeline
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
-    from transformers.utils import logging as transformers_logging
-
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
-    pipe = DiffusionPipeline.from_pretrained(str(model), dtype=dtype, local_files_only=True)
-    if getattr(pipe, "unet", None) is None:
-        raise ValueError(f"{args.model} is a {type(pipe).__name__}: `attention` traces UNet pipelines (SD1 / SD2 / SDXL)")
-    pipe = pipe.to(args.device)
-    pipe.set_progress_bar_config(disable=True)
-    scale = int(pipe.vae_scale_factor)
-    if size is None:
-        side = int(pipe.unet.config.sample_size) * scale
-        size = (side, side)
-    step = max(8, scale)  # diffusers' own rule for SD pipelines, and whole latent pixels
-    if size[0] % step or size[1] % step:
-        raise ValueError(f"--size {size[0]}x{size[1]}: both sides must be multiples of {step} for this pipeline")
+    with progress(args.steps) as shown:
+        shown.stage("loading the pipeline")
+        pipe = load_pipeline(model, dtype, config)
+        if getattr(pipe, "unet", None) is None:
+            raise ValueError(f"{args.model} is a {type(pipe).__name__}: `attention` traces UNet pipelines (SD1 / SD2 / SDXL)")
+        pipe = pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        scale = int(pipe.vae_scale_factor)
+        if size is None:
+            side = int(pipe.unet.config.sample_size) * scale
+            size = (side, side)
+        step = max(8, scale)  # diffusers' own rule for SD pipelines, and whole latent pixels
+        if size[0] % step or size[1] % step:
+            raise ValueError(f"--size {size[0]}x{size[1]}: both sides must be multiples of {step} for this pipeline")
 
-    cond = conditioner_from_pipeline(pipe, **_overrides(options, args.preset))
-    pair = cond(args.prompt, args.negative)
-    kwargs = {k: v.to(device=pipe.device, dtype=pipe.dtype) for k, v in pair.diffusers_kwargs().items()}
-    with trace(pipe, conditioner=cond, prompt=args.prompt, steps=traced_steps, resolutions=resolutions) as tc:
-        image = pipe(
-            **kwargs,
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance,
-            generator=torch.Generator().manual_seed(args.seed),
-            width=size[0],
-            height=size[1],
-            output_type="pil",
-        ).images[0]
-    maps = tc.maps()
-    write_result(args.out, maps, image, {"prompt": args.prompt, "negative": args.negative or "", "seed": str(args.seed),
-                                         "steps": str(args.steps), "model": str(model)})
+        shown.stage("encoding the prompt")
+        cond = conditioner_from_pipeline(pipe, **_overrides(options, args.preset))
+        pair = cond(args.prompt, args.negative)
+        kwargs = {k: v.to(device=pipe.device, dtype=pipe.dtype) for k, v in pair.diffusers_kwargs().items()}
+        shown.denoising()
+        with trace(pipe, conditioner=cond, prompt=args.prompt, steps=traced_steps, resolutions=resolutions) as tc:
+            image = pipe(
+                **kwargs,
+                num_inference_steps=args.steps,
+                guidance_scale=args.guidance,
+                generator=torch.Generator().manual_seed(args.seed),
+                width=size[0],
+                height=size[1],
+                output_type="pil",
+                callback_on_step_end=shown.step_callback,
+            ).images[0]
+        shown.stage("writing maps and pictures")
+        maps = tc.maps()
+        write_result(args.out, maps, image, {"prompt": args.prompt, "negative": args.negative or "",
+                                             "seed": str(args.seed), "steps": str(args.steps), "model": str(model)})
     print(f"wrote {args.out}: maps {list(maps.maps.shape)} ({len(maps.words())} words), image {size[0]}x{size[1]}")
     return 0
 
@@ -141,39 +166,7 @@ def _overrides(options: Options, preset: str) -> dict:
 
 
 def write_result(out: Path, maps, image, metadata: dict[str, str]) -> None:  # noqa: ANN001
-    """Every output file, assembled in a sibling temp folder and then moved into `out` (one rename each)."""
-    from safetensors.torch import save_file
+    """Every output file into `out`, replacing only files an earlier run wrote (sdclip.attention.output)."""
+    from sdclip.attention.output import write_result as write
 
-    from sdclip.attention.pictures import contact_sheet, word_overlays
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        meta = {**metadata, "image_size": "x".join(map(str, maps.image_size[::-1])), "layout": "[N, H, W] at latent size"}
-        save_file({"maps": maps.maps.float().contiguous()}, str(tmp / "maps.safetensors"), metadata=meta)
-        (tmp / "tokens.json").write_text(json.dumps([s.to_json() for s in maps.slots], ensure_ascii=False, indent=1), "utf-8")
-        image.save(tmp / "image.png")
-        (tmp / "words").mkdir()
-        for i, (word, pic) in enumerate(word_overlays(maps, image)):
-            pic.save(tmp / "words" / f"{i:02d}_{_slug(word)}.png")
-        contact_sheet(maps, image).save(tmp / "contact_sheet.png")
-        for path in tmp.rglob("*"):
-            if path.is_file():
-                with open(path, "rb") as fh:
-                    os.fsync(fh.fileno())
-        if not out.exists():
-            os.replace(tmp, out)
-            return
-        for entry in sorted(tmp.iterdir()):
-            target = out / entry.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(entry, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _slug(word: str) -> str:
-    return re.sub(r"[^\w-]+", "_", word, flags=re.ASCII).strip("_")[:40] or "word"
+    write(out, maps, image, metadata)
