@@ -153,7 +153,9 @@ def _write(cond, prompts: list[str], negative, length: int, args, metadata: dict
         with atomic_path(args.out) as tmp:
             out = StreamingSafetensors(tmp, specs, metadata)
             try:
-                with Progress(transient=True, console=Console(stderr=True), disable=len(prompts) <= args.batch_size) as bar:
+                console = Console(stderr=True)  # drawn in a terminal only: a log gets no blank line from it
+                with Progress(transient=True, console=console,
+                              disable=len(prompts) <= args.batch_size or not console.is_terminal) as bar:
                     task = bar.add_task("encoding", total=len(prompts))
                     for lo in range(0, len(prompts), args.batch_size):
                         batch = prompts[lo : lo + args.batch_size]
