@@ -138,7 +138,7 @@ def describe(
 
 
 def _t5_json(rows: Rows, options: Options, role, tokenizer) -> dict:  # noqa: ANN001
-    from sdclip.prepare import t5_row_length
+    from sdclip.layout.t5 import t5_row_length
 
     limit = rows.length if options.t5_length == "clip" else t5_row_length(options, role, 1)[1]
     n = rows.eos[0]

@@ -268,3 +268,73 @@ def test_window_keeps_a_phrase_that_chunking_cuts():
             if k and t in (golden + 1, golden + 2):
                 assert golden in toks[:s]  # kept from a window that also holds 'golden' before it
                 assert s - 1 >= 25
+
+
+# ---- issue 24.7: windows with small strides are bounded and linear --------------------------------------
+
+def _run_stream(n_runs: int, size: int = 2) -> TokenStream:
+    """Embedding runs of `size` vectors between single words: w, e e, w, e e, ..."""
+    ids, runs = [], []
+    for k in range(n_runs):
+        ids.append(WORD)
+        runs.append((len(ids), size))
+        ids.extend([FIRST_VECTOR_ID + j for j in range(size)])
+    return stream_of(ids, runs=runs)
+
+
+def _window_by_scanning_runs(stream: TokenStream, spec: LayoutSpec) -> list[list[int]]:
+    """The window members as the first version found them (every run scanned per cut): the reference."""
+    cap, stride, out = spec.capacity, spec.stride, []
+    runs = dict(stream.runs)
+    start, hi = 0, len(stream)
+    while True:
+        end = min(hi, start + cap)
+        for r0, rn in runs.items():
+            if r0 < end < r0 + rn:
+                end = r0
+        out.append(list(range(start, end)))
+        if end >= hi:
+            return out
+        nxt = start + stride
+        for r0, rn in runs.items():
+            if r0 < nxt < r0 + rn:
+                nxt = r0
+        start = nxt if nxt > start else end
+
+
+@pytest.mark.parametrize("stride", [1, 2, 7, 50])
+def test_window_cuts_around_runs_as_before(stride):
+    stream = _run_stream(60)
+    got = layout(stream, LayoutSpec(mode="window", stride=stride))
+    assert members(got) == _window_by_scanning_runs(stream, LayoutSpec(mode="window", stride=stride))
+
+
+def test_window_stride_1_refuses_past_max_windows_while_making_them():
+    """Stride 1 over 60,000 tokens would be 60,000 rows of 77 slots (a 61 kB prompt took 8.9 s of CPU and a
+    call 30 s): refused once MAX_WINDOWS are made, with the stride named."""
+    import time
+
+    from sdclip.layout import RowLimitError
+    from sdclip.layout.window import MAX_WINDOWS
+
+    stream = stream_of([WORD] * 60_000)
+    t = time.process_time()
+    with pytest.raises(RowLimitError, match=rf"at most {MAX_WINDOWS} windows.*stride 1"):
+        layout(stream, LayoutSpec(mode="window", stride=1))
+    assert time.process_time() - t < 20  # ~0.3 s: bounded by MAX_WINDOWS, not by the 60,000 tokens
+    # a smaller row limit refuses first, as every layout does
+    with pytest.raises(RowLimitError, match="row_limit=64"):
+        layout(stream, LayoutSpec(mode="window", stride=1, row_limit=64))
+    assert len(layout(stream_of([WORD] * 3000), LayoutSpec(mode="window", stride=1))) == 3000 - 75 + 1
+
+
+def test_window_and_compel_rows_over_many_runs_are_linear():
+    """3,000 embedding runs: each cut looks its run up (before: every run scanned per window, ~9 s here)."""
+    import time
+
+    stream = _run_stream(3000)
+    t = time.process_time()
+    rows = layout(stream, LayoutSpec(mode="window", stride=3))
+    layout(stream, LayoutSpec(mode="chunk", chunk_style="compel"))
+    assert time.process_time() - t < 20  # well under a second now
+    assert all(s.count(FIRST_VECTOR_ID) == s.count(FIRST_VECTOR_ID + 1) for s in rows.ids)  # no run split

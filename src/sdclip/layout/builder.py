@@ -64,6 +64,16 @@ def run_lengths(stream: TokenStream) -> dict[int, int]:
     return {start: length for start, length in stream.runs}
 
 
+def run_interiors(stream: TokenStream) -> dict[int, int]:
+    """index strictly inside an embedding run → the run's start: one dict look-up per cut, where scanning
+    every run per row made window / compel layouts quadratic in the embeddings of a prompt."""
+    inside: dict[int, int] = {}
+    for start, length in stream.runs:
+        for i in range(start + 1, start + length):
+            inside[i] = start
+    return inside
+
+
 def segments(stream: TokenStream) -> list[tuple[int, int]]:
     """[lo, hi) token ranges between BREAKs (a BREAK at the very start gives an empty first segment)."""
     bounds = sorted(set([0] + [x for x in stream.breaks if 0 <= x <= len(stream)] + [len(stream)]))

@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable
 from functools import lru_cache
 
-from sdclip.layout.builder import RowBuilder, run_lengths, segments
+from sdclip.layout.builder import RowBuilder, run_interiors, run_lengths, segments
 from sdclip.layout.rows import Rows
 from sdclip.layout.spec import LayoutSpec
 from sdclip.tokenizer.stream import TokenStream
@@ -146,7 +146,9 @@ def _word_end_ids() -> frozenset[int]:
     return frozenset(i for t, i in vocab.items() if t.endswith(END_OF_WORD))
 
 
-def _compel_split(stream: TokenStream, lo: int, hi: int, cap: int, runs: dict[int, int]) -> int:
+def _compel_split(
+    stream: TokenStream, lo: int, hi: int, cap: int, runs: dict[int, int], inside: dict[int, int]
+) -> int:
     """compel's `_find_next_best_split_point` for tokens lo..hi-1: how many go into the next row.
 
     Never inside an embedding's vector run: a cut there moves before the run (or after it, for a run that
@@ -160,9 +162,9 @@ def _compel_split(stream: TokenStream, lo: int, hi: int, cap: int, runs: dict[in
         if found is not None:
             cut = found + 1
             break
-    for r0, rn in runs.items():
-        if r0 < lo + cut < r0 + rn:
-            cut = r0 - lo if r0 > lo else rn
+    r0 = inside.get(lo + cut)
+    if r0 is not None:
+        cut = r0 - lo if r0 > lo else runs[r0]
     return cut
 
 
@@ -170,10 +172,10 @@ def chunk_compel(stream: TokenStream, spec: LayoutSpec) -> Rows:
     """compel's `_chunk_and_pad_token_ids` with `truncate=False` (BREAK, which compel lacks, starts a row)."""
     b = RowBuilder(stream, spec)
     cap = spec.capacity
-    runs = run_lengths(stream)
+    runs, inside = run_lengths(stream), run_interiors(stream)
     for lo, hi in segments(stream):
         while True:
-            n = _compel_split(stream, lo, hi, cap, runs)
+            n = _compel_split(stream, lo, hi, cap, runs, inside)
             if n > cap:
                 raise ValueError(f"an embedding of {n} vectors cannot fit in a row of {cap} tokens")
             b.emit(list(range(lo, lo + n)))

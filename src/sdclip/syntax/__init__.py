@@ -53,6 +53,7 @@ def parse(
     old_scheduling: bool = False,
     embedding_match: str = "word",
     unknown_embedding: str = "error",
+    max_parts: int | None = None,
 ) -> Prompt:
     """Parse `text` in `dialect`; names in `embeddings` become textual-inversion references.
 
@@ -64,6 +65,7 @@ def parse(
     `<name>` references are still parsed).
     unknown_embedding (comfy `embedding:name` not in `embeddings`): "error" keeps the reference (the
     tokenizer refuses it); "drop" removes it and adds a line to `Prompt.warnings`, as ComfyUI does.
+    max_parts: parse only the first this many AND parts and count the rest (`Prompt.parts_omitted`).
     """
     if dialect not in _PARSERS:
         raise ValueError(f"unknown dialect {dialect!r}; expected one of {DIALECTS}")
@@ -76,7 +78,9 @@ def parse(
             f"unknown unknown_embedding {unknown_embedding!r}; choose one of {', '.join(UNKNOWN_EMBEDDINGS)}"
         )
     text = _check_text(text)
-    opts = ParseOptions(step, steps, hires_steps, old_scheduling, embedding_match, unknown_embedding)
+    if max_parts is not None and max_parts < 1:
+        raise ValueError(f"max_parts must be ≥ 1, got {max_parts}")
+    opts = ParseOptions(step, steps, hires_steps, old_scheduling, embedding_match, unknown_embedding, max_parts)
     paused = gc.isenabled() and len(text) > 10_000
     if paused:  # parsing allocates many small acyclic objects: cyclic GC passes only cost time
         gc.disable()

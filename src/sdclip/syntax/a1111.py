@@ -575,7 +575,11 @@ def parse(text: str, embeddings: Collection[str] = (), opts: ParseOptions = Pars
     body, networks, tag_map = strip_extra_networks(text)
     n = len(text)
     parts = []
+    omitted = 0
     for s, e, weight, wpos in split_and(body):
+        if opts.max_parts is not None and len(parts) >= opts.max_parts:
+            omitted += 1  # counted, not parsed
+            continue
         if weight is not None:
             checked(weight, body[s:e], text, _outer(tag_map, wpos))
         sub, inner = at_step(body[s:e], step, timeline)
@@ -586,8 +590,8 @@ def parse(text: str, embeddings: Collection[str] = (), opts: ParseOptions = Pars
         if embedding_match == "word":
             pieces = split_embeddings(pieces, embeddings)
         parts.append(Part(to_sequence(pieces, text), 1.0 if weight is None else weight))
-    combine = "and" if len(parts) > 1 or parts[0].weight != 1.0 else "single"
-    return Prompt(tuple(parts), combine, True, text, networks)
+    combine = "and" if len(parts) + omitted > 1 or parts[0].weight != 1.0 else "single"
+    return Prompt(tuple(parts), combine, True, text, networks, parts_omitted=omitted)
 
 
 def _outer(tag_map: OffsetMap | None, pos: int) -> int:

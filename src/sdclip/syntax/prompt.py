@@ -127,6 +127,8 @@ class Prompt:
     #: things the parser dropped or could not honour, one readable line each (e.g. an unknown
     #: ComfyUI `embedding:name` under unknown_embedding="drop")
     warnings: tuple[str, ...] = ()
+    #: AND parts counted but not parsed (ParseOptions.max_parts); 0 for a whole parse
+    parts_omitted: int = 0
 
 
 @dataclass(frozen=True)
@@ -179,4 +181,7 @@ class ParseOptions:
     old_scheduling: bool = False
     embedding_match: str = "word"
     unknown_embedding: str = "error"
+    #: parse at most this many AND parts; the rest are only counted (`Prompt.parts_omitted`): a summary
+    #: (`sdclip inspect`) of a prompt of 1.7 M parts needs its first few, not 1.7 M parsed parts
+    max_parts: int | None = None
 
