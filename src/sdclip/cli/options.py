@@ -31,8 +31,9 @@ class CheckedNumber:
 
     kind = "number"
 
-    def __init__(self, low: float | None = None, high: float | None = None) -> None:
+    def __init__(self, low: float | None = None, high: float | None = None, span: str | None = None) -> None:
         self.low, self.high = low, high
+        self.span = span or f"{low}..{high}"  #: the range in words, for the refusal
 
     def convert(self, text: str) -> float | int:
         raise NotImplementedError
@@ -45,7 +46,7 @@ class CheckedNumber:
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a {self.kind}") from None
         if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
-            raise argparse.ArgumentTypeError(f"{text} is outside {self.low}..{self.high}")
+            raise argparse.ArgumentTypeError(f"{text} is outside {self.span}")
         return value
 
     def __repr__(self) -> str:  # argparse names the type in some messages
@@ -75,9 +76,9 @@ class BoundedInt(CheckedNumber):
 
 finite_float = FiniteFloat()
 #: any whole number a signed 64-bit integer holds: the range checks stay with the commands' own messages
-whole_number = BoundedInt(-(2**63), 2**63 - 1)
+whole_number = BoundedInt(-(2**63), 2**63 - 1, "what a 64-bit integer holds")
 #: a random generator's seed: torch.Generator.manual_seed takes 0 .. 2**64 - 1
-seed_number = BoundedInt(0, 2**64 - 1)
+seed_number = BoundedInt(0, 2**64 - 1, "0..2**64-1 (a 64-bit seed)")
 
 
 def add_text_options(p: argparse.ArgumentParser) -> None:
