@@ -85,7 +85,7 @@ def command_graph(command: str) -> tuple[set[str], set[str]]:
     """(sdclip modules, third-party top-level names) that `sdclip COMMAND` can import."""
     seen: set[str] = set()
     third_party: set[str] = set()
-    todo = [f"sdclip.cli.{command}"]
+    todo = ["sdclip.cli.main", f"sdclip.cli.{command}"]  # the entry point, then the command's module
     while todo:
         name = todo.pop()
         if name in seen:
