@@ -96,12 +96,12 @@ def build_view(
 def _t5_view(t5: dict) -> dict:
     """SD3 / Flux: a part's T5 sequence as the page draws it, one chip per SentencePiece piece up to `</s>`.
     `t` is the piece without its word-start mark `▁` (`word` says it had one); a lone `▁` (the tokenizer's
-    own piece before a character it has no word-initial piece for) keeps the mark, so it is never drawn as
-    the next piece's letter."""
+    own piece before a character it has no word-initial piece for) is shown as itself, so it is never drawn
+    as the next piece's letter."""
     pieces = []
     for i, piece in enumerate(t5["pieces"]):
-        word = piece.startswith("▁")
-        pieces.append({"piece": piece, "t": piece[1:] if word and len(piece) > 1 else piece, "word": word,
+        word = piece.startswith("▁") and len(piece) > 1
+        pieces.append({"piece": piece, "t": piece[1:] if word else piece, "word": word,
                        "id": t5["ids"][i], "w": t5["weights"][i], "special": piece == "</s>"})
     limit = t5["limit"]
     return {"pieces": pieces, "count": t5["count"], "length": t5["length"], "limit": limit,
