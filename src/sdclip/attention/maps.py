@@ -55,25 +55,27 @@ class AttentionMaps:
                 seen[s.word_span] = s.word
         return [(w, span) for span, w in seen.items()]
 
-    def word_slots(self, word: str | tuple[int, int]) -> list[int]:
-        """Slots of every occurrence of `word` (case-insensitive), or of the occurrence at a character span."""
+    def word_slots(self, word: str | tuple[int, int], encoder: str | None = None) -> list[int]:
+        """Slots of every occurrence of `word` (case-insensitive), or of the occurrence at a character span;
+        encoder: only that block's slots (SD3: "clip" or "t5"; default every block)."""
+        slots = [s for s in self.slots if encoder is None or s.encoder == encoder]
         if isinstance(word, tuple):
-            idx = [s.index for s in self.slots if s.word_span == word]
+            idx = [s.index for s in slots if s.word_span == word]
         else:
-            idx = [s.index for s in self.slots if s.word_span is not None and s.word.casefold() == word.casefold()]
+            idx = [s.index for s in slots if s.word_span is not None and s.word.casefold() == word.casefold()]
         if not idx:
             known = ", ".join(dict.fromkeys(w for w, _ in self.words())) or "none"
             raise UnknownWordError(f"no word {word!r} in the traced prompt; its words: {known}")
         return idx
 
-    def word(self, word: str | tuple[int, int]) -> Tensor:
+    def word(self, word: str | tuple[int, int], encoder: str | None = None) -> Tensor:
         """The share of attention the word's tokens got [h, w]: the sum of their maps (subword tokens and
-        repeated occurrences alike), so it stays a probability in [0, 1]."""
-        return self.maps[self.word_slots(word)].sum(dim=0)
+        repeated occurrences alike, in every block unless `encoder` names one), so it stays in [0, 1]."""
+        return self.maps[self.word_slots(word, encoder)].sum(dim=0)
 
-    def kind(self, kind: str) -> Tensor:
-        """The summed map of every slot of one kind (BOS, EOS, pad, token, embedding)."""
-        idx = [s.index for s in self.slots if s.kind == kind]
+    def kind(self, kind: str, encoder: str | None = None) -> Tensor:
+        """The summed map of every slot of one kind (BOS, EOS, pad, token, embedding, `</s>`)."""
+        idx = [s.index for s in self.slots if s.kind == kind and (encoder is None or s.encoder == encoder)]
         return self.maps[idx].sum(dim=0) if idx else torch.zeros_like(self.maps[0])
 
     def upsample(self, maps: Tensor | None = None, size: tuple[int, int] | None = None) -> Tensor:

@@ -45,6 +45,20 @@ def mmdit_kind(pipe: object) -> str:
     raise ValueError(f"{name} is not an SD3 / Flux / Chroma transformer: no MM-DiT tracing for it")
 
 
+def check_request(pipe: object, *, steps: int, width: int, height: int) -> None:
+    """One-line refusals, before any work, of what an MM-DiT generation cannot trace: no transformer, no
+    steps, or an image size that is not a whole number of image tokens (VAE factor × patch on each side)."""
+    kind = mmdit_kind(pipe)
+    if steps < 1:
+        raise ValueError(f"steps must be ≥ 1, got {steps}")
+    vae = int(getattr(pipe, "vae_scale_factor", 8))
+    patch = int(pipe.transformer.config.patch_size) if kind == "sd3" else 2  # type: ignore[attr-defined]
+    step = vae * patch
+    if width < 1 or height < 1 or width % step or height % step:
+        raise ValueError(f"size {width}x{height}: both sides must be multiples of {step} for this {type(pipe).__name__} "
+                         f"(VAE ×{vae}, {patch}×{patch} image tokens)")
+
+
 def layer_type(key: str) -> str | None:
     """"joint" / "single" for a processor key that reads text, None for the rest (SD3.5's image-only attn2)."""
     if not key.endswith(".attn.processor"):

@@ -35,7 +35,8 @@ def conditioning_slots(cond: object, prompt: str, negative: str | None, total: i
         else:
             table = list(slot_table(prepared, cond.tokenizer, size))  # type: ignore[attr-defined]
             name = "clip"
-        out.extend(replace(s, index=len(out) + i, encoder=name) for i, s in enumerate(table))
+        base = len(out)
+        out.extend([replace(s, index=base + i, encoder=name) for i, s in enumerate(table)])
     if len(out) != total:
         raise ValueError(f"the conditioning has {total} slots but its prompt's table {len(out)}")
     return tuple(out)
@@ -61,11 +62,12 @@ def t5_block_slots(prepared: object, e: int, tokenizer: object, length: int) -> 
                     continue
                 a, b = stream.spans[t]
                 word, span = _word_around(stream.source, a, b)
-                out.append(Slot(len(out), stream.source[a:b], piece, word, span, r, weight, "token"))
+                out.append(Slot(len(out), _text(stream.source, a, b, piece), piece, word, span, r, weight, "token"))
     if len(out) > length:
         raise ValueError(f"the prompt has {len(out)} T5 slots, more than the block's {length}")
     pad = _piece(tokenizer, 0)
-    out.extend(Slot(len(out) + i, pad, pad, "", None, None, 1.0, "pad") for i in range(length - len(out)))
+    base = len(out)
+    out.extend([Slot(base + i, pad, pad, "", None, None, 1.0, "pad") for i in range(length - base)])
     return out
 
 
@@ -84,5 +86,11 @@ def tokenizer_slots(tokenizer: object, text: str, length: int, encoder: str = "t
             out.append(Slot(i, piece, piece, "", None, None, 1.0, kind, encoder))
             continue
         word, span = _word_around(text, a, b) if b > a else ("", None)
-        out.append(Slot(i, text[a:b], piece, word, span, 0, 1.0, "token", encoder))
+        out.append(Slot(i, _text(text, a, b, piece), piece, word, span, 0, 1.0, "token", encoder))
     return tuple(out)
+
+
+def _text(source: str, a: int, b: int, piece: str) -> str:
+    """The token's characters; SentencePiece's lone word-start piece "▁" (its offsets name the next letter,
+    which the following piece holds too) shows as itself. It stays in the word, as it starts it."""
+    return piece if piece == "▁" else source[a:b]
