@@ -161,7 +161,7 @@ def test_prompts_file_without_negative_keeps_diffusers_zeros(models, conditioner
     assert encode("--model", models["sdxl"], "--prompts-file", src, "--preset", "diffusers", "--layout", "chunk",
                   "--batch-size", "1", "--out", out) == 0
     got = load_file(out)
-    assert got["negative_prompt_embeds"].shape == got["prompt_embeds"].shape
+    assert got["negative_prompt_embeds"].shape == (1, *got["prompt_embeds"].shape[1:])  # stored once (19.10)
     assert not got["negative_prompt_embeds"].any() and not got["negative_pooled_prompt_embeds"].any()
     assert got["prompt_embeds"].any()
     assert encode("--model", models["sdxl"], "--prompts-file", src, "--preset", "diffusers", "--negative", "",
@@ -310,3 +310,70 @@ def test_sigkill_leaves_no_result_and_the_next_run_clears_its_temporary_file(mod
     assert len(left) == 1
     assert encode("--model", models["sd1"], "--prompt", PROMPT, "--out", out) == 0
     assert not list(tmp_path.glob(".c.safetensors.*.tmp")) and load_file(out)["prompt_embeds"].shape[0] == 1
+
+
+# ---- issue 19: line numbers, the shared negative, excerpts, diffusers --------------------------------------
+
+def test_a_bad_prompts_file_line_is_named(models, tmp_path, capsys):
+    """19.8: an AND prompt on line 3 fails naming line 3, before anything is written."""
+    src = tmp_path / "prompts.txt"
+    src.write_text("a fox\na photo of a forest, 16:9\na cat AND a dog\n", encoding="utf-8")
+    out = tmp_path / "c.safetensors"
+    assert encode("--model", models["sd1"], "--prompts-file", src, "--out", out) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith("sdclip: line 3: uses AUTOMATIC1111's AND") and not out.exists()
+    src.write_text("a fox\na photo of a forest, 16:9\n", encoding="utf-8")
+    assert encode("--model", models["sd1"], "--prompts-file", src, "--out", out) == 0
+    assert "sdclip: warning: line 2: its AUTOMATIC1111 AND weight 9" in capsys.readouterr().err
+
+
+def test_prompts_file_without_negative_stores_the_negative_once(models, conditioners, tmp_path):
+    """19.10: no --negative → every prompt's negative is the same: [1, N, D] with negative_broadcast=true,
+    equal to each row of --negative-rows each's [B, N, D]; with --negative the rows are per prompt."""
+    src = tmp_path / "prompts.txt"
+    prompts = ["a red fox", LONG, "", "a cat"]
+    src.write_text("".join(p + "\n" for p in prompts), encoding="utf-8")
+    shared, each = tmp_path / "shared.safetensors", tmp_path / "each.safetensors"
+    assert encode("--model", models["sdxl"], "--prompts-file", src, "--batch-size", "3", "--out", shared) == 0
+    assert encode("--model", models["sdxl"], "--prompts-file", src, "--batch-size", "3", "--negative-rows", "each",
+                  "--out", each) == 0
+    a, b = load_file(shared), load_file(each)
+    assert a["negative_prompt_embeds"].shape[0] == 1 and b["negative_prompt_embeds"].shape[0] == 4
+    assert a["negative_pooled_prompt_embeds"].shape[0] == 1 and a["prompt_embeds"].shape[0] == 4
+    for k in ("negative_prompt_embeds", "negative_pooled_prompt_embeds"):
+        assert torch.equal(a[k].expand_as(b[k]), b[k])
+    assert torch.equal(a["prompt_embeds"], b["prompt_embeds"])
+    assert each.stat().st_size > shared.stat().st_size * 1.4
+    with safe_open(str(shared), "pt") as f:
+        assert f.metadata()["negative_broadcast"] == "true"
+    with safe_open(str(each), "pt") as f:
+        assert "negative_broadcast" not in f.metadata()
+    assert encode("--model", models["sdxl"], "--prompts-file", src, "--negative", NEGATIVE, "--out", shared) == 0
+    assert load_file(shared)["negative_prompt_embeds"].shape[0] == 4
+
+
+def test_truncation_excerpt_is_marked_when_cut(models, tmp_path, capsys):
+    """19.18: the dropped text kept in reports is cut at 200 characters and then ends in "…"."""
+    out = tmp_path / "c.safetensors"
+    long = " ".join(f"word{i}" for i in range(400))
+    assert encode("--model", models["sd1"], "--prompt", long, "--layout", "truncate", "--out", out) == 0
+    err = capsys.readouterr().err
+    dropped = json.loads(safe_open(str(out), "pt").metadata()["truncated_lines"])[0]["dropped"]
+    assert len(dropped) == 200 and dropped.endswith("…") and "…" in err
+
+
+def test_the_file_feeds_a_diffusers_pipeline_as_the_readme_says(models, tmp_path):
+    """19.20: `pipe(**load_file(path))` with encode's file (the README's line) runs: its keys are the pipeline's
+    keyword arguments, for a single prompt and for a batch file with --negative."""
+    import numpy as np
+    from tiny_pipelines import generate, sd1_pipeline
+
+    pipe = sd1_pipeline()
+    out = tmp_path / "c.safetensors"
+    assert encode("--model", models["sd1"], "--prompt", "a red fox", "--negative", "blurry", "--out", out) == 0
+    images = generate(pipe, **load_file(out))
+    assert images.shape[0] == 1 and np.isfinite(images).all()
+    src = tmp_path / "p.txt"
+    src.write_text("a red fox\na blue cat\n", encoding="utf-8")
+    assert encode("--model", models["sd1"], "--prompts-file", src, "--negative", "blurry", "--out", out) == 0
+    assert generate(pipe, **load_file(out)).shape[0] == 2

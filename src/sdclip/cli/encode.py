@@ -1,7 +1,10 @@
 """`sdclip encode`: prompts → a .safetensors file of diffusers-ready conditioning.
 
 Contract (keep it stable): writes `prompt_embeds` and `negative_prompt_embeds` ([B, N, D]; B = 1 for
---prompt) and, for SDXL, `pooled_prompt_embeds` and `negative_pooled_prompt_embeds` ([B, 1280]).
+--prompt) and, for SDXL, `pooled_prompt_embeds` and `negative_pooled_prompt_embeds` ([B, 1280]). One
+exception, for size: `--prompts-file` without `--negative` stores the negative (then the same for every
+prompt) once, [1, N, D] / [1, 1280], with metadata `negative_broadcast=true`; `--negative-rows each` writes
+the B copies.
 `--clip-skip N` is AUTOMATIC1111's count (1 = last layer) whatever the preset, unless --clip-skip-convention
 names another (a negative N can only be ComfyUI's, and is read as such); a bad N fails before the model loads.
 
@@ -36,6 +39,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--negative", help="negative prompt (default: none — the empty prompt, or zeros where the preset says)")
     p.add_argument("--out", required=True, type=Path, help="output .safetensors file (never one of the inputs)")
     p.add_argument("--batch-size", type=whole_number, default=8, help="prompts per encoder batch with --prompts-file (default 8)")
+    p.add_argument("--negative-rows", choices=("shared", "each"), default="shared",
+                   help="with --prompts-file and no --negative, every prompt's negative is the same: stored once, "
+                   "negative_prompt_embeds [1, N, D] (metadata negative_broadcast=true; default 'shared'), or "
+                   "'each': one copy per prompt, [B, N, D], for pipe(**load_file(...)) on the whole batch")
     add_model_options(p)
     add_text_options(p)
     p.set_defaults(func=run)
@@ -108,13 +115,16 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise type(exc)(f"{where(i)}: {exc}") from None
         length = max(length, prep.slots)
-        for w in prep.prompt.warnings:
+        for w in (*prep.prompt.warnings, *_and_rule(prep.prompt, where(i))):
             print(f"sdclip: warning: {where(i)}: {w}", file=sys.stderr)
         if prep.dropped:
-            truncated.append({"line": i + 1, "dropped": prep.dropped[:200]})
+            truncated.append({"line": i + 1, "dropped": excerpt(prep.dropped)})
     negative = args.negative
     if negative is not None:
-        length = max(length, cond.prepare(negative).slots)
+        prep = cond.prepare(negative)
+        for w in (*prep.prompt.warnings, *_and_rule(prep.prompt, "--negative")):
+            print(f"sdclip: warning: --negative: {w}", file=sys.stderr)
+        length = max(length, prep.slots)
     _report(truncated, len(prompts), where)
     metadata = {
         "family": cond.family.name,
@@ -126,6 +136,30 @@ def run(args: argparse.Namespace) -> int:
     shapes = _write(cond, prompts, negative, length, args, metadata, torch)
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in shapes.items()))
     return 0
+
+
+#: characters of a truncated prompt's dropped text kept in reports (longer excerpts end in "…")
+EXCERPT = 200
+
+
+def excerpt(text: str) -> str:
+    return text if len(text) <= EXCERPT else text[: EXCERPT - 1] + "…"
+
+
+def _and_rule(prompt, where: str) -> list[str]:  # noqa: ANN001
+    """`sdclip embed`'s rule too: several AUTOMATIC1111 AND parts are an error naming the prompt (the file holds
+    one conditioning per prompt); a single part's weight (`16:9` is text `16`, weight 9) is a warning."""
+    if prompt.combine != "and":
+        return []
+    if len(prompt.parts) > 1:
+        raise ValueError(f"{where}: uses AUTOMATIC1111's AND (`a AND b`), which makes several conditionings per "
+                         "prompt, and sdclip encode's file holds one per prompt; use --syntax plain for text that "
+                         "says AND, or compel's .blend()/.and()")
+    weight = prompt.parts[0].weight
+    if weight == 1.0:
+        return []
+    return [f"its AUTOMATIC1111 AND weight {weight:g} (a trailing ':{weight:g}') scales guidance in A1111; "
+            "diffusers has no such knob, so it is ignored"]
 
 
 def _report(truncated: list[dict], total: int, where) -> None:  # noqa: ANN001
@@ -148,7 +182,10 @@ def _write(cond, prompts: list[str], negative, length: int, args, metadata: dict
     extra = {"prompt_2": args.prompt_2, "prompt_3": args.prompt_3}
     extra = {k: v for k, v in extra.items() if v is not None}
     first = _kwargs(cond.encode(prompts[:1], negative, length=length, **extra))
-    specs = {k: (v.dtype, (len(prompts), *v.shape[1:])) for k, v in first.items()}
+    shared = shared_negative(args, len(prompts))
+    specs = {k: (v.dtype, (1 if shared and k in NEGATIVE_KEYS else len(prompts), *v.shape[1:])) for k, v in first.items()}
+    if shared:
+        metadata = {**metadata, "negative_broadcast": "true"}
     try:
         with atomic_path(args.out) as tmp:
             out = StreamingSafetensors(tmp, specs, metadata)
@@ -169,6 +206,10 @@ def _write(cond, prompts: list[str], negative, length: int, args, metadata: dict
                                     f"{name} of prompts {lo + 1}–{lo + len(batch)} is not finite in {rows.dtype} "
                                     f"(--dtype {args.dtype}: {dtype_advice(rows.dtype, cli=True)}); nothing written"
                                 )
+                            if shared and name in NEGATIVE_KEYS:
+                                if lo == 0:  # the same row for every prompt: written once
+                                    out.write(name, 0, rows[:1])
+                                continue
                             out.write(name, lo, rows)
                         bar.advance(task, len(batch))
             finally:
@@ -178,11 +219,20 @@ def _write(cond, prompts: list[str], negative, length: int, args, metadata: dict
     return {k: list(shape) for k, (_, shape) in specs.items()}
 
 
+NEGATIVE_KEYS = ("negative_prompt_embeds", "negative_pooled_prompt_embeds")
+
+
+def shared_negative(args: argparse.Namespace, count: int) -> bool:
+    """Store the negative once? Only when it is the same for every prompt (no --negative: the preset's empty
+    prompt or zeros, padded to the file's one N) and there are several prompts: a 2,000-line file then holds
+    one negative row, not 2,000 identical ones (GBs at real widths)."""
+    return args.negative is None and count > 1 and getattr(args, "negative_rows", "each") == "shared"
+
+
 def _kwargs(pair) -> dict:  # noqa: ANN001
-    """diffusers kwargs; its warnings (a lone AND weight) are shown as sdclip warnings."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    """diffusers kwargs. Its warnings (a lone AND weight, numbered within the batch) were already said once
+    per prompt, with the prompt's line, by `_and_rule`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         kwargs = pair.diffusers_kwargs()
-    for w in {str(c.message) for c in caught}:
-        print(f"sdclip: warning: {w}", file=sys.stderr)
     return {k: v.contiguous().cpu() for k, v in kwargs.items()}
