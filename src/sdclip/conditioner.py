@@ -22,11 +22,10 @@ from sdclip.assemble.weighting import get_weighting
 from sdclip.conventions.family import Family, get_family
 from sdclip.conventions.presets import Options
 from sdclip.encoder.batching import RowCache
-from sdclip.encoder.model import CLIPTextEncoder
 from sdclip.encoder.request import build_runners, check_encoders, encode_parts, model_tokenizers
-from sdclip.encoder.t5 import T5Encoder
 from sdclip.encoder.textual_inversion import EmbeddingLibrary, check_token_table
-from sdclip.prepare import Prepared, broadcast, common_t5_length, main_text, prepare, prompt_keys, t5_row_length
+from sdclip.lanes import lanes_of, tokenizers_for, vector_roles
+from sdclip.prepare import Prepared, broadcast, common_lengths, main_text, prepare, prompt_keys
 from sdclip.syntax import schedule
 from sdclip.tokenizer import Tokenizer
 from sdclip.tokenizer.t5 import T5Tokenizer
@@ -45,7 +44,7 @@ class Conditioner:
 
     def __init__(
         self,
-        encoders: Sequence[CLIPTextEncoder | T5Encoder | None],
+        encoders: Sequence[torch.nn.Module | None],
         family: str | Family,
         options: Options | None = None,
         *,
@@ -61,18 +60,16 @@ class Conditioner:
         self.family = get_family(family) if isinstance(family, str) else family
         self.options = options or Options.preset("a1111")
         check_encoders(encoders, self.family, self.options)
-        if self.family.has_t5 and t5_tokenizer is None:
-            raise ValueError(f"family {self.family.name} needs t5_tokenizer= (the model's T5 tokenizer folder)")
         self.encoders = tuple(encoders)
         self.tokenizer = tokenizer or Tokenizer.default(self.options.normalize)
         self.t5_tokenizer = t5_tokenizer
+        tokenizers_for(self.family, {"tokenizer": self.tokenizer, "t5_tokenizer": t5_tokenizer})  # one-line refusal
         self.embeddings = embeddings or EmbeddingLibrary()
         self.cache = cache if cache is not None else RowCache()
         self.row_limit = row_limit
         self.fingerprint = fingerprint or f"model@{id(next(e for e in self.encoders if e is not None))}"
         self.weighting = get_weighting(self.options.weighting)
-        t5_weighting = get_weighting(self.options.t5_weighting or self.options.weighting)
-        self.weightings = tuple(t5_weighting if r.kind == "t5" else self.weighting for r in self.family.roles)
+        self.weightings = tuple(get_weighting(lane.weighting(self.options)) for lane in lanes_of(self.family))
         self._rows = build_runners(self.encoders, self.family, self.options, fingerprint=self.fingerprint,
                                    cache=self.cache, batch_size=batch_size, t5_width=t5_width)
 
@@ -101,7 +98,7 @@ class Conditioner:
         options = options or Options.preset(preset, **overrides)
         loaded = load_text_encoders(source, family=family, dtype=dtype, device=device)
         for enc in loaded.encoders:
-            if isinstance(enc, CLIPTextEncoder):
+            if hasattr(enc, "pack_weights"):  # CLIP's (sdclip.encoder.model.CLIPTextEncoder.pack_weights)
                 enc.pack_weights(pack_weights)
         library = EmbeddingLibrary()
         for path in embeddings:
@@ -116,8 +113,8 @@ class Conditioner:
         (prompt, prompt_2, prompt_3) gives each encoder its own text (diffusers' convention)."""
         if not isinstance(text, (str, tuple)):
             raise TypeError(f"prompts must be str, got {type(text).__name__}")
-        clip = [enc.config.vocab for enc in self.encoders if isinstance(enc, CLIPTextEncoder)]
-        check_token_table(self.tokenizer, clip, self.embeddings)
+        tables = [self.encoders[e].config.vocab for e in vector_roles(self.family)]
+        check_token_table(self.tokenizer, tables, self.embeddings)
         return prepare(text, self.options, self.family, self.tokenizer, self.embeddings.vector_counts(),
                        row_limit=self.row_limit, t5_tokenizer=self.t5_tokenizer)
 
@@ -205,10 +202,10 @@ class Conditioner:
         """Every distinct text, encoded: one planned batch per encoder for all their parts. Also returns the
         empty prompt's encoding of every token block, which every batch carries."""
         unique = list(dict.fromkeys(texts))
-        prepared = common_t5_length({t: self.prepare(t) for t in unique}, self.family)
+        prepared = common_lengths({t: self.prepare(t) for t in unique}, self.family)
         parts = [part for t in unique for part in prepared[t].parts]
         plans = [[reencodings(self.weightings[e], p, e) for p in parts] for e in range(len(self.encoders))]
-        encoded = encode_parts(parts, self.family, self._rows, plans, self.embeddings, self._t5_empty_length)
+        encoded = encode_parts(parts, self.family, self._rows, plans, self.embeddings, self.options)
         results: dict = {t: ([], prepared[t]) for t in unique}
         k = 0
         for t in unique:
@@ -220,8 +217,3 @@ class Conditioner:
                 k += 1
         empty = join_blocks(self.family, {e: enc.empty for e, enc in enumerate(encoded) if self.family.roles[e].sequence})
         return results, empty
-
-    def _t5_empty_length(self, role) -> int:  # noqa: ANN001
-        if self.options.t5_length == "clip" and any(self.family.roles[i].kind == "clip" for i in self.family.sequence_blocks[0]):
-            return self.family.length  # the empty prompt's one CLIP row
-        return t5_row_length(self.options, role, 1)[0]

@@ -30,9 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sdclip.conventions.clip_skip import LayerSelect
-from sdclip.tokenizer.stream import BOS, EOS
-
-T5_EOS = 1  #: T5's `</s>`
+from sdclip.conventions.special_tokens import CLIP_EOS
 
 
 @dataclass(frozen=True)
@@ -92,11 +90,6 @@ class EncoderRole:
     def kind(self) -> str:
         return self.tower.kind
 
-    def empty_ids(self, length: int) -> tuple[int, ...]:
-        """The empty prompt's row: CLIP [BOS, EOS, pad…]; T5 (no BOS) [</s>, pad…]."""
-        head = (T5_EOS,) if self.kind == "t5" else (BOS, EOS)
-        return head + (self.pad_id,) * (length - len(head))
-
     @property
     def default_layer(self) -> LayerSelect:
         """The hidden state the family reads without a clip-skip setting."""
@@ -123,8 +116,13 @@ class Family:
         return self.blocks or (tuple(i for i, r in enumerate(self.roles) if r.sequence),)
 
     @property
+    def kinds(self) -> tuple[str, ...]:
+        """The encoder kinds of its roles, each once, in role order (sdclip.lanes has one lane per kind)."""
+        return tuple(dict.fromkeys(r.kind for r in self.roles))
+
+    @property
     def has_t5(self) -> bool:
-        return any(r.kind == "t5" for r in self.roles)
+        return "t5" in self.kinds
 
     @property
     def width(self) -> int:
@@ -133,18 +131,18 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "sd1": Family("sd1", (EncoderRole("clip_l", VIT_L, EOS, 0, True),)),
+    "sd1": Family("sd1", (EncoderRole("clip_l", VIT_L, CLIP_EOS, 0, True),)),
     "sd2": Family("sd2", (EncoderRole("clip_h", VIT_H, 0, 1, True),)),
     "sdxl": Family(
         "sdxl",
-        (EncoderRole("clip_l", VIT_L, EOS, 1, False), EncoderRole("clip_g", VIT_BIGG, 0, 1, False, prompt=2)),
+        (EncoderRole("clip_l", VIT_L, CLIP_EOS, 1, False), EncoderRole("clip_g", VIT_BIGG, 0, 1, False, prompt=2)),
         pooled_role=1, zeros_negative=True,
     ),
-    "longclip": Family("longclip", (EncoderRole("clip_l", LONGCLIP_L, EOS, 0, True),), length=248),
+    "longclip": Family("longclip", (EncoderRole("clip_l", LONGCLIP_L, CLIP_EOS, 0, True),), length=248),
     "sd3": Family(
         "sd3",
         (
-            EncoderRole("clip_l", VIT_L, EOS, 1, False, projected=True, prompt=1),
+            EncoderRole("clip_l", VIT_L, CLIP_EOS, 1, False, projected=True, prompt=1),
             EncoderRole("clip_g", VIT_BIGG, 0, 1, False, projected=True, prompt=2),
             EncoderRole("t5", T5_XXL, 0, 0, True, prompt=3, length=256, min_length=77),
         ),
@@ -153,7 +151,7 @@ FAMILIES: dict[str, Family] = {
     "flux": Family(
         "flux",
         (
-            EncoderRole("clip_l", VIT_L, EOS, 0, True, sequence=False, prompt=1),
+            EncoderRole("clip_l", VIT_L, CLIP_EOS, 0, True, sequence=False, prompt=1),
             EncoderRole("t5", T5_XXL, 0, 0, True, prompt=2, length=512, min_length=256),
         ),
         pooled_role=0, recipe="flux",

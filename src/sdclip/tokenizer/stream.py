@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-BOS = 49406  #: <|startoftext|>
-EOS = 49407  #: <|endoftext|>
+from sdclip.conventions.special_tokens import CLIP_BOS as BOS  #: <|startoftext|>
+from sdclip.conventions.special_tokens import CLIP_EOS as EOS  #: <|endoftext|>
 VOCAB_SIZE = 49408
 #: ids from here on name textual-inversion vectors of one request (see TokenStream.vectors)
 FIRST_VECTOR_ID = VOCAB_SIZE

@@ -1,0 +1,66 @@
+"""The T5 lane: the model's SentencePiece tokens, one sequence per part (max / min / CLIP-length, see
+sdclip.layout.t5), [`</s>`, pad…] as the empty prompt, no textual-inversion vectors. Torch-free; its runner
+is sdclip.encoder.t5_runner."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sdclip.conventions.family import EncoderRole, Family
+from sdclip.conventions.presets import Options
+from sdclip.conventions.special_tokens import T5_EOS
+from sdclip.lanes.base import RoleInput
+from sdclip.layout.rows import Rows
+from sdclip.layout.t5 import pad_t5_rows, t5_row_length, t5_rows, t5_rows_cut
+from sdclip.syntax.prompt import Sequence
+from sdclip.tokenizer.stream import TokenStream
+from sdclip.tokenizer.t5 import tokenize_t5
+
+
+@dataclass(frozen=True)
+class T5Lane:
+    kind: str = "t5"
+    tokenizer_name: str = "t5_tokenizer"
+    row_limited: bool = False
+    fixed_rows: bool = False
+    takes_vectors: bool = False
+    label: str = "T5"
+    runner_path: str = "sdclip.encoder.t5_runner:T5_RUNNER"
+
+    def check(self, options: Options, family: Family, role: EncoderRole) -> None:
+        t5_row_length(options, role, 1)  # refuses a max_sequence_length diffusers refuses
+
+    def missing_tokenizer(self, family: Family) -> str:
+        return f"family {family.name} needs a T5 tokenizer ({self.tokenizer_name}=: the model's tokenizer_3 / tokenizer_2 folder)"
+
+    def tokenize(self, seq: Sequence, text: str, given: RoleInput, embeddings: Mapping[str, int] | None) -> TokenStream:
+        """The whole text (or each fragment, t5_split="fragments") through SentencePiece, untruncated: the
+        layout cuts it. Embedding references are left out (T5 has no textual-inversion vectors)."""
+        return tokenize_t5(seq, given.tokenizer, None, source=text, split=given.options.t5_split).stream
+
+    def lay_out(self, stream: TokenStream, given: RoleInput) -> Rows:
+        options, role = given.options, given.role
+        eos = given.tokenizer.eos_id
+        clip = given.first_block_rows() if options.t5_length == "clip" else None
+        if clip is not None:
+            return t5_rows_cut(stream, eos, sum(sum(k) for k in clip.keep), role.pad_id)
+        length, limit = t5_row_length(options, role, len(stream) + 1)
+        return t5_rows(stream, eos, length, role.pad_id, limit)
+
+    def weighting(self, options: Options) -> str:
+        return options.t5_weighting or options.weighting
+
+    def empty_ids(self, role: EncoderRole, length: int) -> tuple[int, ...]:
+        return (T5_EOS,) + (role.pad_id,) * (length - 1)
+
+    def empty_length(self, options: Options, family: Family, index: int) -> int:
+        if options.t5_length == "clip" and any(i != index for i in family.sequence_blocks[0]):
+            return family.length  # the empty prompt's one row of the first block
+        return t5_row_length(options, family.roles[index], 1)[0]
+
+    def padded(self, rows: Rows, length: int, role: EncoderRole) -> Rows:
+        return pad_t5_rows(rows, length, role.pad_id)
+
+
+T5_LANE = T5Lane()
