@@ -124,11 +124,11 @@ def refuse_reads(out: Path, reads: Iterable[str | os.PathLike], flag: str = "--o
         src = _real(given)
         for target, shown in targets:
             if target == src or src in target.parents:
-                where = "is" if target == src else "is inside"
                 what = f"{flag} {out}" if shown == out else f"{flag} {out}: the command writes {shown}, which"
+                where = "is" if target == src else f"is inside {given},"
                 raise OutputError(
-                    f"{what} {where} {given}, read by this command (the model, its tokenizers, embeddings or an "
-                    "input); refusing to write there: choose an output outside it"
+                    f"{what} {where} read by this command (the model, its tokenizers, embeddings or an input); "
+                    "refusing to write there: choose an output outside it"
                 )
 
 
