@@ -156,3 +156,27 @@ def test_single_file_reads_its_tokenizer_folders_beside_it(tmp_path):
     reads = model_reads(ckpt)
     assert {ckpt, tmp_path / "t5_tokenizer", tmp_path / "tokenizer.json"} <= {p for p in reads}
     assert tmp_path / "other" not in reads and tmp_path not in reads
+
+
+def test_a_hub_id_in_the_local_cache_is_protected_without_the_network(models, tmp_path, monkeypatch, capsys):
+    """`--model owner/name` that the HF cache holds: its snapshot and blobs are what the load reads."""
+    cache = tmp_path / "hub"
+    repo = cache / "models--owner--tiny"
+    snap = repo / "snapshots" / ("ab" * 20)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("ab" * 20)
+    (repo / "blobs").mkdir()
+    for f in (models["sd1"] / "text_encoder").iterdir():
+        blob = repo / "blobs" / (hashlib.sha256(f.name.encode()).hexdigest() + f.suffix)
+        blob.write_bytes(f.read_bytes())
+        (snap / "text_encoder").mkdir(parents=True, exist_ok=True)
+        (snap / "text_encoder" / f.name).symlink_to(os.path.relpath(blob, snap / "text_encoder"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    reads = model_reads("owner/tiny")
+    assert snap in reads and repo in reads
+    assert (snap / "text_encoder" / "model.safetensors").resolve() in reads
+    assert model_reads("owner/not-cached") == frozenset()
+    before = _snapshot(repo)
+    assert _encode(Path("owner/tiny"), (snap / "text_encoder" / "model.safetensors").resolve()) == 2
+    _refused(capsys, before, repo)
