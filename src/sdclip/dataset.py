@@ -31,7 +31,11 @@ class EmbeddingDataset(Dataset):
         self.manifest = Manifest.load(self.folder)
         if self.manifest.config.get("format") != "safetensors":
             raise ValueError(f"{self.folder}: a --format {self.manifest.config.get('format')} job has no shards to read")
-        self.shards = [r for r in sorted(self.manifest.shards.values(), key=lambda r: r["start"]) if r.get("file")]
+        from sdclip.jobs.shards import shard_name
+
+        # the manifest is untrusted: a shard is read only under its own name in this folder
+        self.shards = [r for r in sorted(self.manifest.shards.values(), key=lambda r: r["start"])
+                       if r.get("file") and r["file"] == shard_name(int(r["shard"]))]
         self._starts: list[int] = []
         self._indices: list[torch.Tensor] = []
         total = 0

@@ -65,3 +65,24 @@ def test_embed_dataset_for_an_existing_ray_pipeline(tmp_path, local_ray):
     for r in rows:
         torch.testing.assert_close(torch.from_numpy(r["prompt_embeds"]),
                                    torch.from_numpy(direct["prompt_embeds"][r["id"]]), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_ray_engine_is_quiet_unless_verbose(tmp_path):
+    """19.12: Ray's own INFO logs (cluster start, execution plans) stay out of the terminal by default."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    model = write_layout("single.safetensors", tiny_family("sd1"), tmp_path / "sd1")
+    caps = tmp_path / "caps.txt"
+    caps.write_text("".join(c + "\n" for c in CAPTIONS))
+    env = {**os.environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "sdclip", "embed", "--model", str(model), "--captions", str(caps),
+                          "--out", str(tmp_path / "out"), "--shard-size", "10", "--engine", "ray"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    noise = [line for line in run.stderr.splitlines() if line.strip()]
+    assert not any(" INFO " in line or "Started a local Ray" in line for line in noise), run.stderr
+    assert len(noise) <= 3, run.stderr

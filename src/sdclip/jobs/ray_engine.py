@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import asdict
 
 from sdclip.jobs.driver import Job
-from sdclip.jobs.plan import JobSpec
+from sdclip.jobs.manifest import JobError
+from sdclip.jobs.plan import JobSpec, os_error
 
 
 def _cuda() -> bool:
@@ -74,10 +76,29 @@ def shard_dataset(job: Job, workers: int = 1):  # noqa: ANN201
 
 
 def quiet_ray_logs() -> None:
-    """Ray and Ray Data log pages of INFO lines (cluster start, execution plans, operator progress) to stderr:
-    above WARNING only, unless `sdclip embed --verbose`."""
-    for name in ("ray", "ray.data", "ray.util", "ray._private"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    """Ray and Ray Data log pages of lines (cluster start, token notice, execution plans, operator progress,
+    actor notes from the C++ core) to the terminal: errors only, unless `sdclip embed --verbose`. Ray Data's
+    console handler is configured by Ray itself (DEBUG logger, INFO handler, no propagation), so its level is
+    set on the handler; the files under /tmp/ray keep everything."""
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # the core worker's own stderr lines
+    for name in ("ray", "ray.util", "ray._private"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for name in ("ray", "ray.data"):
+        for handler in logging.getLogger(name).handlers:
+            if not isinstance(handler, logging.FileHandler) and "File" not in type(handler).__name__:
+                handler.setLevel(logging.ERROR)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost error under Ray's wrappers (`cause` of a RayTaskError, then __cause__ / __context__)."""
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        nxt = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+        if not isinstance(nxt, BaseException):
+            break
+        exc = nxt
+    return exc
 
 
 def run_ray(job: Job, *, address: str | None = None, workers: int = 1,
@@ -89,6 +110,8 @@ def run_ray(job: Job, *, address: str | None = None, workers: int = 1,
     if not job.pending():
         return
     if not verbose:
+        import ray.data  # noqa: F401 - configures Ray Data's logging, which quiet_ray_logs then turns down
+
         quiet_ray_logs()
     started_here = False
     if not ray.is_initialized():
@@ -96,7 +119,7 @@ def run_ray(job: Job, *, address: str | None = None, workers: int = 1,
         kwargs.setdefault("include_dashboard", False)
         kwargs.setdefault("log_to_driver", verbose)
         if not verbose:
-            kwargs.setdefault("logging_level", logging.WARNING)
+            kwargs.setdefault("logging_level", logging.ERROR)
             kwargs.setdefault("configure_logging", True)
         if address:
             kwargs["address"] = address
@@ -108,11 +131,19 @@ def run_ray(job: Job, *, address: str | None = None, workers: int = 1,
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.preserve_order = False
-        for row in shard_dataset(job, workers).iter_rows():
-            record = json.loads(row["record"])
-            job.complete(record)
-            if on_shard is not None:
-                on_shard(record)
+        try:
+            for row in shard_dataset(job, workers).iter_rows():
+                record = json.loads(row["record"])
+                job.complete(record)
+                if on_shard is not None:
+                    on_shard(record)
+        except Exception as exc:  # a worker's one-line error (changed input, full disk) arrives wrapped by Ray
+            inner = _root_cause(exc)
+            if isinstance(inner, JobError):
+                raise JobError(str(inner)) from None
+            if isinstance(inner, OSError):
+                raise os_error(inner, "a shard", len(job.manifest.shards)) from None  # type: ignore[union-attr]
+            raise
     finally:
         if started_here:
             ray.shutdown()
