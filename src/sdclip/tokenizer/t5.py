@@ -96,9 +96,9 @@ class T5Tokenizer:
         folder = Path(path)
         if not folder.is_dir():
             raise T5TokenizerError(f"{folder}: not a folder")
-        if (folder / "tokenizer.json").is_file():
+        if (folder / "tokenizer.json").exists():  # a FIFO / device is read and refused by kind, not skipped
             return cls.from_file(folder / "tokenizer.json", pipeline)
-        if (folder / "spiece.model").is_file():
+        if (folder / "spiece.model").exists():
             return cls.from_spiece(folder / "spiece.model", _extra_ids(folder))
         raise T5TokenizerError(f"{folder}: no tokenizer.json or spiece.model (not a T5 tokenizer folder)")
 

@@ -113,7 +113,8 @@ def _done(fam: str, parts: list[Part], t5, toks, t5_tok: Path | None, dtype, dev
 
 
 def _tokenizer_dir(path: Path) -> Path | None:
-    return path if path.is_dir() and ((path / "tokenizer.json").is_file() or (path / "spiece.model").is_file()) else None
+    # exists(), not is_file(): a FIFO or a device named tokenizer.json is read, and refused by kind, not skipped
+    return path if path.is_dir() and ((path / "tokenizer.json").exists() or (path / "spiece.model").exists()) else None
 
 
 def load_pipeline_folder(folder: Path, fam: str, family: str | None, dtype: torch.dtype, device) -> LoadedEncoders:  # noqa: ANN001
