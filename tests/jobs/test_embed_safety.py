@@ -344,3 +344,20 @@ def test_csv_without_the_column_suggests_column(tmp_path, models, capsys):
     assert embed("--model", models["sd1"], "--captions", path, "--out", tmp_path / "out") == 2
     assert "--column" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_verify_follows_no_path_a_crafted_manifest_names(tmp_path, models, capsys):
+    caps = write_txt(tmp_path / "caps.txt", CAPTIONS)
+    out = tmp_path / "out"
+    assert embed("--model", models["sd1"], "--captions", caps, "--out", out, "--shard-size", 4) == 0
+    outside = tmp_path / "outside.safetensors"
+    outside.write_bytes((out / "shard-00001.safetensors").read_bytes())
+    m = json.loads((out / "manifest.json").read_text())
+    m["shards"][1]["file"] = "../outside.safetensors"
+    m["shards"].append({"shard": 9, "start": 36, "stop": 40, "rows": 0, "indices": [],
+                        "files": {"/dev/zero": "0" * 64, "../caps.txt": "0" * 64}})
+    (out / "manifest.json").write_text(json.dumps(m))
+    assert embed("--verify", out) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'../outside.safetensors' is not its name" in err
+    assert "'/dev/zero': not an npz path inside the image folder" in err

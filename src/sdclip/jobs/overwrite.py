@@ -70,7 +70,7 @@ def shard_files(out: Path, records: list[dict]) -> list[Path]:
     return sorted(found)
 
 
-def _inside(images: Path, rel: object) -> Path | None:
+def inside(images: Path, rel: object) -> Path | None:
     """images/rel when rel is a plain relative path to a kohya npz that stays inside `images` through real
     folders (no `..`, no absolute path, no symlinked folder on the way); else None."""
     if not isinstance(rel, str) or not rel or "\x00" in rel or "\\" in rel:
@@ -99,7 +99,7 @@ def kohya_files(images: Path, records: list[dict]) -> list[Path]:
         if not isinstance(files, dict):
             continue
         for rel, digest in files.items():
-            path = _inside(images, rel)
+            path = inside(images, rel)
             if path is None or not isinstance(digest, str) or not regular(path):
                 continue
             with contextlib.suppress(OSError):

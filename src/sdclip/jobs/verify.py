@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from sdclip.jobs.manifest import JobError, Manifest
-from sdclip.jobs.shards import sha256_file
+from sdclip.jobs.overwrite import inside, regular
+from sdclip.jobs.shards import sha256_file, shard_name
 
 
 def verify(out: str | Path) -> dict:
@@ -22,14 +22,19 @@ def verify(out: str | Path) -> dict:
         name = rec.get("file") or f"shard {rec['shard']}"
         if "files" in rec:
             for rel, digest in rec["files"].items():
-                p = images / rel
-                if not p.is_file():
+                p = inside(images, rel)  # the manifest is untrusted: never a path out of the image folder
+                if p is None:
+                    problems.append(f"{rel!r}: not an npz path inside the image folder")
+                elif not regular(p):
                     problems.append(f"{rel}: missing")
-                elif hashlib.sha256(p.read_bytes()).hexdigest() != digest:
+                elif sha256_file(p) != digest:
                     problems.append(f"{rel}: sha256 differs from the manifest")
             indices = rec.get("indices", [])
         elif rec.get("file") is None:
             indices = []
+        elif rec["file"] != shard_name(int(rec["shard"])):
+            problems.append(f"shard {rec['shard']}: file {rec['file']!r} is not its name")
+            continue
         else:
             path = out / rec["file"]
             if not path.is_file():
