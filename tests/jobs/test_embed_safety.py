@@ -361,3 +361,21 @@ def test_verify_follows_no_path_a_crafted_manifest_names(tmp_path, models, capsy
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'../outside.safetensors' is not its name" in err
     assert "'/dev/zero': not an npz path inside the image folder" in err
+
+
+def test_captions_edited_during_the_scan_are_refused(tmp_path, models, monkeypatch, capsys):
+    import sdclip.jobs.driver as driver
+
+    caps = write_txt(tmp_path / "caps.txt", CAPTIONS)
+    real_scan = driver.scan
+
+    def scan_then_edit(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        result = real_scan(*args, **kwargs)
+        write_txt(caps, ["an inserted line", *CAPTIONS])
+        return result
+
+    monkeypatch.setattr(driver, "scan", scan_then_edit)
+    out = tmp_path / "out"
+    assert embed("--model", models["sd1"], "--captions", caps, "--out", out) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "changed while the job validated it" in err and not out.exists()

@@ -40,15 +40,22 @@ class StreamingSafetensors:
         raw += b" " * (-len(raw) % 8)
         self._data_start = 8 + len(raw)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.write(self._fd, struct.pack("<Q", len(raw)) + raw)
-        os.ftruncate(self._fd, self._data_start + offset)
+        try:  # a full disk can fail the header already: the descriptor is not leaked
+            self._pwrite_all(struct.pack("<Q", len(raw)) + raw, 0)
+            os.ftruncate(self._fd, self._data_start + offset)
+        except BaseException:
+            os.close(self._fd)
+            raise
 
     def write(self, name: str, start: int, rows: torch.Tensor) -> None:
         dtype, shape = self.specs[name]
         if rows.dtype != dtype or tuple(rows.shape[1:]) != tuple(shape[1:]) or start + rows.shape[0] > shape[0]:
             raise ValueError(f"{name}: rows {rows.dtype} {list(rows.shape)} at {start} do not fit {dtype} {list(shape)}")
         data = rows.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes()
-        at = self._data_start + self._offsets[name] + start * self._row_bytes[name]
+        self._pwrite_all(data, self._data_start + self._offsets[name] + start * self._row_bytes[name])
+
+    def _pwrite_all(self, data: bytes, at: int) -> None:
+        """Every byte at its offset (os.pwrite may write fewer; a full disk raises OSError ENOSPC)."""
         view = memoryview(data)
         while view:
             n = os.pwrite(self._fd, view, at)

@@ -101,6 +101,10 @@ class Job:
         if result.errors and self.spec.on_error == "fail":
             remove_scan_files(self.out)
             raise JobError(invalid_captions(result.errors))
+        if self.source.fingerprint() != self.config["input"]:  # edited between the fingerprint and the scan
+            remove_scan_files(self.out)
+            raise JobError(f"{self.spec.captions} changed while the job validated it: nothing written; "
+                           "re-run once it no longer changes")
         shards = self.manifest.shards if self.manifest is not None else {}
         if self.manifest is not None and self.manifest.scan.get("rows") not in (None, result.rows):
             raise JobError(f"{self.spec.captions} reads as {result.rows} caption(s) now, "
