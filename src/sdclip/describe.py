@@ -9,9 +9,14 @@ Fields of the inspect object (stable: later versions only add):
 - ``tokens``: the prompt's real tokens (all parts; BREAK padding and BOS/EOS/pad not counted);
   ``capacity``: token slots of the rows built (rows × 75, or × 246 for Long-CLIP), so a truncated prompt
   shows e.g. 5000/75 with its ``dropped`` text.
-- ``counter``: AUTOMATIC1111's own counter, ``{"count", "capacity"}`` (a BREAK or a comma backtrack pads the
-  count to the row end; capacity 75·ceil(count/75)).
+- ``counter``: AUTOMATIC1111's own counter, ``{"count", "capacity"}``: the count of the **largest** AND part
+  (its UI takes the max over the parts, `modules/ui.py update_token_counter`; a BREAK or a comma backtrack
+  pads a part's count to the row end; capacity 75·ceil(count/75)).
 - ``parts``: per AND/blend part: ``weight``, ``tokens``, ``capacity``, ``rows``, ``rows_by_encoder``, ``notes``.
+- ``stopped`` (only for a prompt past what is shown: ``ROWS_SHOWN`` rows, or ``FULL_ROWS`` with ``full``):
+  ``{"after_rows", "parts_omitted", "part_cut", "reason"}``; the rows listed are exact, and ``tokens``,
+  ``capacity``, ``counter`` and ``parts`` count only what was laid out (lower bounds): a 10 MB prompt is
+  summarised in a second instead of being laid out whole (minutes, gigabytes).
 - ``warnings``: what `sdclip encode` would refuse or drop (more rows than its row_limit; extra-network tags).
 - ``t5`` (SD3 / Flux only), per part and at the top: the T5 sequence: ``ids`` (content + ``</s>`` + pad),
   ``weights``, ``pieces`` (the tokens' text up to ``</s>``), ``count`` (tokens the encoder sees, ``</s>``
@@ -26,7 +31,7 @@ from collections.abc import Mapping
 from sdclip.conventions.family import Family
 from sdclip.conventions.presets import Options
 from sdclip.layout.rows import Rows
-from sdclip.prepare import PreparedPart, prepare
+from sdclip.prepare import Prepared, PreparedPart, prepare
 from sdclip.tokenizer import Tokenizer
 from sdclip.tokenizer.stream import BOS, EOS
 
@@ -34,11 +39,31 @@ from sdclip.tokenizer.stream import BOS, EOS
 ROWS_SHOWN = 64
 #: the row limit `sdclip encode` and the Conditioner apply by default
 ENCODE_ROW_LIMIT = 64
+#: rows `full` lists at most: past them a prompt is summarised as without it (memory stays bounded)
+FULL_ROWS = 4096
 
 
 def capacity(tokens: int, per_row: int) -> int:
     """AUTOMATIC1111's counter denominator: n/75, n/150, …"""
     return per_row * max(1, -(-max(tokens, 1) // per_row))
+
+
+def counter(prepared: Prepared) -> int:
+    """AUTOMATIC1111's token counter: the largest part's count, not the sum (its `update_token_counter`
+    takes the max of `get_prompt_lengths` over the AND parts)."""
+    return max((part.rows[0].token_count for part in prepared.parts), default=0)
+
+
+def stopped_line(shown: int, parts_omitted: int, cut: bool, full: bool) -> str:
+    """One line for a summary that stopped: what is shown, what was left out, and how to see more."""
+    rest = []
+    if cut:
+        rest.append("the rest of its part")
+    if parts_omitted:
+        rest.append(f"{parts_omitted} more AND part(s)")
+    more = "" if full else "; --full lists up to " + f"{FULL_ROWS} rows"
+    return (f"the prompt goes on past the {shown} row(s) shown: {' and '.join(rest)} not laid out "
+            f"(sdclip encode refuses more than {ENCODE_ROW_LIMIT} rows){more}")
 
 
 def _rows_json(rows: Rows, limit: int | None) -> list[dict]:
@@ -80,12 +105,14 @@ def describe(
     t5_tokenizer=None,  # noqa: ANN001 (sdclip.tokenizer.t5.T5Tokenizer: needed by SD3 / Flux)
 ) -> dict:
     """The stable inspect object (fields above) for one prompt."""
-    prepared = prepare(text, options, family, tokenizer, embeddings, t5_tokenizer=t5_tokenizer)
+    limit = FULL_ROWS if full else ROWS_SHOWN
+    prepared = prepare(text, options, family, tokenizer, embeddings, t5_tokenizer=t5_tokenizer, stop_after=limit)
     per_row = family.length - 2
-    limit = None if full else ROWS_SHOWN
     rows: list[dict] = []
+    listed: list[int] = []  # rows listed per part: `limit` over all parts together
     for part in prepared.parts:
-        rows.extend(_rows_json(part.rows[0], None if limit is None else max(0, limit - len(rows))))
+        listed.append(max(0, min(len(part.rows[0]), limit - len(rows))))
+        rows.extend(_rows_json(part.rows[0], listed[-1]))
     total_rows = sum(len(part.rows[0]) for part in prepared.parts)
     real = sum(len(part.stream) for part in prepared.parts)
     warnings = []
@@ -102,7 +129,7 @@ def describe(
         "rows": rows,
         "tokens": real,
         "capacity": total_rows * per_row,
-        "counter": {"count": prepared.token_count, "capacity": capacity(prepared.token_count, per_row)},
+        "counter": {"count": counter(prepared), "capacity": capacity(counter(prepared), per_row)},
         "dropped": prepared.dropped,
         "family": family.name,
         "syntax": options.dialect,
@@ -116,16 +143,20 @@ def describe(
                 "capacity": len(part.rows[0]) * per_row,
                 "rows": len(part.rows[0]),
                 "rows_by_encoder": {
-                    role.name: _rows_json(r, limit) for role, r in zip(family.roles, part.rows)
+                    role.name: _rows_json(r, shown) for role, r in zip(family.roles, part.rows)
                 },
                 "notes": list(part.rows[0].notes),
             }
-            for part in prepared.parts
+            for part, shown in zip(prepared.parts, listed)
         ],
         "warnings": warnings,
         "extra_networks": [{"kind": e.kind, "name": e.name, "args": list(e.args), "span": [e.start, e.end]} for e in extra],
     }
-    if total_rows > len(rows):
+    if prepared.stopped is not None:
+        omitted, cut = prepared.stopped
+        out["stopped"] = {"after_rows": len(rows), "parts_omitted": omitted, "part_cut": cut,
+                          "reason": stopped_line(len(rows), omitted, cut, full)}
+    elif total_rows > len(rows):
         out["rows_omitted"] = total_rows - len(rows)
     t5 = [e for e, role in enumerate(family.roles) if role.kind == "t5"]
     if t5:

@@ -186,3 +186,131 @@ def test_piping_json_into_a_closed_reader_is_quiet():
     proc = subprocess.run(f"{sys.executable} -m sdclip inspect --json --full < /dev/stdin | head -c 50",
                           shell=True, input="a fox " * 20000, capture_output=True, text=True)
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+# ---- issue 24.8: huge prompts are summarised in bounded time and memory ------------------------------------
+
+def _inspect_big(unit: str, size: int, *flags: str) -> tuple[dict, float]:
+    """`sdclip inspect --json` on `size` characters of `unit`, from standard input, in a child process with a
+    timeout and an address-space limit: (the JSON object, the child's peak RSS in MB)."""
+    import resource
+
+    text = (unit * (size // len(unit) + 1))[:size]
+
+    def limit() -> None:  # 3 GB of address space: a 1.7 M-part prompt once needed far more
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+    res = subprocess.run([sys.executable, "-m", "sdclip", "inspect", "--json", *flags], input=text.encode(),
+                         capture_output=True, timeout=60, preexec_fn=limit)
+    assert res.returncode == 0, res.stderr.decode()[-500:]
+    return json.loads(res.stdout), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def test_a_prompt_of_160k_and_parts_is_summarised_not_laid_out_whole():
+    """1 MB of `a AND ` (166,667 parts): 64 rows listed, the other parts counted, not parsed or laid out.
+    Before: every part was parsed, tokenized and listed (1 MB took 45 s and printed 175 MB of JSON)."""
+    out, _ = _inspect_big("a AND ", 1_000_000)
+    assert len(out["rows"]) == 64 and len(out["parts"]) <= 65
+    assert out["stopped"]["parts_omitted"] == 166_667 - len(out["parts"])
+    assert "AND part(s) not laid out" in out["stopped"]["reason"]
+    assert out["counter"] == {"count": 1, "capacity": 75}  # A1111: the largest part's count
+
+
+@pytest.mark.parametrize("unit", ["a BREAK ", "a (red fox:1.2), [snow], "])
+def test_a_huge_prompt_in_one_part_lays_out_a_prefix(unit):
+    """300 kB in one part: only a prefix is tokenized and laid out (before: every row, 37,500 of them for the
+    BREAK prompt here; at 10 MB 1.25 M rows and 4.5 GB)."""
+    out, _ = _inspect_big(unit, 300_000)
+    assert len(out["rows"]) == 64 and out["stopped"]["part_cut"] and out["stopped"]["parts_omitted"] == 0
+    assert out["parts"][0]["rows"] < 2_000  # a bounded prefix, not the whole's rows
+
+
+def test_summary_rows_are_exactly_the_first_rows_of_the_whole(capsys):
+    """The rows a summary lists are the whole prompt's first rows, for a prompt just past the summary's first
+    prefix (so the prefix doubles) in the chunk and window layouts."""
+    from sdclip.conventions.family import get_family
+    from sdclip.conventions.presets import Options
+    from sdclip.prepare import prepare
+    from sdclip.tokenizer import Tokenizer
+
+    text = "a photo of a (red fox:1.2), [snow], golden hour, " * 400 + "x" * 3000 + " end"
+    tok = Tokenizer.default("hf-slow")
+    for layout in ("chunk", "window"):
+        options = Options.preset("a1111", layout=layout, stride=20)
+        whole = prepare(text, options, get_family("sdxl"), tok)
+        part = prepare(text, options, get_family("sdxl"), tok, stop_after=64).parts[0]
+        for e in range(2):
+            assert part.rows[e].ids[:64] == whole.parts[0].rows[e].ids[:64]
+            assert part.rows[e].weights[:64] == whole.parts[0].rows[e].weights[:64]
+            assert part.rows[e].keep[:64] == whole.parts[0].rows[e].keep[:64]
+        assert len(part.rows[0]) < len(whole.parts[0].rows[0])
+
+
+def test_human_view_of_a_huge_prompt_says_what_it_left_out():
+    text = "a AND " * 200_000
+    res = subprocess.run([sys.executable, "-m", "sdclip", "inspect"], input=text.encode(), capture_output=True,
+                         timeout=60, env={**__import__("os").environ, "COLUMNS": "200"})
+    out = res.stdout.decode()
+    assert res.returncode == 0 and out.count("row 1 │") == 64
+    assert "199936 more AND part(s) not laid out" in out
+
+
+# ---- issue 20.4: the counter is AUTOMATIC1111's: the largest AND part's count ------------------------------
+
+def a1111_counter(text: str) -> tuple[int, int]:
+    """A transliteration of A1111's `update_token_counter` (no scheduling in these prompts): split the prompt
+    as `get_multicond_prompt_list` does, count each part as `process_texts` (tokenize_line's count), and
+    take the max with its target `ceil(count / 75) * 75`."""
+    import math
+    import re
+
+    from a1111_oracle import chunk_segments, comma_id, hf_tokenizer, parse_attention
+
+    re_and = re.compile(r"\bAND\b")
+    re_weight = re.compile(r"^((?:\s|.)*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$")
+    counts = []
+    for sub in re_and.split(text):
+        part = re_weight.search(sub).group(1)
+        parsed = parse_attention(part)
+        ids = hf_tokenizer()([t for t, _ in parsed], add_special_tokens=False)["input_ids"]
+        segments = [("BREAK", -1) if (t == "BREAK" and w == -1) else (i, w) for i, (t, w) in zip(ids, parsed)]
+        counts.append(chunk_segments(segments, comma=comma_id())[1])
+    count = max(counts)
+    return count, math.ceil(max(count, 1) / 75) * 75
+
+
+@pytest.mark.parametrize("text", [
+    "a red fox AND a blue bird flying over the sea",
+    "a cat AND " + "a dog, " * 40 + " AND a (house:1.2)",
+    "short AND " + "long words here " * 30 + "BREAK more AND x:0.5",
+    "one part only, with a comma",
+    "a AND b AND c AND d",
+])
+def test_counter_is_a1111s_largest_part(capsys, text):
+    out = run_json(capsys, text)
+    count, cap = a1111_counter(text)
+    assert out["counter"] == {"count": count, "capacity": cap}
+    if len(out["parts"]) > 1:
+        assert out["counter"]["count"] < sum(p["tokens"] for p in out["parts"]) + 75 * len(out["parts"])
+
+
+# ---- issue 19.19: T5 pieces drawn as typed --------------------------------------------------------------
+
+@pytest.mark.slow  # trains the tiny T5 tokenizer (~10 s)
+def test_t5_line_draws_a_lone_word_start_piece_as_a_visible_space(tmp_path):
+    """`a red fox` is `▁a ▁ red ▁fo x` in the tiny T5 vocabulary: the lone `▁` is drawn `·`, never as the
+    next letter (before: `a r red fo x`)."""
+    from tiny_pipelines import t5_tokenizer_dir
+
+    from sdclip.tokenizer.t5 import T5Tokenizer
+
+    folder = t5_tokenizer_dir()
+    tok = T5Tokenizer.from_folder(folder)
+    pieces = [tok.token_text(i) for i in tok.encode("a red fox")]
+    assert "▁" in pieces  # the case under test
+    res = subprocess.run([sys.executable, "-m", "sdclip", "inspect", "--family", "sd3", "--t5-tokenizer", str(folder),
+                          "a (red:1.3) fox, a red fox"], capture_output=True, timeout=60,
+                         env={**__import__("os").environ, "COLUMNS": "300"})
+    assert res.returncode == 0, res.stderr.decode()
+    line = next(li for li in res.stdout.decode().splitlines() if li.startswith("T5"))
+    assert " · red " in line and " r " not in line and "fo x" in line

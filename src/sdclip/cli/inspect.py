@@ -12,7 +12,7 @@ import sys
 
 from sdclip.cli.options import add_text_options, embedding_names, text_options, whole_number
 from sdclip.conventions.family import FAMILIES, get_family
-from sdclip.describe import describe
+from sdclip.describe import FULL_ROWS, ROWS_SHOWN, describe
 
 EXAMPLE = "a (red:1.3) fox in a [misty] forest, highly detailed, BREAK golden hour light"
 
@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("text", nargs="?", help="the prompt (default: standard input when piped, else an example)")
     p.add_argument("--family", choices=tuple(FAMILIES), default="sd1", help="model family (default sd1)")
     p.add_argument("--json", action="store_true", help="print one JSON object (stable contract)")
-    p.add_argument("--full", action="store_true", help=f"list every row (default: the first 64, then a summary)")
+    p.add_argument("--full", action="store_true", help=f"list every row, up to {FULL_ROWS} (default: the first {ROWS_SHOWN}, then a summary)")
     p.add_argument("--t5-tokenizer", metavar="DIR",
                    help="SD3 / Flux: the model's T5 tokenizer (its folder with tokenizer.json or spiece.model, or "
                         "the diffusers model folder holding tokenizer_3/ or tokenizer_2/)")
@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from sdclip.cli.render import render_inspect
 
-    prepared = prepare(shown, options, family, tokenizer, names, t5_tokenizer=t5)
-    render_inspect(shown, prepared, family, options, full=args.full, note=note)
+    prepared = prepare(shown, options, family, tokenizer, names, t5_tokenizer=t5,
+                       stop_after=FULL_ROWS if args.full else ROWS_SHOWN)
+    render_inspect(shown, prepared, family, options, full=args.full, note=note, t5_tokenizer=t5)
     return 0

@@ -7,7 +7,7 @@ from rich.text import Text
 
 from sdclip.conventions.family import Family
 from sdclip.conventions.presets import Options
-from sdclip.describe import ROWS_SHOWN, capacity, readable_slots
+from sdclip.describe import FULL_ROWS, ROWS_SHOWN, capacity, counter, readable_slots, stopped_line
 from sdclip.prepare import Prepared
 
 
@@ -25,16 +25,28 @@ def _label(slot: dict) -> str:
     return slot["t"].strip() or repr(slot["t"])
 
 
-def _t5_line(part, e: int) -> Text:  # noqa: ANN001
-    """The T5 sequence of a part (SD3 / Flux): its tokens as typed, weights, n/limit, and what was dropped."""
+def t5_label(piece: str | None, typed: str) -> str:
+    """A T5 piece as typed: its word-start `▁` dropped (pieces are drawn space-separated), a lone `▁` (a word
+    start the tokenizer kept as its own piece) as a visible `·`, a byte piece (`<0x..>`) or an unknown one as
+    the source characters it came from. Drawing the source span instead showed a lone `▁` as the next
+    letter (`a r(1.3) red(1.3)`)."""
+    if piece is None or piece.startswith("<0x"):
+        return typed.strip() or "·"
+    return piece.lstrip("▁") or "·"
+
+
+def _t5_line(part, e: int, tokenizer=None) -> Text:  # noqa: ANN001
+    """The T5 sequence of a part (SD3 / Flux): its pieces as typed, weights, n/limit, and what was dropped."""
     rows, stream = part.rows[e], part.stream_for(e)
     src = stream.source
     line = Text("T5    │ ", style="bold magenta")
     for i, (a, b) in enumerate(stream.spans[: rows.eos[0]]):
-        if i and stream.spans[i - 1] == (a, b):
-            continue
+        piece = tokenizer.token_text(rows.ids[0][i]) if tokenizer is not None else None
+        byte_piece = piece is None or piece.startswith("<0x")
+        if byte_piece and i and stream.spans[i - 1] == (a, b):
+            continue  # the rest of a character shown by its first byte piece
         w = stream.weights[i]
-        label = src[a:b].strip() or "▁"
+        label = t5_label(piece, src[a:b])
         line.append(label + (f"({w:.3g})" if abs(w - 1.0) > 1e-9 else "") + " ", style=_style(w))
     line.append("</s>", style="dim")
     colour = "red" if rows.dropped else "green"
@@ -44,9 +56,13 @@ def _t5_line(part, e: int) -> Text:  # noqa: ANN001
     return line
 
 
+def real_tokens(prepared: Prepared) -> int:
+    return sum(len(part.stream) for part in prepared.parts)
+
+
 def render_inspect(
     text: str, prepared: Prepared, family: Family, options: Options, *, full: bool = False,
-    note: str = "", console: Console | None = None,
+    note: str = "", console: Console | None = None, t5_tokenizer=None,  # noqa: ANN001
 ) -> None:
     console = console or Console(highlight=False)
     console.print(
@@ -59,13 +75,16 @@ def render_inspect(
     multi = len(prepared.parts) > 1
     shown = 0
     per_row = family.length - 2
+    limit = FULL_ROWS if full else ROWS_SHOWN
     for p, part in enumerate(prepared.parts):
+        if shown >= limit:
+            break
         rows = part.rows[0]
         if multi:
             console.rule(f"part {p + 1} ({prepared.prompt.combine}, weight {part.weight:g}): "
                          f"{len(part.stream)}/{len(rows) * per_row} tokens")
         for r in range(len(rows)):
-            if not full and shown >= ROWS_SHOWN:
+            if shown >= limit:
                 break
             shown += 1
             line = Text(f"row {r + 1} │ ", style="bold cyan")
@@ -89,17 +108,21 @@ def render_inspect(
             console.print(f"[dim]note:[/] {note_line}")
         for e, role in enumerate(family.roles):
             if role.kind == "t5":
-                console.print(_t5_line(part, e))
+                console.print(_t5_line(part, e, t5_tokenizer))
     total_rows = sum(len(part.rows[0]) for part in prepared.parts)
+    if prepared.stopped is not None:
+        console.print(f"[dim]… {stopped_line(shown, *prepared.stopped, full)}[/]")
+        console.print(f"laid out: {real_tokens(prepared)} tokens in {total_rows} row(s) before stopping")
+        return
     if shown < total_rows:
         console.print(f"[dim]… {total_rows - shown} more row(s) not shown (--full shows every row)[/]")
-    real = sum(len(part.stream) for part in prepared.parts)
+    real = real_tokens(prepared)
     colour = "red" if prepared.dropped else "green"
     console.print(f"tokens: [{colour}]{real}/{total_rows * per_row}[/] in {total_rows} row(s)", end="")
-    count = prepared.token_count
+    count = counter(prepared)
     if count != real:
-        console.print(f"  (AUTOMATIC1111's counter: {count}/{capacity(count, per_row)}: BREAK and comma "
-                      "backtracks pad to the row end)")
+        why = "the largest AND part's" if len(prepared.parts) > 1 else "BREAK and comma backtracks pad to the row end"
+        console.print(f"  (AUTOMATIC1111's counter: {count}/{capacity(count, per_row)}: {why})")
     else:
         console.print()
     if prepared.dropped:
