@@ -211,6 +211,10 @@ def test_single_file_checkpoints(model, tmp_path, capsys, monkeypatch):
                "cond_stage_model.transformer.text_model.embeddings.position_ids": torch.zeros(1, 77)}, str(whole))
     assert _run(whole, out) == 2
     _one_line(capsys, "pass --pipeline-config DIR")
+    # a local diffusers folder's configs are used offline (this fake file then lacks the text encoder's weights)
+    assert _run(whole, out, "a fox", "--pipeline-config", str(model)) == 2
+    err = _one_line(capsys, f"with the configs from --pipeline-config {model}")
+    assert "cached snapshot" not in err
     assert _run(whole, out, "a fox", "--pipeline-config", str(tmp_path)) == 2
     _one_line(capsys, "--pipeline-config wants a local diffusers pipeline folder")
     assert not out.exists()

@@ -59,7 +59,7 @@ def load_pipeline(model: Path, dtype, config: str | None = None):  # noqa: ANN00
     try:
         return cls.from_single_file(str(model), config=config, torch_dtype=dtype, local_files_only=offline)
     except Exception as exc:  # diffusers' OSError / ValueError / hub errors: many lines, no advice
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0][:160]
         where = f"--pipeline-config {config}" if config else (
             "the Hugging Face cache (offline)" if offline else "the Hugging Face hub")
         raise ValueError(

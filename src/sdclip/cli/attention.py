@@ -109,10 +109,16 @@ def run(args: argparse.Namespace) -> int:
     check_folder(args.out)
 
     # the libraries' own start-up notes (accelerate, torchvision) are not this command's output; a user's setting wins
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    quiet = [name for name in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY") if name not in os.environ]
+    for name in quiet:
+        os.environ[name] = "error"  # read when the libraries are first imported
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
+
+    if "DIFFUSERS_VERBOSITY" in quiet:  # and set now, for a process that had imported them already
+        diffusers_logging.set_verbosity_error()
+    if "TRANSFORMERS_VERBOSITY" in quiet:
+        transformers_logging.set_verbosity_error()
 
     from sdclip.attention import trace
     from sdclip.attention.progress import progress
