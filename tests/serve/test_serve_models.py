@@ -212,3 +212,9 @@ def test_device_without_it_is_one_line(capsys, tmp_path, device, words):
     assert main(["serve", "--port", "0", "--model", str(path), "--device", device]) == 2
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_unreadable_t5_tokenizer_folder_is_one_line(capsys, tmp_path):
+    assert main(["serve", "--port", "0", "--t5-tokenizer", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "not a T5 tokenizer folder" in err and len(err.strip().splitlines()) == 1

@@ -41,7 +41,7 @@ INT_RANGES = {"stride": (1, 10_000), "comma_backtrack": (0, 10_000), "max_rows":
 TEXT_FIELDS = ("prompt", "syntax", "family", "layout", "normalize", "preset", *INT_RANGES, "embedding_names")
 VIEW_FIELDS = (*TEXT_FIELDS, "steps", "step")
 #: the families whose tokenizing needs the model's T5 tokenizer
-T5_FAMILIES = tuple(name for name, fam in FAMILIES.items() if any(r.kind == "t5" for r in fam.roles))
+T5_FAMILIES = tuple(name for name, fam in FAMILIES.items() if fam.has_t5)
 
 
 class Api:

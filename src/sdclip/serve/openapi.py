@@ -159,7 +159,6 @@ SPEC: dict = {
                 "properties": {"error": {"type": "string"}, "position": {"type": ["integer", "null"]}},
                 "required": ["error", "position"],
             },
-            "TextRequest": {"type": "object", "properties": _TEXT_PROPS, "required": ["prompt"], "additionalProperties": False},
             "ViewRequest": {
                 "type": "object",
                 "properties": {
