@@ -250,3 +250,25 @@ def test_bad_input_one_line() -> None:
     with pytest.raises(ValueError, match="readings"):
         with trace_mmdit(_pipe("sd3"), readings=("cosine",)):
             pass
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_other_processors_are_called_as_they_are(kind: str) -> None:
+    """A processor the tracer does not reproduce (here a subclass) is called for the output; q / k are
+    recomputed beside it: the same maps, the same latents."""
+    from diffusers.models.attention_processor import JointAttnProcessor2_0
+    from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+
+    pipe = _pipe(kind)
+    base = JointAttnProcessor2_0 if kind == "sd3" else FluxAttnProcessor
+    other = type("OtherProcessor", (base,), {})
+    latents, tc = _traced(kind, steps=1, readings=("softmax", "output"))
+    pipe.transformer.set_attn_processor(other())
+    try:
+        plain = tiny_mmdit.run(pipe, steps=1, **_kwargs(kind))
+        again, tc2 = _traced(kind, steps=1, readings=("softmax", "output"))
+    finally:
+        pipe.transformer.set_attn_processor(base())
+    assert torch.equal(plain, again) and torch.equal(latents, again)
+    for reading in ("softmax", "output"):
+        torch.testing.assert_close(tc2.maps(reading).maps, tc.maps(reading).maps, atol=1e-6, rtol=1e-6)
