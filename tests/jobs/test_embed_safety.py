@@ -79,6 +79,8 @@ def test_overwrite_never_removes_files_a_crafted_manifest_names(tmp_path, models
                         "sha256": digest["shard_victim.safetensors"], "bytes": 10})
     (out / "manifest.json").write_text(json.dumps(m))
     assert embed("--model", models["sd1"], "--captions", caps, "--out", out, "--shard-size", 4, "--overwrite") == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--overwrite: the old manifest lists 5 file(s) that are not this job's own" in err
     for name, path in victims.items():
         assert path.read_bytes() == name.encode(), f"{name} was touched"
     assert stranger.read_bytes().startswith(b"the user's own file")

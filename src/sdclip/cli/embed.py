@@ -85,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         caption_extension=args.caption_extension,
     )
     job = Job(spec, overwrite=args.overwrite, console=console)  # folder + configuration checked: no model yet
+    for note in job.notes:
+        print(f"sdclip: warning: {note}", file=sys.stderr)
     failed = True
     try:
         code = _run(job, spec, args, console)

@@ -37,6 +37,8 @@ class Job:
         self.out = Path(spec.out)
         self.console = console
         self.manifest: Manifest | None = None
+        #: one-line warnings for the user (what --overwrite left alone)
+        self.notes: list[str] = []
         self._created = check_out_dir(self.out)
         try:
             self._lock: int | None = _lock(self.out)
@@ -160,7 +162,10 @@ class Job:
         which; the old manifest is untrusted input). A manifest sdclip did not write is refused, not removed."""
         from sdclip.jobs.overwrite import kohya_files, regular, shard_files
 
+        from sdclip.jobs.overwrite import listed_paths
+
         records: list = []
+        removed: list[Path] = []
         if (self.out / MANIFEST).exists() or (self.out / MANIFEST).is_symlink():
             try:
                 old = Manifest.load(self.out)
@@ -169,10 +174,15 @@ class Job:
                                "or choose another --out") from None
             records = list(old.shards.values())
             if old.config.get("format") == "kohya" and self.source.format == "images":
-                for path in kohya_files(Path(self.spec.captions), records):
-                    path.unlink(missing_ok=True)
-        for path in shard_files(self.out, records):
+                removed += kohya_files(Path(self.spec.captions), records)
+        removed += shard_files(self.out, records)
+        for path in removed:
             path.unlink(missing_ok=True)
+        left = listed_paths(records) - {p.name for p in removed} - {
+            p.relative_to(self.spec.captions).as_posix() for p in removed if p.is_relative_to(self.spec.captions)}
+        if left:
+            self.notes.append(f"--overwrite: the old manifest lists {len(left)} file(s) that are not this job's own "
+                              f"here (e.g. {sorted(left)[0]!r}): left untouched")
         for name in (MANIFEST, *SCAN_FILES):
             if regular(self.out / name):
                 (self.out / name).unlink(missing_ok=True)

@@ -106,3 +106,16 @@ def kohya_files(images: Path, records: list[dict]) -> list[Path]:
                 if hashlib.sha256(path.read_bytes()).hexdigest() == digest:
                     found.append(path)
     return found
+
+
+def listed_paths(records: list[dict]) -> set[str]:
+    """Every path string the records name (shard `file`s, kohya `files`), whatever their type checks say."""
+    out: set[str] = set()
+    for rec in records:
+        if not isinstance(rec, dict):
+            continue
+        if isinstance(rec.get("file"), str):
+            out.add(rec["file"])
+        if isinstance(rec.get("files"), dict):
+            out.update(k for k in rec["files"] if isinstance(k, str))
+    return out
