@@ -2,12 +2,14 @@
 
 Every row of a request (positive, negative, the empty prompt, compel's masked re-encodings) goes through
 one encoder in as few batched passes as possible; identical rows are encoded once; an LRU cache keyed by
-the model's fingerprint, the encoder, the layer, the row's ids (textual-inversion slots by name) and its
+the model's fingerprint, the encoder, the layer, the row's ids (textual-inversion slots by name, vector index
+and a digest of the vector itself: `EmbeddingLibrary.add(replace=True)` may give a name new vectors) and its
 attention mask makes a repeated negative prompt nearly free.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -149,8 +151,20 @@ class RowEncoder:
     def run(self, plan: EncoderPlan, vectors: Tensor | None = None) -> Encoded:
         """Encode a planned batch (sdclip.encoder.plan) in one pass; the result is read by part."""
         masks = plan.masks if any(m is not None for m in plan.masks) else None
-        hidden, pooled = self.encode(RowBatch(plan.ids, plan.slots, vectors, masks))
+        hidden, pooled = self.encode(RowBatch(plan.ids, content_slots(plan.slots, vectors), vectors, masks))
         return Encoded(hidden, pooled, plan)
+
+
+def content_slots(slots: dict[int, tuple], vectors: Tensor | None) -> dict[int, tuple]:
+    """Each vector slot named by (embedding, index, digest of the vector's values): a cached row is found
+    again only while its vectors are the same, whatever the library did to the name in between. Slot ids
+    count up from the first vector id, row (id − first) of `vectors`."""
+    if not slots or vectors is None:
+        return slots
+    first = min(slots)
+    rows = vectors.detach().to("cpu", torch.float32).contiguous()
+    return {t: (*name, hashlib.blake2b(rows[t - first].numpy().tobytes(), digest_size=16).hexdigest())
+            for t, name in slots.items()}
 
 
 class T5RowEncoder(RowEncoder):
