@@ -60,6 +60,7 @@ def post_raw(client, path: str, raw: bytes):  # noqa: ANN001, ANN201
         (b"[" * 5000 + b"]" * 5000, "nested"),
         (b'{"prompt": [[[[["x"]]]]]}', "'prompt'"),
     ],
+    ids=['huge-int', 'huge-negative-int', 'nan', 'infinity', '1e400', 'float-for-int', 'huge-int-in-names', 'nan-in-names', 'huge-int-prompt', 'list-for-choice', 'object-for-choice', 'surrogate-prompt', 'surrogate-key', 'surrogate-choice', 'nested-prompt', 'nested-names', 'nested-body', 'list-prompt'],
 )
 @pytest.mark.parametrize("path", ["/api/inspect", "/api/view"])
 def test_malformed_fields_are_400_naming_the_field(client, path, raw, field):
@@ -80,6 +81,7 @@ def test_malformed_fields_are_400_naming_the_field(client, path, raw, field):
         ("/api/tokenize", b'{"lines": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nested"),
         ("/api/encode", b'{"prompt": "\\ud800"}', ""),  # no model: 404 before the body is read
     ],
+    ids=["surrogate-text", "surrogate-line", "huge-int-choice", "nested-lines", "encode-without-model"],
 )
 def test_other_endpoints(client, path, raw, field):
     r = post_raw(client, path, raw)
