@@ -218,3 +218,21 @@ def test_single_file_checkpoints(model, tmp_path, capsys, monkeypatch):
     assert _run(whole, out, "a fox", "--pipeline-config", str(tmp_path)) == 2
     _one_line(capsys, "--pipeline-config wants a local diffusers pipeline folder")
     assert not out.exists()
+
+
+def test_a_full_disk_while_writing_is_one_line_and_keeps_the_earlier_result(model, tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    out = tmp_path / "out"
+    assert _run(model, out) == 0
+    before = _snapshot(out)
+
+    def full(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    capsys.readouterr()
+    assert _run(model, out, "a blue bird") == 2
+    _one_line(capsys, "disk full")
+    assert _snapshot(out) == before
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]

@@ -25,7 +25,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from sdclip.outputs import OutputError, file_mode, folder_mode, fsync_dir
+from sdclip.outputs import OutputError, file_mode, folder_mode, fsync_dir, reason
 
 RECORD = ".sdclip-attention.json"
 FILES = ("maps.safetensors", "tokens.json", "image.png", "contact_sheet.png")
@@ -137,8 +137,15 @@ def _assemble(tmp: Path, maps, image, metadata: dict[str, str]) -> None:  # noqa
 
 
 def write_result(out: Path, maps, image, metadata: dict[str, str], flag: str = "--out") -> None:  # noqa: ANN001
-    """Every output file of one run into `out`, replacing only files an earlier run wrote (see the module)."""
-    out = Path(out)
+    """Every output file of one run into `out`, replacing only files an earlier run wrote (see the module);
+    a failed write (a full disk) is one line; it fails while assembling, before anything is moved in."""
+    try:
+        _write_result(Path(out), maps, image, metadata, flag)
+    except OSError as exc:
+        raise OutputError(f"cannot write {flag} {out}: {reason(exc)}") from None
+
+
+def _write_result(out: Path, maps, image, metadata: dict[str, str], flag: str) -> None:  # noqa: ANN001
     if os.path.lexists(out) and not out.is_dir():
         raise OutputError(f"{flag} {out} exists and is not a folder")
     check_folder(out, flag)  # again: the run took a while
