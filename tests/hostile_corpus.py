@@ -27,8 +27,6 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from clip_files import write_tokenizer
-from tiny_models import hf4_state_dict, tiny_model
 
 #: a smaller stand-in than tiny_models' (64 wide, 1 head, 2 layers): dozens of files stay cheap to write
 SIZES = {"clip-vit-l-14": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=1,
@@ -51,6 +49,7 @@ class Case:
     warn: str = ""  #: a regex one of the library's warnings must match
     prompt_word: str = ""  #: for embeddings: the name a prompt uses
     note: str = ""
+    isolate: bool = False  #: run in a subprocess with a timeout and a memory cap (it hung or aborted once)
 
 
 @dataclass
@@ -89,6 +88,7 @@ def _safetensors_raw(path: Path, header: object, data: bytes = b"") -> Path:
 
 def base_state() -> dict[str, torch.Tensor]:
     """The SD1 single-file state dict of the small random model."""
+    from tiny_models import hf4_state_dict, tiny_model  # imported here: an isolated case's subprocess needs neither
     model = tiny_model("clip-vit-l-14", seed=3, sizes=SIZES)
     return {"cond_stage_model.transformer." + k: v for k, v in hf4_state_dict(model).items()}
 
@@ -97,6 +97,9 @@ def _hf_folder(folder: Path, sd: dict[str, torch.Tensor] | None = None, config: 
                config_bytes: bytes | None = None, _made: dict = {}) -> Path:  # noqa: B006 - one template per process
     """An HF model folder (config.json, model.safetensors, tokenizer files) copied from one template."""
     if "template" not in _made or not _made["template"].exists():
+        from clip_files import write_tokenizer
+        from tiny_models import hf4_state_dict, tiny_model
+
         model = tiny_model("clip-vit-l-14", seed=3, sizes=SIZES)
         t = folder.parent / ".hf-template"
         t.mkdir(parents=True, exist_ok=True)
@@ -288,6 +291,23 @@ def build(root: Path) -> list[Case]:
     p = folder("config-missing-weights", "no weights")
     (p / "model.safetensors").unlink()
 
+    # -- model files that are not regular files or nest without end (issue 24, 7b); they hung or aborted once
+    p = folder("config-fifo", "not a regular file \\(a FIFO")
+    (p / "config.json").unlink()
+    os.mkfifo(p / "config.json")
+    cases[-1].isolate = True
+    p = folder("config-dev-zero", "not a regular file \\(a character device")
+    (p / "config.json").unlink()
+    os.symlink("/dev/zero", p / "config.json")
+    cases[-1].isolate = True
+    os.mkfifo(model("fifo.safetensors", "refuse", "not a regular file \\(a FIFO", isolate=True))
+    p = folder("model-index-deep", "nested deeper than 64 levels")
+    (p / "model_index.json").write_bytes(b"{\"a\":" * 50_000 + b"1" + b"}" * 50_000)
+    p = folder("unet-folder", "holds a UNet2DConditionModel, not a text encoder")
+    (p / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel", "_diffusers_version": "0.30.0",
+                                               "cross_attention_dim": WIDTH}))
+    (p / "model.safetensors").rename(p / "diffusion_pytorch_model.safetensors")
+
     # -- embeddings
     def emb(name: str, expect: str, match: str = "", word: str = "", **kw) -> Path:
         path = e / name
@@ -443,8 +463,60 @@ def entry_points(case: Case) -> dict[str, callable]:
 LENIENT = ("EmbeddingLibrary.load_dir(strict=False)", "open_tensor_file", "load_embedding")
 
 
+#: seconds and bytes an isolated case may take (a regression that hangs or allocates without end fails here)
+ISOLATE_TIMEOUT, ISOLATE_MEMORY = 120, 4 << 30
+
+
 def run_case(case: Case, root: Path) -> Outcome:
-    """Every entry point on one case; `problems` lists every broken rule."""
+    """Every entry point on one case; `problems` lists every broken rule. Isolated cases run in a subprocess."""
+    return run_cases([case], root)[0]
+
+
+def run_cases(cases: list[Case], root: Path) -> list[Outcome]:
+    """run_case for many: the isolated ones together in one subprocess (one interpreter start), in order."""
+    isolated = [c for c in cases if c.isolate]
+    done = dict(zip((c.name for c in isolated), _run_isolated(isolated, root))) if isolated else {}
+    return [done[c.name] if c.isolate else _run_in_process(c, root) for c in cases]
+
+
+def _run_isolated(cases: list[Case], root: Path) -> list[Outcome]:
+    """Cases in a fresh interpreter with a timeout and an address-space cap: a hang or an abort (a Rust
+    panic, a huge allocation) becomes a problem of these cases instead of ending the run."""
+    import subprocess
+    import sys
+
+    specs = [{**c.__dict__, "path": str(c.path), "dtype": str(c.dtype).removeprefix("torch."), "isolate": False}
+             for c in cases]
+    code = ("import json, resource, sys, torch\n"
+            f"resource.setrlimit(resource.RLIMIT_AS, ({ISOLATE_MEMORY}, {ISOLATE_MEMORY}))\n"
+            "import hostile_corpus as hc\n"
+            "for spec in json.loads(sys.argv[1]):\n"
+            "    spec.update(path=hc.Path(spec['path']), dtype=getattr(torch, spec['dtype']))\n"
+            "    out = hc.run_case(hc.Case(**spec), hc.Path(sys.argv[2]))\n"
+            "    print(json.dumps({'results': out.results, 'problems': out.problems}), flush=True)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "RUST_BACKTRACE": "0"}
+    outs = [Outcome(c) for c in cases]
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, json.dumps(specs), str(root)], capture_output=True,
+                              text=True, timeout=ISOLATE_TIMEOUT, env=env)
+        lines, failure = proc.stdout.splitlines(), (
+            f"aborted (exit {proc.returncode}): {proc.stderr.strip()[-300:]}" if proc.returncode else "")
+    except subprocess.TimeoutExpired as e:
+        lines = (e.stdout.decode() if isinstance(e.stdout, bytes) else e.stdout or "").splitlines()
+        failure = f"hung: no answer in {ISOLATE_TIMEOUT} s"
+    for i, out in enumerate(outs):
+        if i < len(lines):
+            got = json.loads(lines[i])
+            out.results, out.problems = got["results"], got["problems"]
+        else:
+            out.problems.append(failure or "no answer")
+        out.executed = marker_of(root).exists()
+        if out.executed and "a pickle payload ran" not in out.problems:
+            out.problems.append("a pickle payload ran")
+    return outs
+
+
+def _run_in_process(case: Case, root: Path) -> Outcome:
     from sdclip.conditioner import ConditioningPair
 
     out = Outcome(case)

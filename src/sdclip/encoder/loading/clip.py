@@ -496,7 +496,7 @@ def _from_folder(folder: Path, family: str | None) -> tuple[str, list[Part], tup
         if family is not None and family != fam:
             raise CheckpointError(f"{folder}: family={family!r} but the folder holds a {fam!r} pipeline")
         return fam, parts, toks
-    if (folder / "config.json").is_file():
+    if (folder / "config.json").exists():  # a FIFO / device named config.json is read and refused by kind
         part = _hf_folder_part(folder)
         fam = family or _folder_role(part)
         if len(get_family(fam).roles) != 1:
