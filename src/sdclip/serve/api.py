@@ -99,7 +99,7 @@ class Api:
             raise ApiError(404, "no model loaded: start the server with `sdclip serve --model PATH` to encode")
         fmt = request.query_params.get("format", "safetensors")
         if fmt not in ("safetensors", "json"):
-            raise ApiError(400, f"format must be 'safetensors' or 'json', got {fmt!r}")
+            raise ApiError(400, f"the 'format' query parameter must be 'safetensors' or 'json', got {fields.show(fmt)}")
         body = fields.json_object(await request.body(), ("prompt", "negative"))
         prompt = fields.prompts(body, "prompt", required=True)
         negative = fields.prompts(body, "negative", required=False)
