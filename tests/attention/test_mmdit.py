@@ -272,3 +272,16 @@ def test_other_processors_are_called_as_they_are(kind: str) -> None:
     assert torch.equal(plain, again) and torch.equal(latents, again)
     for reading in ("softmax", "output"):
         torch.testing.assert_close(tc2.maps(reading).maps, tc.maps(reading).maps, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux", "chroma"])
+def test_generate_for_the_command(kind: str) -> None:
+    from sdclip.attention.mmdit_generate import generate
+
+    maps, image, size = generate(_pipe(kind), prompt=PROMPT, negative=NEGATIVE, steps=1, seed=0, size=(32, 48),
+                                 blocks="joint")
+    assert size == image.size == (32, 48) and maps.image_size == (48, 32) and maps.maps.shape[1:] == (12, 8)
+    assert maps.info["blocks"] and all(b.startswith("transformer_blocks.") for b in maps.info["blocks"])
+    assert maps.word("fox").shape == (12, 8)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        generate(_pipe(kind), prompt=PROMPT, negative=None, steps=1, seed=0, size=(30, 32))
