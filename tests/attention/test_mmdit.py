@@ -285,3 +285,17 @@ def test_generate_for_the_command(kind: str) -> None:
     assert maps.word("fox").shape == (12, 8)
     with pytest.raises(ValueError, match="multiples of 4"):
         generate(_pipe(kind), prompt=PROMPT, negative=None, steps=1, seed=0, size=(30, 32))
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_pipelines_own_prompt_encoding_is_labelled_by_its_tokenizers(kind: str) -> None:
+    """No conditioner: pipe(prompt=...) encodes the prompt itself; the slots follow its tokenizers."""
+    pipe = _pipe(kind)
+    with trace_mmdit(pipe, prompt=PROMPT) as tc:
+        tiny_mmdit.run(pipe, steps=1, prompt=PROMPT, negative_prompt=NEGATIVE)
+    maps = tc.maps()
+    ours = _traced(kind, steps=1)[1].maps()  # sdclip's diffusers preset: the same token layout
+    assert len(maps.slots) == len(ours.slots)
+    assert [(s.text, s.kind, s.encoder, s.word_span) for s in maps.slots] == [
+        (s.text, s.kind, s.encoder, s.word_span) for s in ours.slots]
+    torch.testing.assert_close(maps.maps, ours.maps, atol=1e-4, rtol=1e-3)  # diffusers' own encoders vs sdclip's

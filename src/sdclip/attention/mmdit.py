@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 import torch
 
 from sdclip.attention.maps import AttentionMaps
 from sdclip.attention.mmdit_processors import (BLOCK_TYPES, READINGS, MMDiTState, TracingFluxProcessor,
                                                TracingJointProcessor)
-from sdclip.attention.mmdit_slots import conditioning_slots, tokenizer_slots
+from sdclip.attention.mmdit_slots import clip_tokenizer_slots, conditioning_slots, tokenizer_slots
 from sdclip.attention.slots import Slot
 
 #: blocks= shorthands
@@ -121,6 +122,11 @@ class MMDiTTrace:
         t5 = _t5_tokenizer(self.pipe)
         if self.prompt is not None and self.kind != "sd3" and t5 is not None:
             return tokenizer_slots(t5, self.prompt, n)
+        clip, t5 = getattr(self.pipe, "tokenizer", None), getattr(self.pipe, "tokenizer_3", None)
+        if self.prompt is not None and self.kind == "sd3" and clip is not None and t5 is not None and n > 77:
+            # the pipeline's own encoding: one CLIP row of 77, then T5 (max_sequence_length)
+            head = clip_tokenizer_slots(clip, self.prompt)
+            return head + tuple(replace(s, index=77 + s.index) for s in tokenizer_slots(t5, self.prompt, n - 77))
         return tuple(Slot(i, str(i), str(i), "", None, None, 1.0, "token") for i in range(n))
 
 
@@ -152,8 +158,8 @@ def trace_mmdit(
 ) -> Iterator[MMDiTTrace]:
     """Trace the text attention of `pipe.transformer` while the block runs.
 
-    conditioner / prompt / negative: label the slots (sdclip conditioning; without a conditioner, Flux and
-    Chroma prompts are labelled with the pipeline's T5 tokenizer as it encodes them). blocks: "joint",
+    conditioner / prompt / negative: label the slots (sdclip conditioning; without a conditioner, the prompt
+    as the pipeline encodes it: SD3's one CLIP row and T5, Flux's and Chroma's T5, each by its own tokenizer). blocks: "joint",
     "single" (Flux / Chroma), "both", or layer names ("transformer_blocks.3", "single_transformer_blocks.0").
     steps: 0-based denoising steps. readings: "softmax" and / or "output". cfg: whether an SD3 batch is
     [negative, positive] halves (default: the pipeline's own do_classifier_free_guidance).

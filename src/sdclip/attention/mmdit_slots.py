@@ -90,6 +90,33 @@ def tokenizer_slots(tokenizer: object, text: str, length: int, encoder: str = "t
     return tuple(out)
 
 
+def clip_tokenizer_slots(tokenizer: object, text: str, length: int = 77) -> tuple[Slot, ...]:
+    """SD3's CLIP block as its pipeline encodes a plain prompt (one row of `length`, truncated): ids and
+    pieces from the pipeline's tokenizer; characters from sdclip's own CLIP BPE, which splits a plain
+    prompt the same way (where it does not, the slots keep their pieces and no characters)."""
+    from sdclip.tokenizer import Tokenizer
+
+    enc = tokenizer(text, padding="max_length", max_length=length, truncation=True)  # type: ignore[operator]
+    ids = list(enc["input_ids"])
+    pieces = tokenizer.convert_ids_to_tokens(ids)  # type: ignore[attr-defined]
+    eos = getattr(tokenizer, "eos_token_id", None)
+    end = ids.index(eos, 1) if eos in ids[1:] else len(ids) - 1
+    own, spans = Tokenizer.default().encode_with_spans(text)
+    match = own[: end - 1] == ids[1:end]
+    out = []
+    for i, (token_id, piece) in enumerate(zip(ids, pieces)):
+        if i == 0 or i >= end:
+            kind = "BOS" if i == 0 else "EOS" if i == end else "pad"
+            out.append(Slot(i, piece, piece, "", None, 0, 1.0, kind, "clip"))
+        elif match:
+            a, b = spans[i - 1]
+            word, span = _word_around(text, a, b)
+            out.append(Slot(i, text[a:b], piece, word, span, 0, 1.0, "token", "clip"))
+        else:
+            out.append(Slot(i, piece, piece, "", None, 0, 1.0, "token", "clip"))
+    return tuple(out)
+
+
 def _text(source: str, a: int, b: int, piece: str) -> str:
     """The token's characters; SentencePiece's lone word-start piece "▁" (its offsets name the next letter,
     which the following piece holds too) shows as itself. It stays in the word, as it starts it."""
