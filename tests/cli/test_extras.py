@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import importlib.metadata as md
 import re
+import shutil
 import subprocess
 import sys
 from functools import cache
@@ -193,7 +194,11 @@ def test_the_attention_extra_alone_runs_attention(tmp_path):
                                  capture_output=True, text=True, check=True).stdout.split()
     pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-c", "scripts/test-constraints.txt"]
     subprocess.run([*pip, *torch_index, "torch"], cwd=ROOT, check=True, timeout=900)
-    subprocess.run([*pip, ".[attention]"], cwd=ROOT, check=True, timeout=900)
+    source = tmp_path / "sdclip"  # built from a copy: pip's in-tree build would leave build/ in the checkout
+    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    subprocess.run([*pip, f"{source}[attention]"], cwd=ROOT, check=True, timeout=900)
     modules, _ = command_graph("attention")
     code = ("import importlib, importlib.util, sys\n"
             f"for m in {sorted(modules)!r}: importlib.import_module(m)\n"
