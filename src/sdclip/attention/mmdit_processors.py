@@ -15,7 +15,8 @@ Readings:
 - "softmax": the probabilities above;
 - "output": ConceptAttention's output-space map (Helbling et al., ICML 2025), here on the prompt's own text
   tokens: per head, the attention output of every image token · the attention output of text slot j
-  (the per-head SDPA results, before the output projection), summed over heads. Unnormalised scores.
+  (the per-head SDPA results, before the output projection, as their `concept_scores`), summed into the
+  sums over heads like the probabilities, so maps() gives the mean over heads (theirs: the sum). Unnormalised.
 """
 
 from __future__ import annotations
