@@ -168,6 +168,7 @@ def test_progress_is_drawn_on_a_terminal_and_quiet_otherwise(model, tmp_path, ca
 
 @pytest.mark.slow
 def test_progress_in_a_real_terminal_subprocess(model, tmp_path):
+    """The real `sdclip` process on a pty (slow: a fresh interpreter imports torch and diffusers)."""
     env = {**os.environ, "COLUMNS": "100", "TERM": "xterm", "PYTHONPATH": os.pathsep.join(sys.path)}
     cmd = [sys.executable, "-m", "sdclip", "attention", "--model", str(model), "--prompt", "a fox",
            "--steps", "3", "--size", "16x16"]
@@ -187,9 +188,7 @@ def test_progress_in_a_real_terminal_subprocess(model, tmp_path):
     os.close(leader)
     drawn = b"".join(chunks).decode("utf-8", "replace")
     assert proc.wait(timeout=300) == 0, drawn
-    assert "denoising" in drawn and "Traceback" not in drawn, drawn
-    piped = subprocess.run([*cmd, "--out", str(tmp_path / "pipe")], env=env, capture_output=True, text=True, timeout=300)
-    assert piped.returncode == 0 and piped.stderr == "", piped.stderr
+    assert "denoising" in drawn and "Traceback" not in drawn, drawn  # quiet when piped: the in-process test
 
 
 def test_single_file_checkpoints(model, tmp_path, capsys, monkeypatch):
