@@ -16,7 +16,6 @@ one rename. Modes follow the umask (issue 19.11), as any new file or folder woul
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os

@@ -15,7 +15,7 @@ to minutes and an `--out` inside the model folder is then already decided), and 
   is not cached: the download would create it).
 
 Every path is returned resolved (symlinks followed), so that an output given through another name or a link
-still compares equal. Torch-free: only the file system is read.
+still compares equal. The module itself uses no torch and only reads the file system (its package imports torch).
 """
 
 from __future__ import annotations
