@@ -83,16 +83,19 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.step <= args.steps:
         raise ValueError(f"--step must be within 1..--steps ({args.steps}), got {args.step}")
     text = _text(args)
-    sched = schedule(text, args.steps, options.dialect)
+    # scheduling needs a `[`: without one the schedule is the text itself, and scheduling 10 MB of AND parts
+    # cost 3 s and 0.46 GB for nothing
+    sched = schedule(text, args.steps, options.dialect) if "[" in text else None
     # a schedule's texts are A1111's, extra-network tags already removed: an unscheduled prompt is shown as typed
-    shown = sched.at(args.step) if len(sched.entries) > 1 else text
+    scheduled = sched is not None and len(sched.entries) > 1
+    shown = sched.at(args.step) if scheduled else text
     note = ""
-    if len(sched.entries) > 1:
+    if scheduled:
         note = (f"scheduled prompt: showing step {args.step} of {args.steps} "
                 f"({len(sched.entries)} texts; --step K shows another)")
     if args.json:
         out = describe(shown, options, family, tokenizer, names, full=args.full, t5_tokenizer=t5)
-        if note:
+        if scheduled:
             out["schedule"] = {"step": args.step, "steps": args.steps, "text": shown,
                                "entries": [{"end_step": e.end_step, "text": e.text} for e in sched.entries]}
         print(json.dumps(out, ensure_ascii=False))
