@@ -230,6 +230,7 @@ def test_good_charsmap_still_loads():
     assert tok.encode("a red fox")
 
 
+@pytest.mark.slow
 def test_fifo_and_dev_zero_where_model_files_go(sd1_dir, sd3_dir, tmp_path):
     """Was: a FIFO named config.json blocked forever; config.json linked to /dev/zero ended in MemoryError.
     Every model JSON goes through one bounded reader: regular files only."""
@@ -246,8 +247,11 @@ def test_fifo_and_dev_zero_where_model_files_go(sd1_dir, sd3_dir, tmp_path):
     spiece = tmp_path / "spiece"
     spiece.mkdir()
     os.symlink("/dev/zero", spiece / "spiece.model")
+    os.mkfifo(tmp_path / "style.pt")
+    os.symlink("/dev/zero", tmp_path / "zero.safetensors")
     proc = _isolated(f"""
         from sdclip.conditioner import Conditioner
+        from sdclip.encoder.textual_inversion import load_embedding
         from sdclip.tokenizer.t5 import T5Tokenizer
         for folder in {cases!r}:
             try:
@@ -255,14 +259,19 @@ def test_fifo_and_dev_zero_where_model_files_go(sd1_dir, sd3_dir, tmp_path):
                 print("LOADED", folder)
             except ValueError as e:
                 print("REFUSED", type(e).__name__, e)
-        try:
-            T5Tokenizer.from_folder({str(spiece)!r})
-        except ValueError as e:
-            print("REFUSED", type(e).__name__, e)
+        for call, arg in ((T5Tokenizer.from_folder, {str(spiece)!r}), (load_embedding, {str(tmp_path / "style.pt")!r}),
+                          (load_embedding, {str(tmp_path / "zero.safetensors")!r})):
+            try:
+                call(arg)
+                print("LOADED", arg)
+            except ValueError as e:
+                print("REFUSED", type(e).__name__, e)
     """, timeout=240, memory_gb=4)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
-    assert len(lines) == len(cases) + 1 and all(line.startswith("REFUSED") for line in lines), proc.stdout
+    assert len(lines) == len(cases) + 3 and all(line.startswith("REFUSED") for line in lines), proc.stdout
+    assert "a FIFO" in lines[-2] and "a character device" in lines[-1]
+    lines = lines[:-2]
     # the CLIP tokenizer folder looks for regular files and says which it lacks; every other file is named by kind
     named = [line for line, folder in zip(lines, cases) if "sd1-tokenizer" not in folder]
     assert all(("a FIFO (named pipe)" if folder.endswith("fifo") else "a character device") in line
