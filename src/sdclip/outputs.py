@@ -76,7 +76,8 @@ def atomic_path(final: Path) -> Iterator[Path]:
         raise
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (a temporary file named with it may still be in use)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -92,7 +93,7 @@ def remove_stale_temps(final: Path) -> int:
     n = 0
     for p in Path(final).parent.glob(f".{Path(final).name}.*{TMP_SUFFIX}"):
         pid = p.name[len(Path(final).name) + 2 :].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             with contextlib.suppress(OSError):
                 p.unlink()
                 n += 1

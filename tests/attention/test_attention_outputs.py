@@ -235,3 +235,15 @@ def test_a_full_disk_while_writing_is_one_line_and_keeps_the_earlier_result(mode
     _one_line(capsys, "disk full")
     assert _snapshot(out) == before
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_killed_runs_temporary_folder_is_removed_by_the_next_run(model, tmp_path):
+    out = tmp_path / "out"
+    assert _run(model, out) == 0
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = out / f".sdclip-attention.{int(dead.stdout)}.abc.tmp"
+    (stale / "words").mkdir(parents=True)
+    live = out / f".sdclip-attention.{os.getppid()}.abc.tmp"  # a live process's: kept
+    live.mkdir()
+    assert _run(model, out) == 0
+    assert not stale.exists() and live.exists()

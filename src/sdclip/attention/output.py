@@ -24,9 +24,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from sdclip.outputs import OutputError, file_mode, folder_mode, fsync_dir, reason
+from sdclip.outputs import OutputError, file_mode, folder_mode, fsync_dir, pid_alive, reason
 
 RECORD = ".sdclip-attention.json"
+#: the assembling folder's name: TMP_PREFIX + PID + "." + random + ".tmp"
+TMP_PREFIX = ".sdclip-attention."
 FILES = ("maps.safetensors", "tokens.json", "image.png", "contact_sheet.png")
 WORDS = "words"
 #: the names the command writes in DIR (for sdclip.outputs.check_output_folder's `writes`)
@@ -114,6 +116,18 @@ def _write_record(folder: Path, files: dict[str, list[str]]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def remove_stale_temps(folder: Path) -> int:
+    """Remove the temporary folders that killed runs left in `folder` (`.sdclip-attention.PID.*.tmp` whose
+    PID is gone: ours by name, and no live run's); returns how many."""
+    n = 0
+    for p in folder.glob(f"{TMP_PREFIX}*.tmp"):
+        pid = p.name[len(TMP_PREFIX):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)) and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+            n += 1
+    return n
+
+
 def slug(word: str) -> str:
     """A word as a safe file name part (ASCII word characters and dashes, at most 40)."""
     return re.sub(r"[^\w-]+", "_", word, flags=re.ASCII).strip("_")[:40] or "word"
@@ -151,7 +165,9 @@ def _write_result(out: Path, maps, image, metadata: dict[str, str], flag: str) -
     exists = out.is_dir()
     if not exists:
         out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".sdclip-attention.", suffix=".tmp", dir=out if exists else out.parent))
+    where = out if exists else out.parent
+    remove_stale_temps(where)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}.", suffix=".tmp", dir=where))
     try:
         os.chmod(tmp, folder_mode())
         _assemble(tmp, maps, image, metadata)
