@@ -222,7 +222,7 @@ def _check_zip(path: Path, error: type[ValueError]) -> None:
 def read_head(path: Path, n: int, error: type[ValueError]) -> bytes:
     """The first `n` bytes of a regular file (what tells its format), or one line of `error` if it has none
     (a FIFO, a device such as /dev/zero and a folder are refused by kind before anything is read)."""
-    with open_regular(path, error) as fh:
+    with open_regular(path, error, "cannot read the file") as fh:
         try:
             head = fh.read(n)
         except OSError as e:
