@@ -265,9 +265,14 @@ def test_failed_starts_leave_no_folder_and_no_lock(tmp_path, models, capsys):
     sd3 = tmp_path / "sd3"
     sd3.mkdir()
     (sd3 / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
+    from safetensors.torch import save_file
+
+    sd3_file = tmp_path / "sd3.safetensors"  # an SD3 single file's text-encoder keys, read from the header only
+    save_file({"text_encoders.clip_l.transformer.text_model.final_layer_norm.weight": torch.ones(4)}, sd3_file)
     cases = [
         (["--model", models["sd1"], "--device", "gpu"], "did you mean --device cuda"),
         (["--model", sd3], "CLIP-only families"),
+        (["--model", sd3_file], "CLIP-only families"),
         (["--model", models["sd1"], "--family", "flux"], "CLIP-only families"),
         (["--model", tmp_path / "no-such-model"], ""),
     ]
