@@ -24,7 +24,6 @@ EXTRAS = {"torch": "torch", "safetensors": "torch", "huggingface_hub": "torch", 
 INTERRUPTED = {
     "embed": "; finished shards are kept: re-run the same command to resume",
     "encode": "; nothing written (an earlier --out is unchanged)",
-    "attention": "; nothing written",
 }
 
 #: the commands, in help order: each is the module sdclip.cli.<name>
