@@ -16,7 +16,9 @@ from pathlib import Path
 
 import torch
 
-from sdclip.assemble.combine import block_slots_needed, conditioning, encoded_part, join_blocks, reencodings, zeroed
+from sdclip.assemble.combine import (
+    EmptyBlocks, block_slots_needed, conditioning, empty_needed, encoded_part, reencodings, zeroed,
+)
 from sdclip.assemble.conditioning import Conditioning, ConditioningPair, ScheduledConditioning
 from sdclip.assemble.weighting import get_weighting
 from sdclip.conventions.family import Family, get_family
@@ -150,7 +152,7 @@ class Conditioner:
         negatives = broadcast(negative, len(prompts))
         pos = prompt_keys(prompts, prompt_2, prompt_3)
         neg = prompt_keys(negatives, negative_2, negative_3)
-        encoded, empty = self._encode_texts(pos + neg)
+        encoded, empty = self._encode_texts(pos + neg, length)
         n = self._lengths([encoded[t] for t in pos + neg], length)
         positive = conditioning(prompts, [encoded[t] for t in pos], n, empty)
         given = None if negative is None and negative_2 is None and negative_3 is None else True
@@ -198,14 +200,16 @@ class Conditioner:
             return zeroed(cond)
         return cond
 
-    def _encode_texts(self, texts: Sequence) -> tuple[dict, tuple[torch.Tensor, ...]]:
+    def _encode_texts(self, texts: Sequence, length: int = 0) -> tuple[dict, EmptyBlocks]:
         """Every distinct text, encoded: one planned batch per encoder for all their parts. Also returns the
-        empty prompt's encoding of every token block, which every batch carries."""
+        empty prompt's encoding of every token block, read where padding or a weighting needs it: its row
+        is planned into an encoder's batch only where a rule will read it (else encoded on first use)."""
         unique = list(dict.fromkeys(texts))
         prepared = common_lengths({t: self.prepare(t) for t in unique}, self.family)
         parts = [part for t in unique for part in prepared[t].parts]
         plans = [[reencodings(self.weightings[e], p, e) for p in parts] for e in range(len(self.encoders))]
-        encoded = encode_parts(parts, self.family, self._rows, plans, self.embeddings, self.options)
+        with_empty = self._empty_rows([prepared[t] for t in unique], length)
+        encoded = encode_parts(parts, self.family, self._rows, plans, self.embeddings, self.options, with_empty)
         results: dict = {t: ([], prepared[t]) for t in unique}
         k = 0
         for t in unique:
@@ -215,5 +219,20 @@ class Conditioner:
                     encoded_part(encoded, k, part, per_encoder, self.weightings, self.family, self.options.pooled_source)
                 )
                 k += 1
-        empty = join_blocks(self.family, {e: enc.empty for e, enc in enumerate(encoded) if self.family.roles[e].sequence})
-        return results, empty
+        return results, EmptyBlocks(self.family, encoded)
+
+    def _empty_rows(self, prepared: list[Prepared], length: int) -> tuple[bool, ...]:
+        """Per encoder: whether its batch carries the empty row — its weighting reads it, or its token block
+        is padded (texts or AND parts of different lengths, `length`) or lerped (compel .and() weights).
+        Measured: an SD3 / Flux prompt + negative of one length then encode 2 T5 rows, not 3."""
+        if not prepared:
+            return (True,) * len(self.family.roles)
+        slots = [p.block_slots() for p in prepared]
+        n = [max(s[b] for s in slots) for b in range(len(slots[0]))]
+        n[0] = max(n[0], length - sum(n[1:]))
+        padded = empty_needed(prepared, self.family, n)
+        blocks = self.family.sequence_blocks
+        return tuple(
+            any(padded[b] or self.weightings[e].needs_empty for b, block in enumerate(blocks) if e in block)
+            for e in range(len(self.family.roles))
+        )

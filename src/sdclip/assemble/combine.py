@@ -135,7 +135,8 @@ def encoded_part(
         h = enc.rows(k)
         if not enc.constant:
             w = torch.tensor(rows.weights, dtype=torch.float32)
-            inputs = WeightingInputs(empty=enc.empty, eos=rows.eos, downweighted=enc.reencoded(k), plan=plans[e])
+            empty = enc.empty if per_encoder[e].needs_empty else None  # read (and maybe encoded) only if used
+            inputs = WeightingInputs(empty=empty, eos=rows.eos, downweighted=enc.reencoded(k), plan=plans[e])
             h = per_encoder[e].apply(h, checked_weights(h, w), inputs)
         seqs[e] = merge_rows(h, rows.keep)
     pooled = None
@@ -150,6 +151,53 @@ def join_blocks(family: Family, seqs: dict[int, Tensor]) -> tuple[Tensor, ...]:
     dtype = next(iter(seqs.values())).dtype
     grouped = [[seqs[i].to(dtype) for i in block] for block in family.sequence_blocks]
     return RECIPES[family.recipe](grouped)
+
+
+class EmptyBlocks:
+    """The empty prompt's encoding of each token block [L_b, D], joined by the family's recipe when first
+    read: an encoder whose empty row no rule needs is never asked for it (`Encoded.empty` is lazy)."""
+
+    def __init__(self, family: Family, encoded: Sequence[Encoded]):
+        self.family, self.encoded = family, encoded
+        self._blocks: dict[int, Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.family.sequence_blocks)
+
+    def __getitem__(self, b: int) -> Tensor:
+        if not 0 <= b < len(self):
+            raise IndexError(b)
+        if b not in self._blocks:
+            # the other blocks as one-slot zeros of their widths: the recipe pads features across blocks
+            blocks = self.family.sequence_blocks
+            dtype = self.encoded[blocks[0][0]].hidden.dtype
+            seqs = {i: self.encoded[i].empty if j == b else self.encoded[i].hidden.new_zeros(1, self.encoded[i].hidden.shape[-1])
+                    for j, block in enumerate(blocks) for i in block}
+            self._blocks[b] = join_blocks(self.family, {i: seqs[i].to(dtype) for i in seqs})[b]
+        return self._blocks[b]
+
+    def __iter__(self):  # noqa: ANN204
+        return (self[b] for b in range(len(self)))
+
+
+def part_block_slots(part: PreparedPart, family: Family) -> tuple[int, ...]:
+    """Slots of each token block of one part (the kept slots of the block's first role)."""
+    return tuple(sum(sum(row) for row in part.rows[block[0]].keep) for block in family.sequence_blocks)
+
+
+def empty_needed(prepared: Sequence[Prepared], family: Family, lengths: Sequence[int]) -> tuple[bool, ...]:
+    """Per token block: whether a batch padded to `lengths` reads the empty prompt's encoding — a part (or a
+    compel .and() text) shorter than its block, or an .and() part of weight ≠ 1 (lerped from it)."""
+    need = [False] * len(lengths)
+    for prep in prepared:
+        sizes = [part_block_slots(p, family) for p in prep.parts]
+        if prep.prompt.combine == "concat":
+            if any(p.weight != 1.0 for p in prep.parts):
+                return (True,) * len(lengths)
+            sizes = [tuple(sum(s[b] for s in sizes) for b in range(len(lengths)))]
+        for s in sizes:
+            need = [n or size < length for n, size, length in zip(need, s, lengths)]
+    return tuple(need)
 
 
 def block_slots_needed(parts: Sequence[EncodedPart], prepared: Prepared) -> tuple[int, ...]:
@@ -176,8 +224,10 @@ def _lerp_from_empty(seq: Tensor, empty: Tensor, weight: float) -> Tensor:
 
 
 def _pad_blocks(blocks: Sequence[Tensor], lengths: Sequence[int], empties: Sequence[Tensor]) -> Tensor:
-    """Every block padded to its length with its own empty-prompt encoding, then joined on tokens."""
-    padded = [pad_with_empty(b, n, e) for b, n, e in zip(blocks, lengths, empties)]
+    """Every block padded to its length with its own empty-prompt encoding (read only where a block is
+    short), then joined on tokens."""
+    padded = [pad_with_empty(b, n, empties[i]) if b.shape[0] < n else pad_with_empty(b, n, b[:0])
+              for i, (b, n) in enumerate(zip(blocks, lengths))]
     return padded[0] if len(padded) == 1 else torch.cat(padded, dim=0)
 
 
@@ -188,9 +238,10 @@ def conditioning(
     empty: Tensor | Sequence[Tensor],
 ) -> Conditioning:
     """The conditioning of a batch of texts, every one padded to `length` slots with the empty prompt
-    (one length and one empty encoding per token block where the family has several)."""
+    (one length and one empty encoding per token block where the family has several; `EmptyBlocks` reads
+    them only where a block is padded or lerped)."""
     lengths = [length] if isinstance(length, int) else list(length)
-    empties = [empty] if isinstance(empty, Tensor) else list(empty)
+    empties = [empty] if isinstance(empty, Tensor) else empty
     embeds, pooled, composition = [], [], []
     uses_and = any(prep.prompt.combine == "and" for _, prep in items)
     for parts, prep in items:
@@ -208,8 +259,9 @@ def conditioning(
             pool = blend([p.pooled for p in parts], weights, prep.prompt.normalize) if has_pooled else None  # type: ignore[misc]
         elif combine == "concat":
             # compel .and(w…): a part of weight w ≠ 1 is lerped from the empty prompt's encoding
-            joined = [torch.cat([_lerp_from_empty(p.blocks[b], empties[b], p.weight) for p in parts], dim=0)
-                      for b in range(len(empties))]
+            joined = [torch.cat([p.blocks[b] if p.weight == 1.0 else _lerp_from_empty(p.blocks[b], empties[b], p.weight)
+                                 for p in parts], dim=0)
+                      for b in range(len(lengths))]
             seq = _pad_blocks(joined, lengths, empties)
             pool = parts[0].pooled
         else:

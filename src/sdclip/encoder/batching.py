@@ -152,7 +152,7 @@ class RowEncoder:
         """Encode a planned batch (sdclip.encoder.plan) in one pass; the result is read by part."""
         masks = plan.masks if any(m is not None for m in plan.masks) else None
         hidden, pooled = self.encode(RowBatch(plan.ids, content_slots(plan.slots, vectors), vectors, masks))
-        return Encoded(hidden, pooled, plan)
+        return Encoded(hidden, pooled, plan, encode_empty=lambda: self.encode(RowBatch([plan.empty_ids], {}))[0][0])
 
 
 def content_slots(slots: dict[int, tuple], vectors: Tensor | None) -> dict[int, tuple]:
@@ -191,4 +191,5 @@ class ZeroRows(RowEncoder):
 
     def run(self, plan: EncoderPlan, vectors: Tensor | None = None) -> Encoded:
         R, L = len(plan.ids), len(plan.ids[0])
-        return Encoded(torch.zeros(R, L, self.width, dtype=self.dtype, device=self.device), None, plan, constant=True)
+        zeros = torch.zeros(R, L, self.width, dtype=self.dtype, device=self.device)
+        return Encoded(zeros, None, plan, constant=True, encode_empty=lambda: zeros.new_zeros(L, self.width))

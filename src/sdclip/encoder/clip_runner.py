@@ -54,10 +54,10 @@ class ClipRunnerLane:
 
     def encode(self, runner: RowEncoder, rows: Sequence[Rows], streams: Sequence[TokenStream],
                reencode: Sequence[Reencoding | None], table: Mapping[VectorName, int], embeddings: EmbeddingLibrary,
-               role: EncoderRole, empty_ids: Sequence[int]) -> Encoded:
+               role: EncoderRole, empty_ids: Sequence[int], with_empty: bool = True) -> Encoded:
         enc = runner.encoder
         batch = plan_batch(rows, [s.vectors for s in streams], reencode, table, vocab=enc.config.vocab,
-                           pad_id=role.pad_id, length=len(empty_ids), empty_ids=empty_ids)
+                           pad_id=role.pad_id, length=len(empty_ids), empty_ids=empty_ids, with_empty=with_empty)
         weight, width = enc.token_embedding.weight, enc.config.width
         vectors = vector_matrix(table, lambda nk: embeddings.get(nk[0]).for_width(width, role.name)[nk[1]],
                                 width, weight.dtype, weight.device)

@@ -1,15 +1,16 @@
 """One batch per encoder for a whole request, and the slot table that says where everything sits in it.
 
 A request's rows — every part of every prompt and negative, the masked re-encodings a weighting formula
-asks for, and the empty prompt that weighting and padding need — go through each encoder in one batched
-call (`RowEncoder` dedupes identical rows and serves repeats from its cache). The plan is data: nobody
+asks for, and the empty prompt where a weighting or padding rule needs it (else it is encoded on first use,
+`Encoded.empty`) — go through each encoder in one batched call (`RowEncoder` dedupes identical rows and serves repeats from its cache). The plan is data: nobody
 slices results back by index arithmetic; `Encoded` answers "the rows of part k" from the slot table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol
 
 import torch
@@ -41,7 +42,8 @@ class EncoderPlan:
     masks: tuple[tuple[int, ...] | None, ...]
     slots: dict[int, VectorName]  #: vector id in these rows → its name (cache keys outlive the numbering)
     parts: tuple[PartSlots, ...]
-    empty: int  #: row of the empty prompt
+    empty: int | None  #: row of the empty prompt (None: not planned; `Encoded.empty` encodes it on first use)
+    empty_ids: tuple[int, ...] = ()  #: the empty prompt's row
 
 
 def vector_table(streams_vectors: Sequence[Mapping[int, VectorName]]) -> dict[VectorName, int]:
@@ -79,11 +81,13 @@ def plan_batch(
     pad_id: int,
     length: int,
     empty_ids: Sequence[int] | None = None,
+    with_empty: bool = True,
 ) -> EncoderPlan:
     """The batch of one encoder: part k's rows (its stream's vector ids renumbered to `vocab + table[name]`),
     then the K re-encodings `reencode[k]` asks for, then the empty row. A re-encoded row identical to a row
     (nothing masked or replaced) dedupes in the encoder.
-    empty_ids: the empty prompt's row where it is not CLIP's [BOS, EOS, pad…] (T5: [</s>, pad…])."""
+    empty_ids: the empty prompt's row where it is not CLIP's [BOS, EOS, pad…] (T5: [</s>, pad…]).
+    with_empty: put the empty row in the batch (a batch with no rows always has it)."""
     slots = {vocab + g: name for name, g in table.items()}
     ids: list[tuple[int, ...]] = []
     masks: list[tuple[int, ...] | None] = []
@@ -98,10 +102,13 @@ def plan_batch(
             again, again_masks = plan.rows(renumbered, j)  # type: ignore[union-attr]
             ids.extend(again)
             masks.extend(again_masks)
-    empty = len(ids)
-    ids.append(tuple(empty_ids) if empty_ids is not None else empty_row(length, pad_id))
-    masks.append(None)
-    return EncoderPlan(tuple(ids), tuple(masks), slots, tuple(parts), empty)
+    empty_ids = tuple(empty_ids) if empty_ids is not None else empty_row(length, pad_id)
+    empty = None
+    if with_empty or not ids:
+        empty = len(ids)
+        ids.append(empty_ids)
+        masks.append(None)
+    return EncoderPlan(tuple(ids), tuple(masks), slots, tuple(parts), empty, empty_ids)
 
 
 @dataclass(frozen=True)
@@ -113,11 +120,17 @@ class Encoded:
     pooled: Tensor | None
     plan: EncoderPlan
     constant: bool = False  #: not an encoding (SD3 without its T5: zeros, as diffusers): never weighted
+    #: encodes the empty row where the plan left it out (through the same runner and cache)
+    encode_empty: Callable[[], Tensor] | None = field(default=None, compare=False, repr=False)
 
-    @property
+    @cached_property
     def empty(self) -> Tensor:
-        """The empty prompt's encoding [L, D]."""
-        return self.hidden[self.plan.empty]
+        """The empty prompt's encoding [L, D]: from the batch, or encoded now where it was not planned."""
+        if self.plan.empty is not None:
+            return self.hidden[self.plan.empty]
+        if self.encode_empty is None:
+            raise ValueError("this batch has no empty row and no way to encode one")
+        return self.encode_empty()
 
     def rows(self, part: int) -> Tensor:
         """Part's rows [n, L, D]."""

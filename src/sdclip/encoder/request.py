@@ -47,10 +47,12 @@ def encode_parts(
     reencode: Sequence[Sequence[Reencoding | None]],
     embeddings: EmbeddingLibrary,
     options: Options,
+    with_empty: Sequence[bool] | None = None,
 ) -> list[Encoded]:
     """Every part through every encoder, one planned batch each (rows, re-encodings, the empty row).
     `reencode[e][k]`: what encoder e must re-encode of part k. The empty row is as long as the rows (or,
-    for a request with no text, as its lane says)."""
+    for a request with no text, as its lane says); `with_empty[e]` False leaves it out of encoder e's batch
+    (`Encoded.empty` then encodes it on first use)."""
     table = vector_table([part.stream_for(e).vectors for part in parts for e in vector_roles(family)])
     out: list[Encoded] = []
     for e, (runner, role) in enumerate(zip(runners, family.roles)):
@@ -58,7 +60,8 @@ def encode_parts(
         rows = [p.rows[e] for p in parts]
         length = rows[0].length if rows else lane.empty_length(options, family, e)
         out.append(torch_lane(role.kind).encode(runner, rows, [p.stream_for(e) for p in parts], reencode[e], table,
-                                                embeddings, role, lane.empty_ids(role, length)))
+                                                embeddings, role, lane.empty_ids(role, length),
+                                                True if with_empty is None else with_empty[e]))
     return out
 
 

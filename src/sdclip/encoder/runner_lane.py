@@ -46,5 +46,5 @@ class RunnerLane(Protocol):
 
     def encode(self, runner: RowEncoder, rows: Sequence[Rows], streams: Sequence[TokenStream],
                reencode: Sequence[Reencoding | None], table: Mapping[VectorName, int], embeddings: EmbeddingLibrary,
-               role: EncoderRole, empty_ids: Sequence[int]) -> Encoded:
-        """Every part's rows (and re-encodings, and the empty row) in one planned batch."""
+               role: EncoderRole, empty_ids: Sequence[int], with_empty: bool = True) -> Encoded:
+        """Every part's rows (and re-encodings, and the empty row where `with_empty`) in one planned batch."""

@@ -38,9 +38,9 @@ class T5RunnerLane:
 
     def encode(self, runner: RowEncoder, rows: Sequence[Rows], streams: Sequence[TokenStream],
                reencode: Sequence[Reencoding | None], table: Mapping[VectorName, int], embeddings: EmbeddingLibrary,
-               role: EncoderRole, empty_ids: Sequence[int]) -> Encoded:
+               role: EncoderRole, empty_ids: Sequence[int], with_empty: bool = True) -> Encoded:
         batch = plan_batch(rows, [{} for _ in rows], reencode, {}, vocab=1 << 30, pad_id=role.pad_id,
-                           length=len(empty_ids), empty_ids=empty_ids)
+                           length=len(empty_ids), empty_ids=empty_ids, with_empty=with_empty)
         return runner.run(batch)
 
 
