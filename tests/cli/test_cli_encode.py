@@ -161,7 +161,7 @@ def test_prompts_file_without_negative_keeps_diffusers_zeros(models, conditioner
     assert encode("--model", models["sdxl"], "--prompts-file", src, "--preset", "diffusers", "--layout", "chunk",
                   "--batch-size", "1", "--out", out) == 0
     got = load_file(out)
-    assert got["negative_prompt_embeds"].shape == (1, *got["prompt_embeds"].shape[1:])  # stored once (19.10)
+    assert got["negative_prompt_embeds"].shape == got["prompt_embeds"].shape  # B rows: the contract (19.10)
     assert not got["negative_prompt_embeds"].any() and not got["negative_pooled_prompt_embeds"].any()
     assert got["prompt_embeds"].any()
     assert encode("--model", models["sdxl"], "--prompts-file", src, "--preset", "diffusers", "--negative", "",
@@ -328,15 +328,16 @@ def test_a_bad_prompts_file_line_is_named(models, tmp_path, capsys):
 
 
 def test_prompts_file_without_negative_stores_the_negative_once(models, conditioners, tmp_path):
-    """19.10: no --negative → every prompt's negative is the same: [1, N, D] with negative_broadcast=true,
-    equal to each row of --negative-rows each's [B, N, D]; with --negative the rows are per prompt."""
+    """19.10: no --negative → every prompt's negative is the same: --negative-rows shared stores [1, N, D] with
+    negative_broadcast=true, equal to each row of the default's [B, N, D] (the stable contract); with --negative
+    the rows are per prompt."""
     src = tmp_path / "prompts.txt"
     prompts = ["a red fox", LONG, "", "a cat"]
     src.write_text("".join(p + "\n" for p in prompts), encoding="utf-8")
     shared, each = tmp_path / "shared.safetensors", tmp_path / "each.safetensors"
-    assert encode("--model", models["sdxl"], "--prompts-file", src, "--batch-size", "3", "--out", shared) == 0
-    assert encode("--model", models["sdxl"], "--prompts-file", src, "--batch-size", "3", "--negative-rows", "each",
-                  "--out", each) == 0
+    assert encode("--model", models["sdxl"], "--prompts-file", src, "--batch-size", "3", "--negative-rows", "shared",
+                  "--out", shared) == 0
+    assert encode("--model", models["sdxl"], "--prompts-file", src, "--batch-size", "3", "--out", each) == 0
     a, b = load_file(shared), load_file(each)
     assert a["negative_prompt_embeds"].shape[0] == 1 and b["negative_prompt_embeds"].shape[0] == 4
     assert a["negative_pooled_prompt_embeds"].shape[0] == 1 and a["prompt_embeds"].shape[0] == 4
@@ -348,8 +349,21 @@ def test_prompts_file_without_negative_stores_the_negative_once(models, conditio
         assert f.metadata()["negative_broadcast"] == "true"
     with safe_open(str(each), "pt") as f:
         assert "negative_broadcast" not in f.metadata()
-    assert encode("--model", models["sdxl"], "--prompts-file", src, "--negative", NEGATIVE, "--out", shared) == 0
+    assert encode("--model", models["sdxl"], "--prompts-file", src, "--negative", NEGATIVE, "--negative-rows", "shared",
+                  "--out", shared) == 0
     assert load_file(shared)["negative_prompt_embeds"].shape[0] == 4
+
+
+def test_identical_negative_copies_get_a_note(models, tmp_path, capsys, monkeypatch):
+    """19.10: the default keeps B rows (contract) and says, once, what --negative-rows shared would save."""
+    import sdclip.cli.encode as encode_cli
+
+    monkeypatch.setattr(encode_cli, "SHARED_NOTE_BYTES", 1)
+    src = tmp_path / "prompts.txt"
+    src.write_text("a fox\na cat\n", encoding="utf-8")
+    assert encode("--model", models["sd1"], "--prompts-file", src, "--out", tmp_path / "c.safetensors") == 0
+    assert "--negative-rows shared stores it once" in capsys.readouterr().err
+    assert load_file(tmp_path / "c.safetensors")["negative_prompt_embeds"].shape[0] == 2
 
 
 def test_truncation_excerpt_is_marked_when_cut(models, tmp_path, capsys):

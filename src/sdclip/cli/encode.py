@@ -1,10 +1,10 @@
 """`sdclip encode`: prompts → a .safetensors file of diffusers-ready conditioning.
 
 Contract (keep it stable): writes `prompt_embeds` and `negative_prompt_embeds` ([B, N, D]; B = 1 for
---prompt) and, for SDXL, `pooled_prompt_embeds` and `negative_pooled_prompt_embeds` ([B, 1280]). One
-exception, for size: `--prompts-file` without `--negative` stores the negative (then the same for every
-prompt) once, [1, N, D] / [1, 1280], with metadata `negative_broadcast=true`; `--negative-rows each` writes
-the B copies.
+--prompt) and, for SDXL, `pooled_prompt_embeds` and `negative_pooled_prompt_embeds` ([B, 1280]), always
+B rows (the contract). Without `--negative` those B negative rows are identical: `--negative-rows shared`
+(added, opt-in) stores them once, [1, N, D] / [1, 1280], with metadata `negative_broadcast=true`, and a large
+file without it gets a one-line note saying how much that would save.
 `--clip-skip N` is AUTOMATIC1111's count (1 = last layer) whatever the preset, unless --clip-skip-convention
 names another (a negative N can only be ComfyUI's, and is read as such); a bad N fails before the model loads.
 
@@ -39,10 +39,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--negative", help="negative prompt (default: none — the empty prompt, or zeros where the preset says)")
     p.add_argument("--out", required=True, type=Path, help="output .safetensors file (never one of the inputs)")
     p.add_argument("--batch-size", type=whole_number, default=8, help="prompts per encoder batch with --prompts-file (default 8)")
-    p.add_argument("--negative-rows", choices=("shared", "each"), default="shared",
-                   help="with --prompts-file and no --negative, every prompt's negative is the same: stored once, "
-                   "negative_prompt_embeds [1, N, D] (metadata negative_broadcast=true; default 'shared'), or "
-                   "'each': one copy per prompt, [B, N, D], for pipe(**load_file(...)) on the whole batch")
+    p.add_argument("--negative-rows", choices=("each", "shared"), default="each",
+                   help="with --prompts-file and no --negative every prompt's negative is the same: 'each' (default, "
+                   "the stable contract) writes negative_prompt_embeds [B, N, D] for pipe(**load_file(...)); "
+                   "'shared' stores it once, [1, N, D] (metadata negative_broadcast=true; expand it to B rows)")
     add_model_options(p)
     add_text_options(p)
     p.set_defaults(func=run)
@@ -186,6 +186,11 @@ def _write(cond, prompts: list[str], negative, length: int, args, metadata: dict
     specs = {k: (v.dtype, (1 if shared and k in NEGATIVE_KEYS else len(prompts), *v.shape[1:])) for k, v in first.items()}
     if shared:
         metadata = {**metadata, "negative_broadcast": "true"}
+    elif args.negative is None and len(prompts) > 1:
+        copies = sum(v.element_size() * v[:1].numel() for k, v in first.items() if k in NEGATIVE_KEYS) * (len(prompts) - 1)
+        if copies >= SHARED_NOTE_BYTES:
+            print(f"sdclip: note: {len(prompts) - 1:,} identical copies of the negative take {copies / 2**20:,.0f} MiB; "
+                  "--negative-rows shared stores it once", file=sys.stderr)
     try:
         with atomic_path(args.out) as tmp:
             out = StreamingSafetensors(tmp, specs, metadata)
@@ -220,12 +225,13 @@ def _write(cond, prompts: list[str], negative, length: int, args, metadata: dict
 
 
 NEGATIVE_KEYS = ("negative_prompt_embeds", "negative_pooled_prompt_embeds")
+SHARED_NOTE_BYTES = 64 * 2**20  #: identical negative copies past this size get a note pointing at --negative-rows shared
 
 
 def shared_negative(args: argparse.Namespace, count: int) -> bool:
     """Store the negative once? Only when it is the same for every prompt (no --negative: the preset's empty
-    prompt or zeros, padded to the file's one N) and there are several prompts: a 2,000-line file then holds
-    one negative row, not 2,000 identical ones (GBs at real widths)."""
+    prompt or zeros, padded to the file's one N), there are several prompts and `--negative-rows shared` asks for
+    it: a 2,000-line file then holds one negative row, not 2,000 identical ones (GBs at real widths)."""
     return args.negative is None and count > 1 and getattr(args, "negative_rows", "each") == "shared"
 
 
