@@ -177,7 +177,7 @@ def _write(cond, prompts: list[str], negative, length: int, args, metadata: dict
     from rich.console import Console
     from rich.progress import Progress
 
-    from sdclip.cli.safetensors_stream import StreamingSafetensors
+    from sdclip.safetensors_stream import StreamingSafetensors
 
     extra = {"prompt_2": args.prompt_2, "prompt_3": args.prompt_3}
     extra = {k: v for k, v in extra.items() if v is not None}

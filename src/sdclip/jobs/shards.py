@@ -39,7 +39,7 @@ def write_shard(final: Path, tensors: dict, metadata: dict[str, str]) -> tuple[s
     Written with sdclip's own streaming writer (plain `os` writes), not safetensors' `save_file`: a full disk
     is then an `OSError` (ENOSPC) the job reports in one line, where the Rust writer raised a
     `SafetensorError` holding the OS error as text."""
-    from sdclip.cli.safetensors_stream import StreamingSafetensors
+    from sdclip.safetensors_stream import StreamingSafetensors
 
     specs = {name: (t.dtype, tuple(t.shape)) for name, t in tensors.items()}
     with atomic_path(final) as tmp:
