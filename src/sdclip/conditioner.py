@@ -11,7 +11,7 @@ builds its own plan, and results equal single-threaded ones.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -142,17 +142,20 @@ class Conditioner:
         prompt_3: str | Sequence[str] | None = None,
         negative_2: str | Sequence[str] | None = None,
         negative_3: str | Sequence[str] | None = None,
+        prepared: Mapping[str | tuple, Prepared] | None = None,
     ) -> ConditioningPair:
         """Positive and negative conditioning of the same length N (at least `length` slots), for one prompt
         or a batch. prompt_2 / prompt_3 (negative_2 / negative_3): the texts of the encoders that read
-        diffusers' prompt_2 / prompt_3 (SDXL: CLIP-G; SD3: CLIP-G, T5; Flux: T5), default the main one."""
+        diffusers' prompt_2 / prompt_3 (SDXL: CLIP-G; SD3: CLIP-G, T5; Flux: T5), default the main one.
+        prepared: layouts this Conditioner's `prepare` already made, by text (or (text, prompt_2, prompt_3)):
+        not made again (`sdclip encode` lays every prompt out first to size its file)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise ValueError("no prompt given")
         negatives = broadcast(negative, len(prompts))
         pos = prompt_keys(prompts, prompt_2, prompt_3)
         neg = prompt_keys(negatives, negative_2, negative_3)
-        encoded, empty = self._encode_texts(pos + neg, length)
+        encoded, empty = self._encode_texts(pos + neg, length, prepared)
         n = self._lengths([encoded[t] for t in pos + neg], length)
         positive = conditioning(prompts, [encoded[t] for t in pos], n, empty)
         given = None if negative is None and negative_2 is None and negative_3 is None else True
@@ -200,12 +203,14 @@ class Conditioner:
             return zeroed(cond)
         return cond
 
-    def _encode_texts(self, texts: Sequence, length: int = 0) -> tuple[dict, EmptyBlocks]:
+    def _encode_texts(self, texts: Sequence, length: int = 0,
+                      known: Mapping[str | tuple, Prepared] | None = None) -> tuple[dict, EmptyBlocks]:
         """Every distinct text, encoded: one planned batch per encoder for all their parts. Also returns the
         empty prompt's encoding of every token block, read where padding or a weighting needs it: its row
         is planned into an encoder's batch only where a rule will read it (else encoded on first use)."""
         unique = list(dict.fromkeys(texts))
-        prepared = common_lengths({t: self.prepare(t) for t in unique}, self.family)
+        known = known or {}
+        prepared = common_lengths({t: known[t] if t in known else self.prepare(t) for t in unique}, self.family)
         parts = [part for t in unique for part in prepared[t].parts]
         plans = [[reencodings(self.weightings[e], p, e) for p in parts] for e in range(len(self.encoders))]
         with_empty = self._empty_rows([prepared[t] for t in unique], length)

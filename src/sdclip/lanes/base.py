@@ -71,3 +71,10 @@ class Lane(Protocol):
 
     def padded(self, rows: Rows, length: int, role: EncoderRole) -> Rows:
         """Rows extended to `length` positions (rows of one request share one length)."""
+
+    def summary(self, rows: Rows, options: Options, role: EncoderRole, tokenizer: Any) -> dict | None:
+        """A part's entry of its own in the inspect object (T5: `t5`, its sequence with pieces and n/limit);
+        None where the lane's rows are the object's main `rows` (CLIP)."""
+
+    def total(self, entries: list[dict]) -> dict:
+        """The top-level entry over every part's `summary`."""

@@ -63,5 +63,11 @@ class ClipLane:
             raise ValueError(f"CLIP rows are {rows.length} slots, never {length}")
         return rows
 
+    def summary(self, rows: Rows, options: Options, role: EncoderRole, tokenizer: object) -> dict | None:
+        return None  # CLIP rows are the inspect object's own `rows`
+
+    def total(self, entries: list[dict]) -> dict:
+        return {}
+
 
 CLIP_LANE = ClipLane()

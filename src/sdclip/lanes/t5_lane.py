@@ -62,5 +62,24 @@ class T5Lane:
     def padded(self, rows: Rows, length: int, role: EncoderRole) -> Rows:
         return pad_t5_rows(rows, length, role.pad_id)
 
+    def summary(self, rows: Rows, options: Options, role: EncoderRole, tokenizer: object) -> dict | None:
+        """`ids` (content + `</s>` + pad), `weights`, `pieces` (up to `</s>`), `count` (the n of n/256),
+        `length` (positions encoded), `limit` (max_sequence_length, None where never truncated), `dropped`."""
+        limit = rows.length if options.t5_length == "clip" else t5_row_length(options, role, 1)[1]
+        n = rows.eos[0]
+        return {
+            "ids": rows.ids[0],
+            "weights": [round(w, 6) for w in rows.weights[0]],
+            "pieces": [tokenizer.token_text(i) for i in rows.ids[0][: n + 1]],  # type: ignore[attr-defined]
+            "count": rows.token_count,
+            "length": rows.length,
+            "limit": limit,
+            "dropped": rows.dropped,
+        }
+
+    def total(self, entries: list[dict]) -> dict:
+        return {"count": sum(p["count"] for p in entries), "length": max(p["length"] for p in entries),
+                "limit": entries[0]["limit"], "dropped": " … ".join(p["dropped"] for p in entries if p["dropped"])}
+
 
 T5_LANE = T5Lane()
