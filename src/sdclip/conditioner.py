@@ -20,6 +20,7 @@ from sdclip.assemble.combine import (
     EmptyBlocks, block_slots_needed, conditioning, empty_needed, encoded_part, reencodings, zeroed,
 )
 from sdclip.assemble.conditioning import Conditioning, ConditioningPair, ScheduledConditioning
+from sdclip.assemble.llm_outputs import lane_outputs
 from sdclip.assemble.weighting import get_weighting
 from sdclip.conventions.family import Family, get_family
 from sdclip.conventions.presets import Options
@@ -27,6 +28,7 @@ from sdclip.encoder.batching import RowCache
 from sdclip.encoder.request import build_runners, check_encoders, encode_parts, model_tokenizers
 from sdclip.encoder.textual_inversion import EmbeddingLibrary, check_token_table
 from sdclip.lanes import lanes_of, tokenizers_for, vector_roles
+from sdclip.lanes.negative import negative_keys
 from sdclip.prepare import Prepared, broadcast, common_lengths, main_text, prepare, prompt_keys
 from sdclip.syntax import schedule
 from sdclip.tokenizer import Tokenizer
@@ -58,6 +60,7 @@ class Conditioner:
         batch_size: int = 32,
         row_limit: int = 64,
         t5_width: int | None = None,
+        tokenizers: Mapping[str, object] | None = None,
     ):
         self.family = get_family(family) if isinstance(family, str) else family
         self.options = options or Options.preset("a1111")
@@ -65,7 +68,8 @@ class Conditioner:
         self.encoders = tuple(encoders)
         self.tokenizer = tokenizer or Tokenizer.default(self.options.normalize)
         self.t5_tokenizer = t5_tokenizer
-        tokenizers_for(self.family, {"tokenizer": self.tokenizer, "t5_tokenizer": t5_tokenizer})  # one-line refusal
+        self.tokenizers = dict(tokenizers or {})  #: a later kind's tokenizers by name (`llm_tokenizer`)
+        tokenizers_for(self.family, {"tokenizer": self.tokenizer, "t5_tokenizer": t5_tokenizer, **self.tokenizers})
         self.embeddings = embeddings or EmbeddingLibrary()
         self.cache = cache if cache is not None else RowCache()
         self.row_limit = row_limit
@@ -108,7 +112,8 @@ class Conditioner:
             library.load_dir(p) if p.is_dir() else library.add(p)
         tokenizer, t5_tok = model_tokenizers(loaded, options.normalize, source)
         return cls(loaded.encoders, loaded.family, options, tokenizer=tokenizer, t5_tokenizer=t5_tok, embeddings=library,
-                   fingerprint=loaded.fingerprint, row_limit=row_limit, t5_width=getattr(loaded, "t5_width", None))
+                   fingerprint=loaded.fingerprint, row_limit=row_limit, t5_width=getattr(loaded, "t5_width", None),
+                   tokenizers=getattr(loaded, "tokenizers", None))
 
     def prepare(self, text: str | tuple) -> Prepared:
         """syntax → tokenizer → layout for one text (no encoder), refused past `row_limit` rows. A tuple
@@ -118,7 +123,7 @@ class Conditioner:
         tables = [self.encoders[e].config.vocab for e in vector_roles(self.family)]
         check_token_table(self.tokenizer, tables, self.embeddings)
         return prepare(text, self.options, self.family, self.tokenizer, self.embeddings.vector_counts(),
-                       row_limit=self.row_limit, t5_tokenizer=self.t5_tokenizer)
+                       row_limit=self.row_limit, t5_tokenizer=self.t5_tokenizer, tokenizers=self.tokenizers)
 
     def __call__(
         self,
@@ -154,12 +159,18 @@ class Conditioner:
             raise ValueError("no prompt given")
         negatives = broadcast(negative, len(prompts))
         pos = prompt_keys(prompts, prompt_2, prompt_3)
-        neg = prompt_keys(negatives, negative_2, negative_3)
+        neg = negative_keys(prompt_keys(negatives, negative_2, negative_3), self._marks_negative)
         encoded, empty = self._encode_texts(pos + neg, length, prepared)
         n = self._lengths([encoded[t] for t in pos + neg], length)
         positive = conditioning(prompts, [encoded[t] for t in pos], n, empty)
         given = None if negative is None and negative_2 is None and negative_3 is None else True
-        return ConditioningPair(positive, self._negative(given, neg, encoded, n, empty))
+        pair = ConditioningPair(positive, self._negative(given, neg, encoded, n, empty))
+        return lane_outputs(pair, self.family, [encoded[t][1] for t in pos], [encoded[t][1] for t in neg])
+
+    @property
+    def _marks_negative(self) -> bool:
+        """A role lays a negative out unlike a prompt (Lumina 2: no system prompt; sdclip.lanes.negative)."""
+        return any(r.llm is not None and not r.llm.negative_template for r in self.family.roles)
 
     def encode_schedule(
         self, prompt: str, negative: str | None = None, steps: int = 30, *, hires_steps: int | None = None

@@ -23,6 +23,13 @@ class Conditioning:
     texts: tuple[str, ...] = ()
     token_counts: tuple[int, ...] = ()
     dropped: tuple[str, ...] = ()
+    #: [B, N] attention mask where the family's pipeline takes one (Chroma, PixArt-Σ, AuraFlow:
+    #: sdclip.assemble.t5_masks), else None
+    mask: Tensor | None = None
+    #: the pipeline's name for `mask` (Qwen-Image: prompt_embeds_mask); None: the mask is not passed
+    mask_kwarg: str | None = "prompt_attention_mask"
+    #: the pipeline takes a list of each prompt's unpadded states [n_i, D] (Z-Image: where `mask` is 1)
+    as_list: bool = False
 
     @property
     def length(self) -> int:
@@ -63,10 +70,16 @@ class ConditioningPair:
                         "guidance in A1111; diffusers has no such knob, so it is ignored",
                         stacklevel=2,
                     )
+        if self.positive.as_list:  # Z-Image (sdclip.assemble.llm_outputs)
+            return {f"{side}prompt_embeds": [e[m.bool()] for e, m in zip(c.embeds, c.mask)]  # type: ignore[arg-type]
+                    for side, c in (("", self.positive), ("negative_", self.negative))}
         out = {"prompt_embeds": self.positive.embeds, "negative_prompt_embeds": self.negative.embeds}
         if self.positive.pooled is not None:
             out["pooled_prompt_embeds"] = self.positive.pooled
             out["negative_pooled_prompt_embeds"] = self.negative.pooled
+        if self.positive.mask is not None and self.positive.mask_kwarg:
+            out[self.positive.mask_kwarg] = self.positive.mask
+            out[f"negative_{self.positive.mask_kwarg}"] = self.negative.mask
         return out
 
 

@@ -65,6 +65,26 @@ VIT_BIGG = Tower("openclip-vit-bigg-14", 1280, 32, 20, 5120, "gelu", projection=
 LONGCLIP_L = Tower("longclip-l", 768, 12, 12, 3072, "quick_gelu", positions=248)
 T5_XXL = Tower("t5-v1_1-xxl", 4096, 24, 64, 10240, "gelu_new", positions=0, kind="t5")
 TOWERS: dict[str, Tower] = {t.name: t for t in (VIT_L, VIT_H, VIT_BIGG, LONGCLIP_L)}  #: the CLIP towers
+#: LLM text encoders (kind "llm", sdclip.lanes.llm_lane): transformers' own classes run them
+QWEN25VL_7B = Tower("qwen2.5-vl-7b-text", 3584, 28, 28, 18944, "silu", positions=128000, kind="llm")
+QWEN3_4B = Tower("qwen3-4b", 2560, 36, 32, 9728, "silu", positions=40960, kind="llm")
+GEMMA2_2B = Tower("gemma-2-2b", 2304, 26, 8, 9216, "gelu_pytorch_tanh", positions=8192, kind="llm")
+
+
+@dataclass(frozen=True)
+class LLMPrompt:
+    """How an LLM family's pipeline puts a prompt to its decoder (read by sdclip.lanes.llm_lane and its
+    runner). Facts of diffusers 0.42.1, cited in sdclip.lanes.llm_lane."""
+
+    template: str  #: a format string with one `{}`, or "chat": the tokenizer's own chat template
+    drop: int = 0  #: leading template tokens cut from the states (Qwen-Image's prompt_template_encode_start_idx)
+    counts_kept: bool = False  #: max_sequence_length counts the kept tokens (Qwen-Image) rather than all
+    negative_template: bool = True  #: the negative goes through the template too (Lumina 2: it does not)
+    fixed: bool = False  #: padded to max_sequence_length and every position kept (Lumina 2)
+    mask_kwarg: str | None = None  #: the pipeline's mask argument (`prompt_embeds_mask`, `prompt_attention_mask`)
+    as_list: bool = False  #: the pipeline takes a list of [n_i, D] tensors (Z-Image)
+    comfy_literal: bool = False  #: ComfyUI's tokenizer sets disable_weights: `(x:1.2)` is text
+    model_class: str = ""  #: transformers class of the decoder that runs the text (sdclip.encoder.llm_runner)
 
 
 @dataclass(frozen=True)
@@ -81,6 +101,7 @@ class EncoderRole:
     prompt: int = 1  #: which of diffusers' prompt (1), prompt_2 (2), prompt_3 (3) it encodes
     length: int | None = None  #: T5: sequence length by default (diffusers' max_sequence_length)
     min_length: int | None = None  #: T5: ComfyUI's minimum length (padded up to it, never truncated)
+    llm: LLMPrompt | None = None  #: LLM: its template and output (the LLM families)
 
     @property
     def width(self) -> int:
@@ -155,6 +176,24 @@ FAMILIES: dict[str, Family] = {
             EncoderRole("t5", T5_XXL, 0, 0, True, prompt=2, length=512, min_length=256),
         ),
         pooled_role=0, recipe="flux",
+    ),
+    # LLM text encoders (sdclip.lanes.llm_lane): template, dropped tokens, layer read, max_sequence_length
+    "qwen-image": Family(
+        "qwen-image", (EncoderRole("qwen25vl", QWEN25VL_7B, 151643, 0, True, length=1024, llm=LLMPrompt(
+            "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, "
+            "spatial relationships of the objects and background:<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n"
+            "<|im_start|>assistant\n", drop=34, counts_kept=True, mask_kwarg="prompt_embeds_mask",
+            comfy_literal=True, model_class="Qwen2_5_VLTextModel")),),
+    ),
+    "z-image": Family(
+        "z-image", (EncoderRole("qwen3", QWEN3_4B, 151643, 1, False, length=512, llm=LLMPrompt(
+            "chat", as_list=True, comfy_literal=True, model_class="Qwen3Model")),),
+    ),
+    "lumina2": Family(
+        "lumina2", (EncoderRole("gemma2", GEMMA2_2B, 0, 1, False, length=256, llm=LLMPrompt(
+            "You are an assistant designed to generate superior images with the superior degree of image-text "
+            "alignment based on textual prompts or user prompts. <Prompt Start> {}", negative_template=False,
+            fixed=True, mask_kwarg="prompt_attention_mask", model_class="Gemma2Model")),),
     ),
 }
 #: textual-inversion keys → the width of their vectors (clip_l 768, clip_h 1024, clip_g 1280); T5 takes none

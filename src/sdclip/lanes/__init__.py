@@ -28,9 +28,10 @@ from sdclip.lanes.base import Lane, RoleInput
 
 def _lanes() -> dict[str, Lane]:
     from sdclip.lanes.clip_lane import CLIP_LANE
+    from sdclip.lanes.llm_lane import LLM_LANE
     from sdclip.lanes.t5_lane import T5_LANE
 
-    return {lane.kind: lane for lane in (CLIP_LANE, T5_LANE)}
+    return {lane.kind: lane for lane in (CLIP_LANE, T5_LANE, LLM_LANE)}
 
 
 #: encoder kind → its lane: the registry line a new kind adds

@@ -38,6 +38,11 @@ def load_text_encoders(
         source = paths[0]
     path = resolve(source)
     if path.is_dir():
+        from sdclip.encoder.loading import llm  # Qwen-Image, Z-Image, Lumina 2 (transformers: the llm extra)
+
+        llm_loaded = llm.load_folder(path, family, device)
+        if llm_loaded is not None:
+            return llm_loaded
         t5_family = sd3_flux.pipeline_family(path)
         if t5_family is not None:
             return sd3_flux.load_pipeline_folder(path, t5_family, family, dtype, device)

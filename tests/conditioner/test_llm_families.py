@@ -1,0 +1,154 @@
+"""The LLM families (Qwen-Image, Z-Image, Lumina 2) equal diffusers 0.42.1's own `encode_prompt` on tiny random
+encoders saved as diffusers folders (tests/tiny_llm.py), and their prompts' weights, truncation and bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("diffusers")
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tiny_llm import oracle, tiny_folder  # noqa: E402
+
+from sdclip.conditioner import Conditioner  # noqa: E402
+
+PROMPTS = ["a photo of a red fox in the forest", "a cat"]
+NEGATIVES = ["blurry", "low quality, blurry cat sitting on a mat"]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        root = tmp_path_factory.mktemp("llm")
+        return {f: tiny_folder(root, f) for f in ("qwen-image", "z-image", "lumina2")}
+
+
+def _same(ours: torch.Tensor, theirs: torch.Tensor) -> None:
+    """Equal on diffusers' positions; any longer side (positive and negative share one length) is zeros."""
+    n = theirs.shape[1]
+    assert ours.shape[0] == theirs.shape[0] and ours.shape[1] >= n
+    torch.testing.assert_close(ours[:, :n].float(), theirs.float(), atol=1e-4, rtol=0)
+    assert not ours[:, n:].any()
+
+
+def _mask(ours: torch.Tensor, theirs: torch.Tensor | None, n: int) -> None:
+    theirs = torch.ones(ours.shape[0], n, dtype=torch.long) if theirs is None else theirs
+    assert torch.equal(ours[:, :n].long(), theirs.long()) and not ours[:, n:].any()
+
+
+@torch.no_grad()
+def test_qwen_image_equals_diffusers(folders: dict[str, Path]) -> None:
+    pipe = oracle(folders["qwen-image"], "qwen-image")
+    out = Conditioner.from_pretrained(folders["qwen-image"], preset="diffusers")(PROMPTS, NEGATIVES).diffusers_kwargs()
+    assert set(out) == {"prompt_embeds", "prompt_embeds_mask", "negative_prompt_embeds", "negative_prompt_embeds_mask"}
+    for side, texts in (("", PROMPTS), ("negative_", NEGATIVES)):
+        embeds, mask = pipe.encode_prompt(texts, device="cpu")
+        _same(out[f"{side}prompt_embeds"], embeds)
+        _mask(out[f"{side}prompt_embeds_mask"], mask, embeds.shape[1])
+
+
+@torch.no_grad()
+def test_z_image_equals_diffusers_as_a_list(folders: dict[str, Path]) -> None:
+    pipe = oracle(folders["z-image"], "z-image")
+    out = Conditioner.from_pretrained(folders["z-image"], preset="diffusers")(PROMPTS, NEGATIVES).diffusers_kwargs()
+    assert set(out) == {"prompt_embeds", "negative_prompt_embeds"}
+    embeds, negative = pipe.encode_prompt(list(PROMPTS), device="cpu", negative_prompt=list(NEGATIVES))
+    for ours, theirs in ((out["prompt_embeds"], embeds), (out["negative_prompt_embeds"], negative)):
+        assert isinstance(ours, list) and [t.shape for t in ours] == [t.shape for t in theirs]
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+@torch.no_grad()
+def test_lumina2_equals_diffusers_negative_without_system_prompt(folders: dict[str, Path]) -> None:
+    pipe = oracle(folders["lumina2"], "lumina2")
+    cond = Conditioner.from_pretrained(folders["lumina2"], preset="diffusers")
+    embeds, mask, neg, neg_mask = pipe.encode_prompt(PROMPTS, negative_prompt=NEGATIVES, device="cpu")
+    out = cond(PROMPTS, NEGATIVES).diffusers_kwargs()
+    assert out["prompt_embeds"].shape == embeds.shape == (2, 256, 32)
+    _same(out["prompt_embeds"], embeds)
+    _same(out["negative_prompt_embeds"], neg)
+    assert torch.equal(out["prompt_attention_mask"], mask) and torch.equal(out["negative_prompt_attention_mask"], neg_mask)
+    # the same text as prompt and as negative: two encodings (the negative has no system prompt)
+    same = cond("blurry", "blurry").diffusers_kwargs()
+    assert not torch.equal(same["prompt_embeds"], same["negative_prompt_embeds"])
+    # no negative given: diffusers' "" (BOS alone)
+    _, _, empty, empty_mask = pipe.encode_prompt(["a cat"], device="cpu")
+    out = cond("a cat").diffusers_kwargs()
+    _same(out["negative_prompt_embeds"], empty)
+    assert torch.equal(out["negative_prompt_attention_mask"], empty_mask)
+
+
+@torch.no_grad()
+def test_comfy_tokenizes_weights_literally_on_qwen_image_and_says_so(folders: dict[str, Path]) -> None:
+    pipe = oracle(folders["qwen-image"], "qwen-image")
+    cond = Conditioner.from_pretrained(folders["qwen-image"], preset="comfy")
+    text = "a (red:1.3) fox"
+    prep = cond.prepare(text)
+    assert any("qwen-image" in n and "literally" in n for n in prep.parts[0].rows[0].notes)
+    embeds, _ = pipe.encode_prompt([text], device="cpu")  # brackets and all, as ComfyUI's disable_weights
+    _same(cond(text).diffusers_kwargs()["prompt_embeds"], embeds)
+
+
+@torch.no_grad()
+def test_a1111_removes_the_syntax_and_says_weights_do_nothing(folders: dict[str, Path]) -> None:
+    pipe = oracle(folders["z-image"], "z-image")
+    cond = Conditioner.from_pretrained(folders["z-image"], preset="a1111")
+    prep = cond.prepare("a (red:1.3) fox")
+    assert any("z-image" in n and "do nothing" in n for n in prep.parts[0].rows[0].notes)
+    theirs, _ = pipe.encode_prompt(["a red fox"], device="cpu", do_classifier_free_guidance=False)
+    torch.testing.assert_close(cond("a (red:1.3) fox").diffusers_kwargs()["prompt_embeds"][0], theirs[0], atol=1e-4, rtol=0)
+    assert not cond.prepare("a red fox").parts[0].rows[0].notes  # no weights: nothing to say
+
+
+def test_long_prompt_keeps_the_template_and_reports_what_was_dropped(folders: dict[str, Path]) -> None:
+    cond = Conditioner.from_pretrained(folders["z-image"], preset="diffusers", max_sequence_length=24)
+    text = "a photo of a red fox in the forest, " * 4
+    rows = cond.prepare(text).parts[0].rows[0]
+    full = Conditioner.from_pretrained(folders["z-image"], preset="diffusers").prepare(text).parts[0].rows[0]
+    assert rows.length == 24 and rows.dropped and text.endswith(rows.dropped)
+    assert rows.ids[0][-5:] == full.ids[0][-5:]  # the template's end is kept
+    assert any("past max_sequence_length 24" in n and "template is kept" in n for n in rows.notes)
+    assert rows.token_count < full.token_count
+
+
+def test_bad_input_one_line_each(folders: dict[str, Path], tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bare = tiny_folder(tmp_path, "z-image", chat=False)
+    with pytest.raises(ValueError, match="no chat template") as info:
+        Conditioner.from_pretrained(bare, preset="diffusers")("a cat")
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="past qwen3-4b's context of 40960") as info:
+        Conditioner.from_pretrained(folders["z-image"], preset="diffusers", max_sequence_length=50_000)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="no room for the prompt"):
+        Conditioner.from_pretrained(folders["z-image"], preset="diffusers", max_sequence_length=3).prepare("a cat")
+    (tmp_path / "no_te").mkdir()
+    (tmp_path / "no_te" / "model_index.json").write_text('{"_class_name": "ZImagePipeline"}')
+    with pytest.raises(Exception, match="text_encoder/config.json"):
+        Conditioner.from_pretrained(tmp_path / "no_te")
+
+
+def test_without_transformers_one_line_names_the_extra(folders: dict[str, Path]) -> None:
+    """A Python where transformers cannot be imported: the CLIP families work, an LLM family says what to install."""
+    code = (
+        "import sys; sys.modules['transformers'] = None\n"
+        "from sdclip.conditioner import Conditioner\n"
+        "from sdclip.lanes import LANES; assert 'llm' in LANES\n"
+        "try:\n"
+        f"    Conditioner.from_pretrained({str(folders['lumina2'])!r})\n"
+        "except ImportError as e:\n"
+        "    print('ERR', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "ERR" in out.stdout and "pip install 'sdclip[llm]'" in out.stdout
