@@ -52,11 +52,12 @@ def test_linear_with_act_rejects_an_unknown_activation() -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_a_packed_weight_gives_the_same_result(onednn: bool, dtype: torch.dtype) -> None:
     """oneDNN's packed copy of a weight gives the same product at any row count (to rounding: the kernel
-    may block the sum differently); where oneDNN does not run there is nothing to pack."""
+    may block the sum differently); where oneDNN does not run (or has no kernel for the dtype on this CPU:
+    bf16 without AVX-512) there is nothing to pack."""
     g = torch.Generator().manual_seed(4)
     w, b = torch.randn(96, 64, generator=g).to(dtype), torch.randn(96, generator=g).to(dtype)
     packed = kernels.pack(w)
-    assert (packed is not None) == onednn
+    assert (packed is not None) == (onednn and dtype in kernels._ONEDNN_DTYPES)
     for rows in (1, 77, kernels.PACK_ROWS + 5):
         x = torch.randn(rows, 64, generator=g).to(dtype)
         got, want = kernels.linear(x, w, b, "gelu", packed), kernels.linear(x, w, b, "gelu")
@@ -105,3 +106,13 @@ def test_switch_off_by_environment() -> None:
     env = dict(os.environ, SDCLIP_ONEDNN="0")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_runs_in_every_dtype_on_this_cpu(onednn: bool, dtype: torch.dtype) -> None:
+    """A dtype oneDNN has no kernel for here (bf16 on CPUs without AVX-512: "could not create a primitive
+    descriptor") goes to F.linear instead of failing: the probe is per dtype."""
+    g = torch.Generator().manual_seed(5)
+    x, w = torch.randn(3, 32, generator=g).to(dtype), torch.randn(16, 32, generator=g).to(dtype)
+    got = kernels.linear(x, w, None, "swish", kernels.pack(w))
+    torch.testing.assert_close(got.float(), F.silu(F.linear(x, w)).float(), rtol=2e-2, atol=2e-2)

@@ -30,28 +30,36 @@ import platform
 import torch
 import torch.nn.functional as F
 
-#: the CPU dtypes oneDNN's linear covers (fp16 stays on F.linear: not every x86 CPU has fp16 units)
-_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 #: up to this many positions the CPU computes attention as explicit matmuls (CLIP: 77, Long-CLIP: 248)
 EXPLICIT_ATTENTION_MAX = 256
+#: the GEMM rows (M) a packed weight's layout is chosen for: 8 rows of 77 tokens; other M gain too (bench_encoder)
+PACK_ROWS = 8 * 77
 
 
-def _probe_onednn() -> bool:
+def _probe_onednn(dtype: torch.dtype) -> bool:
+    """oneDNN's linear works for `dtype` here: present, runs, agrees with `F.linear`. Per dtype, because a CPU
+    without AVX-512 (many AMD EPYC / Ryzen parts) has no oneDNN bf16 inner product: the op raises "could not
+    create a primitive descriptor" there, and bf16 must stay on `F.linear`."""
     if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
         return False
     try:
         op = torch.ops.mkldnn._linear_pointwise
         g = torch.Generator().manual_seed(0)
-        x, w, b = (torch.randn(s, generator=g) for s in ((5, 24), (16, 24), (16,)))
+        x, w, b = (torch.randn(s, generator=g).to(dtype) for s in ((5, 24), (16, 24), (16,)))
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
         with torch.no_grad():
-            ok = torch.allclose(op(x, w, b, "none", [], ""), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+            got = op(x, w, b, "none", [], "")
+            packed = op(x, torch.ops.mkldnn._reorder_linear_weight(w, PACK_ROWS), b, "gelu", [], "none")
+            ok = torch.allclose(got.float(), F.linear(x, w, b).float(), rtol=tol, atol=tol) and packed.shape == got.shape
         return bool(ok)
-    except Exception:  # any build without the op, or one where it misbehaves: the stock path
+    except Exception:  # any build without the op, a CPU without the dtype's kernel, or one where it misbehaves
         return False
 
 
-#: whether this torch build has a working oneDNN linear on this CPU
-ONEDNN_AVAILABLE: bool = _probe_onednn()
+#: the CPU dtypes oneDNN's linear covers on this machine (fp16 stays on F.linear: not every x86 CPU has fp16 units)
+_ONEDNN_DTYPES = tuple(d for d in (torch.float32, torch.bfloat16) if _probe_onednn(d))
+#: whether this torch build has a working oneDNN fp32 linear on this CPU
+ONEDNN_AVAILABLE: bool = torch.float32 in _ONEDNN_DTYPES
 #: whether the CPU path uses it; decided once per process (tests flip it to compare both paths)
 ONEDNN: bool = ONEDNN_AVAILABLE and os.environ.get("SDCLIP_ONEDNN", "1").strip().lower() not in ("0", "false", "no", "off")
 
@@ -68,10 +76,6 @@ def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
 
 #: the activations a GEMM can carry in its output stage: exact erf GELU, and swish x·sigmoid(x)
 _ACTIVATIONS = {"gelu": F.gelu, "swish": F.silu}
-
-
-#: the GEMM rows (M) a packed weight's layout is chosen for: 8 rows of 77 tokens; other M gain too (bench_encoder)
-PACK_ROWS = 8 * 77
 
 
 def pack(weight: torch.Tensor) -> torch.Tensor | None:
