@@ -21,6 +21,7 @@ from sdclip.assemble.combine import (
 )
 from sdclip.assemble.conditioning import Conditioning, ConditioningPair, ScheduledConditioning
 from sdclip.assemble.llm_outputs import lane_outputs
+from sdclip.assemble.t5_masks import with_masks
 from sdclip.assemble.weighting import get_weighting
 from sdclip.conventions.family import Family, get_family
 from sdclip.conventions.presets import Options
@@ -165,6 +166,7 @@ class Conditioner:
         positive = conditioning(prompts, [encoded[t] for t in pos], n, empty)
         given = None if negative is None and negative_2 is None and negative_3 is None else True
         pair = ConditioningPair(positive, self._negative(given, neg, encoded, n, empty))
+        pair = with_masks(pair, self.family, [encoded[t][1] for t in pos], [encoded[t][1] for t in neg])
         return lane_outputs(pair, self.family, [encoded[t][1] for t in pos], [encoded[t][1] for t in neg])
 
     @property

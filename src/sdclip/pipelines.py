@@ -7,7 +7,9 @@ or FluxPipeline.
 The pipeline's own text encoders are read into sdclip's encoders (weights mapped and checked as a saved
 file would be), so clip skip, long prompts, weighting and caching work the same as everywhere else. SD3 /
 Flux: the T5 tokenizer is the pipeline's own (tokenizer_3 / tokenizer_2); an SD3 pipeline without
-text_encoder_3 gets zeros [B, N, joint_attention_dim] for T5, as diffusers does.
+text_encoder_3 gets zeros [B, N, joint_attention_dim] for T5, as diffusers does. Chroma / Wan / PixArt-Σ /
+AuraFlow pipelines (by class): their `text_encoder` (T5 or umT5) and `tokenizer`; the kwargs carry the
+attention masks where the pipeline takes them (sdclip.assemble.t5_masks).
 """
 
 from __future__ import annotations
@@ -55,6 +57,13 @@ def conditioner_from_pipeline(
     **overrides: object,
 ) -> Conditioner:
     """A Conditioner over a pipeline's text encoder(s) (or the CLIP encoders passed by name)."""
+    from sdclip.encoder.loading import t5_families
+
+    only = t5_families.pipeline_object_family(pipe)  # Chroma, Wan, PixArt-Σ, AuraFlow: text_encoder + tokenizer
+    if only is not None:
+        loaded = t5_families.encoders_from_pipeline(pipe, only)
+        return Conditioner(loaded.encoders, only, Options.preset(preset, **overrides),
+                           t5_tokenizer=_t5_tokenizer(getattr(pipe, "tokenizer", None)), fingerprint=loaded.fingerprint)
     fam = t5_family(pipe)
     if fam is not None:
         from sdclip.encoder.loading.sd3_flux import encoders_from_pipeline
@@ -96,4 +105,5 @@ def pipeline_kwargs(
                   negative_3=negative_prompt_3).diffusers_kwargs()
     dtype = getattr(pipe, "dtype", None)
     device = getattr(pipe, "device", None)
-    return {k: v.to(device=device, dtype=dtype) for k, v in kwargs.items()}
+    # an integer mask (PixArt-Σ's, AuraFlow's) keeps its dtype, as the pipeline's own encode_prompt returns it
+    return {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in kwargs.items()}

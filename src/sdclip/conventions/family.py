@@ -12,6 +12,10 @@ tests' model builders all read it.
 | longclip | clip_l: LongCLIP-L (pad EOS, 248 positions) | last + final LN       | [B, 248k, 768] | —                        |
 | sd3      | clip_l (proj) + clip_g + t5 (T5 v1.1 XXL)  | penultimate, no LN; T5 last | [B, 77k + N, 4096] | [B, 2048] L ‖ G projected |
 | flux     | clip_l (pooled only) + t5                  | T5 last                  | [B, N, 4096]   | [B, 768] L unprojected   |
+| chroma   | t5 (T5 v1.1 XXL), masked, 512              | T5 last                  | [B, 512, 4096] + mask (tokens + 1 pad) | — |
+| wan      | t5 (umT5-XXL), masked, 512 (encode_prompt: 226), zero after the prompt | T5 last | [B, N, 4096] | —    |
+| pixart-sigma | t5 (T5 v1.1 XXL), masked, 300, lower-cased | T5 last               | [B, 300, 4096] + mask   | —               |
+| auraflow | t5 (umT5 / Pile-T5-XL), masked, 256, zero after the prompt | T5 last  | [B, 256, 2048] + mask   | —               |
 
 SD3 joins L ‖ G on features, zero-pads them to T5's width and puts the T5 block after them on the token
 axis (diffusers' StableDiffusion3Pipeline.encode_prompt); Flux's sequence is T5 alone and CLIP-L gives
@@ -23,6 +27,17 @@ diffusers' max_sequence_length: SD3 256, Flux 512; `min_length`: ComfyUI's minim
 Pad positions are attended by the UNet, so the pad id matters: CLIP ViT-L pads with EOS (49407), OpenCLIP
 models with 0 (the id of "!"). `skip` counts final transformer blocks that do not run, from the tower's
 full depth (ViT-H: 24, though diffusers' SD2 folder stores 23: `Tower.diffusers_layers`).
+
+The T5-only families (diffusers 0.42.1) pass the tokenizer's attention mask to T5 (`EncoderRole.masking`):
+- chroma: `ChromaPipeline._get_t5_prompt_embeds` (pipelines/chroma/pipeline_chroma.py:225-251): 512, mask to
+  T5, states kept at every position, the returned mask covers the tokens and one pad (`<= seq_lengths`).
+- wan: `WanPipeline._get_t5_prompt_embeds` (pipelines/wan/pipeline_wan.py:170-191): `prompt_clean` (ftfy
+  where installed, HTML unescaped twice, whitespace collapsed), mask to umT5, each prompt's states cut to its
+  length then zero-padded; 226 in encode_prompt (:208), 512 in `__call__` (:404, the default here); no mask out.
+- pixart-sigma: `PixArtSigmaPipeline.encode_prompt` (pipelines/pixart_alpha/pipeline_pixart_sigma.py:300-324,
+  :488 `text.lower().strip()` with clean_caption=False), 300, mask to T5 and returned.
+- auraflow: `AuraFlowPipeline.encode_prompt` (pipelines/aura_flow/pipeline_aura_flow.py:302-311), 256, mask to
+  umT5, states multiplied by the mask (zero after the prompt), the mask returned.
 """
 
 from __future__ import annotations
@@ -64,6 +79,10 @@ VIT_H = Tower("openclip-vit-h-14", 1024, 24, 16, 4096, "gelu", diffusers_layers=
 VIT_BIGG = Tower("openclip-vit-bigg-14", 1280, 32, 20, 5120, "gelu", projection=1280)
 LONGCLIP_L = Tower("longclip-l", 768, 12, 12, 3072, "quick_gelu", positions=248)
 T5_XXL = Tower("t5-v1_1-xxl", 4096, 24, 64, 10240, "gelu_new", positions=0, kind="t5")
+#: umT5-XXL (Wan 2.1 / 2.2's text encoder, UMT5EncoderModel): T5 v1.1 XXL's shape, a table per layer, 256k vocabulary
+UMT5_XXL = Tower("umt5-xxl", 4096, 24, 64, 10240, "gelu_new", positions=0, kind="t5")
+#: AuraFlow's text encoder: UMT5EncoderModel of Pile-T5-XL's shape (2048 wide, 32 heads, FFN 5120)
+PILE_T5_XL = Tower("umt5-pile-t5-xl", 2048, 24, 32, 5120, "gelu_new", positions=0, kind="t5")
 TOWERS: dict[str, Tower] = {t.name: t for t in (VIT_L, VIT_H, VIT_BIGG, LONGCLIP_L)}  #: the CLIP towers
 #: LLM text encoders (kind "llm", sdclip.lanes.llm_lane): transformers' own classes run them
 QWEN25VL_7B = Tower("qwen2.5-vl-7b-text", 3584, 28, 28, 18944, "silu", positions=128000, kind="llm")
@@ -88,6 +107,18 @@ class LLMPrompt:
 
 
 @dataclass(frozen=True)
+class T5Masking:
+    """How a T5-only pipeline masks its T5 (read by the T5 lane and its runner, sdclip.encoder.t5_masked).
+
+    The tokenizer's attention mask (the prompt's tokens and `</s>`) always goes to T5 with these families."""
+
+    zero_after: bool = False  #: states after the prompt's length are zeros (Wan, AuraFlow): only real tokens run
+    returned: int | None = None  #: the pipeline takes a mask: it covers the tokens and this many pads (Chroma 1)
+    mask_dtype: str = "long"  #: the returned mask's dtype: "long" (the tokenizer's) or "embeds" (Chroma's)
+    clean: str = ""  #: the pipeline's text clean-up before tokenizing: "wan" (prompt_clean), "lower" (PixArt)
+
+
+@dataclass(frozen=True)
 class EncoderRole:
     """One text encoder of a family: its tower, pad id and default layer."""
 
@@ -101,6 +132,7 @@ class EncoderRole:
     prompt: int = 1  #: which of diffusers' prompt (1), prompt_2 (2), prompt_3 (3) it encodes
     length: int | None = None  #: T5: sequence length by default (diffusers' max_sequence_length)
     min_length: int | None = None  #: T5: ComfyUI's minimum length (padded up to it, never truncated)
+    masking: T5Masking | None = None  #: T5: the attention mask goes to T5 (the T5-only families)
     llm: LLMPrompt | None = None  #: LLM: its template and output (the LLM families)
 
     @property
@@ -177,6 +209,19 @@ FAMILIES: dict[str, Family] = {
         ),
         pooled_role=0, recipe="flux",
     ),
+    "chroma": Family(
+        "chroma", (EncoderRole("t5", T5_XXL, 0, 0, True, length=512,
+                               masking=T5Masking(returned=1, mask_dtype="embeds")),),
+    ),
+    "wan": Family(
+        "wan", (EncoderRole("t5", UMT5_XXL, 0, 0, True, length=512, masking=T5Masking(zero_after=True, clean="wan")),),
+    ),
+    "pixart-sigma": Family(
+        "pixart-sigma", (EncoderRole("t5", T5_XXL, 0, 0, True, length=300, masking=T5Masking(returned=0, clean="lower")),),
+    ),
+    "auraflow": Family(
+        "auraflow", (EncoderRole("t5", PILE_T5_XL, 0, 0, True, length=256, masking=T5Masking(zero_after=True, returned=0)),),
+    ),
     # LLM text encoders (sdclip.lanes.llm_lane): template, dropped tokens, layer read, max_sequence_length
     "qwen-image": Family(
         "qwen-image", (EncoderRole("qwen25vl", QWEN25VL_7B, 151643, 0, True, length=1024, llm=LLMPrompt(
@@ -196,6 +241,8 @@ FAMILIES: dict[str, Family] = {
             fixed=True, mask_kwarg="prompt_attention_mask", model_class="Gemma2Model")),),
     ),
 }
+#: the families whose only encoder is a (um)T5 with the attention mask passed to it
+T5_ONLY: tuple[str, ...] = tuple(n for n, f in FAMILIES.items() if all(r.masking is not None for r in f.roles))
 #: textual-inversion keys → the width of their vectors (clip_l 768, clip_h 1024, clip_g 1280); T5 takes none
 EMBEDDING_KEYS: dict[str, int] = {r.name: r.width for f in FAMILIES.values() for r in f.roles if r.kind == "clip"}
 #: the most T5 positions diffusers' SD3 / Flux pipelines accept (`max_sequence_length`)
@@ -215,7 +262,7 @@ def one_tower_family(*, width: int | None = None, act: str | None = None, positi
     found = [
         f.name
         for f in FAMILIES.values()
-        if len(f.roles) == 1
+        if len(f.roles) == 1 and f.roles[0].kind == "clip"
         and (width is None or f.roles[0].tower.width == width)
         and (act is None or f.roles[0].tower.act == act)
         and (positions is None or f.roles[0].tower.positions == positions)

@@ -16,6 +16,11 @@ computed once from layer 0's table and shared by every layer, no 1/√d scaling 
 any fp16 hidden state is clamped to ±(max − 1000 if it holds inf else max) after attention and FFN. This
 module does the same given the same weights' dtypes (`sdclip.encoder.loading.t5` keeps `wo` in fp32 for
 fp16, as transformers' `from_pretrained` does). bf16 is the usual, overflow-free choice.
+
+umT5 (`UMT5EncoderModel`: Wan's umT5-XXL, AuraFlow's Pile-T5-XL) is the same computation except that every
+layer has its own relative-attention table (transformers' `UMT5LayerSelfAttention` builds each layer's
+`UMT5Attention(has_relative_attention_bias=True)`, modeling_umt5.py:374-380) and no layer reuses another's:
+`T5Config.per_layer_bias`. Its attention does not scale q·k either (`UMT5Attention`, modeling_umt5.py:209).
 """
 
 from __future__ import annotations
@@ -55,11 +60,16 @@ class T5Config:
     relative_attention_max_distance: int = 128
     layer_norm_epsilon: float = 1e-6
     feed_forward_proj: str = "gated-gelu"
+    #: umT5: every layer has its own relative-attention table (T5 v1.1: layer 0's, shared)
+    per_layer_bias: bool = False
 
     def __post_init__(self):
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name == "layer_norm_epsilon":
+            if f.name == "per_layer_bias":
+                if not isinstance(v, bool):
+                    raise T5ConfigError(f"T5 config: per_layer_bias must be true or false, got {v!r}")
+            elif f.name == "layer_norm_epsilon":
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
                     raise T5ConfigError(f"T5 config: layer_norm_epsilon must be in (0, 1), got {v!r}")
             elif f.name == "feed_forward_proj":
@@ -98,10 +108,8 @@ class T5Config:
         mt = d.get("model_type")
         if mt not in (None, "t5", "umt5"):
             raise T5ConfigError(f"config.json describes a {mt!r} model, not T5")
-        if mt == "umt5":
-            raise T5ConfigError("UMT5 (a relative-position table per layer) is not supported; T5 v1.1 is")
-        kw = {f.name: d[f.name] for f in fields(cls) if f.name in d}
-        return cls(**kw)
+        kw = {f.name: d[f.name] for f in fields(cls) if f.name in d and f.name != "per_layer_bias"}
+        return cls(**kw, per_layer_bias=mt == "umt5")
 
 
 def relative_buckets(n: int, num_buckets: int, max_distance: int, device=None) -> torch.Tensor:
@@ -195,6 +203,8 @@ class T5Block(nn.Module):
         self.wi_0 = T5Linear(cfg.d_model, cfg.d_ff, **factory)
         self.wi_1 = T5Linear(cfg.d_model, cfg.d_ff, **factory) if cfg.gated else None
         self.wo = T5Linear(cfg.d_ff, cfg.d_model, **factory)
+        #: umT5: this layer's own relative-attention table (block 0 uses the encoder's `rel_bias`)
+        self.rel_bias = None
 
     def attention(self, h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         b, n, _ = h.shape
@@ -243,6 +253,10 @@ class T5Encoder(nn.Module):
         self.rel_bias = nn.Parameter(torch.zeros(cfg.relative_attention_num_buckets, cfg.num_heads, **factory),
                                      requires_grad=False)
         self.blocks = nn.ModuleList(T5Block(cfg, **factory) for _ in range(cfg.num_layers))
+        if cfg.per_layer_bias:
+            for block in list(self.blocks)[1:]:
+                block.rel_bias = nn.Parameter(torch.zeros(cfg.relative_attention_num_buckets, cfg.num_heads, **factory),
+                                              requires_grad=False)
         self.final_norm = nn.Parameter(torch.ones(cfg.d_model, **factory), requires_grad=False)
         self._bias_cache: dict[tuple, torch.Tensor] = {}
 
@@ -251,17 +265,26 @@ class T5Encoder(nn.Module):
         """The compute dtype: that of the norms (fp8-stored weights are upcast to it)."""
         return self.final_norm.dtype
 
-    def position_bias(self, n: int) -> torch.Tensor:
-        """[1, H, n, n] relative position bias (from layer 0's table, shared by all layers); cached per n."""
-        t = self.rel_bias
-        key = (n, t.data_ptr(), t._version, t.dtype, t.device)
+    def tables(self) -> list[torch.Tensor]:
+        """Each block's relative-attention table: layer 0's for every block (T5 v1.1), or each its own (umT5)."""
+        if not self.config.per_layer_bias:
+            return [self.rel_bias] * len(self.blocks)
+        return [self.rel_bias] + [b.rel_bias for b in list(self.blocks)[1:]]
+
+    def position_bias(self, n: int, block: int = 0) -> torch.Tensor:
+        """[1, H, n, n] relative position bias of `block` (T5 v1.1: layer 0's table, shared by all layers);
+        cached per n."""
+        t = self.tables()[block]
+        key = (n, block, t.data_ptr(), t._version, t.dtype, t.device)
         cached = self._bias_cache.get(key)
         if cached is None:
             cfg = self.config
             buckets = relative_buckets(n, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance, t.device)
             table = t if t.dtype not in STORAGE_ONLY else t.to(self.dtype)
             cached = F.embedding(buckets, table).permute(2, 0, 1).unsqueeze(0).contiguous()
-            self._bias_cache = {key: cached}
+            if len(self._bias_cache) >= len(self.blocks) or any(k[0] != n for k in self._bias_cache):
+                self._bias_cache = {}
+            self._bias_cache[key] = cached
         return cached
 
     def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
@@ -279,8 +302,7 @@ class T5Encoder(nn.Module):
         """[B, N] ids → [B, N, D] last hidden state (after the final norm), as `T5EncoderModel(ids)[0]`.
         attention_mask [B, N] (1 = attend) hides padded keys, as transformers does; diffusers passes none."""
         x = self.embed_ids(ids)
-        bias = self._bias(ids, attention_mask, x.dtype)
-        for block in self.blocks:
+        for block, bias in zip(self.blocks, self._biases(ids, attention_mask, x.dtype)):
             x = block(x, bias)
         out = rms_norm(x, self.final_norm, self.config.layer_norm_epsilon)
         if not bool(torch.isfinite(out).all()):  # one check per pass; the failure path finds the block
@@ -299,8 +321,8 @@ class T5Encoder(nn.Module):
                  else "the final norm" if i > self.config.num_layers else f"block {i - 1} (0-based)")
         return non_finite_message(self.name, where, self.dtype)
 
-    def _bias(self, ids: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-        bias = self.position_bias(ids.shape[1])
+    def _bias(self, ids: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype, block: int = 0) -> torch.Tensor:
+        bias = self.position_bias(ids.shape[1], block)
         if mask is None:
             return bias
         if tuple(mask.shape) != tuple(ids.shape):
@@ -309,13 +331,18 @@ class T5Encoder(nn.Module):
         add = torch.zeros(mask.shape, dtype=bias.dtype, device=bias.device).masked_fill(hidden, torch.finfo(bias.dtype).min)
         return bias + add[:, None, None, :]
 
+    def _biases(self, ids: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype) -> list[torch.Tensor]:
+        """The bias (position + mask) each block adds to its scores: one shared tensor, or one per block (umT5)."""
+        if not self.config.per_layer_bias:
+            return [self._bias(ids, mask, dtype)] * len(self.blocks)
+        return [self._bias(ids, mask, dtype, i) for i in range(len(self.blocks))]
+
     @torch.no_grad()
     def hidden_states(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
         """The embeddings, every block's output, then the final-norm output (for layer-by-layer checks)."""
         x = self.embed_ids(ids)
-        bias = self._bias(ids, attention_mask, x.dtype)
         out = [x.clone()]
-        for block in self.blocks:
+        for block, bias in zip(self.blocks, self._biases(ids, attention_mask, x.dtype)):
             x = block(x, bias)
             out.append(x.clone())
         out.append(rms_norm(x, self.final_norm, self.config.layer_norm_epsilon))

@@ -33,6 +33,11 @@ class T5RunnerLane:
                setup: RunnerSetup) -> RowEncoder:
         if encoder is None:
             return ZeroRows(setup.missing_width or role.width, setup.dtype, setup.device)
+        if role.masking is not None:  # the T5-only families: the tokenizer's mask goes to T5
+            from sdclip.encoder.t5_masked import MaskedT5RowEncoder
+
+            return MaskedT5RowEncoder(encoder, role.masking, pad_id=role.pad_id, key=(setup.fingerprint, index),
+                                      cache=setup.cache, batch_size=max(1, setup.batch_size // 4))
         return T5RowEncoder(encoder, key=(setup.fingerprint, index), cache=setup.cache,
                             batch_size=max(1, setup.batch_size // 4))
 

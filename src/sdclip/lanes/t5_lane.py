@@ -16,6 +16,7 @@ from sdclip.layout.t5 import pad_t5_rows, t5_row_length, t5_rows, t5_rows_cut
 from sdclip.syntax.prompt import Sequence
 from sdclip.tokenizer.stream import TokenStream
 from sdclip.tokenizer.t5 import tokenize_t5
+from sdclip.tokenizer.t5_clean import cleaning
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,8 @@ class T5Lane:
     def tokenize(self, seq: Sequence, text: str, given: RoleInput, embeddings: Mapping[str, int] | None) -> TokenStream:
         """The whole text (or each fragment, t5_split="fragments") through SentencePiece, untruncated: the
         layout cuts it. Embedding references are left out (T5 has no textual-inversion vectors)."""
-        return tokenize_t5(seq, given.tokenizer, None, source=text, split=given.options.t5_split).stream
+        tok = cleaning(given.tokenizer, given.role.masking.clean) if given.role.masking is not None else given.tokenizer
+        return tokenize_t5(seq, tok, None, source=text, split=given.options.t5_split).stream
 
     def lay_out(self, stream: TokenStream, given: RoleInput) -> Rows:
         options, role = given.options, given.role

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from sdclip.encoder.loading import sd3_flux
+from sdclip.encoder.loading import sd3_flux, t5_families
 from sdclip.encoder.loading.checkpoint import CheckpointError, open_tensor_file
 from sdclip.encoder.loading.clip import LoadedEncoders, load_clip_source
 from sdclip.encoder.loading.hub import resolve
@@ -37,6 +37,9 @@ def load_text_encoders(
             return sd3_flux.load_files(paths, family, dtype, device)
         source = paths[0]
     path = resolve(source)
+    t5_only = t5_families.load(path, family, dtype, device)  # Chroma, Wan, PixArt-Σ, AuraFlow
+    if t5_only is not None:
+        return t5_only
     if path.is_dir():
         from sdclip.encoder.loading import llm  # Qwen-Image, Z-Image, Lumina 2 (transformers: the llm extra)
 

@@ -12,6 +12,11 @@ Layouts (keys are transformers' `T5EncoderModel` keys under a prefix):
 
 Shapes come from the tensors (config.json, where present, must agree); the relative-attention maximum
 distance, which no tensor holds, is 128 unless a config says otherwise.
+
+umT5 (`UMT5EncoderModel`: Wan's `text_encoder/`, AuraFlow's `text_encoder/`, ComfyUI's
+`umt5_xxl_fp16.safetensors` / `umt5_xxl_fp8_e4m3fn_scaled.safetensors`, same key names as T5) is told apart
+by its tensors: every block holds `layer.0.SelfAttention.relative_attention_bias.weight` (T5 v1.1: block 0
+only); a config.json saying `model_type` "umt5" must agree. Each table is read into its block.
 """
 
 from __future__ import annotations
@@ -65,9 +70,9 @@ def _config(folder: Path) -> object:
 
 def t5_folder(path: Path) -> Path | None:
     """The T5 encoder folder of a transformers folder or a diffusers SD3 / Flux pipeline folder."""
-    for cand in (path, path / "text_encoder_3", path / "text_encoder_2"):
+    for cand in (path, path / "text_encoder_3", path / "text_encoder_2", path / "text_encoder"):
         doc = _config(cand)
-        if isinstance(doc, dict) and doc.get("model_type") == "t5":
+        if isinstance(doc, dict) and doc.get("model_type") in ("t5", "umt5"):
             return cand
     return None
 
@@ -229,6 +234,18 @@ def t5_config_from_tensors(f: TensorFile, prefix: str, config: dict | None = Non
     if inner % heads:
         raise CheckpointError(f"{f.path}: attention width {inner} is not a multiple of {heads} heads")
     cfg = checked_t5_config(config, f.path)
+    per_layer = layers > 1 and f"{p}encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight" in f
+    said = cfg.get("model_type")
+    if said in ("t5", "umt5") and (said == "umt5") != per_layer and layers > 1:
+        raise CheckpointError(f"{f.path}: config.json says model_type={said!r}, but the tensors hold "
+                              f"{'a relative-attention table in every block (umT5)' if per_layer else 'one relative-attention table (T5 v1.1)'}")
+    per_layer = per_layer or said == "umt5"
+    if per_layer:
+        missing = [i for i in range(layers)
+                   if f"{p}encoder.block.{i}.layer.0.SelfAttention.relative_attention_bias.weight" not in f]
+        if missing:
+            raise CheckpointError(f"{f.path}: umT5 block(s) {missing[:8]} have no relative_attention_bias table "
+                                  "(every umT5 block holds its own)")
     kw = dict(vocab_size=vocab, d_model=d_model, d_kv=inner // heads, d_ff=d_ff, num_layers=layers,
               num_heads=heads, relative_attention_num_buckets=buckets)
     for name, value in kw.items():
@@ -240,7 +257,8 @@ def t5_config_from_tensors(f: TensorFile, prefix: str, config: dict | None = Non
                               f"{'gated (wi_0, wi_1)' if gated else 'not gated (wi)'}")
     try:
         return T5Config(**kw, relative_attention_max_distance=cfg.get("relative_attention_max_distance", 128),
-                        layer_norm_epsilon=cfg.get("layer_norm_epsilon", 1e-6), feed_forward_proj=proj)
+                        layer_norm_epsilon=cfg.get("layer_norm_epsilon", 1e-6), feed_forward_proj=proj,
+                        per_layer_bias=per_layer)
     except T5ConfigError as e:
         raise CheckpointError(f"{f.path}: {e}") from None
 
@@ -305,9 +323,19 @@ def _stored_dtype(f: TensorFile, key: str) -> torch.dtype:
 
 
 def _scaled_fp8(f: TensorFile, prefix: str) -> bool:
+    """Whether `f` is ComfyUI's scaled fp8 (the `scaled_fp8` marker, or per-layer `scale_weight` tensors); a
+    file named `*_scaled*` holding fp8 weights but neither is refused: read as plain fp8 it would be wrong by
+    each layer's scale, silently."""
     marker = prefix + "scaled_fp8"
-    if marker in f:
+    if marker in f or any(k.startswith(prefix) and k.endswith(".scale_weight") for k in f.keys()):
         return True
+    name = Path(str(f.path)).name.lower()
+    if "scaled" in name and name.endswith(".safetensors"):
+        probe = f"{prefix}encoder.block.0.layer.0.SelfAttention.q.weight"
+        if probe in f and _stored_dtype(f, probe) in STORAGE_ONLY:
+            raise CheckpointError(
+                f"{f.path}: named as a scaled-fp8 file and its weights are fp8, but it holds no scale_weight tensors "
+                "(nor the scaled_fp8 marker): its fp8 weights cannot be dequantised; the file is incomplete")
     for k in f.keys():
         if k.startswith(prefix) and k.endswith(_FOREIGN_QUANT):
             raise CheckpointError(
@@ -390,6 +418,9 @@ def load_t5(
     wo_dtype = torch.float32 if (dtype == torch.float16 and fp16_wo_fp32) else dtype
     for i in range(cfg.num_layers):
         b = f"{p}encoder.block.{i}."
+        if cfg.per_layer_bias and i > 0:
+            state[f"blocks.{i}.rel_bias"] = take(b + "layer.0.SelfAttention.relative_attention_bias.weight",
+                                                 (cfg.relative_attention_num_buckets, cfg.num_heads), False)
         state[f"blocks.{i}.ln_attn"] = take(b + "layer.0.layer_norm.weight", (cfg.d_model,), False)
         state[f"blocks.{i}.ln_ff"] = take(b + "layer.1.layer_norm.weight", (cfg.d_model,), False)
         for src, dst in _LINEARS.items():
@@ -399,12 +430,16 @@ def load_t5(
             key = f"{b}{src}.weight"
             w = take(key, shapes[dst], keep_fp8 or scaled, wo_dtype if dst == "wo" else dtype)
             if scaled and w.dtype in STORAGE_ONLY:
-                s = _read(f, f"{b}{src}.scale_weight", f.shape(f"{b}{src}.scale_weight")) if f"{b}{src}.scale_weight" in f else None
-                if s is not None and s.numel() != 1:
+                if f"{b}{src}.scale_weight" not in f:
+                    raise CheckpointError(
+                        f"{f.path}: a scaled-fp8 file (it holds the 'scaled_fp8' marker) without {b}{src}.scale_weight: "
+                        "its fp8 weights cannot be dequantised; the file is incomplete (download it again)")
+                s = _read(f, f"{b}{src}.scale_weight", f.shape(f"{b}{src}.scale_weight"))
+                if s.numel() != 1:
                     raise CheckpointError(f"{f.path}: {b}{src}.scale_weight must be one number, got {tuple(s.shape)}")
                 if not keep_fp8:
-                    w = w.to(dtype) * (s.to(dtype) if s is not None else 1)
-                elif s is not None:
+                    w = w.to(dtype) * s.to(dtype)
+                else:
                     state[f"blocks.{i}.{dst}.scale"] = s.reshape(()).to(device=device, dtype=torch.float32)
             state[f"blocks.{i}.{dst}.weight"] = w
     _check_leftovers(f, p, cfg, scaled)

@@ -1,0 +1,73 @@
+"""Rows through a T5 with the tokenizer's attention mask (the T5-only families: Chroma, Wan, PixArt-Σ,
+AuraFlow; `EncoderRole.masking`), and only as many positions as the result needs.
+
+Each row is [tokens…, `</s>`, pad…]: its real length n is where the pads start. T5 with the mask passed
+hides pad keys (the relative bias depends on distance only), so a real position's state depends on the
+real tokens alone, however many pads follow:
+- `zero_after` (Wan: states cut to the prompt's length then zero-padded, pipeline_wan.py:188-191; AuraFlow:
+  states times the mask, pipeline_aura_flow.py:310-311): only the first n positions run; rows are grouped
+  by length (a batch of 20-token captions runs ≈ 24 positions, not 512) and the rest is zeros;
+- otherwise (Chroma, PixArt-Σ: every position's state is returned and a pad's state depends on its
+  position): the whole row runs, pads masked as keys.
+compel's down-weighting masks (RowBatch.masks) are combined with the real-token mask.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from sdclip.conventions.family import T5Masking
+from sdclip.encoder.batching import RowCache, T5RowEncoder
+
+#: rows of one pass differ in real length by at most this factor (plus `_SLACK` positions)
+_GROUP = 1.25
+_SLACK = 8
+
+
+def real_lengths(ids: Tensor, pad_id: int) -> Tensor:
+    """[R] positions up to and including the last non-pad id of each row (at least 1)."""
+    L = ids.shape[1]
+    real = ids != pad_id
+    pos = torch.arange(1, L + 1, device=ids.device).expand_as(ids)
+    return (pos * real).amax(dim=1).clamp(min=1)
+
+
+def _groups(lengths: list[int]) -> list[list[int]]:
+    """Row indices grouped by similar real length (sorted), so padding inside a pass stays small."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    out: list[list[int]] = []
+    for i in order:
+        if out and lengths[i] <= _GROUP * lengths[out[-1][0]] + _SLACK:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
+class MaskedT5RowEncoder(T5RowEncoder):
+    """T5RowEncoder with the real-token mask passed to T5 and, where states after the prompt are zeros,
+    only the real positions computed (length-bucketed)."""
+
+    def __init__(self, encoder, masking: T5Masking, *, pad_id: int, key: tuple, cache: RowCache,  # noqa: ANN001
+                 batch_size: int = 8):
+        super().__init__(encoder, key=(*key, "masked", masking.zero_after), cache=cache, batch_size=batch_size)
+        self.masking = masking
+        self.pad_id = pad_id
+
+    def _pass(self, ids: Tensor, vectors: Tensor | None, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        R, L = ids.shape
+        n = real_lengths(ids, self.pad_id)
+        real = torch.arange(L, device=ids.device)[None, :] < n[:, None]
+        full = real if mask is None else real & mask.to(device=ids.device, dtype=torch.bool)
+        if not self.masking.zero_after:
+            return self.encoder(ids, attention_mask=full.long()), None
+        out: Tensor | None = None
+        for group in _groups(n.tolist()):
+            rows = torch.tensor(group, device=ids.device)
+            m = int(n[rows].max())
+            hidden = self.encoder(ids[rows, :m], attention_mask=full[rows, :m].long())
+            if out is None:
+                out = hidden.new_zeros(R, L, hidden.shape[-1])
+            out[rows, :m] = hidden * real[rows, :m, None].to(hidden.dtype)
+        return out, None
