@@ -102,7 +102,7 @@ def test_row_limit_counts_the_widest_role():
 
 
 def test_every_role_has_a_lane_and_lanes_own_their_rules(t5):
-    assert set(LANES) == {r.kind for f in FAMILIES.values() for r in f.roles}
+    assert {r.kind for f in FAMILIES.values() for r in f.roles} <= set(LANES)
     sd3 = get_family("sd3")
     clip, _, t5_lane = lanes_of(sd3)
     assert clip is get_lane("clip") and t5_lane is lane_of(sd3.roles[2])
@@ -110,7 +110,7 @@ def test_every_role_has_a_lane_and_lanes_own_their_rules(t5):
     assert t5_lane.empty_ids(sd3.roles[2], 4) == (1, 0, 0, 0)
     assert t5_lane.weighting(Options.preset("a1111")) == "none" and clip.weighting(Options.preset("a1111")) == "a1111"
     with pytest.raises(ValueError, match="unknown encoder kind"):
-        get_lane("llm")
+        get_lane("no-such-kind")
 
 
 def test_lanes_and_prepare_do_not_import_torch():
