@@ -39,9 +39,11 @@ def generate(
     blocks: str = "both",
     reading: str = "softmax",
     callback: Callable | None = None,
+    started: Callable[[], object] | None = None,
 ) -> tuple[AttentionMaps, object, tuple[int, int]]:
     """(maps of `reading`, the PIL image, (W, H)) of one traced generation; one-line errors for what cannot be
-    traced (checked before the prompt is encoded)."""
+    traced (checked before the prompt is encoded). callback: diffusers' callback_on_step_end; started():
+    called once the prompt is encoded, as denoising begins."""
     import torch
 
     kind = mmdit_kind(pipe)
@@ -58,6 +60,8 @@ def generate(
         if kind == "flux":  # no true CFG: the negative is not read
             kwargs = {k: v for k, v in kwargs.items() if not k.startswith("negative_")}
     readings = ("softmax",) if reading == "softmax" else ("softmax", reading)
+    if started is not None:
+        started()
     with trace_mmdit(pipe, conditioner=cond, prompt=prompt, negative=negative, blocks=blocks, steps=trace_steps,
                      readings=readings) as tc:
         image = pipe(  # type: ignore[operator]
