@@ -60,10 +60,10 @@ def generate(
         if kind == "flux":  # no true CFG: the negative is not read
             kwargs = {k: v for k, v in kwargs.items() if not k.startswith("negative_")}
     readings = ("softmax",) if reading == "softmax" else ("softmax", reading)
-    if started is not None:
-        started()
     with trace_mmdit(pipe, conditioner=cond, prompt=prompt, negative=negative, blocks=blocks, steps=trace_steps,
                      readings=readings) as tc:
+        if started is not None:
+            started()
         image = pipe(  # type: ignore[operator]
             **kwargs,
             num_inference_steps=steps,
