@@ -8,7 +8,10 @@ Every mode works on hidden states `z` [R, L, D] (one row per encoded 77- or 248-
            once, so the two means are single scalars over batch × slots × channels of that chunk index
            (SDXL: per encoder, each encoder is a separate call). `groups` lists the rows that share a
            mean; the means are taken in float32 even for half-precision input.
-- "no-norm" A1111 emphasis "No norm" (`EmphasisOriginalNoNorm`), also sd_embed: z' = z·w.
+- "no-norm" A1111 emphasis "No norm" (`EmphasisOriginalNoNorm`), also sd_embed: z' = z·w. Also kohya-ss/sd-scripts
+           `--weighted_captions` (`encode_tokens_with_weights` in strategy_sd.py / strategy_sdxl.py at 48d368f):
+           each row's slots 1..75 times their weights, no mean restoration (its older
+           `get_weighted_text_embeddings`, which restores the mean, now serves only its image generators).
 - "comfy"  ComfyUI `ClipTokenWeightEncoder.encode_token_weights`: z' = e + (z − e)·w where e is the
            encoding of the empty prompt ([BOS, EOS, pad…]) at the same slot; slots with w == 1 are left
            bit-exact (ComfyUI only rewrites `weight != 1.0`).

@@ -16,7 +16,7 @@ from sdclip.conventions.family import FAMILIES, EncoderRole, Family, get_family
 from sdclip.conventions.clip_skip import SKIP_CONVENTIONS, LayerSelect, resolve_clip_skip
 from sdclip.layout.spec import CHUNK_STYLES, LAYOUTS, LayoutSpec
 
-PRESETS = ("a1111", "comfy", "compel", "diffusers")
+PRESETS = ("a1111", "comfy", "compel", "diffusers", "kohya")
 #: the weighting formulas (sdclip.assemble.weighting implements them; named here so choosing one needs no torch)
 WEIGHTINGS = ("a1111", "no-norm", "comfy", "compel", "lerp-eos", "none", "comfy++", "down_weight")
 POOLED_SOURCES = ("first", "last", "mean")
@@ -31,7 +31,7 @@ class Options:
     dialect: str = "a1111"
     normalize: str = "hf-slow"
     layout: str = "chunk"
-    chunk_style: Literal["a1111", "comfy", "compel"] = "a1111"
+    chunk_style: Literal["a1111", "comfy", "compel", "kohya"] = "a1111"
     comma_backtrack: int = 20
     stride: int = 50
     max_rows: int | None = None
@@ -201,6 +201,17 @@ _PRESETS: dict[str, Options] = {
         weighting="none",
         clip_skip_convention="diffusers",
         zeros_for_empty_negative=True,
+        embedding_match="word",
+    ),
+    # kohya-ss/sd-scripts `--weighted_captions` (strategy_base / strategy_sd / strategy_sdxl at 48d368f): its
+    # emphasis-only syntax, `max_rows` = n rows of 75 for `--max_token_length` 75·n joined as n·75+2 slots,
+    # hidden states times the weights with no mean restoration, the slow tokenizer with ftfy, pooled from row 0.
+    "kohya": Options(
+        dialect="kohya",
+        normalize="hf-slow",
+        chunk_style="kohya",
+        comma_backtrack=0,
+        weighting="no-norm",
         embedding_match="word",
     ),
 }

@@ -15,6 +15,8 @@ How rows are filled differs between tools; each way is a chunker in `CHUNKERS`, 
   (a phrase), else after the last word end (a token spelled ``…</w>``), else at 75; no comma backtrack.
   compel's optional copy of the first row's EOS state into later rows (``COPY_FIRST_CLS_TOKEN``) is off in
   ``Compel``'s default and not reproduced.
+- ``kohya`` (kohya-ss/sd-scripts `--max_token_length`): exactly ``max_rows`` rows of 75, the rest cut, joined
+  as n·75+2 slots (sdclip.layout.kohya).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from collections.abc import Callable
 from functools import lru_cache
 
 from sdclip.layout.builder import RowBuilder, run_interiors, run_lengths, segments
+from sdclip.layout.kohya import chunk_kohya
 from sdclip.layout.rows import Rows
 from sdclip.layout.spec import LayoutSpec
 from sdclip.tokenizer.stream import TokenStream
@@ -190,6 +193,7 @@ CHUNKERS: dict[str, Callable[[TokenStream, LayoutSpec], Rows]] = {
     "a1111": chunk_a1111,
     "comfy": chunk_comfy,
     "compel": chunk_compel,
+    "kohya": chunk_kohya,
 }
 
 

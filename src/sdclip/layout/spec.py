@@ -10,7 +10,7 @@ from sdclip.tokenizer.stream import EOS
 LayoutMode = Literal["truncate", "chunk", "window", "compress", "long"]
 LAYOUTS: tuple[str, ...] = ("truncate", "chunk", "window", "compress", "long")
 #: how the chunk layout fills rows (sdclip.layout.chunk.CHUNKERS)
-CHUNK_STYLES: tuple[str, ...] = ("a1111", "comfy", "compel")
+CHUNK_STYLES: tuple[str, ...] = ("a1111", "comfy", "compel", "kohya")
 COMMA_ID = 267  #: ",</w>" in the CLIP vocabulary
 LONG_CLIP_LENGTH = 248
 
@@ -27,7 +27,7 @@ class LayoutSpec:
     length: int = 77
     pad_id: int = EOS
     comma_backtrack: int = 20
-    chunk_style: Literal["a1111", "comfy", "compel"] = "a1111"
+    chunk_style: Literal["a1111", "comfy", "compel", "kohya"] = "a1111"
     stride: int = 50
     max_rows: int | None = None
     comma_id: int = COMMA_ID

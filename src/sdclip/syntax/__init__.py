@@ -1,9 +1,10 @@
-"""The syntax stage: prompt text in one of four dialects → Prompt (no torch, no model).
+"""The syntax stage: prompt text in one of five dialects → Prompt (no torch, no model).
 
 - "a1111": AUTOMATIC1111 — `(x)`, `[x]`, `(x:w)`, BREAK, AND, scheduling via schedule();
 - "comfy": ComfyUI — absolute `(x:w)`, literal `[x]`, `embedding:name`;
 - "compel": compel — `word+`, `(a b)1.3`, `.attend()`, `.blend()`, `.and()`;
-- "plain": the text as is, weight 1.
+- "plain": the text as is, weight 1;
+- "kohya": kohya-ss/sd-scripts `--weighted_captions` — `(x)`, `[x]`, `(x:w)` only; AND / BREAK are text.
 
 Every parser raises only PromptSyntaxError (with position and caret line) for bad input.
 """
@@ -14,12 +15,12 @@ import gc
 from collections.abc import Collection
 
 from sdclip.syntax.prompt import ExtraNetwork, ParseOptions, Prompt, PromptSyntaxError, Schedule, Scheduled
-from sdclip.syntax import a1111, comfy, compel, plain
+from sdclip.syntax import a1111, comfy, compel, kohya, plain
 
-DIALECTS = ("a1111", "comfy", "compel", "plain")
+DIALECTS = ("a1111", "comfy", "compel", "plain", "kohya")
 
 #: dialect → parser(text, embeddings, ParseOptions)
-_PARSERS = {"a1111": a1111.parse, "comfy": comfy.parse, "compel": compel.parse, "plain": plain.parse}
+_PARSERS = {"a1111": a1111.parse, "comfy": comfy.parse, "compel": compel.parse, "plain": plain.parse, "kohya": kohya.parse}
 
 
 def _unscheduled(text: str, steps: int, old_scheduling: bool, hires_steps: int | None) -> Schedule:
@@ -29,7 +30,9 @@ def _unscheduled(text: str, steps: int, old_scheduling: bool, hires_steps: int |
 
 
 #: dialect → scheduler(text, steps, old_scheduling, hires_steps); only AUTOMATIC1111 schedules
-_SCHEDULERS = {"a1111": a1111.schedule, "comfy": _unscheduled, "compel": _unscheduled, "plain": _unscheduled}
+_SCHEDULERS = {
+    "a1111": a1111.schedule, "comfy": _unscheduled, "compel": _unscheduled, "plain": _unscheduled, "kohya": _unscheduled,
+}
 
 
 def _check_text(text: object) -> str:
