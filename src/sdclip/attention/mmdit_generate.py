@@ -49,19 +49,12 @@ def generate(
     kind = mmdit_kind(pipe)
     width, height = size or default_size(pipe)
     check_request(pipe, steps=steps, width=width, height=height)
-    cond = None
-    if kind == "chroma":
-        kwargs: dict = {"prompt": prompt, "negative_prompt": negative or ""}
-    else:
-        from sdclip.pipelines import conditioner_from_pipeline, pipeline_kwargs
-
-        cond = conditioner_from_pipeline(pipe, **(conditioner_options or {}))
-        kwargs = pipeline_kwargs(pipe, prompt, negative, conditioner=cond)
-        if kind == "flux":  # no true CFG: the negative is not read
-            kwargs = {k: v for k, v in kwargs.items() if not k.startswith("negative_")}
     readings = ("softmax",) if reading == "softmax" else ("softmax", reading)
-    with trace_mmdit(pipe, conditioner=cond, prompt=prompt, negative=negative, blocks=blocks, steps=trace_steps,
-                     readings=readings) as tc:
+    # entered before the encoders are read and the prompt encoded (the transformer takes no part in either),
+    # so that a bad block choice is refused before that work
+    with trace_mmdit(pipe, prompt=prompt, negative=negative, blocks=blocks, steps=trace_steps, readings=readings) as tc:
+        tc.conditioner = cond = _conditioner(pipe, kind, conditioner_options)
+        kwargs = _prompt_kwargs(pipe, kind, cond, prompt, negative)
         if started is not None:
             started()
         image = pipe(  # type: ignore[operator]
@@ -75,3 +68,23 @@ def generate(
             callback_on_step_end=callback,
         ).images[0]
     return tc.maps(reading=reading), image, (width, height)
+
+
+def _conditioner(pipe: object, kind: str, options: dict | None) -> object:
+    """sdclip's Conditioner over the pipeline's encoders (SD3 / Flux); None for Chroma (its own encoding)."""
+    if kind == "chroma":
+        return None
+    from sdclip.pipelines import conditioner_from_pipeline
+
+    return conditioner_from_pipeline(pipe, **(options or {}))
+
+
+def _prompt_kwargs(pipe: object, kind: str, cond: object, prompt: str, negative: str | None) -> dict:
+    if cond is None:
+        return {"prompt": prompt, "negative_prompt": negative or ""}
+    from sdclip.pipelines import pipeline_kwargs
+
+    kwargs = pipeline_kwargs(pipe, prompt, negative, conditioner=cond)  # type: ignore[arg-type]
+    if kind == "flux":  # no true CFG: the negative is not read
+        kwargs = {k: v for k, v in kwargs.items() if not k.startswith("negative_")}
+    return kwargs
