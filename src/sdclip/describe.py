@@ -158,27 +158,20 @@ def describe(
                           "reason": stopped_line(len(rows), omitted, cut, full)}
     elif total_rows > len(rows):
         out["rows_omitted"] = total_rows - len(rows)
-    t5 = [e for e, role in enumerate(family.roles) if role.kind == "t5"]
-    if t5:
-        per_part = [_t5_json(part.rows[t5[0]], options, family.roles[t5[0]], t5_tokenizer) for part in prepared.parts]
-        for entry, item in zip(out["parts"], per_part):
-            entry["t5"] = item
-        out["t5"] = {"count": sum(p["count"] for p in per_part), "length": max(p["length"] for p in per_part),
-                     "limit": per_part[0]["limit"], "dropped": " … ".join(p["dropped"] for p in per_part if p["dropped"])}
+    out.update(t5_entries(prepared, family, options, out["parts"], t5_tokenizer))
     return out
 
 
-def _t5_json(rows: Rows, options: Options, role, tokenizer) -> dict:  # noqa: ANN001
-    from sdclip.layout.t5 import t5_row_length
+def t5_entries(prepared: Prepared, family: Family, options: Options, parts: list[dict], tokenizer) -> dict:  # noqa: ANN001
+    """The `t5` entry (per part, and in total) of the lane that reads the `t5_tokenizer` argument, from its
+    `Lane.summary` / `Lane.total`; {} for a family without one."""
+    from sdclip.lanes import lane_of
 
-    limit = rows.length if options.t5_length == "clip" else t5_row_length(options, role, 1)[1]
-    n = rows.eos[0]
-    return {
-        "ids": rows.ids[0],
-        "weights": [round(w, 6) for w in rows.weights[0]],
-        "pieces": [tokenizer.token_text(i) for i in rows.ids[0][: n + 1]],
-        "count": rows.token_count,
-        "length": rows.length,
-        "limit": limit,
-        "dropped": rows.dropped,
-    }
+    e = next((e for e, r in enumerate(family.roles) if lane_of(r).tokenizer_name == "t5_tokenizer"), None)
+    if e is None:
+        return {}
+    lane, role = lane_of(family.roles[e]), family.roles[e]
+    per_part = [lane.summary(part.rows[e], options, role, tokenizer) for part in prepared.parts]
+    for entry, item in zip(parts, per_part):
+        entry["t5"] = item
+    return {"t5": lane.total(per_part)} if per_part else {}

@@ -53,7 +53,9 @@ def _text(args: argparse.Namespace) -> str:
 
 def t5_tokenizer_of(path: str | None, family):  # noqa: ANN001, ANN201
     """The T5 tokenizer `inspect` needs for SD3 / Flux (none for CLIP-only families)."""
-    if not any(role.kind == "t5" for role in family.roles):
+    from sdclip.lanes import needs_tokenizer
+
+    if not needs_tokenizer(family, "t5_tokenizer"):
         return None
     if path is None:
         raise ValueError(f"--family {family.name} tokenizes with the model's own T5 tokenizer, which sdclip does not "

@@ -7,6 +7,7 @@ from rich.text import Text
 
 from sdclip.conventions.family import Family
 from sdclip.conventions.presets import Options
+from sdclip.lanes import lane_of
 from sdclip.describe import FULL_ROWS, ROWS_SHOWN, capacity, counter, readable_slots, stopped_line
 from sdclip.prepare import Prepared
 
@@ -100,14 +101,14 @@ def render_inspect(
                 line.append(label + " ", style=_style(slot["w"]) + ("" if slot["keep"] else " strike"))
             pads = len(rows.ids[r]) - rows.eos[r] - 1
             if pads:
-                clip = [role for role in family.roles if role.kind == "clip"]
-                pad_ids = "/".join(f"{role.name} {role.pad_id}" for role in clip) if len(clip) > 1 else str(clip[0].pad_id)
+                main = [role for role in family.roles if lane_of(role) is lane_of(family.roles[0])]  # these rows' lane
+                pad_ids = "/".join(f"{role.name} {role.pad_id}" for role in main) if len(main) > 1 else str(main[0].pad_id)
                 line.append(f" +{pads}×pad({pad_ids})", style="dim")
             console.print(line)
         for note_line in rows.notes:
             console.print(f"[dim]note:[/] {note_line}")
         for e, role in enumerate(family.roles):
-            if role.kind == "t5":
+            if lane_of(role).tokenizer_name == "t5_tokenizer":  # the lane read with --t5-tokenizer: one line per part
                 console.print(_t5_line(part, e, t5_tokenizer))
     total_rows = sum(len(part.rows[0]) for part in prepared.parts)
     if prepared.stopped is not None:
