@@ -94,6 +94,35 @@ def readable_slots(text: str, part: PreparedPart, row: int) -> list[dict]:
     return slots
 
 
+def lane_warnings(prepared: Prepared, family: Family) -> list[str]:
+    """What a lane says must not pass silently (an LLM lane: weights that do nothing), each line once."""
+    from sdclip.lanes import lane_of
+
+    out: list[str] = []
+    for e, role in enumerate(family.roles):
+        says = getattr(lane_of(role), "warnings", None)
+        for part in prepared.parts if says is not None else ():
+            out.extend(w for w in says(part.rows[e]) if w not in out)
+    return out
+
+
+def lane_entries(prepared: Prepared, family: Family, options: Options, tokenizers: Mapping[str, object]) -> dict:
+    """Each lane's own entry by role name (an LLM lane: its template, greyed, and n / max_sequence_length), from
+    `Lane.summary` / `Lane.total`, for the lanes whose tokenizer is given by name in `tokenizers`."""
+    from sdclip.lanes import lane_of
+
+    out: dict = {}
+    for e, role in enumerate(family.roles):
+        lane = lane_of(role)
+        tok = tokenizers.get(lane.tokenizer_name)
+        if tok is None:  # the later kinds' tokenizers come by name (`llm_tokenizer`); T5's entry is its own
+            continue
+        entries = [x for part in prepared.parts if (x := lane.summary(part.rows[e], options, role, tok)) is not None]
+        if entries:
+            out[role.name] = {"parts": entries, **lane.total(entries)}
+    return out
+
+
 def describe(
     text: str,
     options: Options,
@@ -103,10 +132,12 @@ def describe(
     *,
     full: bool = False,
     t5_tokenizer=None,  # noqa: ANN001 (sdclip.tokenizer.t5.T5Tokenizer: needed by SD3 / Flux)
+    tokenizers: Mapping[str, object] | None = None,
 ) -> dict:
     """The stable inspect object (fields above) for one prompt."""
     limit = FULL_ROWS if full else ROWS_SHOWN
-    prepared = prepare(text, options, family, tokenizer, embeddings, t5_tokenizer=t5_tokenizer, stop_after=limit)
+    prepared = prepare(text, options, family, tokenizer, embeddings, t5_tokenizer=t5_tokenizer, tokenizers=tokenizers,
+                       stop_after=limit)
     per_row = family.length - 2
     rows: list[dict] = []
     listed: list[int] = []  # rows listed per part: `limit` over all parts together
@@ -122,6 +153,7 @@ def describe(
             "use --layout truncate or compress"
         )
     warnings.extend(prepared.prompt.warnings)
+    warnings.extend(lane_warnings(prepared, family))
     extra = prepared.prompt.extra_networks
     if extra:
         warnings.append(f"{len(extra)} extra-network tag(s) removed from the conditioning (LoRA etc. are not text)")
@@ -152,6 +184,7 @@ def describe(
         "warnings": warnings,
         "extra_networks": [{"kind": e.kind, "name": e.name, "args": list(e.args), "span": [e.start, e.end]} for e in extra],
     }
+    out.update(lane_entries(prepared, family, options, tokenizers or {}))
     if prepared.stopped is not None:
         omitted, cut = prepared.stopped
         out["stopped"] = {"after_rows": len(rows), "parts_omitted": omitted, "part_cut": cut,

@@ -23,6 +23,9 @@ from sdclip.conditioner import Conditioner
 from sdclip.conventions.presets import Options
 from sdclip.encoder import encoders_from_modules
 
+#: the LLM families' pipelines (sdclip.encoder.loading.llm.PIPELINES; transformers only where one is used)
+LLM_PIPELINES = ("QwenImagePipeline", "ZImagePipeline", "Lumina2Pipeline", "Lumina2Text2ImgPipeline")
+
 
 def t5_family(pipe: object) -> str | None:
     """"sd3" / "flux" for a pipeline with a T5 prompt path (by its components), else None."""
@@ -57,6 +60,12 @@ def conditioner_from_pipeline(
     **overrides: object,
 ) -> Conditioner:
     """A Conditioner over a pipeline's text encoder(s) (or the CLIP encoders passed by name)."""
+    if pipe is not None and type(pipe).__name__ in LLM_PIPELINES:  # Qwen-Image, Z-Image, Lumina 2
+        from sdclip.encoder.loading.llm import from_pipeline
+
+        llm = from_pipeline(pipe)
+        return Conditioner(llm.encoders, llm.family, Options.preset(preset, **overrides),  # type: ignore[union-attr]
+                           fingerprint=llm.fingerprint, tokenizers=llm.tokenizers)  # type: ignore[union-attr]
     from sdclip.encoder.loading import t5_families
 
     only = t5_families.pipeline_object_family(pipe)  # Chroma, Wan, PixArt-Σ, AuraFlow: text_encoder + tokenizer
@@ -106,4 +115,8 @@ def pipeline_kwargs(
     dtype = getattr(pipe, "dtype", None)
     device = getattr(pipe, "device", None)
     # an integer mask (PixArt-Σ's, AuraFlow's) keeps its dtype, as the pipeline's own encode_prompt returns it
-    return {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in kwargs.items()}
+    def moved(v: Tensor) -> Tensor:
+        return v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
+
+    # Z-Image takes a list of [n_i, D] tensors: each one moved
+    return {k: [moved(t) for t in v] if isinstance(v, list) else moved(v) for k, v in kwargs.items()}

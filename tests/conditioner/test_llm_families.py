@@ -152,3 +152,60 @@ def test_without_transformers_one_line_names_the_extra(folders: dict[str, Path])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "ERR" in out.stdout and "pip install 'sdclip[llm]'" in out.stdout
+
+
+@pytest.mark.parametrize("family", ["qwen-image", "z-image", "lumina2"])
+@torch.no_grad()
+def test_pipeline_kwargs_are_the_ones_each_pipeline_takes(folders: dict[str, Path], family: str) -> None:
+    import inspect
+
+    from sdclip.pipelines import pipeline_kwargs
+
+    pipe = oracle(folders[family], family)
+    out = pipeline_kwargs(pipe, PROMPTS, NEGATIVES)
+    takes = set(inspect.signature(pipe.__call__).parameters)
+    assert set(out) <= takes and "prompt_embeds" in out and "negative_prompt_embeds" in out
+    if family == "z-image":
+        theirs, _ = pipe.encode_prompt(list(PROMPTS), device="cpu", do_classifier_free_guidance=False)
+        for a, b in zip(out["prompt_embeds"], theirs):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    else:
+        theirs = pipe.encode_prompt(PROMPTS, device="cpu")[0]
+        _same(out["prompt_embeds"], theirs)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sdclip", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_inspect_shows_the_template_greyed_and_the_count(folders: dict[str, Path]) -> None:
+    import json
+
+    out = _cli("inspect", "--family", "qwen-image", "--preset", "comfy", "--llm-tokenizer", str(folders["qwen-image"]),
+               "--json", "a (red:1.3) fox")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    entry = data["qwen25vl"]
+    part = entry["parts"][0]
+    assert entry["limit"] == 1024 and entry["count"] == sum(not t for t in part["template"])
+    assert part["template"][0] and part["template"][-1] and not all(part["template"])
+    assert part["kept"][:34] == [False] * 34 and all(part["kept"][34:])  # diffusers drops the first 34
+    assert "".join(p for p, t in zip(part["pieces"], part["template"]) if not t).replace("Ġ", " ") == "a (red:1.3) fox"
+    assert any("qwen-image" in w and "literally" in w for w in data["warnings"])
+    shown = _cli("inspect", "--family", "lumina2", "--llm-tokenizer", str(folders["lumina2"]), "a (red:1.3) fox")
+    assert shown.returncode == 0, shown.stderr
+    assert "tokens: 3/256" in shown.stdout and "do nothing" in shown.stdout
+    missing = _cli("inspect", "--family", "z-image", "a cat")
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "--llm-tokenizer" in missing.stderr
+
+
+def test_encode_warns_on_stderr_and_stores_z_image_with_a_mask(folders: dict[str, Path], tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    out = _cli("encode", "--model", str(folders["z-image"]), "--prompt", "a (red:1.3) fox", "--negative", "blurry",
+               "--out", str(tmp_path / "z.safetensors"))
+    assert out.returncode == 0, out.stderr
+    assert "warning: the prompt: z-image: prompt weights do nothing" in out.stderr
+    with safe_open(str(tmp_path / "z.safetensors"), "pt") as f:
+        mask = f.get_tensor("prompt_embeds_mask")
+        assert f.get_tensor("prompt_embeds")[0][~mask[0].bool()].abs().sum() == 0

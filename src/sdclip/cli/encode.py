@@ -24,6 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from sdclip.cli.options import add_model_options, add_text_options, model_options, whole_number
+from sdclip.describe import lane_warnings
 from sdclip.outputs import OutputError, atomic_path, check_output_file, reason
 
 #: how many truncated prompts the file's metadata and stderr list by line (the count is always exact)
@@ -115,14 +116,14 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise type(exc)(f"{where(i)}: {exc}") from None
         length = max(length, prep.slots)
-        for w in (*prep.prompt.warnings, *_and_rule(prep.prompt, where(i))):
+        for w in (*prep.prompt.warnings, *_and_rule(prep.prompt, where(i)), *lane_warnings(prep, cond.family)):
             print(f"sdclip: warning: {where(i)}: {w}", file=sys.stderr)
         if prep.dropped:
             truncated.append({"line": i + 1, "dropped": excerpt(prep.dropped)})
     negative = args.negative
     if negative is not None:
         prep = cond.prepare(negative)
-        for w in (*prep.prompt.warnings, *_and_rule(prep.prompt, "--negative")):
+        for w in (*prep.prompt.warnings, *_and_rule(prep.prompt, "--negative"), *lane_warnings(prep, cond.family)):
             print(f"sdclip: warning: --negative: {w}", file=sys.stderr)
         length = max(length, prep.slots)
     _report(truncated, len(prompts), where)
@@ -241,4 +242,23 @@ def _kwargs(pair) -> dict:  # noqa: ANN001
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         kwargs = pair.diffusers_kwargs()
-    return {k: v.contiguous().cpu() for k, v in kwargs.items()}
+    return {k: v.contiguous().cpu() for k, v in _padded_lists(kwargs).items()}
+
+
+def _padded_lists(kwargs: dict) -> dict:
+    """A pipeline that takes a list of [n_i, D] (Z-Image) is stored as the zero-padded [B, N, D] and a
+    `…_mask` [B, N] of ones over each prompt's states: the list is `[e[m.bool()] for e, m in zip(embeds, mask)]`."""
+    lists = [v for v in kwargs.values() if isinstance(v, list)]
+    if not lists:
+        return kwargs
+    import torch
+
+    n = max(len(t) for v in lists for t in v)  # positive and negative at one N, as every other family's file
+    out = {}
+    for k, v in kwargs.items():
+        if isinstance(v, list):
+            out[k] = torch.stack([torch.nn.functional.pad(t, (0, 0, 0, n - len(t))) for t in v])
+            out[f"{k}_mask"] = (torch.arange(n)[None, :] < torch.tensor([len(t) for t in v])[:, None]).long()
+        else:
+            out[k] = v
+    return out

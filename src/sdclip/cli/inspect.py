@@ -26,6 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--t5-tokenizer", metavar="DIR",
                    help="SD3 / Flux: the model's T5 tokenizer (its folder with tokenizer.json or spiece.model, or "
                         "the diffusers model folder holding tokenizer_3/ or tokenizer_2/)")
+    p.add_argument("--llm-tokenizer", metavar="DIR",
+                   help="qwen-image / z-image / lumina2: the model's tokenizer (its tokenizer/ folder, or the diffusers "
+                        "model folder holding it; needs the llm extra)")
     p.add_argument("--steps", type=whole_number, default=20, help="sampling steps, for scheduled prompts (default 20)")
     p.add_argument("--step", type=whole_number, default=1, help="show the prompt as in force at this step (default 1)")
     p.add_argument(
@@ -82,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = Tokenizer.default(options.normalize)
     names = embedding_names(args.embedding_name)
     t5 = t5_tokenizer_of(args.t5_tokenizer, family)
+    from sdclip.tokenizer.llm import llm_tokenizer_of
+
+    llm = llm_tokenizer_of(args.llm_tokenizer, family)
+    more = {"llm_tokenizer": llm} if llm is not None else None
     if not 1 <= args.step <= args.steps:
         raise ValueError(f"--step must be within 1..--steps ({args.steps}), got {args.step}")
     text = _text(args)
@@ -96,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         note = (f"scheduled prompt: showing step {args.step} of {args.steps} "
                 f"({len(sched.entries)} texts; --step K shows another)")
     if args.json:
-        out = describe(shown, options, family, tokenizer, names, full=args.full, t5_tokenizer=t5)
+        out = describe(shown, options, family, tokenizer, names, full=args.full, t5_tokenizer=t5, tokenizers=more)
         if scheduled:
             out["schedule"] = {"step": args.step, "steps": args.steps, "text": shown,
                                "entries": [{"end_step": e.end_step, "text": e.text} for e in sched.entries]}
@@ -104,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from sdclip.cli.render import render_inspect
 
-    prepared = prepare(shown, options, family, tokenizer, names, t5_tokenizer=t5,
+    prepared = prepare(shown, options, family, tokenizer, names, t5_tokenizer=t5, tokenizers=more,
                        stop_after=FULL_ROWS if args.full else ROWS_SHOWN)
-    render_inspect(shown, prepared, family, options, full=args.full, note=note, t5_tokenizer=t5)
+    render_inspect(shown, prepared, family, options, full=args.full, note=note, t5_tokenizer=t5, tokenizers=more)
     return 0

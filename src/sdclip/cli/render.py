@@ -63,7 +63,7 @@ def real_tokens(prepared: Prepared) -> int:
 
 def render_inspect(
     text: str, prepared: Prepared, family: Family, options: Options, *, full: bool = False,
-    note: str = "", console: Console | None = None, t5_tokenizer=None,  # noqa: ANN001
+    note: str = "", console: Console | None = None, t5_tokenizer=None, tokenizers=None,  # noqa: ANN001
 ) -> None:
     console = console or Console(highlight=False)
     console.print(
@@ -73,6 +73,10 @@ def render_inspect(
     console.print(Text(text if len(text) <= 2000 else text[:2000] + " …", style="dim"))
     if note:
         console.print(f"[dim]note:[/] {note}")
+    from sdclip.cli.render_lanes import render_lanes
+
+    if render_lanes(prepared, family, options, tokenizers or {}, console):
+        return  # a lane that draws its own rows (an LLM's template + prompt)
     multi = len(prepared.parts) > 1
     shown = 0
     per_row = family.length - 2

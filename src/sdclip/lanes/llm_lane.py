@@ -202,6 +202,11 @@ class LLMLane:
         return {"count": sum(p["count"] for p in entries), "length": max(p["length"] for p in entries),
                 "limit": entries[0]["limit"], "dropped": " … ".join(p["dropped"] for p in entries if p["dropped"])}
 
+    def warnings(self, rows: Rows) -> list[str]:
+        """Never silent: weights that do nothing here, text past max_sequence_length (inspect `warnings`, the
+        CLI's stderr, the page)."""
+        return list(rows.notes)
+
     def finish(self, pair: object, family: Family, positive: list, negative: list) -> object:
         """The pipeline's mask (and list form) on each side (sdclip.assemble.llm_outputs)."""
         from sdclip.assemble.llm_outputs import llm_outputs

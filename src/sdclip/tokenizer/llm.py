@@ -98,3 +98,17 @@ class LLMTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids)
+
+
+def llm_tokenizer_of(path: str | None, family: Any) -> LLMTokenizer | None:  # noqa: ANN401
+    """The LLM tokenizer `inspect` / `serve` need for an LLM family (None for the others): `path` is the
+    tokenizer folder or the diffusers model folder holding tokenizer/."""
+    if not any(role.kind == "llm" for role in family.roles):
+        return None
+    if path is None:
+        raise ValueError(f"--family {family.name} tokenizes with the model's own tokenizer, which sdclip does not ship: "
+                         "pass --llm-tokenizer DIR (the model folder, or its tokenizer/)")
+    folder = Path(path)
+    if (folder / "tokenizer").is_dir():
+        folder = folder / "tokenizer"
+    return LLMTokenizer.from_folder(folder)

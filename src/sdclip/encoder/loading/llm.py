@@ -85,15 +85,44 @@ def build(folder: Path, role: EncoderRole, family: str, device: str | torch.devi
     """The role's decoder, cut to the layers it reads, its tensors assigned from the folder's files."""
     from safetensors import safe_open
 
+    def tensors(wanted: set[str]) -> dict[str, torch.Tensor]:
+        state: dict[str, torch.Tensor] = {}
+        for f in _files(folder):
+            with safe_open(str(f), framework="pt", device=str(device)) as fh:
+                for key in fh.keys():
+                    name = _strip(key, wanted)
+                    if name is not None:
+                        state[name] = fh.get_tensor(key)
+        return state
+
+    return decoder(_config(folder, family), role, family, tensors, device, str(folder))
+
+
+def from_module(module: torch.nn.Module, role: EncoderRole, family: str) -> torch.nn.Module:
+    """The role's decoder over a loaded transformers model's own tensors (a pipeline's `text_encoder`): shared,
+    not copied."""
+    config = getattr(module.config, _TEXT_CONFIG.get(family, ""), None) or module.config
+    device = next(module.parameters()).device
+    state = module.state_dict()
+
+    def tensors(wanted: set[str]) -> dict[str, torch.Tensor]:
+        return {name: t for key, t in state.items() if (name := _strip(key, wanted)) is not None}
+
+    import copy
+
+    return decoder(copy.deepcopy(config), role, family, tensors, device, type(module).__name__)
+
+
+def decoder(config: Any, role: EncoderRole, family: str, tensors: Any, device: str | torch.device,  # noqa: ANN401
+            where: str) -> torch.nn.Module:
+    """Build on the meta device with only the layers read, then assign `tensors(wanted names)` to it."""
     from sdclip.encoder.llm_runner import LLMEncoder
     from sdclip.tokenizer.llm import _transformers
 
-    files = _files(folder)
-    config = _config(folder, family)
     depth = int(config.num_hidden_layers)
     layers = depth - role.skip
     if layers < 1:
-        raise CheckpointError(f"{folder}: a {depth}-layer text encoder has no layer {family} reads")
+        raise CheckpointError(f"{where}: a {depth}-layer text encoder has no layer {family} reads")
     config.num_hidden_layers = layers
     if getattr(config, "layer_types", None):
         config.layer_types = list(config.layer_types)[:layers]
@@ -103,17 +132,10 @@ def build(folder: Path, role: EncoderRole, family: str, device: str | torch.devi
     if not role.final_norm:
         model.norm = torch.nn.Identity()  # hidden_states[-2]: the block's output, before any norm
     wanted = set(model.state_dict())
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        with safe_open(str(f), framework="pt", device=str(device)) as fh:
-            for key in fh.keys():
-                name = _strip(key, wanted)
-                if name is not None:
-                    state[name] = fh.get_tensor(key)
+    state = tensors(wanted)
     missing = sorted(wanted - set(state))
     if missing:
-        raise CheckpointError(f"{folder}: the text encoder's files lack {len(missing)} tensor(s) {family} needs, "
-                              f"e.g. {missing[0]}")
+        raise CheckpointError(f"{where}: the text encoder lacks {len(missing)} tensor(s) {family} needs, e.g. {missing[0]}")
     model.load_state_dict(state, strict=True, assign=True)
     with torch.device(device):  # its inverse frequencies are computed, not stored: not on meta
         model.rotary_emb = type(model.rotary_emb)(config=config)
@@ -122,7 +144,7 @@ def build(folder: Path, role: EncoderRole, family: str, device: str | torch.devi
             module.embed_scale = torch.tensor(float(module.scalar_embed_scale), device=device)
     for name, buf in model.named_buffers():
         if buf.is_meta:
-            raise CheckpointError(f"{folder}: {name} was not loaded")
+            raise CheckpointError(f"{where}: {name} was not loaded")
     model.eval()
     return LLMEncoder(model, pad_id=role.pad_id, family=family)
 
@@ -145,3 +167,19 @@ def load_folder(folder: Path, family: str | None, device: str | torch.device) ->
     tokenizer = LLMTokenizer.from_folder(tok_dir)
     return LoadedLLM(found, encoders, (), _fingerprint(files), str(folder),  # type: ignore[arg-type]
                      tokenizers={"llm_tokenizer": tokenizer})
+
+
+def from_pipeline(pipe: object) -> LoadedLLM | None:
+    """A loaded diffusers pipeline of an LLM family (by its class): its `text_encoder` (tensors shared) and
+    `tokenizer`; None for any other pipeline."""
+    found = PIPELINES.get(type(pipe).__name__)
+    if found is None:
+        return None
+    from sdclip.tokenizer.llm import LLMTokenizer
+
+    module, tok = getattr(pipe, "text_encoder", None), getattr(pipe, "tokenizer", None)
+    if module is None or tok is None:
+        raise ValueError(f"the {type(pipe).__name__} has no text_encoder or tokenizer: sdclip encodes with both")
+    encoders = tuple(from_module(module, role, found) for role in FAMILIES[found].roles)
+    return LoadedLLM(found, encoders, (), f"pipe@{id(module)}", type(pipe).__name__,  # type: ignore[arg-type]
+                     tokenizers={"llm_tokenizer": LLMTokenizer(tok)})
