@@ -218,3 +218,37 @@ def test_preset_options():
     o = Options.preset("kohya")
     assert (o.dialect, o.chunk_style, o.weighting, o.normalize, o.comma_backtrack) == ("kohya", "kohya", "no-norm", "hf-slow", 0)
     assert Options.preset("kohya", max_rows=3).layout_spec(77, 0).max_rows == 3
+
+
+# ----------------------------------------------------------------------------- sdclip embed and AND
+
+
+@pytest.fixture(scope="module")
+def sd1_file(tmp_path_factory):
+    from tiny_models import tiny_family, write_layout
+
+    return write_layout("single.safetensors", tiny_family("sd1"), tmp_path_factory.mktemp("sd1"))
+
+
+def _embed(*args) -> int:
+    from sdclip.cli.main import main
+
+    return main(["embed", *map(str, args)])
+
+
+def test_a1111_and_captions_are_all_listed_and_kohya_reads_them(tmp_path, sd1_file, capsys):
+    """Under a1111, every caption whose AND makes several conditionings is named (past the 10 listed in
+    full), and the refusal names --preset kohya, under which the same file embeds (AND is caption text)."""
+    lines = [f"a cat {i} AND a dog" if i % 2 else f"a fox {i}" for i in range(30)]
+    caps = tmp_path / "caps.txt"
+    caps.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    assert _embed("--model", sd1_file, "--captions", caps, "--out", tmp_path / "a") == 2
+    err = capsys.readouterr().err
+    assert "--preset kohya" in err
+    assert "lines 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30" in err  # all 15, not the first 10
+    assert not (tmp_path / "a" / "manifest.json").exists()
+    assert _embed("--model", sd1_file, "--captions", caps, "--out", tmp_path / "k", "--preset", "kohya") == 0
+    from safetensors.torch import load_file
+
+    shard = load_file(tmp_path / "k" / "shard-00000.safetensors")
+    assert shard["prompt_embeds"].shape[:2] == (30, 77)

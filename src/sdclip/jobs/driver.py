@@ -250,13 +250,24 @@ class Job:
 def invalid_captions(errors: list[dict]) -> str:
     """The refusal for invalid captions: one line per caption (the first MAX_LISTED_ERRORS), then a count."""
     lines = [f"{len(errors)} invalid caption(s), nothing encoded (--on-error skip records them in the manifest "
-             "and goes on):"]
+             f"and goes on){_and_captions(errors)}:"]
     for e in errors[:MAX_LISTED_ERRORS]:
         text = f"{e['where']}: {e['error']}"
         lines.append("  " + (text[: MAX_ERROR_CHARS - 1] + "…" if len(text) > MAX_ERROR_CHARS else text))
     if len(errors) > MAX_LISTED_ERRORS:
         lines.append(f"  … and {len(errors) - MAX_LISTED_ERRORS} more")
     return "\n".join(lines)
+
+
+def _and_captions(errors: list[dict]) -> str:
+    """Every caption refused for its AUTOMATIC1111 AND, named in the first line ("lines 2, 4" / "row 3, cats/01.png"):
+    past the listed errors, a user still learns which captions to fix or to read with --preset kohya."""
+    wheres = [e["where"] for e in errors if e["error"].startswith("AUTOMATIC1111 AND makes")]
+    if not wheres:
+        return ""
+    if all(w.startswith("line ") for w in wheres):
+        wheres = [("lines " if len(wheres) > 1 else "line ") + ", ".join(w[5:] for w in wheres)]
+    return f"; AUTOMATIC1111 AND in {', '.join(wheres)} (--preset kohya reads AND as text)"
 
 
 def _lock(out: Path) -> int:

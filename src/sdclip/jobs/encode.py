@@ -93,7 +93,7 @@ class CaptionEncoder:
         if prep.prompt.combine == "and":
             if len(prep.prompt.parts) > 1:
                 raise ValueError("AUTOMATIC1111 AND makes several conditionings, a training cache holds one per "
-                                 "caption (use --syntax plain for captions that say AND, or remove it)")
+                                 "caption (--preset kohya reads AND as text, as sd-scripts does; or --syntax plain)")
             weight = prep.prompt.parts[0].weight
             if weight != 1.0:
                 warnings.append(f"its AUTOMATIC1111 AND weight {weight:g} (a trailing ':{weight:g}') scales guidance "
