@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 #: torch dtype → safetensors dtype name
-DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64"}
+DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64",
+          torch.int32: "I32", torch.uint8: "U8", torch.bool: "BOOL"}
 
 
 class StreamingSafetensors:

@@ -72,11 +72,9 @@ def run(args: argparse.Namespace) -> int:
 
     check_output_folder(args.out, model_reads(args.model, args.embeddings))  # never where the model load reads
     from sdclip.jobs.driver import Job
-    from sdclip.jobs.encode import refuse_t5_family
     from sdclip.jobs.plan import JobSpec
 
     args.device = resolve_device(args.device)  # before any folder is made or model read
-    refuse_t5_family(str(args.model), args.family)
     spec = JobSpec(
         model=str(args.model), captions=str(args.captions), out=str(args.out), options=asdict(model_options(args)),
         rows=args.max_rows or 1, shard_size=args.shard_size, batch_size=args.batch_size, dtype=args.dtype,

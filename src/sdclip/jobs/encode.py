@@ -1,50 +1,60 @@
-"""Captions → fixed-size rows of conditioning: the one place both engines encode.
+"""Captions → fixed-size rows of conditioning: the one place both engines encode, for every family.
 
-Every caption gets exactly N = K·L slots: it is encoded with the Conditioner (so its weighting, clip skip
-and long-prompt layout are the job's options), then cut to N slots if longer (counted as truncated) or
-extended with the empty prompt's encoding if shorter, as a negative prompt is padded
-(`sdclip.assemble.combine.pad_with_empty`). A caption's result does not depend on its batch neighbours
-beyond fp32 rounding: each is cut back to its own natural length before padding.
+Family-generic: the shape of a row comes from the family table and the Conditioner's own outputs, never
+from a list of family names. Each token block b (sdclip.conventions.family: SD3 has two, CLIP then T5) gets
+a fixed number of slots T_b (`block_targets`): K·L for a block of fixed CLIP rows (`--max-rows K`), K·L
+for a T5 block tied to CLIP length (`t5_length="clip"`), else the role's `max_sequence_length` (T5, LLM).
+A caption is encoded with the Conditioner (weighting, clip skip, layouts are the job's options), each of
+its blocks cut back to its own natural length, then cut to T_b (counted as truncated, as is a T5 / LLM
+caption past `max_sequence_length`) or extended with the empty prompt's encoding of that block, as a
+negative prompt is padded (`sdclip.assemble.combine.pad_with_empty`). A caption's result does not depend
+on its batch neighbours beyond fp32 rounding.
+
+A row holds `prompt_embeds` [N, D], `pooled_prompt_embeds` [P] where the family has a pooled vector,
+`attention_mask` [N] where the family's pipeline takes one (Chroma, PixArt-Σ, AuraFlow, the LLM families),
+and `token_counts` [R]: per encoder role, the positions that hold the text (with BOS / EOS / `</s>`), which
+the trainer formats turn into their masks and varlen lengths.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
 from sdclip.jobs.plan import JobSpec
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-T5_FAMILIES = ("sd3", "flux")
 
 
-def t5_refusal(family: str) -> str:
-    return (f"sdclip embed caches CLIP-only families (sd1, sd2, sdxl, longclip); {family} has a T5 block, whose "
-            "fixed-size shards are not built yet: use sdclip encode --prompts-file for now")
+def block_targets(family, options, rows: int) -> tuple[int, ...]:  # noqa: ANN001
+    """Fixed slots of each token block of a cached row (see the module docstring)."""
+    from sdclip.lanes import lane_of
 
-
-def refuse_t5_family(model: str, family: str | None) -> None:
-    """Refuse SD3 / Flux before anything loads (a T5 model is many GB): from --family, a pipeline folder's
-    model_index.json / folders, or a single .safetensors file's header keys. ValueError (one line)."""
-    if family in T5_FAMILIES:
-        raise ValueError(t5_refusal(family))
-    from sdclip.encoder.loading import sd3_flux
-    from sdclip.encoder.loading.checkpoint import CheckpointError, open_tensor_file
-
-    path = Path(model)
-    try:
-        if path.is_dir():
-            found = sd3_flux.pipeline_family(path) or ("sd3 or flux" if sd3_flux.comfy_folder(path) else None)
-        elif path.is_file() and path.suffix.lower() == ".safetensors":
-            found = "sd3 or flux" if sd3_flux.is_t5_file(open_tensor_file(path)) else None
+    out = []
+    for b, block in enumerate(family.sequence_blocks):
+        roles = [family.roles[i] for i in block]
+        if any(lane_of(r).fixed_rows for r in roles):
+            out.append(rows * family.length)
+        elif b > 0 and getattr(options, "t5_length", "max") == "clip":
+            out.append(rows * family.length)
         else:
-            found = None
-    except (CheckpointError, OSError, ValueError):
-        return  # the loader says what is wrong with the model, in its own words
-    if found is not None:
-        raise ValueError(t5_refusal(found))
+            out.append(max(options.max_sequence_length or r.length or 512 for r in roles))
+    return tuple(out)
+
+
+def role_tokens(prep, index: int, limit: int) -> int:  # noqa: ANN001
+    """Positions of role `index` that hold the text (to its first part's last EOS, inclusive; an LLM role:
+    its kept tokens, as the pipeline's mask counts them), at most `limit`."""
+    if prep.family is not None and prep.family.roles[index].llm is not None:  # the kept tokens (template cut)
+        from sdclip.assemble.llm_outputs import _real
+
+        return min(_real(prep, index), limit)
+    rows = prep.parts[0].rows[index]
+    if not rows.eos:
+        return 0
+    n = (len(rows.eos) - 1) * rows.length + rows.eos[-1] + 1
+    return min(n, limit)
 
 
 class CaptionEncoder:
@@ -62,23 +72,22 @@ class CaptionEncoder:
                 embeddings=spec.embeddings, options=Options(**spec.options), pack_weights=spec.pack_weights,
             )
         self.cond = conditioner
-        if len(self.cond.family.sequence_blocks) > 1 or any(r.kind != "clip" for r in self.cond.family.roles):
-            raise ValueError(t5_refusal(self.cond.family.name))
-        self.slots = spec.rows * self.cond.family.length
-        self.widths = [enc.config.width for enc in self.cond.encoders]
-        self.has_pooled = self.cond.family.pooled_role is not None
-        self._empty: torch.Tensor | None = None
-        #: results of captions that occur again later in the job (text → (embeds [N, D], pooled [P]))
-        self.keep: dict[str, tuple[torch.Tensor, torch.Tensor | None, int]] = {}
+        fam = self.cond.family
+        self.family = fam
+        self.targets = block_targets(fam, self.cond.options, spec.rows)
+        self.slots = sum(self.targets)
+        self.widths = [_width(enc, r) for enc, r in zip(self.cond.encoders, fam.roles)]
+        self.has_pooled = bool(fam.pooled_roles)
+        #: role index → the token block holding it (None: pooled only, Flux's CLIP-L)
+        self.block_of = {i: b for b, block in enumerate(fam.sequence_blocks) for i in block}
+        self._empty: list[torch.Tensor] | None = None
+        #: results of captions that occur again later in the job (text → (row tensors, last index))
+        self.keep: dict[str, tuple[dict[str, torch.Tensor], int]] = {}
 
     @property
     def fingerprint(self) -> str:
         """The loaded weights' own fingerprint where the Conditioner exposes it (informational)."""
-        fp = getattr(self.cond, "fingerprint", None)
-        if fp:
-            return str(fp)
-        rows = getattr(self.cond, "_rows", None)
-        return str(rows[0].key[0]) if rows else ""
+        return str(getattr(self.cond, "fingerprint", "") or "")
 
     def validate(self, text: str) -> int:
         """Natural length in slots of a valid caption; ValueError (one line) for one that cannot be embedded."""
@@ -87,7 +96,9 @@ class CaptionEncoder:
     def check(self, text: str) -> tuple[int, tuple[str, ...]]:
         """(natural length in slots, warnings) of a caption; ValueError (one line) for one that cannot be
         embedded. The rule is `sdclip encode`'s: several AUTOMATIC1111 AND parts are an error (one caption, one
-        conditioning), a single part's weight (`a photo, 16:9` is text `16` with weight 9) only a warning."""
+        conditioning), a single part's weight (`a photo, 16:9` is text `16` with weight 9) only a warning.
+        A caption some block cannot hold, or whose T5 / LLM tokens the layout cut at max_sequence_length,
+        reads as longer than the row (so the scan counts and lists it as truncated)."""
         prep = self.cond.prepare(text)
         warnings = list(prep.prompt.warnings)
         if prep.prompt.combine == "and":
@@ -98,56 +109,96 @@ class CaptionEncoder:
             if weight != 1.0:
                 warnings.append(f"its AUTOMATIC1111 AND weight {weight:g} (a trailing ':{weight:g}') scales guidance "
                                 "in A1111 only; the cache ignores it")
-        return prep.slots, tuple(warnings)
+        natural = prep.slots
+        over = any(s > t for s, t in zip(prep.block_slots(), self.targets))
+        if (over or prep.dropped) and natural <= self.slots:
+            natural = self.slots + 1
+        return natural, tuple(warnings)
+
+    def empty_blocks(self) -> list[torch.Tensor]:
+        """The empty prompt's encoding, one tensor per token block (what shorter blocks are padded with)."""
+        if self._empty is None:
+            seq = self.cond.empty_sequence()
+            sizes = list(self.cond.prepare("").block_slots())
+            if sum(sizes) != seq.shape[0]:  # one block, or sizes the layout did not predict: the whole sequence
+                sizes = [seq.shape[0]] if len(sizes) == 1 else sizes[:-1] + [seq.shape[0] - sum(sizes[:-1])]
+            self._empty = list(torch.split(seq, sizes, dim=0))
+        return self._empty
 
     def empty(self) -> torch.Tensor:
-        if self._empty is None:
-            self._empty = self.cond.empty_sequence()
-        return self._empty
+        return torch.cat(self.empty_blocks(), dim=0)
 
     def encode(self, texts: Sequence[str], lengths: Sequence[int] | None = None,
                reuse_until: Sequence[int] | None = None, position: int = 0) -> dict[str, torch.Tensor]:
-        """[n, N, D] `prompt_embeds` (and [n, P] `pooled_prompt_embeds`) for the texts, in order.
+        """[n, N, D] `prompt_embeds` (and the family's other keys, see the module docstring) for the texts.
 
-        lengths: natural lengths from the scan (else computed here). reuse_until[i] > position means text i
-        occurs again after this batch: its result is kept for that later occurrence (encoded once per job).
+        lengths: unused (kept for callers that pass the scan's); reuse_until[i] > position means text i occurs
+        again after this batch: its result is kept for that later occurrence (encoded once per job).
         """
         n = len(texts)
-        if lengths is None:
-            lengths = [self.validate(t) for t in texts]
-        todo: dict[str, int] = {}
-        for t, length in zip(texts, lengths):
-            if t not in self.keep and t not in todo:
-                todo[t] = int(length)
-        results: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        unique = list(todo)
-        for lo in range(0, len(unique), self.spec.batch_size):
-            batch = unique[lo : lo + self.spec.batch_size]
-            pos = self.cond(batch).positive
+        todo = [t for t in dict.fromkeys(texts) if t not in self.keep]
+        results: dict[str, dict[str, torch.Tensor]] = {}
+        for lo in range(0, len(todo), self.spec.batch_size):
+            batch = todo[lo : lo + self.spec.batch_size]
+            prepared = {t: self.cond.prepare(t) for t in batch}
+            pos = self.cond.encode(batch, prepared=prepared).positive
+            offsets = _block_offsets([prepared[t].block_slots() for t in batch])
             for b, t in enumerate(batch):
-                results[t] = (self._fit(pos.embeds[b], todo[t]), pos.pooled[b] if pos.pooled is not None else None)
-        embeds, pooled = [], []
+                results[t] = self._row(pos, b, prepared[t], offsets)
+        rows = []
         for i, t in enumerate(texts):
-            e, p = self.keep[t][:2] if t in self.keep else results[t]
-            embeds.append(e)
-            pooled.append(p)
+            row = self.keep[t][0] if t in self.keep else results[t]
+            rows.append(row)
             if reuse_until is not None and int(reuse_until[i]) > position and t not in self.keep:
-                self.keep[t] = (e, p, int(reuse_until[i]))
-        out = {"prompt_embeds": torch.stack(embeds).to(self.dtype).cpu().contiguous()} if n else {}
-        if n and self.has_pooled:
-            out["pooled_prompt_embeds"] = torch.stack(pooled).to(self.dtype).cpu().contiguous()  # type: ignore[arg-type]
+                self.keep[t] = (row, int(reuse_until[i]))
+        if not n:
+            return {}
+        out = {}
+        for name in rows[0]:
+            stacked = torch.stack([r[name] for r in rows])
+            out[name] = (stacked.to(self.dtype) if stacked.is_floating_point() else stacked).cpu().contiguous()
         return out
 
     def forget_before(self, position: int) -> None:
         """Drop kept results whose caption does not occur at or after index `position`."""
-        for t in [t for t, v in self.keep.items() if v[2] < position]:
+        for t in [t for t, v in self.keep.items() if v[1] < position]:
             del self.keep[t]
 
-    def _fit(self, seq: torch.Tensor, length: int) -> torch.Tensor:
-        """This caption's own sequence (the batch padded it to the longest), cut or padded to N slots."""
+    def _row(self, pos, b: int, prep, offsets: list[int]) -> dict[str, torch.Tensor]:  # noqa: ANN001
+        """Caption b of a batch: each block cut back to its own length, then cut or padded to T_b."""
         from sdclip.assemble.combine import pad_with_empty
 
-        own = seq[:length]
-        if length >= self.slots:
-            return own[: self.slots]
-        return pad_with_empty(own, self.slots, self.empty().to(own.dtype))
+        natural = prep.block_slots()
+        empties = self.empty_blocks()
+        blocks, masks = [], []
+        for k, (off, size, target) in enumerate(zip(offsets, natural, self.targets)):
+            own = pos.embeds[b, off : off + size]
+            blocks.append(own[:target] if size >= target else pad_with_empty(own, target, empties[k].to(own.dtype)))
+            if pos.mask is not None:
+                m = pos.mask[b, off : off + min(size, target)]
+                masks.append(torch.cat([m, m.new_zeros(target - m.shape[0])]))
+        row = {"prompt_embeds": torch.cat(blocks, dim=0)}
+        if self.has_pooled and pos.pooled is not None:
+            row["pooled_prompt_embeds"] = pos.pooled[b]
+        if masks:
+            row["attention_mask"] = torch.cat(masks)
+        limits = [self.targets[self.block_of[e]] if e in self.block_of else self.family.length
+                  for e in range(len(self.family.roles))]
+        row["token_counts"] = torch.tensor([role_tokens(prep, e, limits[e]) for e in range(len(limits))],
+                                           dtype=torch.int32)
+        return row
+
+
+def _block_offsets(slots: list[tuple[int, ...]]) -> list[int]:
+    """Where each token block starts in a batch's conditioning (each block padded to the batch's longest)."""
+    n = [max(s[b] for s in slots) for b in range(len(slots[0]))]
+    return [sum(n[:b]) for b in range(len(n))]
+
+
+def _width(encoder, role) -> int:  # noqa: ANN001
+    """The loaded encoder's feature width (tiny test models are narrower than the family's tower)."""
+    config = getattr(encoder, "config", None)
+    for name in ("width", "d_model", "hidden_size"):
+        if isinstance(getattr(config, name, None), int):
+            return int(getattr(config, name))
+    return role.width

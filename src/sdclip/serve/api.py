@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 
 import sdclip
 from sdclip.conventions.family import FAMILIES, get_family
+from sdclip.lanes import needs_tokenizer
 from sdclip.conventions.presets import PRESETS, Options, options_from_user
 from sdclip.layout import LAYOUTS
 from sdclip.serve import fields
@@ -41,7 +42,7 @@ INT_RANGES = {"stride": (1, 10_000), "comma_backtrack": (0, 10_000), "max_rows":
 TEXT_FIELDS = ("prompt", "syntax", "family", "layout", "normalize", "preset", *INT_RANGES, "embedding_names")
 VIEW_FIELDS = (*TEXT_FIELDS, "steps", "step")
 #: the families whose tokenizing needs the model's T5 tokenizer
-T5_FAMILIES = tuple(name for name, fam in FAMILIES.items() if fam.has_t5)
+T5_FAMILIES = tuple(name for name, fam in FAMILIES.items() if needs_tokenizer(fam, "t5_tokenizer"))
 
 
 class Api:
