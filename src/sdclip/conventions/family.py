@@ -174,10 +174,6 @@ class Family:
         return tuple(dict.fromkeys(r.kind for r in self.roles))
 
     @property
-    def has_t5(self) -> bool:
-        return "t5" in self.kinds
-
-    @property
     def width(self) -> int:
         """Feature width of the conditioning: each block's encoders side by side, the widest block."""
         return max(sum(self.roles[i].width for i in block) for block in self.sequence_blocks)

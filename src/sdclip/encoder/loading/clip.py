@@ -468,7 +468,7 @@ def _folder_role(part: Part) -> str:
 
 def _two_encoders(parts: list[Part]) -> tuple[str, list[Part]]:
     """A pipeline's text_encoder and text_encoder_2: the family with two encoders (SDXL), roles in order."""
-    two = [f for f in FAMILIES.values() if len(f.roles) == 2 and not f.has_t5]
+    two = [f for f in FAMILIES.values() if len(f.roles) == 2 and f.kinds == ("clip",)]
     if len(two) != 1:
         raise CheckpointError(f"cannot tell which two-encoder family this is ({[f.name for f in two]})")
     for part, role in zip(parts, two[0].roles):
