@@ -45,7 +45,7 @@ def test_presets_set_every_convention_and_overrides_by_name():
     assert (d.dialect, d.layout, d.weighting, d.zeros_for_empty_negative) == ("plain", "truncate", "none", True)
     c = Options.preset("comfy", weighting="no-norm", clip_skip=-2)
     assert (c.dialect, c.weighting, c.layer(SD1_L)) == ("comfy", "no-norm", LayerSelect(1, True))
-    assert set(PRESETS) == {"a1111", "comfy", "compel", "diffusers"}
+    assert set(PRESETS) == {"a1111", "comfy", "compel", "diffusers", "kohya"}
     with pytest.raises(ValueError, match="unknown option"):
         Options.preset("a1111", weigthing="comfy")
     with pytest.raises(ValueError, match="unknown preset"):
