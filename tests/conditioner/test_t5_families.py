@@ -187,3 +187,28 @@ def test_cli_inspect_knows_the_family(fam):
     doc = json.loads(run.stdout)
     length = {"chroma": 512, "wan": 512, "pixart-sigma": 300, "auraflow": 256}[fam]
     assert str(length) in json.dumps(doc)
+
+
+@pytest.mark.parametrize("fam", ["wan", "pixart-sigma"])
+def test_serve_with_the_model_inspects_its_family(folders, fam):
+    """`sdclip serve --model <folder>`: the page answers for the model's family with its T5 tokenizer, as
+    `sdclip inspect --family FAM --t5-tokenizer` does."""
+    import json
+
+    from starlette.testclient import TestClient
+
+    from sdclip.cli.main import main
+    from sdclip.serve import create_app
+
+    _, folder = folders[fam]
+    cond = Conditioner.from_pretrained(folder, preset="diffusers")
+    with TestClient(create_app(cond), base_url="http://localhost") as c:
+        info = c.get("/api/info").json()
+        assert info["family"] == fam and info["t5_tokenizer"] is True and fam in info["needs_t5"]
+        got = c.post("/api/inspect", json={"prompt": "A Red Fox &amp; snow", "preset": "diffusers"})
+        assert got.status_code == 200, got.text
+    run = subprocess.run([sys.executable, "-m", "sdclip", "inspect", "--family", fam, "--t5-tokenizer",
+                          str(folder / "tokenizer"), "--preset", "diffusers", "--json", "A Red Fox &amp; snow"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert got.json() == json.loads(run.stdout)
