@@ -252,3 +252,21 @@ def test_a1111_and_captions_are_all_listed_and_kohya_reads_them(tmp_path, sd1_fi
 
     shard = load_file(tmp_path / "k" / "shard-00000.safetensors")
     assert shard["prompt_embeds"].shape[:2] == (30, 77)
+
+
+def test_embed_kohya_long_rows_hold_sd_scripts_slots_first(tmp_path, sd1_file):
+    """`sdclip embed` keeps 77·K slots a row: under kohya the first K·75+2 are sd-scripts' (the rest the empty
+    caption's encoding, as any shorter caption is padded)."""
+    from safetensors.torch import load_file
+
+    from sdclip.conditioner import Conditioner
+
+    captions = [CAPTIONS[2], CAPTIONS[7]]
+    caps = tmp_path / "caps.txt"
+    caps.write_text("".join(c + "\n" for c in captions), encoding="utf-8")
+    out = tmp_path / "k"
+    assert _embed("--model", sd1_file, "--captions", caps, "--out", out, "--preset", "kohya", "--max-rows", 3) == 0
+    got = load_file(out / "shard-00000.safetensors")["prompt_embeds"]
+    assert got.shape[1] == 231
+    cond = Conditioner.from_pretrained(str(sd1_file), options=Options.preset("kohya", max_rows=3))
+    close(got[:, :227], cond(captions).positive.embeds)

@@ -6,7 +6,7 @@
 - Lumina 2 (pipelines/lumina2/pipeline_lumina2.py:217, :234): 256 positions, `prompt_attention_mask` the
   tokenizer's (int64).
 
-`lane_outputs` is the generic hook: every lane with a `finish` gets the pair (the CLIP and T5 lanes have none).
+`lane_outputs` is the generic hook: every lane with a `finish_path` gets the pair (the CLIP and T5 lanes have none).
 """
 
 from __future__ import annotations
@@ -49,11 +49,14 @@ def llm_outputs(pair: ConditioningPair, family: Family, positive: Sequence[Prepa
 
 def lane_outputs(pair: ConditioningPair, family: Family, positive: Sequence[Prepared],
                  negative: Sequence[Prepared]) -> ConditioningPair:
-    """`pair` through each of the family's lanes that shapes its output (`finish`), once per kind."""
+    """`pair` through each of the family's lanes that shapes its output (`finish_path`), once per kind."""
+    import importlib
+
     from sdclip.lanes import get_lane
 
     for kind in family.kinds:
-        finish = getattr(get_lane(kind), "finish", None)
-        if finish is not None:
-            pair = finish(pair, family, positive, negative)
+        path = getattr(get_lane(kind), "finish_path", None)
+        if path:
+            module, _, attr = path.partition(":")
+            pair = getattr(importlib.import_module(module), attr)(pair, family, positive, negative)
     return pair

@@ -97,6 +97,8 @@ class LLMLane:
     takes_vectors: bool = False
     label: str = ""
     runner_path: str = "sdclip.encoder.llm_runner:LLM_RUNNER"
+    #: "module:attribute" of what shapes the pair for the pipeline: its mask name, Z-Image's list (torch)
+    finish_path: str = "sdclip.assemble.llm_outputs:llm_outputs"
 
     def check(self, options: Options, family: Family, role: EncoderRole) -> None:
         n = options.max_sequence_length
@@ -206,12 +208,6 @@ class LLMLane:
         """Never silent: weights that do nothing here, text past max_sequence_length (inspect `warnings`, the
         CLI's stderr, the page)."""
         return list(rows.notes)
-
-    def finish(self, pair: object, family: Family, positive: list, negative: list) -> object:
-        """The pipeline's mask (and list form) on each side (sdclip.assemble.llm_outputs)."""
-        from sdclip.assemble.llm_outputs import llm_outputs
-
-        return llm_outputs(pair, family, positive, negative)
 
 
 LLM_LANE = LLMLane()
