@@ -109,10 +109,13 @@ def run(args: argparse.Namespace) -> int:
     for w in cond.embeddings.warnings:
         print(f"sdclip: warning: {w}", file=sys.stderr)
     where = (lambda i: f"line {i + 1}") if args.prompts_file else (lambda i: "the prompt")
+    from sdclip.prepare import prompt_keys
+
     length, truncated = 0, []
-    for i, text in enumerate(prompts):
+    layouts: dict = {}  # every prompt laid out once: these layouts size the file and are the ones encoded
+    for i, key in enumerate(prompt_keys(prompts, args.prompt_2, args.prompt_3)):
         try:
-            prep = cond.prepare((text, args.prompt_2, args.prompt_3) if args.prompt_2 or args.prompt_3 else text)
+            prep = layouts[key] if key in layouts else layouts.setdefault(key, cond.prepare(key))
         except ValueError as exc:
             raise type(exc)(f"{where(i)}: {exc}") from None
         length = max(length, prep.slots)
@@ -121,8 +124,10 @@ def run(args: argparse.Namespace) -> int:
         if prep.dropped:
             truncated.append({"line": i + 1, "dropped": excerpt(prep.dropped)})
     negative = args.negative
-    if negative is not None:
-        prep = cond.prepare(negative)
+    if negative is None:
+        layouts.setdefault("", cond.prepare(""))  # the empty negative every batch reads
+    else:
+        prep = layouts[negative] if negative in layouts else layouts.setdefault(negative, cond.prepare(negative))
         for w in (*prep.prompt.warnings, *_and_rule(prep.prompt, "--negative"), *lane_warnings(prep, cond.family)):
             print(f"sdclip: warning: --negative: {w}", file=sys.stderr)
         length = max(length, prep.slots)
@@ -134,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         "truncated": str(len(truncated)),
         "truncated_lines": json.dumps(truncated[:REPORTED], ensure_ascii=False),
     }
-    shapes = _write(cond, prompts, negative, length, args, metadata, torch)
+    shapes = _write(cond, prompts, negative, length, args, metadata, torch, layouts)
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in shapes.items()))
     return 0
 
@@ -173,8 +178,10 @@ def _report(truncated: list[dict], total: int, where) -> None:  # noqa: ANN001
         print(f"  … and {len(truncated) - REPORTED} more (all counted in the file's metadata)", file=sys.stderr)
 
 
-def _write(cond, prompts: list[str], negative, length: int, args, metadata: dict, torch) -> dict:  # noqa: ANN001
-    """Encode in batches straight into a temporary file; rename it over --out only when every row is in."""
+def _write(cond, prompts: list[str], negative, length: int, args, metadata: dict, torch, layouts: dict) -> dict:  # noqa: ANN001
+    """Encode in batches straight into a temporary file; rename it over --out only when every row is in. The
+    first batch gives the file's shapes and is then written as it is (never encoded twice); `layouts` are
+    the prompts' layouts `run` made (never made again)."""
     from rich.console import Console
     from rich.progress import Progress
 
@@ -182,7 +189,7 @@ def _write(cond, prompts: list[str], negative, length: int, args, metadata: dict
 
     extra = {"prompt_2": args.prompt_2, "prompt_3": args.prompt_3}
     extra = {k: v for k, v in extra.items() if v is not None}
-    first = _kwargs(cond.encode(prompts[:1], negative, length=length, **extra))
+    first = _kwargs(cond.encode(prompts[: args.batch_size], negative, length=length, prepared=layouts, **extra))
     shared = shared_negative(args, len(prompts))
     specs = {k: (v.dtype, (1 if shared and k in NEGATIVE_KEYS else len(prompts), *v.shape[1:])) for k, v in first.items()}
     if shared:
@@ -202,8 +209,8 @@ def _write(cond, prompts: list[str], negative, length: int, args, metadata: dict
                     task = bar.add_task("encoding", total=len(prompts))
                     for lo in range(0, len(prompts), args.batch_size):
                         batch = prompts[lo : lo + args.batch_size]
-                        tensors = (first if lo == 0 and len(batch) == 1
-                                   else _kwargs(cond.encode(batch, negative, length=length, **extra)))
+                        tensors = (first if lo == 0
+                                   else _kwargs(cond.encode(batch, negative, length=length, prepared=layouts, **extra)))
                         for name, rows in tensors.items():
                             if not bool(torch.isfinite(rows).all()):  # the encoders check their own output; this is the assembly's
                                 from sdclip.encoder.finite import dtype_advice
