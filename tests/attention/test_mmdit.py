@@ -300,3 +300,15 @@ def test_pipelines_own_prompt_encoding_is_labelled_by_its_tokenizers(kind: str) 
     assert [(s.text, s.kind, s.encoder, s.word_span) for s in maps.slots] == [
         (s.text, s.kind, s.encoder, s.word_span) for s in ours.slots]
     torch.testing.assert_close(maps.maps, ours.maps, atol=1e-4, rtol=1e-3)  # diffusers' own encoders vs sdclip's
+
+
+def test_chroma_with_sdclip_conditioning_matches_its_own_encoding() -> None:
+    """sdclip's chroma family (T5 + Chroma's mask) gives the slots and, up to T5 rounding, the maps of
+    ChromaPipeline's own prompt encoding."""
+    pipe = _pipe("chroma")
+    cond = conditioner_from_pipeline(pipe)
+    with trace_mmdit(pipe, conditioner=cond, prompt=PROMPT, negative=NEGATIVE) as tc:
+        tiny_mmdit.run(pipe, steps=1, **pipeline_kwargs(pipe, PROMPT, NEGATIVE, conditioner=cond))
+    ours, own = tc.maps(), _traced("chroma", steps=1)[1].maps()
+    assert [(s.text, s.kind, s.word_span) for s in ours.slots] == [(s.text, s.kind, s.word_span) for s in own.slots]
+    torch.testing.assert_close(ours.maps, own.maps, atol=1e-5, rtol=1e-4)

@@ -1,9 +1,8 @@
 """One traced generation of an SD3 / Flux / Chroma pipeline, for `sdclip attention --model <MM-DiT folder>`.
 
-SD3 and Flux are conditioned by sdclip (the flags' preset and options, as for UNet models); Chroma, which
-sdclip has no encoder family for, by its own prompt encoding (its T5 padding mask included), its slots
-labelled with its own T5 tokenizer. Guidance defaults to each pipeline's own: SD3 7.0, Flux's distilled
-guidance 3.5 (Flux reads no negative prompt without true CFG, which this command leaves off), Chroma 3.0.
+SD3, Flux and Chroma are conditioned by sdclip (the flags' preset and options, as for UNet models; Chroma's
+T5 padding mask included). Guidance defaults to each pipeline's own: SD3 7.0, Flux's distilled guidance 3.5
+(Flux reads no negative prompt without true CFG, which this command leaves off), Chroma 3.0.
 """
 
 from __future__ import annotations
@@ -71,9 +70,7 @@ def generate(
 
 
 def _conditioner(pipe: object, kind: str, options: dict | None) -> object:
-    """sdclip's Conditioner over the pipeline's encoders (SD3 / Flux); None for Chroma (its own encoding)."""
-    if kind == "chroma":
-        return None
+    """sdclip's Conditioner over the pipeline's encoders."""
     from sdclip.pipelines import conditioner_from_pipeline
 
     return conditioner_from_pipeline(pipe, **(options or {}))
