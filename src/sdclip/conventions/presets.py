@@ -14,7 +14,7 @@ from typing import Literal
 
 from sdclip.conventions.family import FAMILIES, EncoderRole, Family, get_family
 from sdclip.conventions.clip_skip import SKIP_CONVENTIONS, LayerSelect, resolve_clip_skip
-from sdclip.layout.spec import CHUNK_STYLES, LAYOUTS, LayoutSpec
+from sdclip.conventions.choices import CHUNK_STYLES, DIALECTS, LAYOUTS, NORMALIZATIONS, TOKEN_NORMALIZATIONS
 
 PRESETS = ("a1111", "comfy", "compel", "diffusers", "kohya")
 #: the weighting formulas (sdclip.assemble.weighting implements them; named here so choosing one needs no torch)
@@ -65,10 +65,6 @@ class Options:
     token_normalization: str = "none"
 
     def __post_init__(self) -> None:
-        from sdclip.syntax import DIALECTS
-        from sdclip.tokenizer.clip import NORMALIZATIONS
-        from sdclip.tokenizer.weight_norm import TOKEN_NORMALIZATIONS
-
         choices = {
             "dialect": DIALECTS,
             "normalize": NORMALIZATIONS,
@@ -127,21 +123,6 @@ class Options:
         if unknown:
             raise ValueError(f"unknown option(s) {', '.join(unknown)}; options are {', '.join(sorted(known))}")
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
-
-    def layout_spec(self, length: int, pad_id: int, row_limit: int | None = None) -> LayoutSpec:
-        """The layout options for one encoder. With a `row_limit`, compress without `max_rows` compresses
-        to fit it (so every prompt fits), and every other layout refuses past it while building rows."""
-        max_rows = self.max_rows if self.max_rows is not None or self.layout != "compress" else row_limit
-        return LayoutSpec(
-            mode=self.layout,  # type: ignore[arg-type]
-            length=length,
-            pad_id=pad_id,
-            comma_backtrack=self.comma_backtrack,
-            chunk_style=self.chunk_style,
-            stride=self.stride,
-            max_rows=max_rows,
-            row_limit=row_limit,
-        )
 
     def layer(self, role: EncoderRole) -> LayerSelect:
         """The layer one encoder of the family returns under these options (a clip skip past the tower's

@@ -12,6 +12,7 @@ from sdclip.conventions.special_tokens import CLIP_BOS, CLIP_EOS
 from sdclip.lanes.base import RoleInput
 from sdclip.layout import LONG_CLIP_LENGTH, layout
 from sdclip.layout.rows import Rows
+from sdclip.layout.spec import spec_for
 from sdclip.syntax.prompt import Sequence
 from sdclip.tokenizer.clip import tokenize
 from sdclip.tokenizer.stream import TokenStream
@@ -46,7 +47,7 @@ class ClipLane:
         return normalize_token_weights(stream, options.token_normalization)
 
     def lay_out(self, stream: TokenStream, given: RoleInput) -> Rows:
-        spec = given.options.layout_spec(given.family.length, given.role.pad_id, given.left)
+        spec = spec_for(given.options, given.family.length, given.role.pad_id, given.left)
         return layout(stream, spec)
 
     def weighting(self, options: Options) -> str:

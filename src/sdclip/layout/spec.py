@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from sdclip.conventions.choices import CHUNK_STYLES, LAYOUTS
+from sdclip.conventions.presets import Options
 from sdclip.tokenizer.stream import EOS
 
 LayoutMode = Literal["truncate", "chunk", "window", "compress", "long"]
-LAYOUTS: tuple[str, ...] = ("truncate", "chunk", "window", "compress", "long")
-#: how the chunk layout fills rows (sdclip.layout.chunk.CHUNKERS)
-CHUNK_STYLES: tuple[str, ...] = ("a1111", "comfy", "compel", "kohya")
 COMMA_ID = 267  #: ",</w>" in the CLIP vocabulary
 LONG_CLIP_LENGTH = 248
 
@@ -53,3 +52,19 @@ class LayoutSpec:
     def capacity(self) -> int:
         """Tokens per row between BOS and EOS."""
         return self.length - 2
+
+
+def spec_for(options: Options, length: int, pad_id: int, row_limit: int | None = None) -> LayoutSpec:
+    """The layout options of one encoder under `options`. With a `row_limit`, compress without `max_rows`
+    compresses to fit it (so every prompt fits), and every other layout refuses past it while building rows."""
+    max_rows = options.max_rows if options.max_rows is not None or options.layout != "compress" else row_limit
+    return LayoutSpec(
+        mode=options.layout,  # type: ignore[arg-type]
+        length=length,
+        pad_id=pad_id,
+        comma_backtrack=options.comma_backtrack,
+        chunk_style=options.chunk_style,  # type: ignore[arg-type]
+        stride=options.stride,
+        max_rows=max_rows,
+        row_limit=row_limit,
+    )

@@ -17,7 +17,7 @@ from collections.abc import Collection
 from sdclip.syntax.prompt import ExtraNetwork, ParseOptions, Prompt, PromptSyntaxError, Schedule, Scheduled
 from sdclip.syntax import a1111, comfy, compel, kohya, plain
 
-DIALECTS = ("a1111", "comfy", "compel", "plain", "kohya")
+from sdclip.conventions.choices import DIALECTS  # the names, as data, live with the options
 
 #: dialect → parser(text, embeddings, ParseOptions)
 _PARSERS = {"a1111": a1111.parse, "comfy": comfy.parse, "compel": compel.parse, "plain": plain.parse, "kohya": kohya.parse}

@@ -35,7 +35,7 @@ import regex
 
 from sdclip.tokenizer.vocab import BOS_TEXT, EOS_TEXT, OPENCLIP_BOS_TEXT, OPENCLIP_EOS_TEXT
 
-NORMALIZATIONS = ("openclip", "hf-slow", "hf-fast")
+from sdclip.conventions.choices import NORMALIZATIONS  # the names, as data, live with the options
 
 _BODY = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 #: the pre-split regex of each mode (specials first, as in the reference code)
