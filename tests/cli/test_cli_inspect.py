@@ -300,6 +300,8 @@ def test_counter_is_a1111s_largest_part(capsys, text):
 def test_t5_line_draws_a_lone_word_start_piece_as_a_visible_space(tmp_path):
     """`a red fox` is `▁a ▁ red ▁fo x` in the tiny T5 vocabulary: the lone `▁` is drawn `·`, never as the
     next letter (before: `a r red fo x`)."""
+    pytest.importorskip("sentencepiece")  # trains the tiny vocabulary; absent from the torch-free venv
+    pytest.importorskip("torch")
     from tiny_pipelines import t5_tokenizer_dir
 
     from sdclip.tokenizer.t5 import T5Tokenizer
