@@ -8,6 +8,7 @@ ftfy; sdclip's "hf-slow") and the transformers-5 tokenizer the oracle runs split
 
 from __future__ import annotations
 
+import functools
 import re
 
 import pytest
@@ -146,6 +147,40 @@ def test_rows_equal_sd_scripts(family, max_token_length):
             assert torch.equal(torch.tensor(rows.weights, dtype=torch.float32), weights[e][0]), (caption, e)
             first_eos = [ids.index(EOS) for ids in rows.ids]
             assert rows.eos == first_eos
+
+
+_PIECES = st.sampled_from(["word ", "red fox, ", "(", ")", "[", "]", ":1.3)", ": 2)", '!"#', "!", "\\", "\\(",
+                           "AND ", "BREAK ", "a" * 30, "12.5 ", ",", "."])
+_CAPTIONS = st.lists(st.tuples(_PIECES, st.integers(1, 40)), max_size=12).map(lambda xs: "".join(p * k for p, k in xs))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_CAPTIONS, st.sampled_from(list(FAMILIES)), st.sampled_from(MAX_TOKEN_LENGTHS))
+def test_rows_equal_sd_scripts_on_generated_captions(caption, family, max_token_length):
+    try:
+        _, tokens, weights = oracle_rows(family, caption, max_token_length)
+    except ValueError:  # a weight sd-scripts cannot read: refused here
+        with pytest.raises(PromptSyntaxError):
+            parse(caption, "kohya")
+        return
+    try:
+        part = _conditioner(family, max_token_length).prepare(caption).parts[0]
+    except PromptSyntaxError:
+        runs = [w for _, w in ko.parse_prompt_attention(caption)]
+        assert any(not abs(w) <= MAX_WEIGHT for w in runs + _explicit_weights(caption))
+        return
+    for e in range(len(FAMILIES[family])):
+        expected = tokens[e][0].tolist()
+        for row in expected:
+            if EOS not in row:
+                row[-1] = EOS
+        assert part.rows[e].ids == expected
+        assert torch.equal(torch.tensor(part.rows[e].weights, dtype=torch.float32), weights[e][0])
+
+
+@functools.lru_cache(maxsize=None)
+def _conditioner(family, max_token_length):
+    return make(family, "kohya", max_rows=rows_of(max_token_length))
 
 
 def test_a_pad_zero_row_starting_with_token_0_gets_eos_there():
