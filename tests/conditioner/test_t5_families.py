@@ -212,3 +212,10 @@ def test_serve_with_the_model_inspects_its_family(folders, fam):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert got.json() == json.loads(run.stdout)
+
+
+def test_umt5_file_for_a_t5_family_is_refused(tmp_path):
+    files = comfy_files(pipeline("wan", seed=3).text_encoder, tmp_path / "comfy")
+    with pytest.raises(CheckpointError) as e:
+        Conditioner.from_pretrained(files["fp16"], family="chroma")
+    assert "\n" not in str(e.value) and "umT5" in str(e.value) and "chroma" in str(e.value)
