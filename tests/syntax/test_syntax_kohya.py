@@ -307,3 +307,10 @@ def test_embed_kohya_long_rows_hold_sd_scripts_slots_first(tmp_path, sd1_file):
     assert got.shape[1] == 231
     cond = Conditioner.from_pretrained(str(sd1_file), options=Options.preset("kohya", max_rows=3))
     close(got[:, :227], cond(captions).positive.embeds)
+
+
+def test_sd_scripts_sd2_clip_skip_n_is_clip_skip_n_plus_1_here():
+    """sd-scripts' SD2 text encoder stores 23 of 24 blocks, so its --clip_skip counts from the penultimate."""
+    caption = CAPTIONS[2]
+    hidden, _ = oracle_encode("sd2", caption, 150, clip_skip=2)
+    close(make("sd2", "kohya", max_rows=2, clip_skip=3)([caption]).positive.embeds[0], hidden)
