@@ -7,7 +7,7 @@ PIP="python -m pip install -q --disable-pip-version-check -c scripts/test-constr
 . scripts/torch-index.sh
 TORCH_INDEX=$(torch_index_args | tr '\n' ' ')  # words without spaces: split on purpose below
 $PIP $TORCH_INDEX "torch==2.13.0"
-$PIP -e ".[torch,serve,ray,attention,test]"
+$PIP -e ".[torch,serve,ray,attention,llm,test]"
 # open_clip's tokenizer is the reference for the "openclip" normalisation; its package import needs
 # torchvision (which breaks beside this torch), so it is installed without dependencies and its
 # tokenizer module loaded on its own
