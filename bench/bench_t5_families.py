@@ -14,8 +14,9 @@ tests' tiny SentencePiece one (a lookup: its size does not change the time).
   cache emptied before every call; warm: the same call again (rows from the cache).
 - Wan also: sdclip with its length bucketing turned off (every row encoded at 512 slots, masked, as
   diffusers does): the ratio is what encoding only the real tokens buys (issue 22: ≥ 3× on ≈ 20-token
-  captions). AuraFlow zero-pads the same way; Chroma and PixArt-Σ return every position's state, so they
-  encode the whole row.
+  captions). AuraFlow zero-pads the same way; Chroma and PixArt-Σ return every position's state, but the
+  pads past the last relative bucket (91 positions after the prompt) all have the same state: their rows run
+  to the prompt's length + 91 (sdclip.encoder.t5_masked).
 
 Same tensors: max abs difference of prompt_embeds and negative_prompt_embeds (and equal masks). Best of
 `--repeats` after a warm-up, 2 threads.

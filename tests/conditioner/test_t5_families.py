@@ -138,6 +138,25 @@ def test_wan_encodes_only_real_tokens(folders):
     assert 2 < n < 32 and bool((out.positive.embeds[0, n:] == 0).all())
 
 
+@pytest.mark.parametrize("fam", ["chroma", "pixart-sigma"])
+def test_pads_past_the_last_bucket_are_not_recomputed(folders, fam):
+    """Chroma / PixArt-Σ return every pad's state; past the last relative bucket they are all equal, so the
+    encoder runs the prompt's length + 91 positions, and the result is still diffusers' (test above)."""
+    from sdclip.encoder.t5_masked import saturation
+
+    pipe, folder = folders[fam]
+    cond = Conditioner.from_pretrained(folder, preset="diffusers")
+    seen = []
+    hook = cond.encoders[0].register_forward_pre_hook(lambda m, args, kw: seen.append(args[0].shape[1]), with_kwargs=True)
+    try:
+        out = cond(["a red fox"], ["blurry"]).positive.embeds
+    finally:
+        hook.remove()
+    assert saturation(cond.encoders[0].config) == 91 and max(seen) < 91 + 16
+    pe, _, _, _ = reference(fam, pipe, ["a red fox"], ["blurry"])
+    assert torch.allclose(out, pe, atol=1e-4, rtol=0)
+
+
 def test_comfy_weighting_lerps_from_empty(folders):
     """The comfy preset on a T5-only family: z' = (z − z_empty)·w + z_empty, z_empty the empty row encoded
     with the family's mask (Wan: zeros after `</s>`)."""

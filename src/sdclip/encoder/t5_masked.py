@@ -7,8 +7,12 @@ real tokens alone, however many pads follow:
 - `zero_after` (Wan: states cut to the prompt's length then zero-padded, pipeline_wan.py:188-191; AuraFlow:
   states times the mask, pipeline_aura_flow.py:310-311): only the first n positions run; rows are grouped
   by length (a batch of 20-token captions runs ≈ 24 positions, not 512) and the rest is zeros;
-- otherwise (Chroma, PixArt-Σ: every position's state is returned and a pad's state depends on its
-  position): the whole row runs, pads masked as keys.
+- otherwise (Chroma, PixArt-Σ: every position's state is returned): a pad query attends only to the real
+  keys, through the bias of its distance to them; once every such distance is past the last relative
+  bucket's start (`saturation`: 91 positions for T5's 32 buckets / 128 max distance), every further pad has
+  the same bias, the same input (the pad embedding), hence the same state. So a row runs up to its real
+  length + that distance and the last state computed is copied to the rest: a 20-token Chroma caption runs
+  ≈ 112 positions of its 512.
 compel's down-weighting masks (RowBatch.masks) are combined with the real-token mask.
 """
 
@@ -19,6 +23,7 @@ from torch import Tensor
 
 from sdclip.conventions.family import T5Masking
 from sdclip.encoder.batching import RowCache, T5RowEncoder
+from sdclip.encoder.t5 import T5Config, relative_buckets
 
 #: rows of one pass differ in real length by at most this factor (plus `_SLACK` positions)
 _GROUP = 1.25
@@ -31,6 +36,15 @@ def real_lengths(ids: Tensor, pad_id: int) -> Tensor:
     real = ids != pad_id
     pos = torch.arange(1, L + 1, device=ids.device).expand_as(ids)
     return (pos * real).amax(dim=1).clamp(min=1)
+
+
+def saturation(cfg: T5Config) -> int:
+    """The smallest distance d from which every key d or more positions before a query falls in the same
+    relative bucket (the last one): past it, the position bias no longer changes."""
+    n = cfg.relative_attention_max_distance + 2
+    row = relative_buckets(n, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance)[-1].flip(0)
+    last = int(row[-1])  # row[d]: bucket of a key d positions before the query
+    return int((row != last).nonzero().max()) + 1 if bool((row != last).any()) else 0
 
 
 def _groups(lengths: list[int]) -> list[list[int]]:
@@ -61,7 +75,11 @@ class MaskedT5RowEncoder(T5RowEncoder):
         real = torch.arange(L, device=ids.device)[None, :] < n[:, None]
         full = real if mask is None else real & mask.to(device=ids.device, dtype=torch.bool)
         if not self.masking.zero_after:
-            return self.encoder(ids, attention_mask=full.long()), None
+            m = min(L, int(n.max()) + saturation(self.encoder.config))
+            hidden = self.encoder(ids[:, :m], attention_mask=full[:, :m].long())
+            if m == L:
+                return hidden, None
+            return torch.cat([hidden, hidden[:, -1:].expand(R, L - m, hidden.shape[-1])], dim=1), None
         out: Tensor | None = None
         for group in _groups(n.tolist()):
             rows = torch.tensor(group, device=ids.device)
