@@ -166,6 +166,9 @@ def test_each_pixel_sums_to_one_per_block_type(kind: str) -> None:
         torch.testing.assert_close(maps.maps.sum(dim=0), torch.ones(maps.maps.shape[1:]), atol=1e-5, rtol=0)
         assert maps.maps.shape[1:] == (8, 8) and maps.image_size == (32, 32)
     assert set(tc.maps().info["block_types"]) == set(types)
+    for block in types:
+        assert {b.split(".")[0] for b in tc.maps(block=block).info["blocks"]} == {
+            "transformer_blocks" if block == "joint" else "single_transformer_blocks"}
     joint_only = _traced(kind, steps=1, blocks="joint")[1]  # SD3 has no single blocks anyway
     with pytest.raises(ValueError, match="no softmax maps of single blocks"):
         joint_only.maps(block="single")

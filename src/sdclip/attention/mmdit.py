@@ -103,7 +103,7 @@ class MMDiTTrace:
         info = {
             "model": self.kind,
             "reading": reading,
-            "blocks": sorted(st.layers, key=_layer_order),
+            "blocks": sorted((n for n in st.layers if block is None or layer_type(n + ".processor") == block), key=_layer_order),
             "block_types": {k[1]: st.counts[k] for k in keys},
             "steps": sorted(st.traced_steps),
         }
