@@ -251,7 +251,8 @@ def test_a_full_row_ending_in_token_0_differs_only_in_what_sd_scripts_pools():
 
 def test_preset_options():
     o = Options.preset("kohya")
-    assert (o.dialect, o.chunk_style, o.weighting, o.normalize, o.comma_backtrack) == ("kohya", "kohya", "no-norm", "hf-slow", 0)
+    got = (o.dialect, o.chunk_style, o.weighting, o.normalize, o.comma_backtrack)
+    assert got == ("kohya", "kohya", "no-norm", "hf-slow", 0)
     from sdclip.layout.spec import spec_for
 
     assert spec_for(Options.preset("kohya", max_rows=3), 77, 0).max_rows == 3
