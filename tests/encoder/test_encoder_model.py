@@ -9,7 +9,7 @@ import torch
 from tiny_models import REAL, reference, sample_ids, save_state_dict, single_file_state_dict, tiny_family, tiny_model
 
 from sdclip.encoder import CLIPTextEncoder, LayerSelect, load_text_encoders
-from sdclip.encoder.config import VIT_BIGG, VIT_H, VIT_L, EncoderConfig
+from sdclip.encoder.config import VIT_BIGG_CONFIG, VIT_H_CONFIG, VIT_L_CONFIG, EncoderConfig
 
 TOL = 1e-5
 
@@ -208,20 +208,20 @@ def test_half_precision_stays_close(tmp_path, dtype):
 # ---- configs ---------------------------------------------------------------------------------------
 
 def test_presets_and_config_checks():
-    assert (VIT_L.width, VIT_L.depth, VIT_L.heads, VIT_L.act) == (768, 12, 12, "quick_gelu")
-    assert (VIT_H.width, VIT_H.depth, VIT_H.act, VIT_H.with_(layers=23).layers) == (1024, 24, "gelu", 23)
-    assert (VIT_BIGG.width, VIT_BIGG.depth, VIT_BIGG.projection) == (1280, 32, 1280)
+    assert (VIT_L_CONFIG.width, VIT_L_CONFIG.depth, VIT_L_CONFIG.heads, VIT_L_CONFIG.act) == (768, 12, 12, "quick_gelu")
+    assert (VIT_H_CONFIG.width, VIT_H_CONFIG.depth, VIT_H_CONFIG.act, VIT_H_CONFIG.with_(layers=23).layers) == (1024, 24, "gelu", 23)
+    assert (VIT_BIGG_CONFIG.width, VIT_BIGG_CONFIG.depth, VIT_BIGG_CONFIG.projection) == (1280, 32, 1280)
     with pytest.raises(ValueError):
         EncoderConfig("x", width=100, depth=2, heads=3, mlp=4, act="gelu")
     with pytest.raises(ValueError):
-        VIT_H.with_(layers=25)
+        VIT_H_CONFIG.with_(layers=25)
     with pytest.raises(ValueError):
         EncoderConfig("x", width=64, depth=2, heads=1, mlp=4, act="relu")
 
 
 def test_random_model_runs_without_weights():
     """The bare module (no checkpoint) is usable for shape work."""
-    enc = CLIPTextEncoder(VIT_L.with_(width=64, heads=1, mlp=128, depth=2, name="t")).eval()
+    enc = CLIPTextEncoder(VIT_L_CONFIG.with_(width=64, heads=1, mlp=128, depth=2, name="t")).eval()
     with torch.no_grad():
         out = enc(sample_ids(2), pooled=True)
     assert out.hidden.shape == (2, 77, 64) and out.pooled.shape == (2, 64)

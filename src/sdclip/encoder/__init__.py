@@ -7,13 +7,16 @@
 
 from sdclip.encoder.loading.checkpoint import CheckpointError, open_tensor_file
 from sdclip.conventions.clip_skip import LayerSelect
-from sdclip.encoder.config import LONGCLIP_L, PRESETS, VIT_BIGG, VIT_H, VIT_L, EncoderConfig
+from sdclip.encoder.config import (
+    ENCODER_CONFIGS, LONGCLIP_L_CONFIG, VIT_BIGG_CONFIG, VIT_H_CONFIG, VIT_L_CONFIG, EncoderConfig,
+)
 from sdclip.encoder.loading.clip import LoadedEncoders, encoders_from_modules
 from sdclip.encoder.loading.load import load_text_encoders
 from sdclip.encoder.model import CLIPTextEncoder, EncoderOutput
 
 __all__ = [
-    "CLIPTextEncoder", "CheckpointError", "EncoderConfig", "EncoderOutput", "LONGCLIP_L",
-    "LayerSelect", "LoadedEncoders", "encoders_from_modules", "PRESETS", "VIT_BIGG", "VIT_H", "VIT_L", "load_text_encoders",
+    "CLIPTextEncoder", "CheckpointError", "ENCODER_CONFIGS", "EncoderConfig", "EncoderOutput", "LONGCLIP_L_CONFIG",
+    "LayerSelect", "LoadedEncoders", "encoders_from_modules", "VIT_BIGG_CONFIG", "VIT_H_CONFIG", "VIT_L_CONFIG",
+    "load_text_encoders",
     "open_tensor_file",
 ]

@@ -67,8 +67,11 @@ class EncoderConfig:
                    act=tower.act, positions=tower.positions, projection=tower.projection)  # type: ignore[arg-type]
 
 
-VIT_L = EncoderConfig.of(fam.VIT_L)
-VIT_H = EncoderConfig.of(fam.VIT_H)
-VIT_BIGG = EncoderConfig.of(fam.VIT_BIGG)
-LONGCLIP_L = EncoderConfig.of(fam.LONGCLIP_L)
-PRESETS: dict[str, EncoderConfig] = {c.name: c for c in (VIT_L, VIT_H, VIT_BIGG, LONGCLIP_L)}
+#: the released CLIP towers as encoder configs (named apart from the towers of sdclip.conventions.family)
+VIT_L_CONFIG = EncoderConfig.of(fam.VIT_L)
+VIT_H_CONFIG = EncoderConfig.of(fam.VIT_H)
+VIT_BIGG_CONFIG = EncoderConfig.of(fam.VIT_BIGG)
+LONGCLIP_L_CONFIG = EncoderConfig.of(fam.LONGCLIP_L)
+ENCODER_CONFIGS: dict[str, EncoderConfig] = {
+    c.name: c for c in (VIT_L_CONFIG, VIT_H_CONFIG, VIT_BIGG_CONFIG, LONGCLIP_L_CONFIG)
+}
