@@ -238,3 +238,20 @@ def test_umt5_file_for_a_t5_family_is_refused(tmp_path):
     with pytest.raises(CheckpointError) as e:
         Conditioner.from_pretrained(files["fp16"], family="chroma")
     assert "\n" not in str(e.value) and "umT5" in str(e.value) and "chroma" in str(e.value)
+
+
+def test_cli_encode_writes_the_masks(folders, tmp_path):
+    """`sdclip encode --model <Chroma folder>`: the file holds the kwargs ChromaPipeline takes, masks included."""
+    from safetensors.torch import load_file
+
+    pipe, folder = folders["chroma"]
+    out = tmp_path / "chroma.safetensors"
+    run = subprocess.run([sys.executable, "-m", "sdclip", "encode", "--model", str(folder), "--preset", "diffusers",
+                          "--prompt", PROMPTS[0], "--negative", NEGATIVES[0], "--out", str(out)],
+                         capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr
+    got = load_file(str(out))
+    pe, ne, pm, nm = reference("chroma", pipe, PROMPTS[:1], NEGATIVES[:1])
+    assert set(got) >= {"prompt_embeds", "negative_prompt_embeds", "prompt_attention_mask", "negative_prompt_attention_mask"}
+    assert torch.allclose(got["prompt_embeds"], pe, atol=1e-4, rtol=0)
+    assert torch.equal(got["prompt_attention_mask"], pm) and torch.equal(got["negative_prompt_attention_mask"], nm)
