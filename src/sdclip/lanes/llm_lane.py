@@ -14,9 +14,11 @@ What diffusers 0.42.1 does (site-packages/diffusers/pipelines/…):
   + p`, only for the prompt: the negative is tokenized bare, :305-327), :199-205 (padded to 256),
   :189 (right padding), :221 (`hidden_states[-2]`), :234 (the tokenizer's mask returned).
 
-Weights: the LLM encoders take no weights. Under the comfy preset Qwen-Image and Z-Image tokenize `(x:1.2)`
-literally, brackets and all (ComfyUI's Qwen tokenizers are built with `disable_weights=True`); every other
-case removes the syntax and keeps the words. Either way a prompt with weights gets a note saying so.
+Weights: the LLM encoders take no weights here. Under the comfy preset Qwen-Image and Z-Image tokenize
+`(x:1.2)` literally, brackets and all, as ComfyUI does (comfy/text_encoders/qwen_image.py and z_image.py call
+`tokenize_with_weights(..., disable_weights=True)`); every other case removes the syntax and keeps the words
+(ComfyUI's Gemma-2 tokenizer for Lumina 2, comfy/text_encoders/lumina2.py, keeps weights: not reproduced, and
+said so). Either way a prompt with weights gets a note (inspect `warnings`, the CLI's stderr).
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ def weight_note(options: Options, family: Family, role: EncoderRole) -> str:
     if literal(options, role):
         return (f"{family.name}: comfy tokenizes the weight syntax literally, brackets and all, as ComfyUI does "
                 "(its tokenizer for this encoder sets disable_weights): the weights do nothing")
+    if options.dialect == "comfy":  # Lumina 2: ComfyUI's Gemma-2 tokenizer keeps weights (lumina2.py: no disable_weights)
+        return (f"{family.name}: ComfyUI applies these weights on this encoder ((z − z_empty)·w + z_empty); sdclip does "
+                "not reproduce that yet: the syntax is removed and the weights do nothing")
     return f"{family.name}: prompt weights do nothing on an LLM text encoder (the syntax is removed, the words kept)"
 
 
