@@ -190,7 +190,9 @@ class Conditioner:
         encoded, empty = self._encode_texts(texts)
         n = self._lengths([encoded[t] for t in texts], 0)
         entries = tuple(
-            (end, ConditioningPair(conditioning([p], [encoded[p]], n, empty), self._negative(negative, [q], encoded, n, empty)))
+            (end, with_masks(ConditioningPair(conditioning([p], [encoded[p]], n, empty),
+                                              self._negative(negative, [q], encoded, n, empty)),
+                             self.family, [encoded[p][1]], [encoded[q][1]]))
             for end, p, q in pairs
         )
         return ScheduledConditioning(pos.steps, entries)

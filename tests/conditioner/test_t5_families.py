@@ -255,3 +255,13 @@ def test_cli_encode_writes_the_masks(folders, tmp_path):
     assert set(got) >= {"prompt_embeds", "negative_prompt_embeds", "prompt_attention_mask", "negative_prompt_attention_mask"}
     assert torch.allclose(got["prompt_embeds"], pe, atol=1e-4, rtol=0)
     assert torch.equal(got["prompt_attention_mask"], pm) and torch.equal(got["negative_prompt_attention_mask"], nm)
+
+
+def test_schedule_entries_carry_masks(folders):
+    _, folder = folders["pixart-sigma"]
+    cond = Conditioner.from_pretrained(folder, preset="a1111")
+    sched = cond.encode_schedule("a [red:blue:0.5] fox", "blurry", steps=4)
+    for step in (1, 4):
+        pair = sched.at(step)
+        want = cond("a red fox" if step == 1 else "a blue fox", "blurry")
+        assert torch.equal(pair.positive.mask, want.positive.mask) and torch.equal(pair.negative.mask, want.negative.mask)
