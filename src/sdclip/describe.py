@@ -54,6 +54,18 @@ def counter(prepared: Prepared) -> int:
     return max((part.rows[0].token_count for part in prepared.parts), default=0)
 
 
+def schedule_counter(prepared: Prepared, scheduled: tuple[str, ...], options: Options, family: Family,
+                     tokenizer: Tokenizer, embeddings: Mapping[str, int] | None, **tokenizers: object) -> int:
+    """A1111's counter over a schedule: the largest part of any scheduled text (`update_token_counter` flattens
+    `get_learned_conditioning_prompt_schedules` over the parts and takes the max), else of the prompt shown.
+    `tokenizers`: prepare's keyword tokenizers (t5_tokenizer, tokenizers)."""
+    best = counter(prepared)
+    for text in dict.fromkeys(scheduled):
+        other = prepare(text, options, family, tokenizer, embeddings, stop_after=ROWS_SHOWN, **tokenizers)
+        best = max(best, counter(other))
+    return best
+
+
 def stopped_line(shown: int, parts_omitted: int, cut: bool, full: bool) -> str:
     """One line for a summary that stopped: what is shown, what was left out, and how to see more."""
     rest = []
@@ -133,8 +145,10 @@ def describe(
     full: bool = False,
     t5_tokenizer=None,  # noqa: ANN001 (sdclip.tokenizer.t5.T5Tokenizer: needed by SD3 / Flux)
     tokenizers: Mapping[str, object] | None = None,
+    scheduled: tuple[str, ...] = (),
 ) -> dict:
-    """The stable inspect object (fields above) for one prompt."""
+    """The stable inspect object (fields above) for one prompt. `scheduled`: every text of its schedule
+    (A1111's counter is the largest part of any of them, whichever step is shown)."""
     limit = FULL_ROWS if full else ROWS_SHOWN
     prepared = prepare(text, options, family, tokenizer, embeddings, t5_tokenizer=t5_tokenizer, tokenizers=tokenizers,
                        stop_after=limit)
@@ -146,6 +160,8 @@ def describe(
         rows.extend(_rows_json(part.rows[0], listed[-1]))
     total_rows = sum(len(part.rows[0]) for part in prepared.parts)
     real = sum(len(part.stream) for part in prepared.parts)
+    count = schedule_counter(prepared, scheduled, options, family, tokenizer, embeddings,
+                             t5_tokenizer=t5_tokenizer, tokenizers=tokenizers)
     warnings = []
     if total_rows > ENCODE_ROW_LIMIT:
         warnings.append(
@@ -161,7 +177,7 @@ def describe(
         "rows": rows,
         "tokens": real,
         "capacity": total_rows * per_row,
-        "counter": {"count": counter(prepared), "capacity": capacity(counter(prepared), per_row)},
+        "counter": {"count": count, "capacity": capacity(count, per_row)},
         "dropped": prepared.dropped,
         "family": family.name,
         "syntax": options.dialect,

@@ -316,3 +316,16 @@ def test_t5_line_draws_a_lone_word_start_piece_as_a_visible_space(tmp_path):
     assert res.returncode == 0, res.stderr.decode()
     line = next(li for li in res.stdout.decode().splitlines() if li.startswith("T5"))
     assert " · red " in line and " r " not in line and "fo x" in line
+
+
+def test_counter_of_a_scheduled_prompt_is_its_largest_text(capsys):
+    """A1111 counts every text of the schedule (update_token_counter flattens the schedules of all parts), so
+    the counter at step 1 already shows the long text that step 15 will use."""
+    from sdclip.syntax import schedule
+
+    text = "a [dog:" + "red " * 100 + ":0.5] fox AND small"
+    out = run_json(capsys, text, "--steps", "20", "--step", "1")
+    want = max(a1111_counter(e.text) for e in schedule(text, 20).entries)
+    assert out["counter"] == {"count": want[0], "capacity": want[1]} and want[0] > 100 and out["tokens"] < 10
+    assert main(["inspect", text, "--steps", "20", "--step", "1"]) == 0
+    assert f"AUTOMATIC1111's counter: {want[0]}/{want[1]}" in capsys.readouterr().out.replace("\n", "")

@@ -12,7 +12,7 @@ import sys
 
 from sdclip.cli.options import add_text_options, embedding_names, text_options, whole_number
 from sdclip.conventions.family import FAMILIES, get_family
-from sdclip.describe import FULL_ROWS, ROWS_SHOWN, describe
+from sdclip.describe import FULL_ROWS, ROWS_SHOWN, describe, schedule_counter
 
 EXAMPLE = "a (red:1.3) fox in a [misty] forest, highly detailed, BREAK golden hour light"
 
@@ -98,12 +98,14 @@ def run(args: argparse.Namespace) -> int:
     # a schedule's texts are A1111's, extra-network tags already removed: an unscheduled prompt is shown as typed
     scheduled = sched is not None and len(sched.entries) > 1
     shown = sched.at(args.step) if scheduled else text
+    texts = tuple(e.text for e in sched.entries) if scheduled else ()
     note = ""
     if scheduled:
         note = (f"scheduled prompt: showing step {args.step} of {args.steps} "
                 f"({len(sched.entries)} texts; --step K shows another)")
     if args.json:
-        out = describe(shown, options, family, tokenizer, names, full=args.full, t5_tokenizer=t5, tokenizers=more)
+        out = describe(shown, options, family, tokenizer, names, full=args.full, t5_tokenizer=t5, tokenizers=more,
+                       scheduled=texts)
         if scheduled:
             out["schedule"] = {"step": args.step, "steps": args.steps, "text": shown,
                                "entries": [{"end_step": e.end_step, "text": e.text} for e in sched.entries]}
@@ -113,5 +115,7 @@ def run(args: argparse.Namespace) -> int:
 
     prepared = prepare(shown, options, family, tokenizer, names, t5_tokenizer=t5, tokenizers=more,
                        stop_after=FULL_ROWS if args.full else ROWS_SHOWN)
-    render_inspect(shown, prepared, family, options, full=args.full, note=note, t5_tokenizer=t5, tokenizers=more)
+    count = schedule_counter(prepared, texts, options, family, tokenizer, names, t5_tokenizer=t5, tokenizers=more)
+    render_inspect(shown, prepared, family, options, full=args.full, note=note, t5_tokenizer=t5, tokenizers=more,
+                   count=count)
     return 0

@@ -64,7 +64,9 @@ def real_tokens(prepared: Prepared) -> int:
 def render_inspect(
     text: str, prepared: Prepared, family: Family, options: Options, *, full: bool = False,
     note: str = "", console: Console | None = None, t5_tokenizer=None, tokenizers=None,  # noqa: ANN001
+    count: int | None = None,
 ) -> None:
+    """`count`: A1111's counter where the caller knows more than `prepared` (a schedule's other texts)."""
     console = console or Console(highlight=False)
     console.print(
         f"[bold]sdclip inspect[/]  family={family.name} syntax={options.dialect} layout={options.layout} "
@@ -124,9 +126,11 @@ def render_inspect(
     real = real_tokens(prepared)
     colour = "red" if prepared.dropped else "green"
     console.print(f"tokens: [{colour}]{real}/{total_rows * per_row}[/] in {total_rows} row(s)", end="")
-    count = counter(prepared)
+    count = counter(prepared) if count is None else count
     if count != real:
         why = "the largest AND part's" if len(prepared.parts) > 1 else "BREAK and comma backtracks pad to the row end"
+        if count > counter(prepared):
+            why = "the largest of the schedule's texts, whichever step is shown"
         console.print(f"  (AUTOMATIC1111's counter: {count}/{capacity(count, per_row)}: {why})")
     else:
         console.print()
