@@ -366,7 +366,7 @@ def test_verify_follows_no_path_a_crafted_manifest_names(tmp_path, models, capsy
     assert embed("--verify", out) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'../outside.safetensors' is not its name" in err
-    assert "'/dev/zero': not an npz path inside the image folder" in err
+    assert "'/dev/zero': not a trainer file inside the image folder" in err
 
 
 def test_captions_edited_during_the_scan_are_refused(tmp_path, models, monkeypatch, capsys):

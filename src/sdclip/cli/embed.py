@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from sdclip.jobs.formats import NAMES as FORMAT_NAMES
 from sdclip.cli.options import add_model_options, add_text_options, model_options, whole_number
 
 
@@ -22,8 +23,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="output folder (manifest.json + shard-NNNNN.safetensors)")
     p.add_argument("--shard-size", type=whole_number, default=1024, help="captions per shard (default 1024)")
     p.add_argument("--batch-size", type=whole_number, default=64, help="distinct captions per encoder call (default 64)")
-    p.add_argument("--format", choices=("safetensors", "kohya"), default="safetensors",
-                   help="safetensors shards (default) or kohya sd-scripts' per-image _te_outputs.npz (SDXL)")
+    p.add_argument("--format", choices=FORMAT_NAMES, default="safetensors",
+                   help="safetensors shards (default, sdclip.dataset reads them) or a trainer's own cache files: "
+                   "kohya (sd-scripts .npz: SDXL, SD3, Flux), musubi (musubi-tuner: Flux Kontext, Wan, Qwen-Image, "
+                   "Z-Image), simpletuner (.pt by caption md5), ai-toolkit (_t_e_cache/)")
     p.add_argument("--engine", choices=("local", "ray"), default="local", help="local (default) or Ray Data")
     p.add_argument("--ray-address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--workers", type=whole_number, default=1, help="Ray actors, each with its own encoder (default 1)")

@@ -56,8 +56,11 @@ class Job:
     def _open(self, spec: JobSpec, overwrite: bool) -> None:
         remove_stale_temps(self.out)
         self.source = spec.source()
-        if spec.format == "kohya" and self.source.format != "images":
-            raise JobError("--format kohya writes .npz files beside the images: --captions must be an image folder")
+        from sdclip.jobs.formats import get_format
+
+        self.format = get_format(spec.format)
+        if self.format is not None and self.format.per_image and self.source.format != "images":
+            raise JobError(f"--format {spec.format} names its files after the images: --captions must be an image folder")
         self.config = spec.config(self.source)
         self.digest = config_digest(self.config)
         if overwrite:
@@ -74,10 +77,9 @@ class Job:
 
     def prepare(self, encoder, progress=None) -> None:  # noqa: ANN001
         """Validate every caption (or reuse a previous run's scan) and check the shards already on disk."""
-        from sdclip.jobs.kohya import check_kohya
+        from sdclip.jobs.formats import check_format
 
-        if self.spec.format == "kohya":
-            check_kohya(encoder.cond.family.name, self.source.format, self.spec.rows)
+        check_format(self.spec.format, encoder.cond.family.name, self.source.format, self.spec.rows, self.spec.options)
         info = {"captions": str(Path(self.spec.captions).resolve()), "family": encoder.cond.family.name, "slots": encoder.slots, "widths": encoder.widths,
                 "loaded_fingerprint": encoder.fingerprint}
         if self.manifest is None or self.manifest.scan.get("rows") is None:
@@ -130,8 +132,8 @@ class Job:
     def _whole(self, rec: dict) -> bool:
         try:
             if "files" in rec:
-                images = Path(self.spec.captions)
-                return all((images / f).is_file() for f in rec["files"])
+                root = self.files_root()
+                return root is not None and all((root / f).is_file() for f in rec["files"])
             if rec.get("file") is None:
                 return True
             if rec["file"] != shard_name(int(rec["shard"])):  # the manifest is untrusted: only our own names
@@ -157,10 +159,15 @@ class Job:
         return {"shard": k, "start": start, "stop": stop, "rows": n, "file": path.name,
                 "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
+    def files_root(self) -> Path | None:
+        """Where this job's trainer-format files go (the image folder or --out); None for sdclip's shards."""
+        return None if self.format is None else self.format.root_of(Path(self.spec.captions), self.out)
+
     def _clear(self) -> None:
         """--overwrite: remove the files an earlier job wrote here, nothing else (sdclip.jobs.overwrite says
         which; the old manifest is untrusted input). A manifest sdclip did not write is refused, not removed."""
-        from sdclip.jobs.overwrite import kohya_files, regular, shard_files
+        from sdclip.jobs.formats import FORMATS
+        from sdclip.jobs.overwrite import format_files, regular, shard_files
 
         from sdclip.jobs.overwrite import listed_paths
 
@@ -173,13 +180,17 @@ class Job:
                 raise JobError(f"--overwrite: {exc}; sdclip removes only files it wrote, so move that file away "
                                "or choose another --out") from None
             records = list(old.shards.values())
-            if old.config.get("format") == "kohya" and self.source.format == "images":
-                removed += kohya_files(Path(self.spec.captions), records)
+            old_format = FORMATS.get(str(old.config.get("format")))
+            if old_format is not None:  # its root from this job's own folders, never from the manifest
+                root = old_format.root_of(Path(self.spec.captions), self.out)
+                if old_format.root == "out" or self.source.format == "images":
+                    removed += format_files(root, records, old_format.suffixes)
         removed += shard_files(self.out, records)
         for path in removed:
             path.unlink(missing_ok=True)
         left = listed_paths(records) - {p.name for p in removed} - {
-            p.relative_to(self.spec.captions).as_posix() for p in removed if p.is_relative_to(self.spec.captions)}
+            p.relative_to(root).as_posix() for p in removed for root in (Path(self.spec.captions), self.out)
+            if p.is_relative_to(root)}
         if left:
             self.notes.append(f"--overwrite: the old manifest lists {len(left)} file(s) that are not this job's own "
                               f"here (e.g. {sorted(left)[0]!r}): left untouched")

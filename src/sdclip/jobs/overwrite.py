@@ -70,15 +70,16 @@ def shard_files(out: Path, records: list[dict]) -> list[Path]:
     return sorted(found)
 
 
-def inside(images: Path, rel: object) -> Path | None:
-    """images/rel when rel is a plain relative path to a kohya npz that stays inside `images` through real
-    folders (no `..`, no absolute path, no symlinked folder on the way); else None."""
+def inside(images: Path, rel: object, suffixes: tuple[str, ...] = (KOHYA_SUFFIX,)) -> Path | None:
+    """images/rel when rel is a plain relative path to a trainer file (its name ends with one of `suffixes`)
+    that stays inside `images` through real folders (no `..`, no absolute path, no symlinked folder on the
+    way); else None."""
     if not isinstance(rel, str) or not rel or "\x00" in rel or "\\" in rel:
         return None
     parts = PurePosixPath(rel).parts
     if PurePosixPath(rel).is_absolute() or any(p in ("", ".", "..") for p in parts):
         return None
-    if not parts[-1].endswith(KOHYA_SUFFIX):
+    if not parts[-1].endswith(tuple(suffixes)):
         return None
     folder = images
     for name in parts[:-1]:
@@ -93,13 +94,19 @@ def inside(images: Path, rel: object) -> Path | None:
 
 def kohya_files(images: Path, records: list[dict]) -> list[Path]:
     """The kohya npz files under the job's own image folder whose sha256 the manifest records."""
+    return format_files(images, records, (KOHYA_SUFFIX,))
+
+
+def format_files(images: Path, records: list[dict], suffixes: tuple[str, ...]) -> list[Path]:
+    """A trainer format's files under its root (the job's own image folder or --out) whose sha256 the
+    manifest records."""
     found = []
     for rec in records:
         files = rec.get("files") if isinstance(rec, dict) else None
         if not isinstance(files, dict):
             continue
         for rel, digest in files.items():
-            path = inside(images, rel)
+            path = inside(images, rel, suffixes)
             if path is None or not isinstance(digest, str) or not regular(path):
                 continue
             with contextlib.suppress(OSError):

@@ -28,7 +28,6 @@ DIGESTS = "scan-digests.npy"
 SCAN_FILES = (LENGTHS, LAST, DIGESTS)
 #: warnings listed in the manifest (all are counted)
 MAX_RECORDED_WARNINGS = 100
-FORMATS = ("safetensors", "kohya")
 
 
 @dataclass
@@ -57,8 +56,10 @@ class JobSpec:
             if getattr(self, name) < 1:
                 flag = {"rows": "--max-rows"}.get(name, "--" + name.replace("_", "-"))
                 raise JobError(f"{flag} must be ≥ 1, got {getattr(self, name)}")
-        if self.format not in FORMATS:
-            raise JobError(f"--format must be one of {', '.join(FORMATS)}")
+        from sdclip.jobs.formats import NAMES
+
+        if self.format not in NAMES:
+            raise JobError(f"--format must be one of {', '.join(NAMES)}")
         if self.on_error not in ("fail", "skip"):
             raise JobError("--on-error must be fail or skip")
 

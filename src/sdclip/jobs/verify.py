@@ -17,14 +17,20 @@ def verify(out: str | Path) -> dict:
     m = Manifest.load(out)
     problems: list[str] = []
     seen: dict[int, str] = {}
+    from sdclip.jobs.formats import FORMATS
+
+    fmt = FORMATS.get(str(m.config.get("format")))
     images = Path(m.info.get("captions", ""))
+    root = (out if fmt.root == "out" else images) if fmt is not None else images
+    suffixes = fmt.suffixes if fmt is not None else ()
     for rec in m.shards.values():
         name = rec.get("file") or f"shard {rec['shard']}"
         if "files" in rec:
             for rel, digest in rec["files"].items():
-                p = inside(images, rel)  # the manifest is untrusted: never a path out of the image folder
+                p = inside(root, rel, suffixes)  # the manifest is untrusted: never a path out of the format's folder
                 if p is None:
-                    problems.append(f"{rel!r}: not an npz path inside the image folder")
+                    where = "--out" if root == out else "the image folder"
+                    problems.append(f"{rel!r}: not a trainer file inside {where}")
                 elif not regular(p):
                     problems.append(f"{rel}: missing")
                 elif sha256_file(p) != digest:

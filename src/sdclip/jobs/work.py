@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from sdclip.jobs.encode import CaptionEncoder
+from sdclip.jobs.formats.base import RowContext
 from sdclip.jobs.manifest import JobError
 from sdclip.jobs.plan import JobSpec, load_scan_arrays, record_digest
 from sdclip.jobs.readers import CaptionSource
@@ -45,6 +46,9 @@ class ShardWork:
         if arrays is None:
             raise ValueError(f"{self.out}: the scan arrays are missing (is the job folder shared with this worker?)")
         self.lengths, self.last, self.digests = arrays
+        from sdclip.jobs.formats import get_format
+
+        self.format = get_format(spec.format)
 
     def run(self, k: int, seek: object, rows: int) -> dict:
         """Encode and write shard k; returns its manifest record."""
@@ -68,10 +72,10 @@ class ShardWork:
         reuse = [int(self.last[i]) for i in indices]
         tensors = self.encoder.encode(texts, lengths, reuse, position=stop - 1)
         record = {"shard": k, "start": start, "stop": stop, "rows": len(indices)}
-        if self.spec.format == "kohya":
-            from sdclip.jobs.kohya import write_kohya
-
-            record["files"] = write_kohya(Path(self.spec.captions), wheres, tensors, self.encoder.widths)
+        if self.format is not None:  # a trainer's own files (sdclip.jobs.formats)
+            ctx = RowContext(self.encoder.family.name, self.encoder.widths, self.encoder.targets,
+                             Path(self.spec.captions), self.out, wheres, texts, tensors)
+            record["files"] = self.format.write(ctx)
             record["indices"] = indices
             return record
         tensors = {"index": torch.tensor(indices, dtype=torch.int64), **tensors}

@@ -1,0 +1,77 @@
+"""`--format kohya`: the per-image text-encoder caches kohya-ss/sd-scripts reads
+(`--cache_text_encoder_outputs_to_disk`), read at sd-scripts commit 48d368fa557731ad0488c07304dfeba8c07910eb.
+
+One `np.savez` (uncompressed) beside each image, one sample, no batch axis; bf16 stored as float32 (numpy
+has no bfloat16), other dtypes as encoded. sd-scripts' `is_disk_cached_outputs_expected` checks key names
+and the `apply_*_attn_mask` flags only, so the flags must equal the trainer's (default False: the T5 and
+CLIP runs see no mask, as diffusers' pipelines and sdclip's Conditioner encode).
+
+- SDXL (`library/strategy_sdxl.py`, `SdxlTextEncoderOutputsCachingStrategy`): `<stem>_te_outputs.npz` =
+  `hidden_state1` [77, 768] (ViT-L penultimate, no final LN), `hidden_state2` [77, 1280] (bigG),
+  `pool2` [1280] (bigG projected).
+- SD3 (`library/strategy_sd3.py`, `Sd3TextEncoderOutputsCachingStrategy`): `<stem>_sd3_te.npz` = `lg_out`
+  [77, 2048] (L ‖ G penultimate), `lg_pooled` [2048], `t5_out` [L, 4096] (L = --t5xxl_max_token_length,
+  default 256), `clip_l_attn_mask`, `clip_g_attn_mask` [77], `t5_attn_mask` [L] (the tokenizers' int64
+  masks), `apply_lg_attn_mask`, `apply_t5_attn_mask` (bool).
+- Flux (`library/strategy_flux.py`, `FluxTextEncoderOutputsCachingStrategy`): `<stem>_flux_te.npz` =
+  `l_pooled` [768] (CLIP-L pooler_output), `t5_out` [L, 4096] (512 dev / 256 schnell), `txt_ids` zeros
+  [L, 3] float32, `t5_attn_mask` [L] int64, `apply_t5_attn_mask` (bool).
+
+sd-scripts caches text-encoder outputs for SDXL, SD3 and Flux only (`strategy_sd.py` has none for SD1/SD2),
+with 77 CLIP slots (its long-caption layout is K·75 + 2, not sdclip's 77·K): `--max-rows 1`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sdclip.jobs.formats.base import Format, RowContext, fixed_t5, mask, npz_bytes, numpy_of, one_row, stem
+
+SUFFIXES = {"sdxl": "_te_outputs.npz", "sd3": "_sd3_te.npz", "flux": "_flux_te.npz"}
+COMMIT = "48d368fa557731ad0488c07304dfeba8c07910eb"
+
+
+def _check(family: str, source_format: str, rows: int, options: dict) -> None:
+    one_row(family, rows, "kohya")
+    if family != "sdxl":
+        fixed_t5(options, "kohya")
+
+
+def _arrays(family: str, ctx: RowContext, i: int) -> dict:
+    import numpy as np
+
+    t = ctx.tensors
+    e, counts = t["prompt_embeds"][i], t["token_counts"][i]
+    if family == "sdxl":
+        w1 = ctx.widths[0]
+        return {"hidden_state1": numpy_of(e[:, :w1]), "hidden_state2": numpy_of(e[:, w1:]),
+                "pool2": numpy_of(t["pooled_prompt_embeds"][i])}
+    if family == "sd3":
+        clip = ctx.targets[0]
+        return {
+            "lg_out": numpy_of(e[:clip, : ctx.widths[0] + ctx.widths[1]]),
+            "lg_pooled": numpy_of(t["pooled_prompt_embeds"][i]),
+            "t5_out": numpy_of(e[clip:]),
+            "clip_l_attn_mask": mask(int(counts[0]), clip).numpy(),
+            "clip_g_attn_mask": mask(int(counts[1]), clip).numpy(),
+            "t5_attn_mask": mask(int(counts[2]), e.shape[0] - clip).numpy(),
+            "apply_lg_attn_mask": False,
+            "apply_t5_attn_mask": False,
+        }
+    n = e.shape[0]
+    return {
+        "l_pooled": numpy_of(t["pooled_prompt_embeds"][i]),
+        "t5_out": numpy_of(e),
+        "txt_ids": np.zeros((n, 3), dtype=np.float32),
+        "t5_attn_mask": mask(int(counts[1]), n).numpy(),
+        "apply_t5_attn_mask": False,
+    }
+
+
+def _write(ctx: RowContext) -> None:
+    for i, rel in enumerate(ctx.wheres):
+        ctx.save(ctx.images, stem(rel) + SUFFIXES[ctx.family], npz_bytes(**_arrays(ctx.family, ctx, i)))
+
+
+KOHYA = Format("kohya", tuple(SUFFIXES), tuple(SUFFIXES.values()), "images", _write, _check)
+_ = torch  # tensors arrive as torch; numpy_of converts
