@@ -96,7 +96,7 @@ def test_txt_job_matches_the_conditioner_and_reads_back(tmp_path, models, refere
     assert torch.equal(got["prompt_embeds"][0], got["prompt_embeds"][6])
     m = json.loads((out / "manifest.json").read_text())
     assert m["complete"] and m["rows"] == 8 and m["truncated"] == {"count": 1, "indices": [4]}
-    assert m["config"]["options"]["weighting"] == "a1111" and m["config"]["input"]["size"] == caps.stat().st_size
+    assert m["config"]["options"]["weighting"] == "a1111" and m["info"]["input"]["size"] == caps.stat().st_size
     assert [s["rows"] for s in m["shards"]] == [3, 3, 2] and all(len(s["sha256"]) == 64 for s in m["shards"])
     assert embed("--verify", out) == 0
     ds = sdclip.dataset.open(out)
@@ -180,10 +180,10 @@ def test_different_configuration_is_refused_by_name_and_overwrite_restarts(tmp_p
     assert torch.equal(read_all(out)["prompt_embeds"], first["prompt_embeds"])  # untouched
     assert embed("--model", models["sd1"], "--captions", caps, "--out", out, "--weighting", "comfy", "--overwrite") == 0
     assert json.loads((out / "manifest.json").read_text())["config"]["options"]["weighting"] == "comfy"
-    # a changed input is a different job too
+    # a changed input is the same job: its changed shards are re-encoded (tests/jobs/test_embed_edits.py)
     write_txt(caps, CAPTIONS[:-1])
-    assert embed("--model", models["sd1"], "--captions", caps, "--out", out, "--weighting", "comfy") == 2
-    assert "input.size" in capsys.readouterr().err
+    assert embed("--model", models["sd1"], "--captions", caps, "--out", out, "--weighting", "comfy") == 0
+    assert read_all(out)["index"].tolist() == list(range(len(CAPTIONS) - 1))
 
 
 def test_disk_full_keeps_completed_shards_and_resumes(tmp_path, models, monkeypatch, capsys):

@@ -132,7 +132,13 @@ def _run(job, spec, args: argparse.Namespace, console) -> int:  # noqa: ANN001
         def on_shard(rec: dict) -> None:
             progress.update(task, advance=rec["rows"], shards=f"{len(job.manifest.shards)}/{total_shards} shards")
 
-        if pending and len(pending) < total_shards:  # resuming: say what is kept
+        if job.changed is not None:  # captions edited since the last run: say what is re-encoded
+            c = job.changed
+            shown = ", ".join(map(str, c["shards"][:10])) + (" …" if len(c["shards"]) > 10 else "")
+            progress.console.print(f"{job.out}: the captions changed since the last run: {len(c['shards'])} shard(s) "
+                                   f"re-encoded ({shown}; {c['rows']:,} caption(s)), {c['kept']} kept",
+                                   markup=False, highlight=False, soft_wrap=True)
+        elif pending and len(pending) < total_shards:  # resuming: say what is kept
             progress.console.print(f"{job.out}: {len(pending)} of {total_shards} shard(s) to do "
                                    f"({total_shards - len(pending)} kept)", markup=False, highlight=False, soft_wrap=True)
         if args.engine == "ray":

@@ -20,7 +20,7 @@ from sdclip.jobs.manifest import MANIFEST, JobError, Manifest, first_difference
 from sdclip.jobs.plan import (SCAN_FILES, JobSpec, check_out_dir, load_scan_arrays, os_error, remove_empty,
                               remove_scan_files, scan)
 from sdclip.jobs.shards import read_header, remove_stale_temps, sha256_file, shard_name
-from sdclip.jobs.work import config_digest
+from sdclip.jobs.work import config_digest, rows_digest
 
 MAX_LISTED_ERRORS = 10
 #: characters of one listed error before it is cut (with "…")
@@ -63,10 +63,14 @@ class Job:
             raise JobError(f"--format {spec.format} names its files after the images: --captions must be an image folder")
         self.config = spec.config(self.source)
         self.digest = config_digest(self.config)
+        self.input = self.source.fingerprint()
+        #: what a re-run after edited captions re-encodes ({"shards": [...], "rows": n}), for the user
+        self.changed: dict | None = None
         if overwrite:
             self._clear()
         elif (self.out / MANIFEST).exists():
             old = Manifest.load(self.out)
+            old.config.pop("input", None)  # sdclip ≤ this version kept the captions' hash in the identity
             diff = first_difference(old.config, self.config)
             if diff is not None:
                 raise JobError(f"{self.out} holds a different job ({diff}): pass --overwrite to start again, "
@@ -81,9 +85,13 @@ class Job:
 
         check_format(self.spec.format, encoder.cond.family.name, self.source.format, self.spec.rows, self.spec.options)
         info = {"captions": str(Path(self.spec.captions).resolve()), "family": encoder.cond.family.name, "slots": encoder.slots, "widths": encoder.widths,
-                "loaded_fingerprint": encoder.fingerprint}
+                "loaded_fingerprint": encoder.fingerprint, "input": self.input}
         if self.manifest is None or self.manifest.scan.get("rows") is None:
             self._scan(encoder, progress, info)
+            self._check_shards()
+        elif self.manifest.info.get("input") != self.input:  # captions edited since the last run
+            self._scan(encoder, progress, info)
+            self._drop_changed()
             self._check_shards()
         else:
             self.manifest.info.update(info)
@@ -105,15 +113,48 @@ class Job:
         if result.errors and self.spec.on_error == "fail":
             remove_scan_files(self.out)
             raise JobError(invalid_captions(result.errors))
-        if self.source.fingerprint() != self.config["input"]:  # edited between the fingerprint and the scan
+        if self.source.fingerprint() != self.input:  # edited between the fingerprint and the scan
             remove_scan_files(self.out)
             raise JobError(f"{self.spec.captions} changed while the job validated it: nothing written; "
                            "re-run once it no longer changes")
         shards = self.manifest.shards if self.manifest is not None else {}
-        if self.manifest is not None and self.manifest.scan.get("rows") not in (None, result.rows):
-            raise JobError(f"{self.spec.captions} reads as {result.rows} caption(s) now, "
-                           f"{self.manifest.scan['rows']} when the job started: re-run with --overwrite")
         self.manifest = Manifest(self.config, sdclip.__version__, result.to_manifest(), shards, info)
+
+    def rows_digest(self, k: int) -> str | None:
+        """sha256 over the scan's digests of shard k's rows (what its captions were), or None without arrays."""
+        arrays = load_scan_arrays(self.out)
+        if arrays is None:
+            return None
+        start, stop = k * self.spec.shard_size, min((k + 1) * self.spec.shard_size, self.rows)
+        return rows_digest(arrays[2][start:stop])
+
+    def _drop_changed(self) -> None:
+        """After a re-scan of edited captions: forget the shards whose rows changed (or whose range moved), and
+        remove their files that no kept shard shares (only files whose sha256 the manifest recorded)."""
+        from sdclip.jobs.overwrite import format_files, shard_files
+
+        m = self.manifest
+        assert m is not None
+        dropped = []
+        for key, rec in list(m.shards.items()):
+            k = int(rec.get("shard", -1))
+            start, stop = k * self.spec.shard_size, min((k + 1) * self.spec.shard_size, self.rows)
+            same = (k < self.shard_count() and rec.get("start") == start and rec.get("stop") == stop
+                    and rec.get("rows_digest") is not None and rec.get("rows_digest") == self.rows_digest(k))
+            if not same:
+                dropped.append(m.shards.pop(key))
+        kept = {f for rec in m.shards.values() for f in (rec.get("files") or {})}
+        root = self.files_root()
+        if root is None:
+            names = {r.get("file") for r in dropped}
+            stale = [p for p in shard_files(self.out, dropped) if p.name in names]
+        else:
+            stale = [p for p in format_files(root, dropped, self.format.suffixes)  # type: ignore[union-attr]
+                     if p.relative_to(root).as_posix() not in kept]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        self.changed = {"shards": sorted(int(r["shard"]) for r in dropped if isinstance(r.get("shard"), int)),
+                        "rows": sum(int(r.get("rows", 0)) for r in dropped), "kept": len(m.shards)}
 
     def _check_shards(self) -> None:
         m = self.manifest
@@ -156,8 +197,11 @@ class Job:
             n = header["index"]["shape"][0]
         except (OSError, ValueError, KeyError, TypeError, RecursionError):
             return None
+        digest = self.rows_digest(k)
+        if digest is None or meta.get("rows_digest") != digest:  # written from captions that have changed since
+            return None
         return {"shard": k, "start": start, "stop": stop, "rows": n, "file": path.name,
-                "sha256": sha256_file(path), "bytes": path.stat().st_size}
+                "sha256": sha256_file(path), "bytes": path.stat().st_size, "rows_digest": digest}
 
     def files_root(self) -> Path | None:
         """Where this job's trainer-format files go (the image folder or --out); None for sdclip's shards."""

@@ -67,7 +67,9 @@ class JobSpec:
         return open_source(self.captions, self.column, self.caption_extension)
 
     def config(self, source: CaptionSource) -> dict:
-        """The job's identity (see sdclip.jobs.manifest): what must match for a folder to be resumed."""
+        """The job's identity (see sdclip.jobs.manifest): what must match for a folder to be resumed. The
+        captions themselves are not part of it: a re-run after an edit re-encodes the shards whose captions
+        changed (sdclip.jobs.driver), keeping the others."""
         extra = {"caption_extension": self.caption_extension} if source.format == "images" else {}
         return {
             **extra,
@@ -79,7 +81,6 @@ class JobSpec:
             "rows_per_caption": self.rows,
             "shard_size": self.shard_size,
             "format": self.format,
-            "input": source.fingerprint(),
             "column": self.column,
             "on_error": self.on_error,
         }

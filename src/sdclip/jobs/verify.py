@@ -17,6 +17,7 @@ def verify(out: str | Path) -> dict:
     m = Manifest.load(out)
     problems: list[str] = []
     seen: dict[int, str] = {}
+    made_from: dict[int, str] = {}  #: index → sha256 of the caption its item was made from
     from sdclip.jobs.formats import FORMATS
 
     fmt = FORMATS.get(str(m.config.get("format")))
@@ -36,6 +37,8 @@ def verify(out: str | Path) -> dict:
                 elif sha256_file(p) != digest:
                     problems.append(f"{rel}: sha256 differs from the manifest")
             indices = rec.get("indices", [])
+            if isinstance(rec.get("caption_sha256"), list) and isinstance(indices, list):
+                made_from.update(zip(indices, rec["caption_sha256"]))
         elif rec.get("file") is None:
             indices = []
         elif rec["file"] != shard_name(int(rec["shard"])):
@@ -51,6 +54,8 @@ def verify(out: str | Path) -> dict:
                 continue
             with safe_open(str(path), framework="pt") as f:
                 indices = f.get_tensor("index").tolist()
+                if "caption_sha256" in f.keys():
+                    made_from.update(zip(indices, (bytes(r).hex() for r in f.get_tensor("caption_sha256").tolist())))
         for i in indices:
             if not rec["start"] <= i < rec["stop"]:
                 problems.append(f"{name}: index {i} outside its range [{rec['start']}, {rec['stop']})")
@@ -65,6 +70,38 @@ def verify(out: str | Path) -> dict:
         problems.append((f"{len(missing)} captions are in no shard, the first is {first}" if len(missing) > 1
                          else f"{first} is in no shard")
                         + ("" if m.complete else ": the job is not finished; re-run it to resume"))
+    edited = edited_captions(m, made_from)
+    if edited:
+        shown = ", ".join(edited[:5]) + (" …" if len(edited) > 5 else "")
+        problems.append(f"{len(edited)} caption(s) no longer match the cache ({shown}): re-run the job to "
+                        "re-encode the shards that hold them")
     if problems:
         raise JobError(f"{out}: {len(problems)} problem(s): " + "; ".join(problems[:5]))
     return {"shards": len(m.shards), "rows": len(seen)}
+
+
+def edited_captions(m: Manifest, made_from: dict[int, str]) -> list[str]:
+    """Where (`line 7`, `cats/01.png`) the captions input now differs from what the cached items were made from."""
+    import hashlib
+
+    from sdclip.jobs.readers import CaptionSourceError, open_source
+
+    captions = m.info.get("captions")
+    if not made_from or not isinstance(captions, str):
+        return []
+    try:
+        source = open_source(captions, m.config.get("column"), m.config.get("caption_extension", ".txt"))
+    except (CaptionSourceError, OSError, ValueError):
+        return []
+    out = []
+    found = set()
+    for rec in source.records():
+        want = made_from.get(rec.index)
+        if want is None:
+            continue
+        found.add(rec.index)
+        text = rec.text if rec.text is not None else None
+        if text is None or hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest() != want:
+            out.append(rec.where)
+    out += [f"caption {i + 1} (gone)" for i in sorted(set(made_from) - found)]
+    return out

@@ -29,6 +29,21 @@ def config_digest(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
+def rows_digest(digests) -> str:  # noqa: ANN001
+    """sha256 over a shard's per-row caption digests (the scan's uint64 array): equal iff its captions are."""
+    import numpy as np
+
+    return hashlib.sha256(np.ascontiguousarray(digests, dtype=np.uint64).tobytes()).hexdigest()
+
+
+def caption_sha256(texts: list[str]) -> torch.Tensor:
+    """[n, 32] uint8: each caption's sha256 (UTF-8), what every cached item records it was made from."""
+    if not texts:
+        return torch.zeros(0, 32, dtype=torch.uint8)
+    raw = b"".join(hashlib.sha256(t.encode("utf-8", "surrogatepass")).digest() for t in texts)
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).reshape(len(texts), 32)
+
+
 def shard_range(k: int, spec: JobSpec, rows: int) -> tuple[int, int]:
     return k * spec.shard_size, min((k + 1) * spec.shard_size, rows)
 
@@ -71,19 +86,22 @@ class ShardWork:
         lengths = [int(self.lengths[i]) for i in indices]
         reuse = [int(self.last[i]) for i in indices]
         tensors = self.encoder.encode(texts, lengths, reuse, position=stop - 1)
-        record = {"shard": k, "start": start, "stop": stop, "rows": len(indices)}
+        record = {"shard": k, "start": start, "stop": stop, "rows": len(indices),
+                  "rows_digest": rows_digest(self.digests[start:stop])}
         if self.format is not None:  # a trainer's own files (sdclip.jobs.formats)
             ctx = RowContext(self.encoder.family.name, self.encoder.widths, self.encoder.targets,
                              Path(self.spec.captions), self.out, wheres, texts, tensors)
             record["files"] = self.format.write(ctx)
             record["indices"] = indices
+            record["caption_sha256"] = [bytes(r.tolist()).hex() for r in caption_sha256(texts)]
             return record
-        tensors = {"index": torch.tensor(indices, dtype=torch.int64), **tensors}
+        tensors = {"index": torch.tensor(indices, dtype=torch.int64), **tensors, "caption_sha256": caption_sha256(texts)}
         if not indices:  # every row of the range was invalid: an empty shard of the right shapes
             shapes = self.encoder.encode([""], [1])
             tensors.update({name: t[:0] for name, t in shapes.items()})
         name = shard_name(k)
-        meta = {"sdclip_job": self.digest, "start": str(start), "stop": str(stop)}
+        meta = {"sdclip_job": self.digest, "start": str(start), "stop": str(stop), "rows_digest": record["rows_digest"],
+                "options": json.dumps(self.spec.options, sort_keys=True)}
         digest, size = write_shard(self.out / name, tensors, meta)
         record.update(file=name, sha256=digest, bytes=size)
         return record
@@ -91,5 +109,5 @@ class ShardWork:
     def _changed(self, where: str, k: int) -> InputChanged:
         return InputChanged(
             f"{self.spec.captions} changed after the job validated it ({where} is not what was read then): "
-            f"shard {k} and later not written; restore the file and re-run, or start over on it with --overwrite"
+            f"shard {k} and later not written; re-run once it no longer changes (edited captions are re-encoded)"
         )
