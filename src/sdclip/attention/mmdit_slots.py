@@ -16,6 +16,7 @@ from dataclasses import replace
 
 from sdclip.attention.slots import Slot, _piece, _word_around, slot_table
 from sdclip.conventions.special_tokens import T5_EOS
+from sdclip.lanes import lane_of
 
 
 def conditioning_slots(cond: object, prompt: str, negative: str | None, total: int) -> tuple[Slot, ...]:
@@ -29,12 +30,11 @@ def conditioning_slots(cond: object, prompt: str, negative: str | None, total: i
     out: list[Slot] = []
     for block, size in zip(family.sequence_blocks, sizes):
         e = block[0]
-        if family.roles[e].kind == "t5":
+        name = lane_of(family.roles[e]).kind  # the block's lane: its tokenizer labels the slots
+        if lane_of(family.roles[e]).tokenizer_name == "t5_tokenizer":
             table = t5_block_slots(prepared, e, cond.t5_tokenizer, size)  # type: ignore[attr-defined]
-            name = "t5"
         else:
             table = list(slot_table(prepared, cond.tokenizer, size))  # type: ignore[attr-defined]
-            name = "clip"
         base = len(out)
         out.extend([replace(s, index=base + i, encoder=name) for i, s in enumerate(table)])
     if len(out) != total:
