@@ -211,3 +211,90 @@ def test_encode_warns_on_stderr_and_stores_z_image_with_a_mask(folders: dict[str
     with safe_open(str(tmp_path / "z.safetensors"), "pt") as f:
         mask = f.get_tensor("prompt_embeds_mask")
         assert f.get_tensor("prompt_embeds")[0][~mask[0].bool()].abs().sum() == 0
+
+
+def _comfy_file(tmp: Path, family: str, fp8: bool = False) -> tuple[Path, object]:
+    """A ComfyUI-style single file of `family` (HF names under `model.`, a tokenizer/ folder beside it) with the
+    released model's fixed settings, and the diffusers pipeline around the same weights (fp8: dequantized)."""
+    import diffusers
+    import transformers as T
+    from safetensors.torch import save_file
+
+    from tiny_llm import PIPELINES, tiny_tokenizer
+
+    tok = tiny_tokenizer(family)
+    torch.manual_seed(3)
+    common = dict(vocab_size=len(tok), num_hidden_layers=3, intermediate_size=64, rms_norm_eps=1e-6)
+    if family == "z-image":
+        model = T.Qwen3Model(T.Qwen3Config(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                           rope_theta=1e6, max_position_embeddings=40960, **common))
+    elif family == "lumina2":
+        model = T.Gemma2Model(T.Gemma2Config(hidden_size=32, num_attention_heads=2, num_key_value_heads=1, head_dim=256,
+                                             query_pre_attn_scalar=256, sliding_window=4096, pad_token_id=0,
+                                             max_position_embeddings=8192, **common))
+    else:
+        cfg = T.Qwen2_5_VLConfig(text_config=dict(hidden_size=256, num_attention_heads=2, num_key_value_heads=1,
+                                                  max_position_embeddings=128000, rope_parameters={
+                                                      "rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6},
+                                                  **common),
+                                 vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2,
+                                                    out_hidden_size=256, fullatt_block_indexes=[0]))
+        model = T.Qwen2_5_VLForConditionalGeneration(cfg)
+    model.eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2) if p.dim() > 1 else p.uniform_(0.5, 1.5)
+    state = {}
+    for k, v in model.state_dict().items():
+        name = k.replace("model.language_model.", "model.") if family == "qwen-image" else f"model.{k}"
+        if name.startswith(("model.visual", "lm_head")):
+            name = name.replace("model.visual", "visual")
+        state[name] = v.contiguous()
+    if fp8:
+        for k in [k for k in state if k.startswith("model.layers.") and k.endswith("proj.weight")]:
+            scale = state[k].abs().max() / 448
+            q = (state[k] / scale).to(torch.float8_e4m3fn)
+            state[k], state[k[: -len("weight")] + "scale_weight"] = q, scale.reshape(())
+            with torch.no_grad():  # the oracle computes with what the file holds
+                model.get_parameter(k.replace("model.", "model.language_model.", 1) if family == "qwen-image"
+                                    else k[len("model."):]).copy_(q.float() * scale)
+    name = {"z-image": "qwen_3_4b", "lumina2": "gemma_2_2b_fp16", "qwen-image": "qwen_2.5_vl_7b_fp8_scaled"}[family]
+    folder = tmp / name
+    folder.mkdir()
+    save_file(state, str(folder / f"{name}.safetensors"))
+    tok.save_pretrained(folder / "tokenizer")
+    pipe = getattr(diffusers, PIPELINES[family])(scheduler=None, vae=None, text_encoder=model, tokenizer=tok, transformer=None)
+    return folder / f"{name}.safetensors", pipe
+
+
+@pytest.mark.parametrize("family", ["z-image", "lumina2", "qwen-image"])
+@torch.no_grad()
+def test_comfyui_single_files_equal_diffusers(tmp_path: Path, family: str) -> None:
+    """qwen_3_4b.safetensors, gemma_2_2b_fp16.safetensors and qwen_2.5_vl_7b_fp8_scaled.safetensors (fp8 weights
+    with per-tensor scale_weight, kept fp8 in memory), each with tokenizer/ beside it."""
+    path, pipe = _comfy_file(tmp_path, family, fp8=family == "qwen-image")
+    cond = Conditioner.from_pretrained(path, preset="diffusers")
+    assert cond.family.name == family
+    out = cond(PROMPTS, NEGATIVES).diffusers_kwargs()
+    if family == "z-image":
+        theirs, _ = pipe.encode_prompt(list(PROMPTS), device="cpu", do_classifier_free_guidance=False)
+        for a, b in zip(out["prompt_embeds"], theirs):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    elif family == "lumina2":
+        _same(out["prompt_embeds"], pipe.encode_prompt(PROMPTS, device="cpu")[0])
+    else:
+        _same(out["prompt_embeds"], pipe.encode_prompt(PROMPTS, device="cpu")[0])
+        dtypes = {p.dtype for p in cond.encoders[0].parameters()}
+        assert torch.float8_e4m3fn in dtypes  # the weights stay fp8 in memory
+
+
+def test_scaled_fp8_file_missing_a_scale_is_refused(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    path, _ = _comfy_file(tmp_path, "qwen-image", fp8=True)
+    state = load_file(str(path))
+    del state["model.layers.0.mlp.down_proj.scale_weight"]
+    save_file(state, str(path))
+    with pytest.raises(Exception, match="without a scale_weight") as info:
+        Conditioner.from_pretrained(path)
+    assert "\n" not in str(info.value)

@@ -83,16 +83,18 @@ def _strip(key: str, wanted: set[str]) -> str | None:
 
 def build(folder: Path, role: EncoderRole, family: str, device: str | torch.device) -> torch.nn.Module:
     """The role's decoder, cut to the layers it reads, its tensors assigned from the folder's files."""
-    from safetensors import safe_open
+    from sdclip.encoder.loading.t5 import PlainSafetensors
 
     def tensors(wanted: set[str]) -> dict[str, torch.Tensor]:
+        """Only the tensors wanted, each read into its own memory (never mapped: a mapping keeps every page it
+        touched resident, the file's size twice over), checked finite, in its stored dtype."""
         state: dict[str, torch.Tensor] = {}
         for f in _files(folder):
-            with safe_open(str(f), framework="pt", device=str(device)) as fh:
-                for key in fh.keys():
-                    name = _strip(key, wanted)
-                    if name is not None:
-                        state[name] = fh.get_tensor(key)
+            fh = PlainSafetensors(f)
+            for key in fh.keys():
+                name = _strip(key, wanted)
+                if name is not None:
+                    state[name] = fh.read_as(key, None).to(device)
         return state
 
     return decoder(_config(folder, family), role, family, tensors, device, str(folder))
@@ -114,8 +116,9 @@ def from_module(module: torch.nn.Module, role: EncoderRole, family: str) -> torc
 
 
 def decoder(config: Any, role: EncoderRole, family: str, tensors: Any, device: str | torch.device,  # noqa: ANN401
-            where: str) -> torch.nn.Module:
-    """Build on the meta device with only the layers read, then assign `tensors(wanted names)` to it."""
+            where: str, scaled: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
+    """Build on the meta device with only the layers read, then assign `tensors(wanted names)` to it.
+    scaled: stored linear name → its `scale_weight` (ComfyUI's scaled fp8): those stay fp8 (ScaledFP8Linear)."""
     from sdclip.encoder.llm_runner import LLMEncoder
     from sdclip.tokenizer.llm import _transformers
 
@@ -136,13 +139,16 @@ def decoder(config: Any, role: EncoderRole, family: str, tensors: Any, device: s
     missing = sorted(wanted - set(state))
     if missing:
         raise CheckpointError(f"{where}: the text encoder lacks {len(missing)} tensor(s) {family} needs, e.g. {missing[0]}")
-    model.load_state_dict(state, strict=True, assign=True)
+    linears = {name[: -len(".weight")]: scale for stored, scale in (scaled or {}).items()
+               if (name := _strip(f"{stored}.weight", wanted)) is not None}
+    _swap_scaled(model, linears, state)
+    model.load_state_dict(state, strict=not linears, assign=True)
     with torch.device(device):  # its inverse frequencies are computed, not stored: not on meta
         model.rotary_emb = type(model.rotary_emb)(config=config)
     for module in model.modules():  # Gemma-2's scaled embedding keeps its scale as a computed buffer
         if getattr(module, "embed_scale", None) is not None and module.embed_scale.is_meta:
             module.embed_scale = torch.tensor(float(module.scalar_embed_scale), device=device)
-    for name, buf in model.named_buffers():
+    for name, buf in [*model.named_buffers(), *model.named_parameters()]:
         if buf.is_meta:
             raise CheckpointError(f"{where}: {name} was not loaded")
     model.eval()
@@ -183,3 +189,112 @@ def from_pipeline(pipe: object) -> LoadedLLM | None:
     encoders = tuple(from_module(module, role, found) for role in FAMILIES[found].roles)
     return LoadedLLM(found, encoders, (), f"pipe@{id(module)}", type(pipe).__name__,  # type: ignore[arg-type]
                      tokenizers={"llm_tokenizer": LLMTokenizer(tok)})
+
+
+# ---- ComfyUI's single files (text_encoders/qwen_3_4b.safetensors, gemma_2_2b_fp16.safetensors, …) -----------
+#: what a ComfyUI file of each family holds beside the shapes: the released model's fixed settings (Qwen3-4B,
+#: Gemma-2-2B and Qwen2.5-VL-7B's config.json); width, depth, vocabulary, heads and MLP come from the tensors
+_FILE_CONFIG: dict[str, tuple[str, dict[str, Any]]] = {
+    "z-image": ("Qwen3Config", dict(rope_theta=1e6, rms_norm_eps=1e-6, max_position_embeddings=40960,
+                                    tie_word_embeddings=True, hidden_act="silu")),
+    "lumina2": ("Gemma2Config", dict(head_dim=256, rope_theta=10000.0, rms_norm_eps=1e-6, max_position_embeddings=8192,
+                                     query_pre_attn_scalar=256, sliding_window=4096, attn_logit_softcapping=50.0,
+                                     final_logit_softcapping=30.0, hidden_activation="gelu_pytorch_tanh", pad_token_id=0)),
+    "qwen-image": ("Qwen2_5_VLTextConfig", dict(head_dim=128, rope_theta=1e6, rms_norm_eps=1e-6,
+                                                max_position_embeddings=128000, hidden_act="silu",
+                                                rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24],
+                                                                 "rope_theta": 1e6})),
+}
+#: tokenizer folders looked for beside a single file, in order
+_BESIDE = ("tokenizer", "llm_tokenizer", "qwen_tokenizer", "gemma_tokenizer")
+
+
+def file_family(keys: set[str]) -> str | None:
+    """The LLM family of a ComfyUI text-encoder file by its key names, else None."""
+    if "model.layers.0.self_attn.q_proj.weight" not in keys:
+        return None
+    if "model.layers.0.pre_feedforward_layernorm.weight" in keys:
+        return "lumina2"  # Gemma-2's four norms per block
+    if "model.layers.0.self_attn.q_norm.weight" in keys:
+        return "z-image"  # Qwen3's per-head q / k norms
+    if "model.layers.0.self_attn.q_proj.bias" in keys:
+        return "qwen-image"  # Qwen2.5's biased q / k / v
+    return None
+
+
+def _file_config(fh: Any, family: str, keys: set[str]) -> Any:  # noqa: ANN401
+    from sdclip.tokenizer.llm import _transformers
+
+    cls_name, fixed = _FILE_CONFIG[family]
+    vocab, hidden = fh.shape("model.embed_tokens.weight")
+    depth = 1 + max(int(k.split(".")[2]) for k in keys if k.startswith("model.layers."))
+    head_dim = fh.shape("model.layers.0.self_attn.q_norm.weight")[0] if family == "z-image" else fixed["head_dim"]
+    settings = dict(fixed, vocab_size=vocab, hidden_size=hidden, num_hidden_layers=depth, head_dim=head_dim,
+                    intermediate_size=fh.shape("model.layers.0.mlp.gate_proj.weight")[0],
+                    num_attention_heads=fh.shape("model.layers.0.self_attn.q_proj.weight")[0] // head_dim,
+                    num_key_value_heads=fh.shape("model.layers.0.self_attn.k_proj.weight")[0] // head_dim)
+    return getattr(_transformers(), cls_name)(**settings)
+
+
+class ScaledFP8Linear(torch.nn.Module):
+    """A linear layer whose weight stays fp8 in memory with ComfyUI's per-tensor `scale_weight`: upcast to the
+    input's dtype for its own product only (CPU torch has no fp8 matmul), `weight · scale` as ComfyUI does."""
+
+    def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.weight = torch.nn.Parameter(weight, requires_grad=False)
+        self.register_buffer("scale_weight", scale.float().reshape(()))
+        self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.to(x.dtype) * self.scale_weight.to(x.dtype)
+        return torch.nn.functional.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
+
+
+def _swap_scaled(model: torch.nn.Module, scales: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> None:
+    """Every linear with a `scale_weight` becomes a ScaledFP8Linear over the file's fp8 weight (before assign)."""
+    for name in list(scales):
+        parent_name, _, leaf = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        bias = state.pop(f"{name}.bias", None)
+        setattr(parent, leaf, ScaledFP8Linear(state.pop(f"{name}.weight"), scales[name], bias))
+
+
+def load_file(path: Path, family: str | None, device: str | torch.device) -> LoadedLLM | None:
+    """A ComfyUI text-encoder file of an LLM family (None where it is not one), with its tokenizer folder beside
+    it (`tokenizer/`). Scaled fp8 (`…_scaled.safetensors`): each linear's fp8 weight and `scale_weight` kept,
+    upcast per layer; a scaled file missing a scale is refused."""
+    from sdclip.encoder.loading.t5 import PlainSafetensors
+    from sdclip.tokenizer.llm import LLMTokenizer
+
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    try:
+        fh = PlainSafetensors(path)
+    except CheckpointError:
+        return None  # not readable here: the other readers say what is wrong with it
+    keys = set(fh.keys())
+    found = file_family(keys)
+    if found is None:
+        return None
+    if family is not None and family != found:
+        raise CheckpointError(f"{path}: a {found} text encoder, not {family}")
+    tok_dir = next((path.parent / d for d in _BESIDE if (path.parent / d).is_dir()), None)
+    if tok_dir is None:
+        raise CheckpointError(f"{path}: a {found} text encoder needs its tokenizer beside it: put the model's "
+                              f"tokenizer folder next to the file as {path.parent / 'tokenizer'}")
+    scaled = {k[: -len(".scale_weight")] for k in keys if k.endswith(".scale_weight")}
+    fp8 = {k[: -len(".weight")] for k in keys if k.endswith(".weight") and fh._meta[k][0].itemsize == 1}
+    if fp8 - scaled:
+        raise CheckpointError(f"{path}: {len(fp8 - scaled)} fp8 weight(s) without a scale_weight "
+                              f"(e.g. {sorted(fp8 - scaled)[0]}): read as plain fp8 it would be silently wrong")
+    role = FAMILIES[found].roles[0]
+
+    def tensors(wanted: set[str]) -> dict[str, torch.Tensor]:
+        return {name: fh.read_as(k, None).to(device) for k in keys if (name := _strip(k, wanted)) is not None}
+
+    encoder = decoder(_file_config(fh, found, keys), role, found, tensors, device, str(path),
+                      scaled={s: fh.read_as(f"{s}.scale_weight", None) for s in scaled})
+    st = path.stat()
+    return LoadedLLM(found, (encoder,), (), f"llm-file:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}", str(path),  # type: ignore[arg-type]
+                     tokenizers={"llm_tokenizer": LLMTokenizer.from_folder(tok_dir)})

@@ -40,12 +40,12 @@ def load_text_encoders(
     t5_only = t5_families.load(path, family, dtype, device)  # Chroma, Wan, PixArt-Σ, AuraFlow
     if t5_only is not None:
         return t5_only
-    if path.is_dir():
-        from sdclip.encoder.loading import llm  # Qwen-Image, Z-Image, Lumina 2 (transformers: the llm extra)
+    from sdclip.encoder.loading import llm  # Qwen-Image, Z-Image, Lumina 2 (transformers: the llm extra)
 
-        llm_loaded = llm.load_folder(path, family, device)
-        if llm_loaded is not None:
-            return llm_loaded
+    llm_loaded = llm.load_folder(path, family, device) if path.is_dir() else llm.load_file(path, family, device)
+    if llm_loaded is not None:
+        return llm_loaded
+    if path.is_dir():
         t5_family = sd3_flux.pipeline_family(path)
         if t5_family is not None:
             return sd3_flux.load_pipeline_folder(path, t5_family, family, dtype, device)
