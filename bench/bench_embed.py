@@ -93,14 +93,94 @@ def engine_loop(model: Path, dtype: str, caps: list[str]) -> float:
     return len(caps) / (time.perf_counter() - t)
 
 
+def family_ratio(family: str, root: Path, caps: list[str], caps_file: Path) -> dict:
+    """Whole `sdclip embed` rows/s ÷ sdclip's bare encoder rows/s (the Conditioner on the same batches), one
+    family, the tests' tiny models (tests/tiny_*: T5 384 wide, 2 layers; umT5 / LLM 32–64 wide)."""
+    import torch
+
+    from sdclip.conditioner import Conditioner
+    from test_embed_families import build
+
+    folder = build(root, family) if not (root / family).exists() else root / family
+    t = time.perf_counter()
+    cond = Conditioner.from_pretrained(folder, "diffusers")
+    load = time.perf_counter() - t
+    with torch.no_grad():
+        cond.encode(caps[:4])  # warm-up
+        t = time.perf_counter()
+        for lo in range(0, len(caps), BATCH):
+            cond.encode(caps[lo : lo + BATCH])
+        bare = len(caps) / (time.perf_counter() - t)
+    secs = sdclip_embed(folder, caps_file, root / f"ratio-{family}", "--preset", "diffusers", "--shard-size", "64")
+    whole = len(caps) / secs
+    steady = len(caps) / max(secs - load, 1e-9)
+    return {"family": family, "bare_rows_s": bare, "embed_rows_s": whole, "embed_rows_s_without_load": steady,
+            "load_s": load, "ratio": whole / bare, "ratio_without_load": steady / bare}
+
+
+#: real shapes (the released models' widths and default lengths) for the bytes-per-caption table
+REAL_SHAPES = {"sd3": {"targets": (77, 256), "widths": [768, 1280, 4096], "pooled": 2048, "roles": 3},
+               "flux": {"targets": (512,), "widths": [768, 4096], "pooled": 768, "roles": 2},
+               "wan": {"targets": (512,), "widths": [4096], "pooled": None, "roles": 1}}
+
+
+def bytes_per_caption(family: str, root: Path, n: int = 8, tokens: int = 40) -> dict[str, float]:
+    """Bytes on disk per caption at bf16, real widths, a `tokens`-token caption: sdclip's shards (padded and
+    --varlen) and each trainer format that holds the family (its own writer, sdclip.jobs.formats)."""
+    import torch
+
+    from sdclip.jobs.formats import FORMATS
+    from sdclip.jobs.formats.base import RowContext
+    from sdclip.jobs.shards import write_shard
+    from sdclip.jobs.varlen import pack
+
+    shape = REAL_SHAPES[family]
+    N, D = sum(shape["targets"]), 4096
+    g = torch.Generator().manual_seed(0)
+    e = torch.randn(n, N, D, generator=g).to(torch.bfloat16)
+    if family == "wan":
+        e[:, tokens:] = 0  # zeros after the prompt, as the pipeline returns them
+    counts = torch.tensor([[tokens] * shape["roles"]] * n, dtype=torch.int32)
+    tensors = {"prompt_embeds": e, "token_counts": counts}
+    if shape["pooled"]:
+        tensors["pooled_prompt_embeds"] = torch.randn(n, shape["pooled"], generator=g).to(torch.bfloat16)
+    out: dict[str, float] = {}
+    folder = root / f"bytes-{family}"
+    folder.mkdir(parents=True, exist_ok=True)
+    index = {"index": torch.arange(n), "caption_sha256": torch.zeros(n, 32, dtype=torch.uint8)}
+    _, size = write_shard(folder / "padded.safetensors", {**index, **tensors}, {})
+    out["sdclip"] = size / n
+    _, size = write_shard(folder / "varlen.safetensors", {**index, **pack(tensors)}, {})
+    out["sdclip --varlen"] = size / n
+    images = folder / "images"
+    images.mkdir(exist_ok=True)
+    for name, fmt in FORMATS.items():
+        if family not in fmt.families:
+            continue
+        ctx = RowContext(family, shape["widths"], shape["targets"], images, folder / name,
+                         [f"img{i}.png" for i in range(n)], [f"caption {i}" for i in range(n)], tensors)
+        written = fmt.write(ctx)
+        base = fmt.root_of(images, folder / name)
+        out[name] = sum((base / rel).stat().st_size for rel in written) / n
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--captions", type=int, default=192)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--no-ray", action="store_true")
     ap.add_argument("--families", default="sd1,sdxl", help="comma-separated (real depth: sd1 only is quick enough)")
+    ap.add_argument("--only-families", action="store_true",
+                    help="only the per-family ratio and bytes-per-caption tables (issue 21)")
+    ap.add_argument("--ratio-families", default="sd3,flux,chroma,wan,qwen-image,z-image")
     args = ap.parse_args()
     C.setup()
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "jobs"))
+    if args.only_families:
+        return families_only(args)
     caps = captions(args.captions)
     rows, raw = [], {"machine": C.machine(), "captions": args.captions, "layers": args.layers, "batch": BATCH,
                      "runs": []}
@@ -148,6 +228,37 @@ def main() -> None:
             raw["ray"] = {name: cps for name, cps in ray_rows}
             print(C.md_table(["engine (SD1 fp32, whole command incl. Ray start)", "captions/s"], ray_rows))
     print("wrote", C.write_json("embed", raw))
+
+
+def families_only(args) -> None:  # noqa: ANN001
+    """Issue 21's measures, one run side by side: whole-command ÷ bare-encoder rows/s per family (tiny test
+    models), and bytes per caption at bf16 for SD3 / Flux / Wan per format (real widths)."""
+    from sdclip.conventions.family import FAMILIES
+
+    caps = captions(args.captions)
+    raw = {"machine": C.machine(), "captions": args.captions, "batch": BATCH, "ratio": [], "bytes": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        caps_file = tmp / "caps.txt"
+        caps_file.write_text("".join(c + "\n" for c in caps))
+        rows = []
+        for family in args.ratio_families.split(","):
+            if family not in FAMILIES:
+                continue
+            r = family_ratio(family, tmp, caps, caps_file)
+            raw["ratio"].append(r)
+            rows.append([family, r["bare_rows_s"], r["embed_rows_s"], r["embed_rows_s_without_load"],
+                         f"{r['ratio']:.2f}", f"{r['ratio_without_load']:.2f}"])
+            print(rows[-1], flush=True)
+        print(C.md_table(["family", "bare encoder (rows/s)", "sdclip embed whole command (rows/s)",
+                          "whole command less model load (rows/s)", "ratio", "ratio less load"], rows))
+        brows = []
+        for family in REAL_SHAPES:
+            b = bytes_per_caption(family, tmp)
+            raw["bytes"][family] = b
+            brows += [[family, name, f"{v / 1e6:.3f} MB"] for name, v in b.items()]
+        print(C.md_table(["family", "format (bf16, 40-token caption, real widths)", "bytes / caption"], brows))
+    print("wrote", C.write_json("embed_families", raw))
 
 
 if __name__ == "__main__":

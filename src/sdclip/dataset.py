@@ -7,6 +7,11 @@
 
 Rows are read lazily from memory-mapped safetensors shards, so a dataset far larger than memory is fine;
 the open file handles are not pickled, so DataLoader workers reopen them.
+
+An item is what a training step of its family reads: `prompt_embeds` [N, D] (rebuilt with zeros after its
+length from a `--varlen` job, sdclip.jobs.varlen), `pooled_prompt_embeds` [P] where the family has one,
+`attention_mask` [N] where its pipeline takes one, `txt_ids` zeros [N, 3] for Flux (FluxPipeline's text
+ids), `token_counts`, `caption_sha256`. `ds.empty` is the dataset's cached empty caption (caption dropout).
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ class EmbeddingDataset(Dataset):
             total += rec["rows"]
         self._len = total
         self._handles: dict[int, object] = {}
+        self.family: str | None = self.manifest.info.get("family") if isinstance(self.manifest.info.get("family"), str) else None
+        self._offsets: dict[int, torch.Tensor] = {}  # varlen shards: each row's first position
 
     @property
     def complete(self) -> bool:
@@ -81,11 +88,46 @@ class EmbeddingDataset(Dataset):
         f = self._handles.get(s)
         if f is None:
             f = self._handles[s] = safe_open(str(self.folder / self.shards[s]["file"]), framework="pt")
-        out = {"index": int(self._indices[s][j])}
-        for name in f.keys():  # type: ignore[attr-defined]
-            if name != "index":
-                out[name] = f.get_slice(name)[j : j + 1][0]  # type: ignore[attr-defined]
+        return self._item(f, s, j, int(self._indices[s][j]))
+
+    def _item(self, f, s: int, j: int, index: int) -> dict:  # noqa: ANN001
+        from sdclip.jobs.varlen import KEY, LENGTHS, unpack
+
+        out: dict = {"index": index}
+        names = list(f.keys())
+        for name in names:
+            if name not in ("index", KEY):
+                out[name] = f.get_slice(name)[j : j + 1][0]
+        if KEY in names:  # --varlen: the padded row, rebuilt
+            if s not in self._offsets:
+                lengths = f.get_tensor(LENGTHS).to(torch.int64)
+                self._offsets[s] = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+            lo, hi = int(self._offsets[s][j]), int(self._offsets[s][j + 1])
+            slots = int(f.metadata()["slots"])
+            out["prompt_embeds"] = unpack(f.get_slice(KEY)[lo:hi], hi - lo, slots)
+        if self._flux():
+            out["txt_ids"] = torch.zeros(out["prompt_embeds"].shape[0], 3)
         return out
+
+    def _flux(self) -> bool:
+        """FluxPipeline's text ids go with each row (the family table's Flux recipe)."""
+        from sdclip.conventions.family import FAMILIES
+
+        fam = FAMILIES.get(self.family or "")
+        return fam is not None and fam.recipe == "flux"
+
+    @property
+    def empty(self) -> dict | None:
+        """The dataset's cached empty caption (one item, `index` −1) for caption dropout, or None."""
+        from safetensors import safe_open
+
+        from sdclip.jobs.driver import EMPTY
+
+        rec = self.manifest.info.get("empty")
+        if not isinstance(rec, dict) or rec.get("file") != EMPTY or not (self.folder / EMPTY).is_file():
+            return None
+        with safe_open(str(self.folder / EMPTY), framework="pt") as f:
+            return self._item(f, -1, 0, -1)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

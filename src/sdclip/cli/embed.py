@@ -27,6 +27,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="safetensors shards (default, sdclip.dataset reads them) or a trainer's own cache files: "
                    "kohya (sd-scripts .npz: SDXL, SD3, Flux), musubi (musubi-tuner: Flux Kontext, Wan, Qwen-Image, "
                    "Z-Image), simpletuner (.pt by caption md5), ai-toolkit (_t_e_cache/)")
+    p.add_argument("--store-dtype", choices=("fp32", "fp16", "bf16"), default=None,
+                   help="dtype of the stored tensors (default: --dtype, the encoders' own); e.g. --dtype fp32 "
+                   "--store-dtype bf16 encodes in fp32 and halves the files")
+    p.add_argument("--varlen", action="store_true",
+                   help="sdclip shards without padding, lengths kept (where the family's pipeline masks "
+                   "padding, or its padding is zeros); sdclip.dataset rebuilds the padded rows")
     p.add_argument("--engine", choices=("local", "ray"), default="local", help="local (default) or Ray Data")
     p.add_argument("--ray-address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--workers", type=whole_number, default=1, help="Ray actors, each with its own encoder (default 1)")
@@ -36,6 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--caption-extension", default=".txt", metavar="EXT",
                    help="image folders: the caption files' suffix (default .txt; kohya sd-scripts' "
                    "--caption_extension); an image without one gets the empty caption, with a warning, as there")
+    p.add_argument("--caption-lines", action="store_true",
+                   help="image folders: every non-blank line of a sidecar is its own caption, indexed (image, line) "
+                   "as SimpleTuner does (shards add image_index and caption_line)")
     p.add_argument("--overwrite", action="store_true",
                    help="start again: remove the files an earlier job wrote in --out (only those: shards and "
                    "npz files whose hashes its manifest records), then run")
@@ -83,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
         rows=args.max_rows or 1, shard_size=args.shard_size, batch_size=args.batch_size, dtype=args.dtype,
         device=args.device, family=args.family, embeddings=list(args.embeddings), format=args.format,
         column=args.column, on_error=args.on_error, pack_weights=args.pack_weights,
-        caption_extension=args.caption_extension,
+        caption_extension=args.caption_extension, store_dtype=args.store_dtype, varlen=args.varlen,
+        caption_lines=args.caption_lines,
     )
     job = Job(spec, overwrite=args.overwrite, console=console)  # folder + configuration checked: no model yet
     for note in job.notes:
@@ -120,6 +130,7 @@ def _run(job, spec, args: argparse.Namespace, console) -> int:  # noqa: ANN001
     with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
         t = progress.add_task("validating", total=None, shards="")
         job.prepare(encoder, lambda n: progress.advance(t, n))
+        job.write_empty(encoder)
         progress.remove_task(t)
         _warnings(job, progress.console)
         total_shards = job.shard_count()

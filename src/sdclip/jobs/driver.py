@@ -26,6 +26,8 @@ MAX_LISTED_ERRORS = 10
 #: characters of one listed error before it is cut (with "…")
 MAX_ERROR_CHARS = 200
 LOCK = ".lock"
+#: the dataset's empty caption, one row (caption dropout), beside the shards
+EMPTY = "empty.safetensors"
 
 
 class Job:
@@ -61,6 +63,9 @@ class Job:
         self.format = get_format(spec.format)
         if self.format is not None and self.format.per_image and self.source.format != "images":
             raise JobError(f"--format {spec.format} names its files after the images: --captions must be an image folder")
+        if self.format is not None and self.format.per_image and spec.caption_lines:
+            raise JobError(f"--format {spec.format} keeps one file per image; --caption-lines gives an image several "
+                           "captions (use the safetensors or simpletuner format)")
         self.config = spec.config(self.source)
         self.digest = config_digest(self.config)
         self.input = self.source.fingerprint()
@@ -241,6 +246,31 @@ class Job:
         for name in (MANIFEST, *SCAN_FILES):
             if regular(self.out / name):
                 (self.out / name).unlink(missing_ok=True)
+        if regular(self.out / EMPTY):  # only sdclip's own (its header names a job)
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError, RecursionError):
+                if isinstance(read_header(self.out / EMPTY).get("__metadata__", {}).get("sdclip_job"), str):
+                    (self.out / EMPTY).unlink()
+
+    def write_empty(self, encoder) -> None:  # noqa: ANN001
+        """One cached empty-caption row for caption dropout (sdclip's own format: `empty.safetensors`, the
+        shards' keys; `sdclip.dataset`'s `ds.empty`). Written once; a file whose sha256 differs is redone."""
+        from sdclip.jobs.shards import write_shard
+        from sdclip.jobs.work import caption_sha256
+
+        if self.format is not None:
+            return
+        rec = self.manifest.info.get("empty")  # type: ignore[union-attr]
+        path = self.out / EMPTY
+        with contextlib.suppress(OSError):
+            if isinstance(rec, dict) and path.is_file() and sha256_file(path) == rec.get("sha256"):
+                return
+        tensors = {"index": torch_index(), **encoder.encode([""]), "caption_sha256": caption_sha256([""])}
+        try:
+            digest, size = write_shard(path, tensors, {"sdclip_job": self.digest, "caption": ""})
+        except OSError as exc:
+            raise os_error(exc, EMPTY, len(self.manifest.shards)) from None  # type: ignore[union-attr]
+        self.manifest.info["empty"] = {"file": EMPTY, "sha256": digest, "bytes": size}  # type: ignore[union-attr]
+        self._save()
 
     # -- progress ---------------------------------------------------------------------------------
 
@@ -343,3 +373,9 @@ def _lock(out: Path) -> int:
             pass
         os.close(fd)
     raise JobError(f"{out}: another `sdclip embed` keeps taking this folder")
+
+
+def torch_index():  # noqa: ANN201
+    import torch
+
+    return torch.tensor([-1], dtype=torch.int64)

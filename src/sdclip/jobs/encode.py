@@ -66,6 +66,8 @@ class CaptionEncoder:
 
         self.spec = spec
         self.dtype = DTYPES[spec.dtype]
+        #: what the rows are stored as (--store-dtype; default the encoders' own --dtype)
+        self.store = DTYPES[spec.store_dtype or spec.dtype]
         if conditioner is None:
             conditioner = Conditioner.from_pretrained(
                 spec.model, family=spec.family, dtype=self.dtype, device=spec.device,
@@ -156,7 +158,7 @@ class CaptionEncoder:
         out = {}
         for name in rows[0]:
             stacked = torch.stack([r[name] for r in rows])
-            out[name] = (stacked.to(self.dtype) if stacked.is_floating_point() else stacked).cpu().contiguous()
+            out[name] = (stacked.to(self.store) if stacked.is_floating_point() else stacked).cpu().contiguous()
         return out
 
     def forget_before(self, position: int) -> None:

@@ -50,6 +50,9 @@ class JobSpec:
     on_error: str = "fail"
     pack_weights: bool = False
     caption_extension: str = ".txt"  #: image folders: the sidecar captions' suffix (kohya's --caption_extension)
+    store_dtype: str | None = None  #: the stored tensors' dtype (None: --dtype, the encoders' own)
+    varlen: bool = False  #: sdclip shards without padding (sdclip.jobs.varlen)
+    caption_lines: bool = False  #: image folders: each sidecar line its own caption, indexed (image, line)
 
     def check(self) -> None:
         for name in ("rows", "shard_size", "batch_size"):
@@ -60,11 +63,14 @@ class JobSpec:
 
         if self.format not in NAMES:
             raise JobError(f"--format must be one of {', '.join(NAMES)}")
+        if self.varlen and self.format != "safetensors":
+            raise JobError(f"--varlen applies to sdclip's own shards; --format {self.format} stores what its "
+                           "trainer reads")
         if self.on_error not in ("fail", "skip"):
             raise JobError("--on-error must be fail or skip")
 
     def source(self) -> CaptionSource:
-        return open_source(self.captions, self.column, self.caption_extension)
+        return open_source(self.captions, self.column, self.caption_extension, self.caption_lines)
 
     def config(self, source: CaptionSource) -> dict:
         """The job's identity (see sdclip.jobs.manifest): what must match for a folder to be resumed. The
@@ -78,6 +84,9 @@ class JobSpec:
             "embeddings": [model_fingerprint(e) for e in self.embeddings],
             "options": self.options,
             "dtype": self.dtype,
+            **({"store_dtype": self.store_dtype} if self.store_dtype not in (None, self.dtype) else {}),
+            **({"varlen": True} if self.varlen else {}),
+            **({"caption_lines": True} if self.caption_lines else {}),
             "rows_per_caption": self.rows,
             "shard_size": self.shard_size,
             "format": self.format,

@@ -285,8 +285,10 @@ class ImageFolder(CaptionSource):
 
     format = "images"
 
-    def __init__(self, path: Path, column: str | None = None, caption_extension: str = ".txt"):
+    def __init__(self, path: Path, column: str | None = None, caption_extension: str = ".txt", lines: bool = False):
         super().__init__(path, column)
+        #: every non-blank line of a sidecar is its own caption, indexed (image, line) as SimpleTuner does
+        self.lines = lines
         ext = caption_extension if caption_extension.startswith(".") else "." + caption_extension
         if ext == "." or "/" in ext or ext.lower() in IMAGE_SUFFIXES:
             raise CaptionSourceError(f"--caption-extension {caption_extension!r}: give a suffix such as .txt or .caption")
@@ -325,7 +327,13 @@ class ImageFolder(CaptionSource):
         except OSError as exc:
             return None, f"caption file {sidecar.name}: {exc.strerror or exc}"
 
+    def start_seek(self) -> object:
+        return (0, 0) if self.lines else 0
+
     def read(self, seek: object, start: int, stop: int | None) -> Iterator[Record]:
+        if self.lines:
+            yield from self._read_lines(seek, start, stop)
+            return
         for index, rel in enumerate(self.images()):
             if index < start:
                 continue
@@ -343,6 +351,34 @@ class ImageFolder(CaptionSource):
             if text is not None:
                 text = text.lstrip("\ufeff").strip()
             yield Record(index, rel, text, error, index)
+
+    def _read_lines(self, seek: object, start: int, stop: int | None) -> Iterator[Record]:
+        """--caption-lines: one record per non-blank sidecar line; seek = (image position, line)."""
+        first, line0 = (tuple(seek) if isinstance(seek, (tuple, list)) else (int(seek), 0))  # type: ignore[arg-type]
+        index = start
+        for pos, rel in enumerate(self.images()):
+            if pos < first:
+                continue
+            raw, error = self._caption(rel)
+            if error is not None:
+                captions: list = [(None, error, None)]
+            elif raw is None:
+                captions = [("", None, f"no caption file {self.sidecar(rel).name}: the empty caption (as sd-scripts)")]
+            else:
+                text, error = _decode(raw)
+                if text is None:
+                    captions = [(None, error, None)]
+                else:
+                    found = [t.strip() for t in text.lstrip("\ufeff").splitlines() if t.strip()]
+                    captions = [(t, None, None) for t in found] or [("", None, None)]
+            for k, (text, err, warning) in enumerate(captions):
+                if pos == first and k < line0:
+                    continue
+                if stop is not None and index >= stop:
+                    return
+                where = rel if len(captions) == 1 else f"{rel} line {k + 1}"
+                yield Record(index, where, text, err, (pos, k), warning)
+                index += 1
 
     def fingerprint(self) -> dict:
         """Hash of every image's relative path, size and caption bytes: the folder's captions as a job sees them."""
@@ -367,7 +403,8 @@ _SOURCES: dict[str, type[CaptionSource]] = {
 }
 
 
-def open_source(path: str | Path, column: str | None = None, caption_extension: str = ".txt") -> CaptionSource:
+def open_source(path: str | Path, column: str | None = None, caption_extension: str = ".txt",
+                caption_lines: bool = False) -> CaptionSource:
     """The caption source for a file (by suffix) or an image folder."""
     path = Path(path)
     if not path.exists():
@@ -377,6 +414,8 @@ def open_source(path: str | Path, column: str | None = None, caption_extension: 
     fmt = detect_format(path)
     if column and fmt == "txt":
         raise CaptionSourceError("--column applies to .jsonl / .csv / .tsv / .parquet captions, not .txt")
+    if caption_lines and fmt != "images":
+        raise CaptionSourceError("--caption-lines reads an image folder's sidecar files, line by line")
     if fmt == "images":
-        return ImageFolder(path, column, caption_extension)
+        return ImageFolder(path, column, caption_extension, caption_lines)
     return _SOURCES[fmt](path, column)

@@ -90,7 +90,8 @@ def edited_captions(m: Manifest, made_from: dict[int, str]) -> list[str]:
     if not made_from or not isinstance(captions, str):
         return []
     try:
-        source = open_source(captions, m.config.get("column"), m.config.get("caption_extension", ".txt"))
+        source = open_source(captions, m.config.get("column"), m.config.get("caption_extension", ".txt"),
+                             bool(m.config.get("caption_lines")))
     except (CaptionSourceError, OSError, ValueError):
         return []
     out = []

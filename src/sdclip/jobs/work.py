@@ -70,7 +70,7 @@ class ShardWork:
         start, stop = shard_range(k, self.spec, rows)
         seek = tuple(seek) if isinstance(seek, list) else seek
         self.encoder.forget_before(start)
-        indices, texts, wheres = [], [], []
+        indices, texts, wheres, seeks = [], [], [], []
         expected = start
         for rec in self.source.read(seek, start, stop):
             if rec.index != expected or rec.index >= len(self.digests) or record_digest(rec) != int(self.digests[rec.index]):
@@ -81,6 +81,7 @@ class ShardWork:
             indices.append(rec.index)
             texts.append(rec.text)
             wheres.append(rec.where)
+            seeks.append(rec.seek)
         if expected != stop:
             raise self._changed(f"caption {expected + 1} (the input ends earlier)", k)
         lengths = [int(self.lengths[i]) for i in indices]
@@ -96,12 +97,20 @@ class ShardWork:
             record["caption_sha256"] = [bytes(r.tolist()).hex() for r in caption_sha256(texts)]
             return record
         tensors = {"index": torch.tensor(indices, dtype=torch.int64), **tensors, "caption_sha256": caption_sha256(texts)}
+        if self.spec.caption_lines:  # which image, which of its sidecar's lines (SimpleTuner's (image, k))
+            tensors["image_index"] = torch.tensor([int(q[0]) for q in seeks], dtype=torch.int64)
+            tensors["caption_line"] = torch.tensor([int(q[1]) for q in seeks], dtype=torch.int32)
         if not indices:  # every row of the range was invalid: an empty shard of the right shapes
             shapes = self.encoder.encode([""], [1])
             tensors.update({name: t[:0] for name, t in shapes.items()})
         name = shard_name(k)
         meta = {"sdclip_job": self.digest, "start": str(start), "stop": str(stop), "rows_digest": record["rows_digest"],
-                "options": json.dumps(self.spec.options, sort_keys=True)}
+                "options": json.dumps(self.spec.options, sort_keys=True), "family": self.encoder.family.name,
+                "slots": str(self.encoder.slots)}
+        if self.spec.varlen:
+            from sdclip.jobs.varlen import pack
+
+            tensors = pack(tensors)
         digest, size = write_shard(self.out / name, tensors, meta)
         record.update(file=name, sha256=digest, bytes=size)
         return record
