@@ -58,10 +58,10 @@ def word_overlays(maps: AttentionMaps, image: Image.Image, *, side: int = 256) -
 
 
 def contact_sheet(maps: AttentionMaps, image: Image.Image, *, side: int = 192, columns: int = 4) -> Image.Image:
-    """The image, then every word's overlay, then BOS / EOS / pad, in a grid."""
+    """The image, then every word's overlay, then BOS / EOS / `</s>` (T5) / pad, in a grid."""
     tiles = [_captioned(_scaled(image, side), "image")]
     tiles += [pic for _, pic in word_overlays(maps, image, side=side)]
-    for kind in ("BOS", "EOS", "pad"):
+    for kind in ("BOS", "EOS", "</s>", "pad"):
         if any(s.kind == kind for s in maps.slots):
             tiles.append(overlay(image, maps.kind(kind), f"[{kind}]", side=side))
     tw, th = tiles[0].size

@@ -5,6 +5,10 @@ Contract (keep it stable): `--out DIR` receives
   averaged over the traced layers, heads and steps, so at every pixel the N maps sum to 1;
 - tokens.json: a list with one entry per slot (index, text, piece, word, word_span, row, weight, kind);
 - image.png, words/NN_word.png (one overlay per word of the prompt), contact_sheet.png.
+SD3 / Flux / Chroma folders (MM-DiT, sdclip.attention.mmdit_generate): maps at the image-token grid (image /
+VAE factor / patch), each pixel's text attention (the image → text part of the joint softmax, over the text
+slots), tokens.json entries with `encoder` ("clip" / "t5"), and `blocks` (JSON list of the layers read) and
+`reading` (softmax | output) in the metadata.
 The folder is assembled beside DIR and moved in file by file, so a failure leaves no partial result; a file
 the command did not write is never replaced or removed (DIR/.sdclip-attention.json records its own files;
 sdclip.attention.output), and DIR is never inside what the model load reads. Progress is drawn on a terminal.
@@ -28,7 +32,8 @@ from sdclip.conventions.presets import POOLED_SOURCES, WEIGHTINGS, Options
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("attention", help="generate an image and write each token's cross-attention map")
     p.add_argument("--model", required=True,
-                   help="diffusers pipeline folder, or a single .safetensors checkpoint (SD1 / SD2 / SDXL)")
+                   help="diffusers pipeline folder (SD1 / SD2 / SDXL; SD3 / Flux / Chroma), or a single .safetensors "
+                        "checkpoint (SD1 / SD2 / SDXL)")
     p.add_argument("--pipeline-config", metavar="DIR",
                    help="single-file --model offline: a local diffusers folder of the same model type, for its configs")
     p.add_argument("--prompt", required=True, help="the prompt")
@@ -36,9 +41,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=whole_number, default=20, help="denoising steps (default 20)")
     p.add_argument("--seed", type=seed_number, default=0, help="generator seed (default 0)")
     p.add_argument("--size", help="WxH in pixels (default: the pipeline's)")
-    p.add_argument("--guidance", type=finite_float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    p.add_argument("--guidance", type=finite_float, default=None,
+                   help="guidance scale (default: 7.5; SD3 7.0, Flux's distilled guidance 3.5, Chroma 3.0)")
     p.add_argument("--trace-steps", help="START:END, 0-based steps to trace (default all)")
     p.add_argument("--resolutions", help="comma-separated downsampling factors to trace, e.g. 2,4 (default all)")
+    p.add_argument("--blocks", choices=("joint", "single", "both"),
+                   help="SD3 / Flux / Chroma: the blocks to read (default both; SD3 has joint blocks only)")
+    p.add_argument("--reading", choices=("softmax", "output"),
+                   help="SD3 / Flux / Chroma: softmax probabilities (default) or ConceptAttention's output-space scores")
     add_clip_skip_options(p)
     p.add_argument("--weighting", choices=WEIGHTINGS, help="weighting formula (default: the preset's)")
     p.add_argument("--pooled-source", choices=POOLED_SOURCES, help="SDXL pooled vector source row")
@@ -131,7 +141,10 @@ def run(args: argparse.Namespace) -> int:
         shown.stage("loading the pipeline")
         pipe = load_pipeline(model, dtype, config)
         if getattr(pipe, "unet", None) is None:
-            raise ValueError(f"{args.model} is a {type(pipe).__name__}: `attention` traces UNet pipelines (SD1 / SD2 / SDXL)")
+            return _run_mmdit(args, pipe, device, size, traced_steps, options, model, shown)
+        if args.blocks or args.reading:
+            raise ValueError("--blocks and --reading are for SD3 / Flux / Chroma pipelines (MM-DiT); "
+                             f"{args.model} is a {type(pipe).__name__}")
         pipe = pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         scale = int(pipe.vae_scale_factor)
@@ -151,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
             image = pipe(
                 **kwargs,
                 num_inference_steps=args.steps,
-                guidance_scale=args.guidance,
+                guidance_scale=7.5 if args.guidance is None else args.guidance,
                 generator=torch.Generator().manual_seed(args.seed),
                 width=size[0],
                 height=size[1],
@@ -163,6 +176,32 @@ def run(args: argparse.Namespace) -> int:
         write_result(args.out, maps, image, {"prompt": args.prompt, "negative": args.negative or "",
                                              "seed": str(args.seed), "steps": str(args.steps), "model": str(model)})
     print(f"wrote {args.out}: maps {list(maps.maps.shape)} ({len(maps.words())} words), image {size[0]}x{size[1]}")
+    return 0
+
+
+def _run_mmdit(args: argparse.Namespace, pipe, device, size, traced_steps, options: Options, model: Path, shown) -> int:  # noqa: ANN001
+    """SD3 / Flux / Chroma: one traced generation (sdclip.attention.mmdit_generate), the same files."""
+    import json
+
+    from sdclip.attention.mmdit_generate import generate
+
+    if args.resolutions is not None:
+        raise ValueError(f"--resolutions is for UNet pipelines: a {type(pipe).__name__} reads one token grid")
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    shown.stage("encoding the prompt")
+    maps, image, size = generate(
+        pipe, prompt=args.prompt, negative=args.negative, steps=args.steps, seed=args.seed, size=size,
+        guidance=args.guidance, conditioner_options=_overrides(options, args.preset), trace_steps=traced_steps,
+        blocks=args.blocks or "both", reading=args.reading or "softmax", callback=shown.step_callback,
+        started=shown.denoising,
+    )
+    shown.stage("writing maps and pictures")
+    write_result(args.out, maps, image, {"prompt": args.prompt, "negative": args.negative or "", "seed": str(args.seed),
+                                         "steps": str(args.steps), "model": str(model),
+                                         "blocks": json.dumps(maps.info["blocks"]), "reading": maps.info["reading"]})
+    print(f"wrote {args.out}: maps {list(maps.maps.shape)} ({len(maps.words())} words, {len(maps.info['blocks'])} "
+          f"blocks), image {size[0]}x{size[1]}")
     return 0
 
 
