@@ -43,7 +43,7 @@ def test_sd3_folder(folders: dict, tmp_path, capsys) -> None:  # noqa: ANN001
     assert maps.dtype == torch.float32 and maps.shape == (77 + 77, 12, 8)
     torch.testing.assert_close(maps.sum(0), torch.ones(12, 8), rtol=0, atol=1e-5)
     assert json.loads(meta["blocks"]) == ["transformer_blocks.0.attn", "transformer_blocks.1.attn"]
-    assert meta["reading"] == "softmax" and meta["image_size"] == "32x48"
+    assert meta["reading"] == "softmax" and meta["image_size"] == "32x48" and "image-token grid" in meta["layout"]
     assert [t["encoder"] for t in tokens] == ["clip"] * 77 + ["t5"] * 77
     assert tokens[0]["kind"] == "BOS" and tokens[5]["text"] == "red" and tokens[77]["encoder"] == "t5"
     assert {t["kind"] for t in tokens[77:]} == {"token", "</s>", "pad"}

@@ -138,7 +138,7 @@ def _assemble(tmp: Path, maps, image, metadata: dict[str, str]) -> None:  # noqa
 
     from sdclip.attention.pictures import contact_sheet, word_overlays
 
-    meta = {**metadata, "image_size": "x".join(map(str, maps.image_size[::-1])), "layout": "[N, H, W] at latent size"}
+    meta = {"layout": "[N, H, W] at latent size", **metadata, "image_size": "x".join(map(str, maps.image_size[::-1]))}
     save_file({"maps": maps.maps.float().contiguous()}, str(tmp / "maps.safetensors"), metadata=meta)
     (tmp / "tokens.json").write_text(json.dumps([s.to_json() for s in maps.slots], ensure_ascii=False, indent=1), "utf-8")
     image.save(tmp / "image.png")

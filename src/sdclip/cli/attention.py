@@ -199,7 +199,8 @@ def _run_mmdit(args: argparse.Namespace, pipe, device, size, traced_steps, optio
     shown.stage("writing maps and pictures")
     write_result(args.out, maps, image, {"prompt": args.prompt, "negative": args.negative or "", "seed": str(args.seed),
                                          "steps": str(args.steps), "model": str(model),
-                                         "blocks": json.dumps(maps.info["blocks"]), "reading": maps.info["reading"]})
+                                         "blocks": json.dumps(maps.info["blocks"]), "reading": maps.info["reading"],
+                                         "layout": "[N, H, W] at the image-token grid (image / VAE factor / patch)"})
     print(f"wrote {args.out}: maps {list(maps.maps.shape)} ({len(maps.words())} words, {len(maps.info['blocks'])} "
           f"blocks), image {size[0]}x{size[1]}")
     return 0
