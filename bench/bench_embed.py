@@ -105,13 +105,18 @@ def family_ratio(family: str, root: Path, caps: list[str], caps_file: Path) -> d
     t = time.perf_counter()
     cond = Conditioner.from_pretrained(folder, "diffusers")
     load = time.perf_counter() - t
-    with torch.no_grad():
-        cond.encode(caps[:4])  # warm-up
-        t = time.perf_counter()
-        for lo in range(0, len(caps), BATCH):
-            cond.encode(caps[lo : lo + BATCH])
-        bare = len(caps) / (time.perf_counter() - t)
-    secs = sdclip_embed(folder, caps_file, root / f"ratio-{family}", "--preset", "diffusers", "--shard-size", "64")
+    bare_s, secs = float("inf"), float("inf")
+    for rep in range(2):  # interleaved, best of 2 each: the machine is shared, its minimum is the least disturbed
+        cond.cache.clear() if hasattr(cond.cache, "clear") else None
+        with torch.no_grad():
+            cond.encode([f"warm-up {rep}"])
+            t = time.perf_counter()
+            for lo in range(0, len(caps), BATCH):
+                cond.encode([f"{rep} {c}" for c in caps[lo : lo + BATCH]])
+            bare_s = min(bare_s, time.perf_counter() - t)
+        secs = min(secs, sdclip_embed(folder, caps_file, root / f"ratio-{family}-{rep}", "--preset", "diffusers",
+                                      "--shard-size", "64"))
+    bare = len(caps) / bare_s
     whole = len(caps) / secs
     steady = len(caps) / max(secs - load, 1e-9)
     return {"family": family, "bare_rows_s": bare, "embed_rows_s": whole, "embed_rows_s_without_load": steady,

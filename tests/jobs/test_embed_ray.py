@@ -86,3 +86,21 @@ def test_ray_engine_is_quiet_unless_verbose(tmp_path):
     noise = [line for line in run.stderr.splitlines() if line.strip()]
     assert not any(" INFO " in line or "Started a local Ray" in line for line in noise), run.stderr
     assert len(noise) <= 3, run.stderr
+
+
+@pytest.mark.slow
+def test_ray_engine_embeds_flux_like_the_local_engine(tmp_path, local_ray):
+    """A T5 family on Ray: the same shards (CLIP pooled + T5 rows, token counts) as the local engine."""
+    from test_embed_families import build
+
+    model = build(tmp_path, "flux")
+    caps = tmp_path / "caps.txt"
+    caps.write_text("".join(c + "\n" for c in CAPTIONS[:8]))
+    args = ["embed", "--model", str(model), "--captions", str(caps), "--shard-size", "3", "--preset", "diffusers"]
+    assert main([*args, "--out", str(tmp_path / "local")]) == 0
+    assert main([*args, "--out", str(tmp_path / "ray"), "--engine", "ray", "--workers", "1"]) == 0
+    a, b = read_all(tmp_path / "local"), read_all(tmp_path / "ray")
+    assert set(a) == set(b) and a["prompt_embeds"].shape[1] == 512
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=1e-5)
+    assert main(["embed", "--verify", str(tmp_path / "ray")]) == 0
