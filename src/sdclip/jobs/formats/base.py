@@ -7,8 +7,10 @@ import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where tensors are made: `sdclip --help` and inspect stay torch-free
+    import torch
 
 from sdclip.jobs.manifest import JobError
 from sdclip.jobs.shards import write_bytes_atomic
@@ -76,16 +78,20 @@ def fixed_t5(options: dict, trainer: str) -> None:
     """The T5 block must be padded to max_sequence_length (diffusers' layout), as the trainers tokenize it."""
     if options.get("t5_length", "max") != "max":
         refuse(f"--format {trainer} stores T5 padded to max_sequence_length: use --preset diffusers "
-               "(or --t5-length max)")
+               "(its T5 length is max_sequence_length)")
 
 
-def mask(count: int, length: int, dtype: torch.dtype = torch.int64) -> torch.Tensor:
-    """A tokenizer's attention mask: ones over the text's positions, zeros after."""
-    return (torch.arange(length) < count).to(dtype)
+def mask(count: int, length: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A tokenizer's attention mask: ones over the text's positions, zeros after (int64 by default)."""
+    import torch
+
+    return (torch.arange(length) < count).to(dtype or torch.int64)
 
 
 def numpy_of(t: torch.Tensor):  # noqa: ANN201
     """sd-scripts stores bf16 outputs as float32 (numpy has no bfloat16); other dtypes as they are."""
+    import torch
+
     return (t.float() if t.dtype == torch.bfloat16 else t).cpu().numpy()
 
 

@@ -23,8 +23,6 @@ with 77 CLIP slots (its long-caption layout is K·75 + 2, not sdclip's 77·K): `
 
 from __future__ import annotations
 
-import torch
-
 from sdclip.jobs.formats.base import Format, RowContext, fixed_t5, mask, npz_bytes, numpy_of, one_row, stem
 
 SUFFIXES = {"sdxl": "_te_outputs.npz", "sd3": "_sd3_te.npz", "flux": "_flux_te.npz"}
@@ -74,4 +72,3 @@ def _write(ctx: RowContext) -> None:
 
 
 KOHYA = Format("kohya", tuple(SUFFIXES), tuple(SUFFIXES.values()), "images", _write, _check)
-_ = torch  # tensors arrive as torch; numpy_of converts

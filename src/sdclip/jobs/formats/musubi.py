@@ -22,8 +22,10 @@ CLIP-L `pooler_output`), which uses FLUX.1's text encoders.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from sdclip.jobs.formats.base import Format, RowContext, fixed_t5, refuse, safetensors_bytes
 

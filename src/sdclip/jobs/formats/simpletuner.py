@@ -20,8 +20,6 @@ from __future__ import annotations
 import hashlib
 import io
 
-import torch
-
 from sdclip.jobs.formats.base import Format, RowContext, fixed_t5, mask, one_row
 
 COMMIT = "bc8e6ab7738ce457a2ed8eb2d26cadd91c6442cb"
@@ -40,6 +38,8 @@ def _check(family: str, source_format: str, rows: int, options: dict) -> None:
 
 
 def _write(ctx: RowContext) -> None:
+    import torch
+
     t = ctx.tensors
     done = set()
     for i, caption in enumerate(ctx.texts):
