@@ -50,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "npz files whose hashes its manifest records), then run")
     p.add_argument("--verbose", action="store_true", help="show the Ray engine's own logs (quiet by default)")
     p.add_argument("--verify", type=Path, metavar="DIR", help="check a finished folder (hashes, every index once)")
-    add_model_options(p, model_required=False)
+    add_model_options(p, model_required=False, per_encoder_prompts=False)
     add_text_options(p)
     for action in p._actions:
         if action.dest == "max_rows":

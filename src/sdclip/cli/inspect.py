@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object (stable contract)")
     p.add_argument("--full", action="store_true", help=f"list every row, up to {FULL_ROWS} (default: the first {ROWS_SHOWN}, then a summary)")
     p.add_argument("--t5-tokenizer", metavar="DIR",
-                   help="SD3 / Flux: the model's T5 tokenizer (its folder with tokenizer.json or spiece.model, or "
+                   help="T5 families (SD3, Flux, Chroma, Wan, PixArt-Σ, AuraFlow): the model's T5 tokenizer (its folder with tokenizer.json or spiece.model, or "
                         "the diffusers model folder holding tokenizer_3/ or tokenizer_2/)")
     p.add_argument("--llm-tokenizer", metavar="DIR",
                    help="qwen-image / z-image / lumina2: the model's tokenizer (its tokenizer/ folder, or the diffusers "

@@ -40,13 +40,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    """Parse; an unknown flag is reported with the usage of its own command, not the top-level one."""
+    """Parse; an unknown flag is reported with the usage of its own command, not the top-level one, and
+    before argparse's missing-argument check (`--promt "a fox"` is a typo, not a missing --prompt)."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    command = next((a for a in argv if a in sub.choices), None)
+    if command is not None:
+        _refuse_unknown_flags(sub.choices[command], argv[argv.index(command) + 1 :])
     args, extra = parser.parse_known_args(argv)
     if extra:
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     return args
+
+
+def _refuse_unknown_flags(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """The first `--flag` this command does not know (nor abbreviates, as argparse allows), with the
+    closest known flag."""
+    import difflib
+
+    known = [o for o in parser._option_string_actions if o.startswith("--")]
+    for token in argv:
+        if token == "--":
+            return
+        name = token.split("=", 1)[0]
+        if not name.startswith("--") or name in known or sum(o.startswith(name) for o in known) == 1:
+            continue
+        close = difflib.get_close_matches(name, known, n=1)
+        parser.error(f"unrecognized arguments: {name}" + (f" (did you mean {close[0]}?)" if close else ""))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

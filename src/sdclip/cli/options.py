@@ -91,7 +91,7 @@ def add_text_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--comma-backtrack", type=whole_number, help="chunk layout: comma backtrack in tokens (default 20)")
     p.add_argument("--max-rows", type=whole_number, help="compress layout: drop lowest-weight tags to fit N rows")
     p.add_argument("--max-sequence-length", type=whole_number,
-                   help="SD3 / Flux: T5 positions (default: the family's, SD3 256, Flux 512; comfy preset: the minimum)")
+                   help="T5 families (SD3, Flux, Chroma, Wan, PixArt-Σ, AuraFlow): T5 positions (default: the family's, e.g. SD3 256, Flux 512, Wan 226; comfy preset: the minimum)")
     p.add_argument("--unknown-embedding", choices=("drop", "error"),
                    help="an unknown embedding:NAME (comfy syntax): drop it with a warning as ComfyUI does, or refuse "
                         "(default: the preset's: comfy drop)")

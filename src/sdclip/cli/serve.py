@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--body-timeout", type=finite_float, default=BODY_TIMEOUT,
                    help=f"seconds a request's headers, and then its body, may take to arrive (default {BODY_TIMEOUT:g})")
     p.add_argument("--t5-tokenizer", metavar="DIR",
-                   help="SD3 / Flux on the page without --model: the model's T5 tokenizer (its folder with "
+                   help="T5 families (SD3, Flux, Chroma, Wan, …) on the page without --model: the model's T5 tokenizer (its folder with "
                         "tokenizer.json or spiece.model, or the diffusers model folder holding tokenizer_3/ or "
                         "tokenizer_2/); with --model the model's own is used")
     add_model_options(p, model_required=False, per_encoder_prompts=False)
