@@ -140,6 +140,7 @@ def test_bad_input_one_line_each(folders: dict[str, Path], tmp_path: Path) -> No
         Conditioner.from_pretrained(tmp_path / "no_te")
 
 
+@pytest.mark.slow  # subprocesses / files of their own: seconds each
 def test_without_transformers_one_line_names_the_extra(folders: dict[str, Path]) -> None:
     """A Python where transformers cannot be imported: the CLIP families work, an LLM family says what to install."""
     code = (
@@ -180,6 +181,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sdclip", *args], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # subprocesses / files of their own: seconds each
 def test_inspect_shows_the_template_greyed_and_the_count(folders: dict[str, Path]) -> None:
     import json
 
@@ -201,6 +203,7 @@ def test_inspect_shows_the_template_greyed_and_the_count(folders: dict[str, Path
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "--llm-tokenizer" in missing.stderr
 
 
+@pytest.mark.slow  # subprocesses / files of their own: seconds each
 def test_encode_warns_on_stderr_and_stores_z_image_with_a_mask(folders: dict[str, Path], tmp_path: Path) -> None:
     from safetensors import safe_open
 
@@ -267,6 +270,7 @@ def _comfy_file(tmp: Path, family: str, fp8: bool = False) -> tuple[Path, object
     return folder / f"{name}.safetensors", pipe
 
 
+@pytest.mark.slow  # builds its own files
 @pytest.mark.parametrize("family", ["z-image", "lumina2", "qwen-image"])
 @torch.no_grad()
 def test_comfyui_single_files_equal_diffusers(tmp_path: Path, family: str) -> None:
@@ -288,6 +292,7 @@ def test_comfyui_single_files_equal_diffusers(tmp_path: Path, family: str) -> No
         assert torch.float8_e4m3fn in dtypes  # the weights stay fp8 in memory
 
 
+@pytest.mark.slow  # subprocesses / files of their own: seconds each
 def test_scaled_fp8_file_missing_a_scale_is_refused(tmp_path: Path) -> None:
     from safetensors.torch import load_file, save_file
 
@@ -296,5 +301,18 @@ def test_scaled_fp8_file_missing_a_scale_is_refused(tmp_path: Path) -> None:
     del state["model.layers.0.mlp.down_proj.scale_weight"]
     save_file(state, str(path))
     with pytest.raises(Exception, match="without a scale_weight") as info:
+        Conditioner.from_pretrained(path)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.slow  # builds its own file
+def test_a_nan_weight_is_refused(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    path, _ = _comfy_file(tmp_path, "z-image")
+    state = load_file(str(path))
+    state["model.layers.1.mlp.up_proj.weight"][3, 5] = float("nan")
+    save_file(state, str(path))
+    with pytest.raises(Exception, match="up_proj.weight' contains NaN") as info:
         Conditioner.from_pretrained(path)
     assert "\n" not in str(info.value)
