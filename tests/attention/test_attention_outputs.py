@@ -247,3 +247,22 @@ def test_a_killed_runs_temporary_folder_is_removed_by_the_next_run(model, tmp_pa
     live.mkdir()
     assert _run(model, out) == 0
     assert not stale.exists() and live.exists()
+
+
+@pytest.mark.parametrize("entry", ["../victim.txt", "ABSOLUTE", "words/../../victim.txt", "words/sub/x.png", "notes.txt"])
+def test_a_forged_record_never_removes_a_file_it_names(model, tmp_path, capsys, entry):
+    """The record is untrusted: an entry outside the result places (found by bench/reliability.py's
+    attention_outputs section: a re-run deleted `../victim.txt` when the record listed it with its hash)."""
+    out = tmp_path / "out"
+    assert _run(model, out, "a photo of a red fox") == 0
+    victim = tmp_path / "victim.txt" if "victim" in entry else out / entry if entry != "ABSOLUTE" else tmp_path / "victim.txt"
+    victim.parent.mkdir(parents=True, exist_ok=True)
+    victim.write_text("the user's own")
+    record = json.loads((out / RECORD).read_text())
+    key = str(victim) if entry == "ABSOLUTE" else entry
+    record["files"][key] = [hashlib.sha256(victim.read_bytes()).hexdigest()]
+    (out / RECORD).write_text(json.dumps(record))
+    capsys.readouterr()
+    assert _run(model, out, "red fox") == 2  # a record that is not the command's own: refused, nothing touched
+    _one_line(capsys, RECORD)
+    assert victim.read_text() == "the user's own"

@@ -59,8 +59,20 @@ def _record(out: Path) -> dict[str, list[str]] | None:
     files = doc.get("files") if isinstance(doc, dict) and doc.get("tool") == "sdclip attention" else None
     if not isinstance(files, dict):
         return None
-    ok = {k: v for k, v in files.items() if isinstance(k, str) and isinstance(v, list)}
-    return ok if len(ok) == len(files) else None
+    ok = {k: v for k, v in files.items() if _result_place(k) and isinstance(v, list)}
+    return ok if len(ok) == len(files) else None  # any other entry (`../victim`, an absolute path): not ours
+
+
+def _result_place(rel: object) -> bool:
+    """A path the command writes: one of FILES, or `words/NAME` with NAME a plain file name. A record is
+    untrusted input; an entry anywhere else must never be removed on its say-so."""
+    if not isinstance(rel, str):
+        return False
+    if rel in FILES:
+        return True
+    head, sep, name = rel.partition("/")
+    return (head == WORDS and sep == "/" and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            and "\0" not in name)
 
 
 def _occupants(out: Path) -> list[str]:
