@@ -329,3 +329,21 @@ def test_counter_of_a_scheduled_prompt_is_its_largest_text(capsys):
     assert out["counter"] == {"count": want[0], "capacity": want[1]} and want[0] > 100 and out["tokens"] < 10
     assert main(["inspect", text, "--steps", "20", "--step", "1"]) == 0
     assert f"AUTOMATIC1111's counter: {want[0]}/{want[1]}" in capsys.readouterr().out.replace("\n", "")
+
+
+@pytest.mark.slow  # trains the tiny T5 tokenizer (~10 s)
+def test_a_t5_only_family_shows_its_t5_sequence_only(tmp_path):
+    """Wan / Chroma / PixArt-Σ / AuraFlow: no CLIP row drawn from T5 ids (before: `row 1 │ a r red fo x ''`) and
+    no n/75 or AUTOMATIC1111 counter; the T5 line counts n/max_sequence_length. An extra-network tag is text."""
+    pytest.importorskip("sentencepiece")
+    pytest.importorskip("torch")
+    from tiny_pipelines import t5_tokenizer_dir
+
+    res = subprocess.run([sys.executable, "-m", "sdclip", "inspect", "--family", "pixart-sigma", "--t5-tokenizer",
+                          str(t5_tokenizer_dir()), "a (red:1.2) fox <lora:x:1>"], capture_output=True, timeout=60,
+                         env={**__import__("os").environ, "COLUMNS": "300"})
+    assert res.returncode == 0, res.stderr.decode()
+    out = res.stdout.decode()
+    assert "row 1" not in out and "/75" not in out and "AUTOMATIC1111" not in out, out
+    assert next(li for li in out.splitlines() if li.startswith("T5")).endswith("/300")
+    assert "removed extra network: <lora:x:1>" in out

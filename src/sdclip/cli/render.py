@@ -67,7 +67,7 @@ def render_inspect(
     count: int | None = None,
 ) -> None:
     """`count`: A1111's counter where the caller knows more than `prepared` (a schedule's other texts)."""
-    console = console or Console(highlight=False)
+    console = console or Console(highlight=False, emoji=False)  # `<lora:x:1>` is text, not the :x: emoji
     console.print(
         f"[bold]sdclip inspect[/]  family={family.name} syntax={options.dialect} layout={options.layout} "
         f"normalize={options.normalize}"
@@ -82,6 +82,9 @@ def render_inspect(
     multi = len(prepared.parts) > 1
     shown = 0
     per_row = family.length - 2
+    # a T5-only family (Chroma, Wan, PixArt-Σ, AuraFlow): its one sequence is the T5 line, counted there (n/512);
+    # CLIP's rows, BOS/EOS and A1111's n/75 counter mean nothing for it
+    clip_rows = lane_of(family.roles[0]).tokenizer_name != "t5_tokenizer"
     limit = FULL_ROWS if full else ROWS_SHOWN
     for p, part in enumerate(prepared.parts):
         if shown >= limit:
@@ -90,7 +93,7 @@ def render_inspect(
         if multi:
             console.rule(f"part {p + 1} ({prepared.prompt.combine}, weight {part.weight:g}): "
                          f"{len(part.stream)}/{len(rows) * per_row} tokens")
-        for r in range(len(rows)):
+        for r in range(len(rows) if clip_rows else 0):
             if shown >= limit:
                 break
             shown += 1
@@ -121,6 +124,17 @@ def render_inspect(
         console.print(f"[dim]… {stopped_line(shown, *prepared.stopped, full)}[/]")
         console.print(f"laid out: {real_tokens(prepared)} tokens in {total_rows} row(s) before stopping")
         return
+    if clip_rows:
+        _summary(prepared, shown, total_rows, per_row, count, console)
+    if prepared.dropped:
+        shown_drop = prepared.dropped if len(prepared.dropped) <= 500 else prepared.dropped[:500] + " …"
+        console.print(f"[red]dropped:[/] {shown_drop}")
+    for e in prepared.prompt.extra_networks:
+        console.print(f"[dim]removed extra network:[/] <{e.kind}:{e.name}{''.join(':' + a for a in e.args)}>")
+
+
+def _summary(prepared: Prepared, shown: int, total_rows: int, per_row: int, count: int | None, console: Console) -> None:
+    """The CLIP rows' totals: tokens n/75·rows and AUTOMATIC1111's counter where it differs."""
     if shown < total_rows:
         console.print(f"[dim]… {total_rows - shown} more row(s) not shown (--full shows every row)[/]")
     real = real_tokens(prepared)
@@ -134,8 +148,3 @@ def render_inspect(
         console.print(f"  (AUTOMATIC1111's counter: {count}/{capacity(count, per_row)}: {why})")
     else:
         console.print()
-    if prepared.dropped:
-        shown_drop = prepared.dropped if len(prepared.dropped) <= 500 else prepared.dropped[:500] + " …"
-        console.print(f"[red]dropped:[/] {shown_drop}")
-    for e in prepared.prompt.extra_networks:
-        console.print(f"[dim]removed extra network:[/] <{e.kind}:{e.name}{''.join(':' + a for a in e.args)}>")
