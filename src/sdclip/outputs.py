@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -44,6 +45,15 @@ def folder_mode() -> int:
 
 class OutputError(ValueError):
     """An output location that cannot be written, or would overwrite an input."""
+
+
+def sha256_file(path: Path) -> str:
+    """A file's sha256, read in 4 MB pieces (what manifests and records use to know a file is still ours)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def fsync_dir(folder: Path) -> None:

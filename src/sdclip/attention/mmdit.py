@@ -26,6 +26,7 @@ from sdclip.attention.mmdit_processors import (BLOCK_TYPES, READINGS, MMDiTState
                                                TracingJointProcessor)
 from sdclip.attention.mmdit_slots import clip_tokenizer_slots, conditioning_slots, tokenizer_slots
 from sdclip.attention.slots import Slot
+from sdclip.attention.trace import guidance_reader
 
 #: blocks= shorthands
 BLOCK_CHOICES = {"joint": frozenset({"joint"}), "single": frozenset({"single"}), "both": frozenset(BLOCK_TYPES)}
@@ -191,13 +192,7 @@ def trace_mmdit(
     tracing = {k: cls(state, p, k.removesuffix(".processor"), traced[k]) if k in traced else p for k, p in originals.items()}
     last_t: list[float | None] = [None]
 
-    def guided() -> bool:
-        if cfg is not None:
-            return cfg
-        try:
-            return bool(getattr(pipe, "do_classifier_free_guidance", False))
-        except AttributeError:  # read outside a pipeline call
-            return False
+    guided = guidance_reader(pipe, cfg)
 
     def pre_hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         hidden = args[0] if args else kwargs["hidden_states"]

@@ -16,7 +16,6 @@ one rename. Modes follow the umask (issue 19.11), as any new file or folder woul
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -24,7 +23,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from sdclip.outputs import OutputError, file_mode, folder_mode, fsync_dir, pid_alive, reason
+from sdclip.outputs import OutputError, file_mode, folder_mode, fsync_dir, pid_alive, reason, sha256_file
 
 RECORD = ".sdclip-attention.json"
 #: the assembling folder's name: TMP_PREFIX + PID + "." + random + ".tmp"
@@ -35,14 +34,6 @@ WORDS = "words"
 WRITES = (*FILES, WORDS, RECORD)
 #: how many foreign files a refusal names
 _SHOWN = 5
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _record(out: Path) -> dict[str, list[str]] | None:
@@ -91,7 +82,7 @@ def _occupants(out: Path) -> list[str]:
 
 def _ours(out: Path, rel: str, record: dict[str, list[str]]) -> bool:
     path = out / rel
-    return rel in record and not path.is_symlink() and path.is_file() and _sha256(path) in record[rel]
+    return rel in record and not path.is_symlink() and path.is_file() and sha256_file(path) in record[rel]
 
 
 def foreign_files(out: Path) -> list[str]:
@@ -189,7 +180,7 @@ def _write_result(out: Path, maps, image, metadata: dict[str, str], flag: str) -
                 os.chmod(path, file_mode())  # safetensors writes 0600
                 with open(path, "rb+") as fh:
                     os.fsync(fh.fileno())
-                new[str(path.relative_to(tmp))] = [_sha256(path)]
+                new[str(path.relative_to(tmp))] = [sha256_file(path)]
         if not exists:
             _write_record(tmp, new)
             os.replace(tmp, out)

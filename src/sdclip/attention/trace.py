@@ -87,15 +87,7 @@ def trace(
     if not cross:
         raise ValueError("pipe.unet has no cross-attention (attn2) layers to trace")
 
-    def guided() -> bool:
-        if cfg is not None:
-            return cfg
-        try:
-            return bool(getattr(pipe, "do_classifier_free_guidance", False))
-        except AttributeError:  # read outside a pipeline call
-            return False
-
-    state = TraceState(steps=steps, resolutions=resolutions, cfg=guided)
+    state = TraceState(steps=steps, resolutions=resolutions, cfg=guidance_reader(pipe, cfg))
     tracing = {
         k: TracingAttnProcessor(state, p, k.removesuffix(".processor")) if k in cross else p for k, p in originals.items()
     }
@@ -111,3 +103,18 @@ def trace(
     finally:
         handle.remove()
         unet.set_attn_processor(dict(originals))
+
+
+def guidance_reader(pipe, cfg: bool | None):  # noqa: ANN001, ANN201
+    """A function telling whether the running pipeline call uses classifier-free guidance (its batch then holds
+    the unconditional half too): `cfg` where given, else the pipeline's own flag, read at each step."""
+
+    def guided() -> bool:
+        if cfg is not None:
+            return cfg
+        try:
+            return bool(getattr(pipe, "do_classifier_free_guidance", False))
+        except AttributeError:  # read outside a pipeline call
+            return False
+
+    return guided

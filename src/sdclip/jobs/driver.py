@@ -19,7 +19,8 @@ import sdclip
 from sdclip.jobs.manifest import MANIFEST, JobError, Manifest, first_difference
 from sdclip.jobs.plan import (SCAN_FILES, JobSpec, check_out_dir, load_scan_arrays, os_error, remove_empty,
                               remove_scan_files, scan)
-from sdclip.jobs.shards import read_header, remove_stale_temps, sha256_file, shard_name
+from sdclip.jobs.shards import read_header, remove_stale_temps, shard_name
+from sdclip.outputs import sha256_file
 from sdclip.jobs.work import config_digest, rows_digest
 
 MAX_LISTED_ERRORS = 10

@@ -21,7 +21,8 @@ import re
 import stat
 from pathlib import Path, PurePosixPath
 
-from sdclip.jobs.shards import read_header, sha256_file
+from sdclip.jobs.shards import read_header
+from sdclip.outputs import sha256_file
 
 SHARD_RE = re.compile(r"shard-\d{5,}\.safetensors")
 KOHYA_SUFFIX = "_te_outputs.npz"

@@ -8,24 +8,17 @@ sha256 is computed from the bytes written, for the manifest and `--verify`.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import struct
 from pathlib import Path
 
-from sdclip.outputs import TMP_SUFFIX, atomic_path
+from sdclip.outputs import TMP_SUFFIX, atomic_path, sha256_file
 
 def shard_name(k: int) -> str:
     """Shard k covers input indices [k·shard_size, (k+1)·shard_size): the name is the range, whatever engine wrote it."""
     return f"shard-{k:05d}.safetensors"
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_bytes_atomic(final: Path, data: bytes) -> None:

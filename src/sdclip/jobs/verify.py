@@ -6,7 +6,8 @@ from pathlib import Path
 
 from sdclip.jobs.manifest import JobError, Manifest
 from sdclip.jobs.overwrite import inside, regular
-from sdclip.jobs.shards import sha256_file, shard_name
+from sdclip.jobs.shards import shard_name
+from sdclip.outputs import sha256_file
 
 
 def verify(out: str | Path) -> dict:
