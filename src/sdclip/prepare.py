@@ -137,19 +137,26 @@ def prepare(
     role_tokenizers = tokenizers_for(family, given_tokenizers)
     check_options(options, family)
     names = tuple(embeddings or ())
+    limited = any(lane.row_limited for lane in lanes)
+    # every part takes at least one row of a row-limited lane: past row_limit parts, the rest are only counted
+    max_parts = stop_after + 1 if stop_after is not None else row_limit + 1 if limited and row_limit else None
     parsed = {
         t: parse(t, options.dialect, embeddings=names, embedding_match=options.embedding_match,
-                 unknown_embedding=options.unknown_embedding, max_parts=None if stop_after is None else stop_after + 1)
+                 unknown_embedding=options.unknown_embedding, max_parts=max_parts)
         for t in dict.fromkeys(per_role)
     }
     main = parsed[per_role[0]]
+    if stop_after is None and main.parts_omitted:
+        raise RowLimitError(
+            f"this prompt needs more than row_limit={row_limit} rows of {family.length} slots "
+            f"({len(main.parts) + main.parts_omitted} AND parts): use fewer parts, or raise row_limit (--row-limit)"
+        )
     for t, p in parsed.items():
         if len(p.parts) != len(main.parts):
             raise ValueError(
                 f"the per-encoder prompts split into different numbers of parts ({len(main.parts)} vs {len(p.parts)} "
                 f"for {t[:40]!r}): AND / blend must match across prompt, prompt_2 and prompt_3"
             )
-    limited = any(lane.row_limited for lane in lanes)
     streams: dict[tuple, TokenStream] = {}  # one stream per (lane, tokenizer, text, part): CLIP-L and -G share it
     parts: list[PreparedPart] = []
     used = 0

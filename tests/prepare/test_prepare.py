@@ -47,3 +47,24 @@ def test_long_layout_needs_long_clip() -> None:
     with pytest.raises(ValueError, match="Long-CLIP"):
         prepare("a fox", Options.preset("a1111", layout="long"), get_family("sd1"), TOK)
     assert len(prepare("a fox", Options.preset("a1111", layout="long"), get_family("longclip"), TOK).parts[0].rows[0].ids[0]) == 248
+
+
+def test_more_and_parts_than_row_limit_are_counted_not_parsed(monkeypatch):
+    """Every part takes a row, so past row_limit parts the prompt is refused with the parts only counted
+    (issue 24: 16,666 `a AND ` parts per 100 kB were parsed and laid out before the limit was seen)."""
+    import sdclip.prepare as prep
+
+    seen = {}
+    real = prep.parse
+
+    def spy(text, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        out = real(text, *args, **kwargs)
+        seen["parsed"] = len(out.parts)
+        return out
+
+    monkeypatch.setattr(prep, "parse", spy)
+    with pytest.raises(RowLimitError, match=r"row_limit=64 rows .*\(16667 AND parts\)"):
+        prepare("a AND " * 16666, Options.preset("a1111"), get_family("sdxl"), Tokenizer.default("hf-slow"), row_limit=64)
+    assert seen["parsed"] == 65
+    ok = prepare("a AND b", Options.preset("a1111"), get_family("sdxl"), Tokenizer.default("hf-slow"), row_limit=2)
+    assert len(ok.parts) == 2
