@@ -78,6 +78,11 @@ def tiny_t5(seed: int = 0, vocab_size: int = 640, **overrides) -> T5EncoderModel
     """A T5EncoderModel with every parameter random (RMSNorm weights around 1, not exactly 1)."""
     torch.manual_seed(seed)
     model = T5EncoderModel(tiny_config(vocab_size, **overrides)).eval()
+    return randomize_t5_(model, seed)
+
+
+def randomize_t5_(model, seed: int):  # noqa: ANN001, ANN201 (a T5 or umT5 encoder)
+    """Every parameter random in place (RMSNorm weights around 1, not exactly 1); returns the model."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():

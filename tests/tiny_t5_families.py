@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from tiny_pipelines import t5_tokenizer
-from tiny_t5 import tiny_t5, to_fp8
+from tiny_t5 import randomize_t5_, tiny_t5, to_fp8
 
 FAMILY_PIPELINES = {"chroma": "ChromaPipeline", "wan": "WanPipeline", "pixart-sigma": "PixArtSigmaPipeline",
                     "auraflow": "AuraFlowPipeline"}
@@ -31,16 +31,7 @@ def tiny_umt5(seed: int = 0, vocab_size: int = 640, **overrides):  # noqa: ANN20
     kw.update(overrides)
     torch.manual_seed(seed)
     model = UMT5EncoderModel(UMT5Config(**kw)).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "layer_norm" in name:
-                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
-            elif "relative_attention_bias" in name:
-                p.copy_(torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) * (0.5 if "shared" in name else p.shape[-1] ** -0.5))
-    return model
+    return randomize_t5_(model, seed)
 
 
 def text_encoder(family: str, seed: int = 0):  # noqa: ANN201
