@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -48,6 +49,19 @@ def shard_range(k: int, spec: JobSpec, rows: int) -> tuple[int, int]:
     return k * spec.shard_size, min((k + 1) * spec.shard_size, rows)
 
 
+@dataclass(frozen=True)
+class ShardInput:
+    """Shard k's valid rows as read (`ShardWork.prepare`), what `encode` and `write` take."""
+
+    k: int
+    start: int
+    stop: int
+    indices: tuple[int, ...]
+    texts: tuple[str, ...]
+    wheres: tuple[str, ...]
+    seeks: tuple[object, ...]
+
+
 class ShardWork:
     """Per process (or Ray actor): the encoder, the caption source and the scan arrays, loaded once."""
 
@@ -66,10 +80,14 @@ class ShardWork:
         self.format = get_format(spec.format)
 
     def run(self, k: int, seek: object, rows: int) -> dict:
-        """Encode and write shard k; returns its manifest record."""
+        """Read, encode and write shard k; returns its manifest record (the local engine overlaps the three)."""
+        shard = self.prepare(k, seek, rows)
+        return self.write(shard, self.encode(shard))
+
+    def prepare(self, k: int, seek: object, rows: int) -> ShardInput:
+        """Read shard k's input range and check it is what the scan validated (no encoder used)."""
         start, stop = shard_range(k, self.spec, rows)
         seek = tuple(seek) if isinstance(seek, list) else seek
-        self.encoder.forget_before(start)
         indices, texts, wheres, seeks = [], [], [], []
         expected = start
         for rec in self.source.read(seek, start, stop):
@@ -84,9 +102,22 @@ class ShardWork:
             seeks.append(rec.seek)
         if expected != stop:
             raise self._changed(f"caption {expected + 1} (the input ends earlier)", k)
-        lengths = [int(self.lengths[i]) for i in indices]
-        reuse = [int(self.last[i]) for i in indices]
-        tensors = self.encoder.encode(texts, lengths, reuse, position=stop - 1)
+        return ShardInput(k, start, stop, tuple(indices), tuple(texts), tuple(wheres), tuple(seeks))
+
+    def encode(self, shard: ShardInput) -> dict[str, torch.Tensor]:
+        """The shard's rows (the only step that uses the encoder: call it from one thread, in shard order)."""
+        self.encoder.forget_before(shard.start)
+        if not shard.indices:  # every row of the range was invalid: an empty shard of the right shapes
+            return {name: t[:0] for name, t in self.encoder.encode([""], [1]).items()}
+        lengths = [int(self.lengths[i]) for i in shard.indices]
+        reuse = [int(self.last[i]) for i in shard.indices]
+        return self.encoder.encode(list(shard.texts), lengths, reuse, position=shard.stop - 1)
+
+    def write(self, shard: ShardInput, tensors: dict[str, torch.Tensor]) -> dict:
+        """Hash and write shard k's files atomically; returns its manifest record (no encoder used: safe in a
+        writer thread while the next shard encodes)."""
+        k, start, stop = shard.k, shard.start, shard.stop
+        indices, texts, wheres, seeks = list(shard.indices), list(shard.texts), list(shard.wheres), shard.seeks
         record = {"shard": k, "start": start, "stop": stop, "rows": len(indices),
                   "rows_digest": rows_digest(self.digests[start:stop])}
         if self.format is not None:  # a trainer's own files (sdclip.jobs.formats)
@@ -100,9 +131,6 @@ class ShardWork:
         if self.spec.caption_lines:  # which image, which of its sidecar's lines (SimpleTuner's (image, k))
             tensors["image_index"] = torch.tensor([int(q[0]) for q in seeks], dtype=torch.int64)
             tensors["caption_line"] = torch.tensor([int(q[1]) for q in seeks], dtype=torch.int32)
-        if not indices:  # every row of the range was invalid: an empty shard of the right shapes
-            shapes = self.encoder.encode([""], [1])
-            tensors.update({name: t[:0] for name, t in shapes.items()})
         name = shard_name(k)
         meta = {"sdclip_job": self.digest, "start": str(start), "stop": str(stop), "rows_digest": record["rows_digest"],
                 "options": json.dumps(self.spec.options, sort_keys=True), "family": self.encoder.family.name,
