@@ -23,6 +23,7 @@ from sdclip.tokenizer import normalize as norm
 from sdclip.tokenizer.normalize import NORMALIZATIONS
 from sdclip.syntax.prompt import Sequence
 from sdclip.tokenizer.stream import FIRST_VECTOR_ID, TokenStream
+from sdclip.tokenizer.source_spans import fragment_spans
 from sdclip.tokenizer.vocab import (
     BOS_TEXT,
     END_OF_WORD,
@@ -366,7 +367,7 @@ def tokenize(
             add_vectors(frag.text, frag.weight, (frag.start, end), index)
         else:
             ids, spans = tokenizer.encode_with_spans(frag.text)
-            spans = [(min(frag.start + a, end), min(frag.start + b, end)) for a, b in spans]
+            spans = fragment_spans(frag.text, frag.start, end, spans, source)  # the text may be rewritten
             if lookup and any(i in lookup for i in ids):
                 _replace_ids(ids, spans, lookup, frag.weight, index, stream, origin, add_vectors)
                 continue

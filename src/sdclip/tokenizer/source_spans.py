@@ -1,0 +1,84 @@
+"""A token's span in its fragment's text → its span in the source prompt.
+
+A fragment's `text` is what the tokenizer reads; `start`/`end` bound it in the source prompt. The two are
+the same characters in the common case, but a dialect may rewrite them: A1111 removes `<lora:x:1>` tags
+from inside a fragment (`a fox <lora:x:1>, a dog` → `a fox , a dog`), compel drops its syntax and adds
+spaces (`a (red:1.3) fox` → `a red:1 . 3 fox`), escapes lose their backslash. There `start + offset` points
+at the wrong characters (issue 20's inspect bugs: "fox <" drawn for ","). `fragment_spans` aligns the
+fragment text to its source slice (runs of equal characters matched in order, removed source characters
+skipped, inserted whitespace placed without consuming source) and maps each token through it. Linear in
+the fragment; a fragment whose text is its source slice costs one comparison.
+"""
+
+from __future__ import annotations
+
+#: candidate source positions scored at a mismatch, and how far a candidate's agreement is read
+_CANDIDATES = 8
+_LOOKAHEAD = 64
+
+
+def _common(a: str, i: int, b: str, p: int, cap: int | None = None) -> int:
+    """Length of the common prefix of a[i:] and b[p:] (at most `cap`), by doubling slices (C-speed compares)."""
+    most = min(len(a) - i, len(b) - p, cap if cap is not None else len(a))
+    lo, step = 0, 1
+    while lo < most:  # grow while whole blocks agree, then halve back down
+        k = min(step, most - lo)
+        if a[i + lo : i + lo + k] == b[p + lo : p + lo + k]:
+            lo += k
+            step *= 2
+        elif k == 1:
+            break
+        else:
+            step = max(1, k // 2)
+    return lo
+
+
+def align(text: str, source: str) -> list[int]:
+    """For each character of `text` (and one past its end), its position in `source`: equal runs map
+    one to one; a text character missing at the current place is looked for ahead (the source's removed
+    syntax skipped), choosing the occurrence after which most characters agree; a whitespace character
+    with no better match is an insertion (mapped where it stands, consuming nothing)."""
+    out: list[int] = []
+    i = p = 0
+    while i < len(text):
+        n = _common(text, i, source, p)
+        out.extend(range(p, p + n))
+        i, p = i + n, p + n
+        if i >= len(text):
+            break
+        c = text[i]
+        best, score = -1, -1
+        q = source.find(c, p)
+        for _ in range(_CANDIDATES):
+            if q < 0:
+                break
+            s = _common(text, i, source, q, _LOOKAHEAD)
+            if s > score:
+                best, score = q, s
+            q = source.find(c, q + 1)
+        if c.isspace() and _common(text, i + 1, source, p, _LOOKAHEAD) >= score:
+            best = -1  # an inserted space (compel's joins) agrees at least as well as a skip
+        if best < 0:
+            out.append(min(p, len(source)))  # inserted: no source character of its own
+            i += 1
+        else:
+            p = best
+    out.append(min(p, len(source)))
+    return out
+
+
+def fragment_spans(text: str, start: int, end: int, spans: list[tuple[int, int]], source: str) -> list[tuple[int, int]]:
+    """Spans in a fragment's `text` → source-prompt spans. Without a source (or where the text is its source
+    slice) `start + offset`, clipped to `end`, as before."""
+    end = max(start, end)
+    if not source or source[start:end] == text:
+        return [(min(start + a, end), min(start + b, end)) for a, b in spans]
+    where = align(text, source[start:end])
+    last = len(where) - 1
+    out = []
+    for a, b in spans:
+        a, b = min(max(a, 0), last), min(max(b, 0), last)
+        s = start + where[a]
+        e = start + (where[b - 1] + 1 if b > a else where[a])
+        out.append((min(s, end), min(max(s, e), end)))
+    return out

@@ -1,0 +1,73 @@
+"""Inspect draws each token from the characters it was read from, where a dialect rewrote the text a
+fragment holds (compel's syntax and joins, A1111's removed `<lora:…>` tags, escapes, schedules).
+
+The oracle is the tokenizer's own decoding of each id: a slot's drawn text (and the source characters its
+span covers) must read as that token. Issue 20's inspect bugs: `--syntax compel "a (red:1.3) fox"` drew
+"(re d : . )" and `"a fox <lora:x:1>, "` drew "fox <" for "fox ,"."""
+
+from __future__ import annotations
+
+import pytest
+
+from sdclip.cli.main import main
+from sdclip.conventions.family import get_family
+from sdclip.conventions.presets import options_from_user
+from sdclip.describe import readable_slots
+from sdclip.prepare import prepare
+from sdclip.tokenizer import Tokenizer
+from sdclip.tokenizer.source_spans import align
+
+CASES = [
+    ("compel", "a (red:1.3) fox"),
+    ("compel", "a,b (c d)1.2, e\\(f\\) g"),
+    ("compel", "a red++ fox, (misty forest)0.8 at dawn"),
+    ("a1111", "a fox <lora:x:1>, "),
+    ("a1111", "a fox <lora:x:1>, a red dog"),
+    ("a1111", "<lora:detail:0.8> a <hypernet:h:1> castle, (tall:1.2) towers <lyco:y:0.5> at dusk"),
+    ("a1111", "a [dog:cat:0.5] fox <lora:z:1> in snow"),
+    ("a1111", "a \\(fox\\) <lora:x:1>, a dog"),
+]
+
+
+def _options(dialect: str):
+    return options_from_user("a1111" if dialect == "a1111" else "compel")
+
+
+@pytest.mark.parametrize(("dialect", "text"), CASES)
+def test_every_slot_reads_as_its_token(dialect, text):
+    options = _options(dialect)
+    tok = Tokenizer.default(options.normalize)
+    prepared = prepare(text, options, get_family("sd1"), tok)
+    seen = 0
+    for part in prepared.parts:
+        for r in range(len(part.rows[0])):
+            for slot in readable_slots(text, part, r):
+                if slot["kind"] != "token" or slot["cont"]:
+                    continue
+                want = tok.decode([slot["id"]]).replace(" ", "")
+                a, b = slot["span"]
+                assert slot["t"].lower().replace(" ", "") == want, (text, slot)
+                assert text[a:b].lower().replace(" ", "") == want, (text, slot)
+                seen += 1
+    assert seen >= 3
+
+
+def test_terminal_rows_show_the_right_characters(capsys):
+    assert main(["inspect", "--syntax", "compel", "a (red:1.3) fox"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("row 1"))
+    assert "a red : 1 . 3 fox" in row and "(" not in row.split("│")[1].split("[EOS]")[0]
+    assert main(["inspect", "--family", "sd1", "a fox <lora:x:1>, "]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("row 1"))
+    assert "a fox , [EOS]" in row and "<" not in row.split("│")[1].split("[EOS]")[0]
+
+
+def test_align_maps_kept_characters_and_places_inserted_spaces():
+    source = "a (red:1.3) fox"
+    text = "a red:1 . 3 fox"
+    where = align(text, source)
+    assert len(where) == len(text) + 1
+    for k, c in enumerate(text):
+        if not c.isspace():
+            assert source[where[k]] == c
+    assert where == sorted(where)  # order kept
+    assert align("a fox , a dog", "a fox <lora:x:1>, a dog")[6] == 16  # the comma after the tag
