@@ -165,7 +165,11 @@ class Conditioner:
         n = self._lengths([encoded[t] for t in pos + neg], length)
         positive = conditioning(prompts, [encoded[t] for t in pos], n, empty)
         given = None if negative is None and negative_2 is None and negative_3 is None else True
-        pair = ConditioningPair(positive, self._negative(given, neg, encoded, n, empty))
+        return self._finish(ConditioningPair(positive, self._negative(given, neg, encoded, n, empty)), pos, neg, encoded)
+
+    def _finish(self, pair: ConditioningPair, pos: list, neg: list, encoded: dict) -> ConditioningPair:
+        """The pair as its pipeline takes it: T5 masks, then each lane's own outputs (an LLM's mask, Z-Image's
+        list), from the layouts of its positive and negative texts."""
         pair = with_masks(pair, self.family, [encoded[t][1] for t in pos], [encoded[t][1] for t in neg])
         return lane_outputs(pair, self.family, [encoded[t][1] for t in pos], [encoded[t][1] for t in neg])
 
@@ -185,15 +189,15 @@ class Conditioner:
         pos = schedule(prompt, steps, self.options.dialect, hires_steps=hires_steps)
         neg = schedule(negative or "", steps, self.options.dialect, hires_steps=hires_steps)
         ends = sorted({e.end_step for e in pos.entries} | {e.end_step for e in neg.entries})
-        pairs = [(end, pos.at(end), neg.at(end)) for end in ends]
-        texts = [t for _, p, q in pairs for t in (p, q)]
+        prompts = [pos.at(end) for end in ends]
+        negatives = negative_keys([neg.at(end) for end in ends], self._marks_negative)  # Lumina 2: laid out bare
+        texts = prompts + negatives
         encoded, empty = self._encode_texts(texts)
         n = self._lengths([encoded[t] for t in texts], 0)
         entries = tuple(
-            (end, with_masks(ConditioningPair(conditioning([p], [encoded[p]], n, empty),
-                                              self._negative(negative, [q], encoded, n, empty)),
-                             self.family, [encoded[p][1]], [encoded[q][1]]))
-            for end, p, q in pairs
+            (end, self._finish(ConditioningPair(conditioning([p], [encoded[p]], n, empty),
+                                                self._negative(negative, [q], encoded, n, empty)), [p], [q], encoded))
+            for end, p, q in zip(ends, prompts, negatives)
         )
         return ScheduledConditioning(pos.steps, entries)
 
