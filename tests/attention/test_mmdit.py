@@ -48,7 +48,7 @@ def _traced(kind: str, prompt: str = PROMPT, steps: int = 2, seed: int = 0, pres
     return latents, tc
 
 
-def _recorded(kind: str, steps: int = 1) -> tuple[torch.Tensor, list]:
+def _recorded(kind: str, steps: int = 1, kwargs: dict | None = None) -> tuple[torch.Tensor, list]:
     """An untraced run; every attention call's (layer, q, k, v, mask) as the layer's own processor made them."""
     pipe = _pipe(kind)
     calls: list = []
@@ -80,7 +80,7 @@ def _recorded(kind: str, steps: int = 1) -> tuple[torch.Tensor, list]:
 
         mp.setattr(transformer_flux, "dispatch_attention_fn", record)
     try:
-        latents = tiny_mmdit.run(pipe, steps=steps, **_kwargs(kind))
+        latents = tiny_mmdit.run(pipe, steps=steps, **(_kwargs(kind) if kwargs is None else kwargs))
     finally:
         mp.undo()
         for h in handles:
@@ -315,3 +315,79 @@ def test_chroma_with_sdclip_conditioning_matches_its_own_encoding() -> None:
     ours, own = tc.maps(), _traced("chroma", steps=1)[1].maps()
     assert [(s.text, s.kind, s.word_span) for s in ours.slots] == [(s.text, s.kind, s.word_span) for s in own.slots]
     torch.testing.assert_close(ours.maps, own.maps, atol=1e-5, rtol=1e-4)
+
+
+def _true_cfg_kwargs(prompt: str = PROMPT) -> dict:
+    """FluxPipeline with true CFG: sdclip's positive and negative conditioning, true_cfg_scale 4."""
+    return {**pipeline_kwargs(_pipe("flux"), prompt, NEGATIVE, conditioner=_cond("flux")), "true_cfg_scale": 4.0}
+
+
+def test_flux_true_cfg_maps_are_the_positive_pass_and_the_image_is_unchanged() -> None:
+    """true_cfg_scale > 1 with a negative: the transformer runs twice a step (pipeline_flux.py 0.42.1 lines
+    900-929, the conditional pass first); the maps equal a plain-torch softmax of the positive pass's q / k,
+    not the negative's, and the latents are bit-identical traced or not."""
+    pipe = _pipe("flux")
+    kwargs = _true_cfg_kwargs()
+    untraced, calls = _recorded("flux", kwargs=kwargs)
+    plain, _ = _recorded("flux")
+    assert not torch.equal(untraced, plain)  # true CFG is on: the negative pass changes the result
+    assert len(calls) == 2 * 4  # 2 joint + 2 single layers, positive pass then negative pass
+    positive, negative = calls[:4], calls[4:]
+    assert [c[0] for c in positive] == [c[0] for c in negative]
+    for pos, neg in zip(positive, negative):
+        with trace_mmdit(pipe, conditioner=_cond("flux"), prompt=PROMPT, negative=NEGATIVE, blocks=[pos[0]]) as tc:
+            latents = tiny_mmdit.run(pipe, steps=1, **kwargs)
+        assert torch.equal(latents, untraced)
+        maps = tc.maps()
+        n = maps.maps.shape[0]
+        expect = _reference("flux", pos, n).float().reshape(maps.maps.shape)
+        torch.testing.assert_close(maps.maps, expect, atol=1e-5, rtol=1e-5)
+        other = _reference("flux", neg, n).float().reshape(maps.maps.shape)
+        assert (maps.maps - other).abs().max() > 1e-3  # the negative pass's maps are not what was read
+        assert maps.info["steps"] == [0]
+
+
+def test_flux_true_cfg_two_steps_bit_identical_and_steps_counted_once() -> None:
+    pipe = _pipe("flux")
+    kwargs = _true_cfg_kwargs()
+    plain = tiny_mmdit.run(pipe, steps=2, **kwargs)
+    with trace_mmdit(pipe, conditioner=_cond("flux"), prompt=PROMPT, negative=NEGATIVE, steps=[1],
+                     readings=("softmax", "output")) as tc:
+        traced = tiny_mmdit.run(pipe, steps=2, **kwargs)
+    assert torch.equal(plain, traced)
+    with trace_mmdit(pipe, steps=[1]) as once:  # no negative pass: the same number of items read
+        tiny_mmdit.run(pipe, steps=2, **_kwargs("flux"))
+    assert tc.maps().info["steps"] == [1] and tc.maps().info["block_types"] == once.maps().info["block_types"]
+
+
+def test_generate_true_cfg_for_flux_only_and_with_a_negative() -> None:
+    from sdclip.attention.mmdit_generate import generate
+
+    base = dict(prompt=PROMPT, steps=1, seed=0, size=(32, 32))
+    maps, image, _ = generate(_pipe("flux"), negative=NEGATIVE, true_cfg=4.0, **base)
+    off, image_off, _ = generate(_pipe("flux"), negative=NEGATIVE, **base)
+    assert list(image.getdata()) != list(image_off.getdata())  # the negative was read
+    # step 0's positive pass sees the same latents either way: the same maps
+    torch.testing.assert_close(maps.maps, off.maps, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="needs --negative") as e:
+        generate(_pipe("flux"), negative=None, true_cfg=4.0, **base)
+    assert "\n" not in str(e.value)
+    for kind in ("sd3", "chroma"):
+        with pytest.raises(ValueError, match="runs CFG through --guidance"):
+            generate(_pipe(kind), negative=NEGATIVE, true_cfg=4.0, **base)
+
+
+def test_chroma_cfg_maps_are_the_positive_pass() -> None:
+    """Chroma's CFG (guidance_scale > 1) also runs the negative as a second call: the maps are the first's."""
+    untraced, calls = _recorded("chroma")
+    layers = [c for c in calls if c[0] is not None]
+    half = len(layers) // 2
+    assert [c[0] for c in layers[:half]] == [c[0] for c in layers[half:]]
+    name = layers[0][0]
+    latents, tc = _traced("chroma", steps=1, blocks=[name])
+    assert torch.equal(latents, untraced)
+    maps = tc.maps()
+    n = maps.maps.shape[0]
+    torch.testing.assert_close(maps.maps, _reference("chroma", layers[0], n).float().reshape(maps.maps.shape),
+                               atol=1e-5, rtol=1e-5)
+    assert (maps.maps - _reference("chroma", layers[half], n).float().reshape(maps.maps.shape)).abs().max() > 1e-3

@@ -100,5 +100,35 @@ def test_unet_pipelines_refuse_the_mmdit_flags(tmp_path, capsys) -> None:  # noq
     base = ["attention", "--model", str(tmp_path / "sd1"), "--prompt", "fox", "--out", str(tmp_path / "o")]
     assert main([*base, "--blocks", "joint"]) == 2
     err = capsys.readouterr().err
-    assert "--blocks and --reading are for SD3 / Flux / Chroma" in err and err.count("\n") == 1
+    assert "--blocks, --reading and --true-cfg-scale are for SD3 / Flux / Chroma" in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_flux_true_cfg_flags(folders: dict, tmp_path, capsys) -> None:  # noqa: ANN001
+    """--negative + --true-cfg-scale: FluxPipeline's true CFG (the image changes, the maps are the positive
+    pass's: at step 0 equal to a run without it); --negative alone is noted as unread; refusals are one line."""
+    base = ["attention", "--model", folders["flux"], "--prompt", PROMPT, "--steps", "1", "--size", "32x32"]
+    on, off = tmp_path / "on", tmp_path / "off"
+    assert main([*base, "--negative", "blurry", "--true-cfg-scale", "4", "--out", str(on)]) == 0
+    assert "note" not in capsys.readouterr().err
+    assert main([*base, "--negative", "blurry", "--out", str(off)]) == 0
+    err = capsys.readouterr().err
+    assert "reads --negative only with --true-cfg-scale > 1" in err and err.count("\n") == 1
+    maps_on, meta_on, _ = _read(on)
+    maps_off, meta_off, _ = _read(off)
+    assert meta_on["true_cfg_scale"] == "4.0" and "true_cfg_scale" not in meta_off
+    assert meta_on["negative"] == "blurry"
+    torch.testing.assert_close(maps_on, maps_off, atol=1e-6, rtol=0)
+    assert Image.open(on / "image.png").tobytes() != Image.open(off / "image.png").tobytes()
+    bad = tmp_path / "bad"
+    assert main([*base, "--true-cfg-scale", "4", "--out", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "--true-cfg-scale needs --negative" in err and err.count("\n") == 1
+    sd3 = ["attention", "--model", folders["sd3"], "--prompt", PROMPT, "--steps", "1", "--size", "32x32"]
+    assert main([*sd3, "--negative", "x", "--true-cfg-scale", "4", "--out", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "runs CFG through --guidance" in err and err.count("\n") == 1
+    with pytest.raises(SystemExit) as e:  # argparse's own refusal of the checked type
+        main([*base, "--negative", "x", "--true-cfg-scale", "nan", "--out", str(bad)])
+    assert e.value.code == 2 and "not a finite number" in capsys.readouterr().err
+    assert not bad.exists()

@@ -1,8 +1,14 @@
 """One traced generation of an SD3 / Flux / Chroma pipeline, for `sdclip attention --model <MM-DiT folder>`.
 
 SD3, Flux and Chroma are conditioned by sdclip (the flags' preset and options, as for UNet models; Chroma's
-T5 padding mask included). Guidance defaults to each pipeline's own: SD3 7.0, Flux's distilled guidance 3.5
-(Flux reads no negative prompt without true CFG, which this command leaves off), Chroma 3.0.
+T5 padding mask included). Guidance defaults to each pipeline's own: SD3 7.0, Flux's distilled guidance 3.5,
+Chroma 3.0.
+
+How each pipeline reads the negative prompt is a table (NEGATIVE_READ): SD3 and Chroma run real CFG through
+`guidance_scale`; Flux reads it only with true CFG, `true_cfg_scale > 1` beside a negative (diffusers 0.42.1
+pipeline_flux.py lines 768-771: `do_true_cfg = true_cfg_scale > 1 and has_neg_prompt`), when the transformer
+runs twice per step, the conditional pass first (lines 900-929). The maps are read from the conditional pass
+only (sdclip.attention.mmdit: the second call of a step repeats its timestep and is not read).
 """
 
 from __future__ import annotations
@@ -14,6 +20,9 @@ from sdclip.attention.mmdit import check_request, mmdit_kind, trace_mmdit
 
 #: each pipeline's own default guidance_scale (diffusers 0.42)
 GUIDANCE = {"sd3": 7.0, "flux": 3.5, "chroma": 3.0}
+#: the pipeline argument through which each kind reads a negative prompt: its CFG scale (SD3, Chroma) or
+#: FluxPipeline's true CFG, off unless true_cfg_scale > 1 (its guidance_scale is the distilled guidance)
+NEGATIVE_READ = {"sd3": "guidance_scale", "chroma": "guidance_scale", "flux": "true_cfg_scale"}
 
 
 def default_size(pipe: object) -> tuple[int, int]:
@@ -33,6 +42,7 @@ def generate(
     seed: int,
     size: tuple[int, int] | None = None,
     guidance: float | None = None,
+    true_cfg: float | None = None,
     conditioner_options: dict | None = None,
     trace_steps: Collection[int] | None = None,
     blocks: str = "both",
@@ -41,19 +51,21 @@ def generate(
     started: Callable[[], object] | None = None,
 ) -> tuple[AttentionMaps, object, tuple[int, int]]:
     """(maps of `reading`, the PIL image, (W, H)) of one traced generation; one-line errors for what cannot be
-    traced (checked before the prompt is encoded). callback: diffusers' callback_on_step_end; started():
-    called once the prompt is encoded, as denoising begins."""
+    traced (checked before the prompt is encoded). true_cfg: FluxPipeline's true_cfg_scale (with `negative`;
+    maps from the conditional pass). callback: diffusers' callback_on_step_end; started(): called once the
+    prompt is encoded, as denoising begins."""
     import torch
 
     kind = mmdit_kind(pipe)
     width, height = size or default_size(pipe)
     check_request(pipe, steps=steps, width=width, height=height)
+    extra = true_cfg_kwargs(kind, true_cfg, negative)
     readings = ("softmax",) if reading == "softmax" else ("softmax", reading)
     # entered before the encoders are read and the prompt encoded (the transformer takes no part in either),
     # so that a bad block choice is refused before that work
     with trace_mmdit(pipe, prompt=prompt, negative=negative, blocks=blocks, steps=trace_steps, readings=readings) as tc:
         tc.conditioner = cond = _conditioner(pipe, kind, conditioner_options)
-        kwargs = _prompt_kwargs(pipe, kind, cond, prompt, negative)
+        kwargs = _prompt_kwargs(pipe, cond, prompt, negative, read=negative_read(kind, true_cfg))
         if started is not None:
             started()
         image = pipe(  # type: ignore[operator]
@@ -65,6 +77,7 @@ def generate(
             height=height,
             output_type="pil",
             callback_on_step_end=callback,
+            **extra,
         ).images[0]
     return tc.maps(reading=reading), image, (width, height)
 
@@ -76,12 +89,34 @@ def _conditioner(pipe: object, kind: str, options: dict | None) -> object:
     return conditioner_from_pipeline(pipe, **(options or {}))
 
 
-def _prompt_kwargs(pipe: object, kind: str, cond: object, prompt: str, negative: str | None) -> dict:
+def true_cfg_kwargs(kind: str, true_cfg: float | None, negative: str | None) -> dict:
+    """`{"true_cfg_scale": x}` for a pipeline that has true CFG, {} without one; a one-line error for a scale
+    given to a pipeline without it, or without a negative prompt (diffusers would then silently run none)."""
+    if true_cfg is None:
+        return {}
+    if NEGATIVE_READ[kind] != "true_cfg_scale":
+        raise ValueError(f"--true-cfg-scale is FluxPipeline's true CFG; this {kind} pipeline runs CFG through "
+                         "--guidance (its negative is read whenever guidance > 1)")
+    if negative is None:
+        raise ValueError("--true-cfg-scale needs --negative (true CFG runs only beside a negative prompt; an empty "
+                         "one is --negative '')")
+    return {"true_cfg_scale": true_cfg}
+
+
+def negative_read(kind: str, true_cfg: float | None) -> bool:
+    """Whether the pipeline reads a negative prompt in this generation."""
+    if NEGATIVE_READ[kind] == "true_cfg_scale":
+        return true_cfg is not None and true_cfg > 1
+    return True
+
+
+def _prompt_kwargs(pipe: object, cond: object, prompt: str, negative: str | None, *, read: bool) -> dict:
+    """sdclip's prompt_embeds, and the negative_* ones where the pipeline reads them (`read`)."""
     if cond is None:
         return {"prompt": prompt, "negative_prompt": negative or ""}
     from sdclip.pipelines import pipeline_kwargs
 
     kwargs = pipeline_kwargs(pipe, prompt, negative, conditioner=cond)  # type: ignore[arg-type]
-    if kind == "flux":  # no true CFG: the negative is not read
+    if not read:  # Flux without true CFG: a negative there would switch nothing on, so it is not handed over
         kwargs = {k: v for k, v in kwargs.items() if not k.startswith("negative_")}
     return kwargs

@@ -23,6 +23,10 @@ class Shown:
     def stage(self, text: str) -> None:
         self._bar.update(self._stage, description=text)
 
+    def note(self, text: str) -> None:
+        """One line on stderr, above the bar on a terminal (printed as written: no markup)."""
+        self._bar.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
     def denoising(self) -> None:
         self.stage("denoising")
         self._denoise = self._bar.add_task("steps", total=self._steps)

@@ -43,6 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", help="WxH in pixels (default: the pipeline's)")
     p.add_argument("--guidance", type=finite_float, default=None,
                    help="guidance scale (default: 7.5; SD3 7.0, Flux's distilled guidance 3.5, Chroma 3.0)")
+    p.add_argument("--true-cfg-scale", type=finite_float, default=None,
+                   help="Flux: true CFG scale (> 1 runs the transformer on --negative too; maps from the positive pass)")
     p.add_argument("--trace-steps", help="START:END, 0-based steps to trace (default all)")
     p.add_argument("--resolutions", help="comma-separated downsampling factors to trace, e.g. 2,4 (default all)")
     p.add_argument("--blocks", choices=("joint", "single", "both"),
@@ -142,8 +144,8 @@ def run(args: argparse.Namespace) -> int:
         pipe = load_pipeline(model, dtype, config)
         if getattr(pipe, "unet", None) is None:
             return _run_mmdit(args, pipe, device, size, traced_steps, options, model, shown)
-        if args.blocks or args.reading:
-            raise ValueError("--blocks and --reading are for SD3 / Flux / Chroma pipelines (MM-DiT); "
+        if args.blocks or args.reading or args.true_cfg_scale is not None:
+            raise ValueError("--blocks, --reading and --true-cfg-scale are for SD3 / Flux / Chroma pipelines (MM-DiT); "
                              f"{args.model} is a {type(pipe).__name__}")
         pipe = pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
@@ -183,16 +185,22 @@ def _run_mmdit(args: argparse.Namespace, pipe, device, size, traced_steps, optio
     """SD3 / Flux / Chroma: one traced generation (sdclip.attention.mmdit_generate), the same files."""
     import json
 
-    from sdclip.attention.mmdit_generate import generate
+    from sdclip.attention.mmdit import mmdit_kind
+    from sdclip.attention.mmdit_generate import generate, negative_read, true_cfg_kwargs
 
     if args.resolutions is not None:
         raise ValueError(f"--resolutions is for UNet pipelines: a {type(pipe).__name__} reads one token grid")
+    kind = mmdit_kind(pipe)
+    true_cfg = true_cfg_kwargs(kind, args.true_cfg_scale, args.negative)  # refused here, before the prompt is encoded
+    if args.negative is not None and not negative_read(kind, args.true_cfg_scale):
+        shown.note(f"sdclip: note: a {type(pipe).__name__} reads --negative only with --true-cfg-scale > 1 (true CFG); "
+                   "this generation does not read it")
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     shown.stage("encoding the prompt")
     maps, image, size = generate(
         pipe, prompt=args.prompt, negative=args.negative, steps=args.steps, seed=args.seed, size=size,
-        guidance=args.guidance, conditioner_options=_overrides(options, args.preset), trace_steps=traced_steps,
+        guidance=args.guidance, true_cfg=args.true_cfg_scale, conditioner_options=_overrides(options, args.preset), trace_steps=traced_steps,
         blocks=args.blocks or "both", reading=args.reading or "softmax", callback=shown.step_callback,
         started=shown.denoising,
     )
@@ -200,7 +208,8 @@ def _run_mmdit(args: argparse.Namespace, pipe, device, size, traced_steps, optio
     write_result(args.out, maps, image, {"prompt": args.prompt, "negative": args.negative or "", "seed": str(args.seed),
                                          "steps": str(args.steps), "model": str(model),
                                          "blocks": json.dumps(maps.info["blocks"]), "reading": maps.info["reading"],
-                                         "layout": "[N, H, W] at the image-token grid (image / VAE factor / patch)"})
+                                         "layout": "[N, H, W] at the image-token grid (image / VAE factor / patch)",
+                                         **{k: str(v) for k, v in true_cfg.items()}})
     print(f"wrote {args.out}: maps {list(maps.maps.shape)} ({len(maps.words())} words, {len(maps.info['blocks'])} "
           f"blocks), image {size[0]}x{size[1]}")
     return 0
