@@ -166,14 +166,14 @@ def test_captions_edited_while_the_job_runs_are_detected_before_a_shard_is_writt
 
     captions = [f"caption number {i}" for i in range(12)]
     caps = write_txt(tmp_path / "caps.txt", captions)
-    real_run = work.ShardWork.run
+    real_prepare = work.ShardWork.prepare
 
     def edit_after_first_shard(self, k, seek, rows):  # noqa: ANN001, ANN202
         if k == 1:
             caps.write_text("an inserted line\n" + caps.read_text(encoding="utf-8"), encoding="utf-8")
-        return real_run(self, k, seek, rows)
+        return real_prepare(self, k, seek, rows)
 
-    monkeypatch.setattr(work.ShardWork, "run", edit_after_first_shard)
+    monkeypatch.setattr(work.ShardWork, "prepare", edit_after_first_shard)
     out = tmp_path / "out"
     assert embed("--model", models["sd1"], "--captions", caps, "--out", out, "--shard-size", 4) == 2
     err = capsys.readouterr().err
@@ -183,7 +183,7 @@ def test_captions_edited_while_the_job_runs_are_detected_before_a_shard_is_writt
     m = json.loads((out / "manifest.json").read_text())
     assert not m["complete"] and [s["shard"] for s in m["shards"]] == [0]
     # the file as it was: the same command finishes, every caption once
-    monkeypatch.setattr(work.ShardWork, "run", real_run)
+    monkeypatch.setattr(work.ShardWork, "prepare", real_prepare)
     write_txt(caps, captions)
     assert embed("--model", models["sd1"], "--captions", caps, "--out", out, "--shard-size", 4) == 0
     assert read_all(out)["index"].tolist() == list(range(12))
