@@ -24,7 +24,8 @@ from sdclip.conventions.presets import Options
 from sdclip.encoder import encoders_from_modules
 
 #: the LLM families' pipelines (sdclip.encoder.loading.llm.PIPELINES; transformers only where one is used)
-LLM_PIPELINES = ("QwenImagePipeline", "ZImagePipeline", "Lumina2Pipeline", "Lumina2Text2ImgPipeline")
+LLM_PIPELINES = ("QwenImagePipeline", "ZImagePipeline", "Lumina2Pipeline", "Lumina2Text2ImgPipeline", "Flux2Pipeline",
+                 "Flux2KleinPipeline")
 
 
 def t5_family(pipe: object) -> str | None:
@@ -93,6 +94,19 @@ def conditioner_from_pipeline(
     return Conditioner(loaded.encoders, loaded.family, Options.preset(preset, **overrides), fingerprint=loaded.fingerprint)
 
 
+def _takes(pipe: object, name: str) -> bool:
+    """Whether `pipe(...)` has a `name` argument (any name where its call takes **kwargs, or it is not a callable
+    with a signature)."""
+    import inspect
+
+    call = getattr(type(pipe), "__call__", None)
+    try:
+        params = inspect.signature(call).parameters  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return True
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def pipeline_kwargs(
     pipe: object,
     prompt: str | Sequence[str],
@@ -112,6 +126,7 @@ def pipeline_kwargs(
     cond = conditioner or conditioner_from_pipeline(pipe, preset=preset, **overrides)
     kwargs = cond(prompt, negative_prompt, prompt_2=prompt_2, prompt_3=prompt_3, negative_2=negative_prompt_2,
                   negative_3=negative_prompt_3).diffusers_kwargs()
+    kwargs = {k: v for k, v in kwargs.items() if _takes(pipe, k)}  # Flux.2 [dev] takes no negative
     dtype = getattr(pipe, "dtype", None)
     device = getattr(pipe, "device", None)
     # an integer mask (PixArt-Σ's, AuraFlow's) keeps its dtype, as the pipeline's own encode_prompt returns it

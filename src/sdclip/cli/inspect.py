@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="T5 families (SD3, Flux, Chroma, Wan, PixArt-Σ, AuraFlow): the model's T5 tokenizer (its folder with tokenizer.json or spiece.model, or "
                         "the diffusers model folder holding tokenizer_3/ or tokenizer_2/)")
     p.add_argument("--llm-tokenizer", metavar="DIR",
-                   help="qwen-image / z-image / lumina2: the model's tokenizer (its tokenizer/ folder, or the diffusers "
+                   help="qwen-image / z-image / lumina2 / flux2 / flux2-klein: the model's tokenizer (its tokenizer/ folder, or the diffusers "
                         "model folder holding it; needs the llm extra)")
     p.add_argument("--steps", type=whole_number, default=20, help="sampling steps, for scheduled prompts (default 20)")
     p.add_argument("--step", type=whole_number, default=1, help="show the prompt as in force at this step (default 1)")

@@ -16,6 +16,8 @@ tests' model builders all read it.
 | wan      | t5 (umT5-XXL), masked, 512 (encode_prompt: 226), zero after the prompt | T5 last | [B, N, 4096] | —    |
 | pixart-sigma | t5 (T5 v1.1 XXL), masked, 300, lower-cased | T5 last               | [B, 300, 4096] + mask   | —               |
 | auraflow | t5 (umT5 / Pile-T5-XL), masked, 256, zero after the prompt | T5 last  | [B, 256, 2048] + mask   | —               |
+| flux2    | mistral3 (Mistral Small 3.1 24B), chat + system message, 512 | layers 10, 20, 30 side by side | [B, 512, 15360] | — |
+| flux2-klein | qwen3 (Qwen3-4B / 8B), chat, 512                       | layers 9, 18, 27 side by side | [B, 512, 7680] (8B: 12288) | — |
 
 SD3 joins L ‖ G on features, zero-pads them to T5's width and puts the T5 block after them on the token
 axis (diffusers' StableDiffusion3Pipeline.encode_prompt); Flux's sequence is T5 alone and CLIP-L gives
@@ -88,6 +90,26 @@ TOWERS: dict[str, Tower] = {t.name: t for t in (VIT_L, VIT_H, VIT_BIGG, LONGCLIP
 QWEN25VL_7B = Tower("qwen2.5-vl-7b-text", 3584, 28, 28, 18944, "silu", positions=128000, kind="llm")
 QWEN3_4B = Tower("qwen3-4b", 2560, 36, 32, 9728, "silu", positions=40960, kind="llm")
 GEMMA2_2B = Tower("gemma-2-2b", 2304, 26, 8, 9216, "gelu_pytorch_tanh", positions=8192, kind="llm")
+#: Flux.2 [dev]'s text encoder: Mistral-Small-3.1-24B-Instruct-2503's text model (Mistral3ForConditionalGeneration)
+MISTRAL_SMALL_31 = Tower("mistral-small-3.1-24b-text", 5120, 40, 32, 32768, "silu", positions=131072, kind="llm")
+#: Flux.2's system message (diffusers 0.42.1 pipelines/flux2/system_messages.py SYSTEM_MESSAGE, from BFL's flux2
+#: repository src/flux2/system_messages.py)
+FLUX2_SYSTEM = ("You are an AI that reasons about image descriptions. You give structured responses focusing on object "
+                "relationships, object\nattribution and actions without speculation.")
+
+
+@dataclass(frozen=True)
+class ChatCall:
+    """How a pipeline renders its prompt through the tokenizer's chat template (`LLMPrompt.template == "chat"`).
+    Default: Z-Image's call (pipelines/z_image/pipeline_z_image.py:221-226)."""
+
+    system: str | None = None  #: a system message before the user's (Flux.2)
+    generation: bool = True  #: add_generation_prompt
+    thinking: bool | None = True  #: enable_thinking (Qwen3 templates); None: not passed
+    parts: bool = False  #: content as [{"type": "text", "text": ...}] (Flux.2's format_input), not a string
+    special_tokens: bool = True  #: the rendered text tokenized with add_special_tokens (apply_chat_template's
+    #: own tokenize=True adds none: Flux.2)
+    remove: tuple[str, ...] = ()  #: substrings taken out of the prompt first (Flux.2: "[IMG]")
 
 
 @dataclass(frozen=True)
@@ -99,11 +121,16 @@ class LLMPrompt:
     drop: int = 0  #: leading template tokens cut from the states (Qwen-Image's prompt_template_encode_start_idx)
     counts_kept: bool = False  #: max_sequence_length counts the kept tokens (Qwen-Image) rather than all
     negative_template: bool = True  #: the negative goes through the template too (Lumina 2: it does not)
-    fixed: bool = False  #: padded to max_sequence_length and every position kept (Lumina 2)
+    fixed: bool = False  #: padded to max_sequence_length and every position kept (Lumina 2, Flux.2)
+    right_padded: bool = False  #: the pipeline sets padding_side="right" itself (Lumina 2); else the tokenizer's own
     mask_kwarg: str | None = None  #: the pipeline's mask argument (`prompt_embeds_mask`, `prompt_attention_mask`)
     as_list: bool = False  #: the pipeline takes a list of [n_i, D] tensors (Z-Image)
     comfy_literal: bool = False  #: ComfyUI's tokenizer sets disable_weights: `(x:1.2)` is text
     model_class: str = ""  #: transformers class of the decoder that runs the text (sdclip.encoder.llm_runner)
+    chat: ChatCall = ChatCall()  #: the chat template's call where `template` is "chat"
+    #: hidden_states indices read and joined on features, in order (Flux.2: (10, 20, 30)); the decoder stops at
+    #: the deepest. Empty: the role's `skip` / `final_norm` say which one layer
+    layers: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -137,7 +164,8 @@ class EncoderRole:
 
     @property
     def width(self) -> int:
-        return self.tower.width
+        """Its conditioning's width: an LLM reading several layers gives them side by side (Flux.2: 3 × 5120)."""
+        return self.tower.width * max(1, len(self.llm.layers) if self.llm else 1)
 
     @property
     def kind(self) -> str:
@@ -234,7 +262,23 @@ FAMILIES: dict[str, Family] = {
         "lumina2", (EncoderRole("gemma2", GEMMA2_2B, 0, 1, False, length=256, llm=LLMPrompt(
             "You are an assistant designed to generate superior images with the superior degree of image-text "
             "alignment based on textual prompts or user prompts. <Prompt Start> {}", negative_template=False,
-            fixed=True, mask_kwarg="prompt_attention_mask", model_class="Gemma2Model")),),
+            fixed=True, right_padded=True, mask_kwarg="prompt_attention_mask", model_class="Gemma2Model")),),
+    ),
+    # Flux.2 (diffusers 0.42.1 pipelines/flux2/pipeline_flux2.py:304-353, :571-604): the chat template with the
+    # system message, padded to 512, hidden_states 10, 20, 30 side by side; no mask, no negative. ComfyUI's
+    # Flux2Tokenizer and KleinTokenizer (comfy/text_encoders/flux.py) tokenize with disable_weights=True
+    "flux2": Family(
+        "flux2", (EncoderRole("mistral3", MISTRAL_SMALL_31, 11, 10, False, length=512, llm=LLMPrompt(
+            "chat", fixed=True, layers=(10, 20, 30), comfy_literal=True, model_class="MistralModel", chat=ChatCall(
+                system=FLUX2_SYSTEM, generation=False, thinking=None, parts=True, special_tokens=False,
+                remove=("[IMG]",)))),),
+    ),
+    # Flux.2 [klein] (pipelines/flux2/pipeline_flux2_klein.py:208-262, :429-462): Qwen3 (4B; 9B: Qwen3-8B), the
+    # chat template without thinking, padded to 512, hidden_states 9, 18, 27 side by side
+    "flux2-klein": Family(
+        "flux2-klein", (EncoderRole("qwen3", QWEN3_4B, 151643, 9, False, length=512, llm=LLMPrompt(
+            "chat", fixed=True, layers=(9, 18, 27), comfy_literal=True, model_class="Qwen3Model",
+            chat=ChatCall(thinking=False))),),
     ),
 }
 #: the families whose only encoder is a (um)T5 with the attention mask passed to it

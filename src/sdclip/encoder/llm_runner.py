@@ -27,16 +27,18 @@ from sdclip.tokenizer.stream import TokenStream
 
 
 class LLMEncoder(torch.nn.Module):
-    """A decoder LLM's first `layers` blocks (and its final norm where the family reads the last layer):
-    `forward(ids, mask)` is the family's hidden state, [B, L, D], in the stored dtype."""
+    """A decoder LLM's first blocks (and its final norm where the family reads the last layer): `forward(ids,
+    mask)` is the family's hidden state, [B, L, D], in the stored dtype. `layers` (Flux.2's hidden_states 10,
+    20, 30): those states side by side, [B, L, len(layers)·D], as the pipeline's stack + permute + reshape."""
 
-    def __init__(self, model: torch.nn.Module, *, pad_id: int, family: str):
+    def __init__(self, model: torch.nn.Module, *, pad_id: int, family: str, layers: tuple[int, ...] = ()):
         super().__init__()
         self.model = model
         self.pad_id = pad_id
         self.family = family
+        self.layers = tuple(layers)
         self.vocab = int(model.config.vocab_size)
-        self.width = int(model.config.hidden_size)
+        self.width = int(model.config.hidden_size) * max(1, len(self.layers))
         self.positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
 
     @property
@@ -48,8 +50,11 @@ class LLMEncoder(torch.nn.Module):
         if self.positions and ids.shape[1] > self.positions:
             raise ValueError(f"{ids.shape[1]} tokens: past the {self.family} text encoder's context of "
                              f"{self.positions} positions")
-        out = self.model(input_ids=ids, attention_mask=mask.long(), use_cache=False)
-        return out.last_hidden_state
+        out = self.model(input_ids=ids, attention_mask=mask.long(), use_cache=False,
+                         output_hidden_states=bool(self.layers))
+        if not self.layers:
+            return out.last_hidden_state
+        return torch.cat([out.hidden_states[k] for k in self.layers], dim=-1)
 
 
 def real_mask(ids: Tensor, pad_id: int) -> Tensor:

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdclip.conventions.family import ChatCall
+
 #: the one line for a user without transformers
-MISSING_EXTRA = ("the LLM text encoders (qwen-image, z-image, lumina2) need transformers: "
+MISSING_EXTRA = ("the LLM text encoders (qwen-image, z-image, lumina2, flux2, flux2-klein) need transformers: "
                  "pip install 'sdclip[llm]'")
 #: rendered in place of the prompt to find where a chat template puts it
 _SENTINEL = "\u2063sdclip-prompt\u2063"
@@ -58,9 +60,13 @@ class LLMTokenizer:
             raise ValueError(f"{folder}: not a tokenizer transformers can read ({str(exc).splitlines()[0]})") from None
         return cls(tok, str(folder))
 
-    def render(self, template: str, prompt: str) -> tuple[str, int, int]:
+    @property
+    def padding_side(self) -> str:
+        return str(getattr(self.tok, "padding_side", "right"))
+
+    def render(self, template: str, prompt: str, chat: ChatCall = ChatCall()) -> tuple[str, int, int]:
         """(the templated text, where the prompt starts, where it ends). `template`: a format string with
-        one `{}`, or "chat" for the tokenizer's own chat template (one user message, generation prompt)."""
+        one `{}`, or "chat" for the tokenizer's own chat template, called as `chat` says."""
         if template != "chat":
             head, _, tail = template.partition("{}")
             return head + prompt + tail, len(head), len(head) + len(prompt)
@@ -68,21 +74,27 @@ class LLMTokenizer:
             where = self.folder or "this tokenizer"
             raise ValueError(f"{where}: the tokenizer has no chat template (z-image renders its prompt through "
                              "it): use the model's own tokenizer folder")
-        marked = self._chat(_SENTINEL)
+        for cut in chat.remove:
+            prompt = prompt.replace(cut, "")
+        marked = self._chat(_SENTINEL, chat)
         head, found, tail = marked.partition(_SENTINEL)
-        whole = self._chat(prompt)
+        whole = self._chat(prompt, chat)
         if not found or whole != head + prompt + tail:
             raise ValueError("the tokenizer's chat template changes the prompt's text: sdclip cannot place its tokens")
         return whole, len(head), len(head) + len(prompt)
 
-    def _chat(self, prompt: str) -> str:
-        """diffusers' Z-Image call (pipelines/z_image/pipeline_z_image.py:221-226)."""
-        return self.tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                            add_generation_prompt=True, enable_thinking=True)
+    def _chat(self, prompt: str, chat: ChatCall) -> str:
+        """The pipeline's messages (Z-Image: one user message; Flux.2: a system message, content as parts)."""
+        def message(role: str, text: str) -> dict:
+            return {"role": role, "content": [{"type": "text", "text": text}] if chat.parts else text}
 
-    def templated(self, template: str, prompt: str) -> Templated:
-        text, start, end = self.render(template, prompt)
-        enc = self.tok(text, return_offsets_mapping=True)
+        messages = ([message("system", chat.system)] if chat.system is not None else []) + [message("user", prompt)]
+        extra = {} if chat.thinking is None else {"enable_thinking": chat.thinking}
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=chat.generation, **extra)
+
+    def templated(self, template: str, prompt: str, chat: ChatCall = ChatCall()) -> Templated:
+        text, start, end = self.render(template, prompt, chat)
+        enc = self.tok(text, return_offsets_mapping=True, add_special_tokens=chat.special_tokens)
         ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
         prefix = 0
         while prefix < len(ids) and offsets[prefix][1] <= start:

@@ -1,10 +1,11 @@
-"""LLM text encoders from a diffusers folder (Qwen-Image, Z-Image, Lumina 2), recognised by the class names
-of its model_index.json, built with transformers' own classes (the `llm` extra).
+"""LLM text encoders from a diffusers folder (Qwen-Image, Z-Image, Lumina 2, Flux.2, Flux.2 [klein]), recognised
+by the class names of its model_index.json, built with transformers' own classes (the `llm` extra).
 
 Loading builds the decoder on the meta device and assigns the file's tensors to it (`load_state_dict(...,
 assign=True)`): no random init, no second copy, the stored dtypes kept (`dtype=` does not upcast an LLM
 encoder). Only the layers the family reads are built and read (`hidden_states[-2]`: the last block is never
-loaded, as clip skip's blocks are not); Qwen-Image's vision tower and every `lm_head` are skipped.
+loaded, as clip skip's blocks are not; Flux.2 reads hidden_states 10, 20, 30 of Mistral Small's 40 blocks: 30
+are built); Qwen-Image's and Flux.2's vision towers and every `lm_head` are skipped.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from sdclip.encoder.loading.clip import LoadedEncoders
 
 #: diffusers pipeline class → family; the text encoder class each one's model_index.json names
 PIPELINES: dict[str, str] = {"QwenImagePipeline": "qwen-image", "ZImagePipeline": "z-image",
-                             "Lumina2Pipeline": "lumina2", "Lumina2Text2ImgPipeline": "lumina2"}
-#: family → the transformers config classes its text_encoder/config.json may hold, and the model class built
-_TEXT_CONFIG = {"qwen-image": "text_config"}  #: Qwen2_5_VLConfig keeps the text model's config here
+                             "Lumina2Pipeline": "lumina2", "Lumina2Text2ImgPipeline": "lumina2",
+                             "Flux2Pipeline": "flux2", "Flux2KleinPipeline": "flux2-klein"}
+#: family → where its text_encoder/config.json keeps the text model's config (Qwen2_5_VLConfig, Mistral3Config)
+_TEXT_CONFIG = {"qwen-image": "text_config", "flux2": "text_config"}
 
 
 @dataclass
@@ -88,14 +90,22 @@ def read_checked(fh: Any, key: str) -> torch.Tensor:  # noqa: ANN401
 
 
 def _strip(key: str, wanted: set[str]) -> str | None:
-    """A stored key → the decoder's own name (transformers 5 `model.language_model.…`, 4.x `model.…`, bare)."""
-    for prefix in ("model.language_model.", "language_model.", "model.", ""):
+    """A stored key → the decoder's own name (transformers 5 `model.language_model.…`, 4.x `model.…`, Mistral 3's
+    saved `language_model.model.…`, bare)."""
+    for prefix in ("model.language_model.", "language_model.model.", "language_model.", "model.", ""):
         if key.startswith(prefix) and key[len(prefix):] in wanted:
             return key[len(prefix):]
     return None
 
 
-def build(folder: Path, role: EncoderRole, family: str, device: str | torch.device) -> torch.nn.Module:
+def pad_id_of(role: EncoderRole, tokenizer: Any) -> int:  # noqa: ANN401
+    """The id the LLM lane pads this role's rows with (sdclip.lanes.llm_lane `lay_out`): the tokenizer's where
+    the pipeline pads to max_sequence_length (Lumina 2, Flux.2: those states are read), else the role's."""
+    return tokenizer.pad_id if role.llm is not None and role.llm.fixed else role.pad_id
+
+
+def build(folder: Path, role: EncoderRole, family: str, device: str | torch.device,
+          pad_id: int | None = None) -> torch.nn.Module:
     """The role's decoder, cut to the layers it reads, its tensors assigned from the folder's files."""
     from sdclip.encoder.loading.t5 import PlainSafetensors
 
@@ -111,10 +121,10 @@ def build(folder: Path, role: EncoderRole, family: str, device: str | torch.devi
                     state[name] = read_checked(fh, key).to(device)
         return state
 
-    return decoder(_config(folder, family), role, family, tensors, device, str(folder))
+    return decoder(_config(folder, family), role, family, tensors, device, str(folder), pad_id=pad_id)
 
 
-def from_module(module: torch.nn.Module, role: EncoderRole, family: str) -> torch.nn.Module:
+def from_module(module: torch.nn.Module, role: EncoderRole, family: str, pad_id: int | None = None) -> torch.nn.Module:
     """The role's decoder over a loaded transformers model's own tensors (a pipeline's `text_encoder`): shared,
     not copied."""
     config = getattr(module.config, _TEXT_CONFIG.get(family, ""), None) or module.config
@@ -126,20 +136,22 @@ def from_module(module: torch.nn.Module, role: EncoderRole, family: str) -> torc
 
     import copy
 
-    return decoder(copy.deepcopy(config), role, family, tensors, device, type(module).__name__)
+    return decoder(copy.deepcopy(config), role, family, tensors, device, type(module).__name__, pad_id=pad_id)
 
 
 def decoder(config: Any, role: EncoderRole, family: str, tensors: Any, device: str | torch.device,  # noqa: ANN401
-            where: str, scaled: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
+            where: str, scaled: dict[str, torch.Tensor] | None = None, pad_id: int | None = None) -> torch.nn.Module:
     """Build on the meta device with only the layers read, then assign `tensors(wanted names)` to it.
-    scaled: stored linear name → its `scale_weight` (ComfyUI's scaled fp8): those stay fp8 (ScaledFP8Linear)."""
+    scaled: stored linear name → its `scale_weight` (ComfyUI's scaled fp8): those stay fp8 (ScaledFP8Linear).
+    pad_id: what the rows are padded with (`pad_id_of`), the role's own by default."""
     from sdclip.encoder.llm_runner import LLMEncoder
     from sdclip.tokenizer.llm import _transformers
 
     depth = int(config.num_hidden_layers)
-    layers = depth - role.skip
-    if layers < 1:
-        raise CheckpointError(f"{where}: a {depth}-layer text encoder has no layer {family} reads")
+    read = role.llm.layers if role.llm is not None else ()
+    layers = max(read) if read else depth - role.skip  # stop at the deepest layer read
+    if not 1 <= layers <= depth:
+        raise CheckpointError(f"{where}: a {depth}-layer text encoder has no layer {layers} that {family} reads")
     config.num_hidden_layers = layers
     if getattr(config, "layer_types", None):
         config.layer_types = list(config.layer_types)[:layers]
@@ -166,7 +178,7 @@ def decoder(config: Any, role: EncoderRole, family: str, tensors: Any, device: s
         if buf.is_meta:
             raise CheckpointError(f"{where}: {name} was not loaded")
     model.eval()
-    return LLMEncoder(model, pad_id=role.pad_id, family=family)
+    return LLMEncoder(model, pad_id=role.pad_id if pad_id is None else pad_id, family=family, layers=read)
 
 
 def load_folder(folder: Path, family: str | None, device: str | torch.device) -> LoadedLLM | None:
@@ -183,8 +195,8 @@ def load_folder(folder: Path, family: str | None, device: str | torch.device) ->
     tok_dir = folder / "tokenizer"
     if not tok_dir.is_dir():
         raise CheckpointError(f"{folder}: no tokenizer/ folder (the {found} text encoder's tokenizer)")
-    encoders = tuple(build(folder, role, found, device) for role in fam.roles)
     tokenizer = LLMTokenizer.from_folder(tok_dir)
+    encoders = tuple(build(folder, role, found, device, pad_id_of(role, tokenizer)) for role in fam.roles)
     return LoadedLLM(found, encoders, (), _fingerprint(files), str(folder),  # type: ignore[arg-type]
                      tokenizers={"llm_tokenizer": tokenizer})
 
@@ -200,25 +212,33 @@ def from_pipeline(pipe: object) -> LoadedLLM | None:
     module, tok = getattr(pipe, "text_encoder", None), getattr(pipe, "tokenizer", None)
     if module is None or tok is None:
         raise ValueError(f"the {type(pipe).__name__} has no text_encoder or tokenizer: sdclip encodes with both")
-    encoders = tuple(from_module(module, role, found) for role in FAMILIES[found].roles)
+    tokenizer = LLMTokenizer(tok)
+    encoders = tuple(from_module(module, role, found, pad_id_of(role, tokenizer)) for role in FAMILIES[found].roles)
     return LoadedLLM(found, encoders, (), f"pipe@{id(module)}", type(pipe).__name__,  # type: ignore[arg-type]
-                     tokenizers={"llm_tokenizer": LLMTokenizer(tok)})
+                     tokenizers={"llm_tokenizer": tokenizer})
 
 
 # ---- ComfyUI's single files (text_encoders/qwen_3_4b.safetensors, gemma_2_2b_fp16.safetensors, …) -----------
 #: what a ComfyUI file of each family holds beside the shapes: the released model's fixed settings (Qwen3-4B,
-#: Gemma-2-2B and Qwen2.5-VL-7B's config.json); width, depth, vocabulary, heads and MLP come from the tensors
+#: Gemma-2-2B, Qwen2.5-VL-7B and Mistral Small 3.1's config.json); width, depth, vocabulary, heads and MLP come from
+#: the tensors, head_dim from the per-head q norms where a file has them (Qwen3), else from here
 _FILE_CONFIG: dict[str, tuple[str, dict[str, Any]]] = {
     "z-image": ("Qwen3Config", dict(rope_theta=1e6, rms_norm_eps=1e-6, max_position_embeddings=40960,
                                     tie_word_embeddings=True, hidden_act="silu")),
     "lumina2": ("Gemma2Config", dict(head_dim=256, rope_theta=10000.0, rms_norm_eps=1e-6, max_position_embeddings=8192,
                                      query_pre_attn_scalar=256, sliding_window=4096, attn_logit_softcapping=50.0,
                                      final_logit_softcapping=30.0, hidden_activation="gelu_pytorch_tanh", pad_token_id=0)),
+    # ComfyUI's Mistral3Small24BConfig (comfy/text_encoders/llama.py): Mistral Small 3.1's text model
+    "flux2": ("MistralConfig", dict(head_dim=128, rope_theta=1e9, rms_norm_eps=1e-5, max_position_embeddings=131072,
+                                    hidden_act="silu", sliding_window=None)),
     "qwen-image": ("Qwen2_5_VLTextConfig", dict(head_dim=128, rope_theta=1e6, rms_norm_eps=1e-6,
                                                 max_position_embeddings=128000, hidden_act="silu",
                                                 rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24],
                                                                  "rope_theta": 1e6})),
 }
+#: a file's family (file_family) → the other families whose pipelines read the same file (`--family` picks):
+#: ComfyUI's qwen_3_4b.safetensors is Z-Image's and Flux.2 [klein] 4B's text encoder
+_SAME_FILE: dict[str, tuple[str, ...]] = {"z-image": ("flux2-klein",)}
 #: tokenizer folders looked for beside a single file, in order
 _BESIDE = ("tokenizer", "llm_tokenizer", "qwen_tokenizer", "gemma_tokenizer")
 
@@ -233,7 +253,8 @@ def file_family(keys: set[str]) -> str | None:
         return "z-image"  # Qwen3's per-head q / k norms
     if "model.layers.0.self_attn.q_proj.bias" in keys:
         return "qwen-image"  # Qwen2.5's biased q / k / v
-    return None
+    return "flux2"  # a plain Llama-shaped block: Mistral Small 3.1 (mistral_3_small_flux2_*.safetensors, ComfyUI's
+    # comfy/text_encoders/llama.py names its tensors as transformers does, as for qwen_3_4b)
 
 
 def _file_config(fh: Any, family: str, keys: set[str]) -> Any:  # noqa: ANN401
@@ -242,7 +263,8 @@ def _file_config(fh: Any, family: str, keys: set[str]) -> Any:  # noqa: ANN401
     cls_name, fixed = _FILE_CONFIG[family]
     vocab, hidden = fh.shape("model.embed_tokens.weight")
     depth = 1 + max(int(k.split(".")[2]) for k in keys if k.startswith("model.layers."))
-    head_dim = fh.shape("model.layers.0.self_attn.q_norm.weight")[0] if family == "z-image" else fixed["head_dim"]
+    q_norm = "model.layers.0.self_attn.q_norm.weight"  # per-head q norms (Qwen3) are head_dim long: read it there
+    head_dim = fh.shape(q_norm)[0] if q_norm in keys else fixed["head_dim"]
     settings = dict(fixed, vocab_size=vocab, hidden_size=hidden, num_hidden_layers=depth, head_dim=head_dim,
                     intermediate_size=fh.shape("model.layers.0.mlp.gate_proj.weight")[0],
                     num_attention_heads=fh.shape("model.layers.0.self_attn.q_proj.weight")[0] // head_dim,
@@ -291,7 +313,7 @@ def load_file(path: Path, family: str | None, device: str | torch.device) -> Loa
     found = file_family(keys)
     if found is None:
         return None
-    if family is not None and family != found:
+    if family is not None and family != found and family not in _SAME_FILE.get(found, ()):
         raise CheckpointError(f"{path}: a {found} text encoder, not {family}")
     tok_dir = next((path.parent / d for d in _BESIDE if (path.parent / d).is_dir()), None)
     if tok_dir is None:
@@ -302,13 +324,16 @@ def load_file(path: Path, family: str | None, device: str | torch.device) -> Loa
     if fp8 - scaled:
         raise CheckpointError(f"{path}: {len(fp8 - scaled)} fp8 weight(s) without a scale_weight "
                               f"(e.g. {sorted(fp8 - scaled)[0]}): read as plain fp8 it would be silently wrong")
-    role = FAMILIES[found].roles[0]
+    fam = family or found
+    role = FAMILIES[fam].roles[0]
+    tokenizer = LLMTokenizer.from_folder(tok_dir)
 
     def tensors(wanted: set[str]) -> dict[str, torch.Tensor]:
         return {name: read_checked(fh, k).to(device) for k in keys if (name := _strip(k, wanted)) is not None}
 
-    encoder = decoder(_file_config(fh, found, keys), role, found, tensors, device, str(path),
-                      scaled={s: read_checked(fh, f"{s}.scale_weight") for s in scaled})
+    encoder = decoder(_file_config(fh, found, keys), role, fam, tensors, device, str(path),
+                      scaled={s: read_checked(fh, f"{s}.scale_weight") for s in scaled},
+                      pad_id=pad_id_of(role, tokenizer))
     st = path.stat()
-    return LoadedLLM(found, (encoder,), (), f"llm-file:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}", str(path),  # type: ignore[arg-type]
-                     tokenizers={"llm_tokenizer": LLMTokenizer.from_folder(tok_dir)})
+    return LoadedLLM(fam, (encoder,), (), f"llm-file:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}", str(path),  # type: ignore[arg-type]
+                     tokenizers={"llm_tokenizer": tokenizer})

@@ -1,0 +1,160 @@
+"""Flux.2 [dev] (Mistral Small 3.1) and Flux.2 [klein] (Qwen3) equal diffusers 0.42.1's own `encode_prompt`
+(pipelines/flux2/pipeline_flux2.py, pipeline_flux2_klein.py) on tiny random encoders saved as diffusers folders and
+as ComfyUI single files (tests/tiny_llm.py); the decoder stops at the deepest layer read; `pipeline_kwargs` gives
+exactly what each pipeline takes."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("diffusers")
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tiny_llm import DEPTH, oracle, tiny_folder  # noqa: E402
+
+from sdclip.conditioner import Conditioner  # noqa: E402
+
+PROMPTS = ["a photo of a red fox in the forest", "a cat"]
+FAMILIES = ("flux2", "flux2-klein")
+SHORT = 160  #: a max_sequence_length shorter than 512 that leaves room after Flux.2's system message (≈ 105 tokens here)
+#: what a ComfyUI file cannot say and sdclip takes as the released model's (sdclip.encoder.loading.llm._FILE_CONFIG)
+RELEASED = {"flux2": dict(head_dim=128, rope_theta=1e9, rms_norm_eps=1e-5),
+            "flux2-klein": dict(rope_theta=1e6, rms_norm_eps=1e-6)}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        root = tmp_path_factory.mktemp("flux2")
+        return {f: tiny_folder(root, f, **RELEASED[f]) for f in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def pipes(folders: dict[str, Path]) -> dict[str, object]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {f: oracle(folders[f], f) for f in FAMILIES}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@torch.no_grad()
+def test_equals_diffusers_encode_prompt(folders: dict[str, Path], pipes: dict[str, object], family: str) -> None:
+    """Every one of the 512 positions (pads included: the pipeline reads them), three layers side by side."""
+    theirs, _ = pipes[family].encode_prompt(PROMPTS, device="cpu")
+    cond = Conditioner.from_pretrained(folders[family], preset="diffusers")
+    assert cond.family.name == family
+    out = cond(PROMPTS).diffusers_kwargs()
+    assert out["prompt_embeds"].shape == theirs.shape == (2, 512, 3 * 32)
+    torch.testing.assert_close(out["prompt_embeds"], theirs, atol=1e-4, rtol=0)
+    # the negative (Klein's CFG): diffusers encodes "" through the same template
+    empty, _ = pipes[family].encode_prompt(["", ""], device="cpu")
+    torch.testing.assert_close(out["negative_prompt_embeds"], empty, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@torch.no_grad()
+def test_max_sequence_length_and_comfy_literal_weights(folders: dict[str, Path], pipes: dict[str, object],
+                                                       family: str) -> None:
+    """A shorter max_sequence_length is the pipeline's too; comfy tokenizes `(red:1.3)` as typed, as ComfyUI's
+    Flux2Tokenizer / KleinTokenizer do (disable_weights=True), and says the weights do nothing."""
+    text = "a (red:1.3) fox"
+    theirs, _ = pipes[family].encode_prompt([text], device="cpu", max_sequence_length=SHORT)
+    cond = Conditioner.from_pretrained(folders[family], preset="comfy", max_sequence_length=SHORT)
+    assert any(family in n and "literally" in n for n in cond.prepare(text).parts[0].rows[0].notes)
+    torch.testing.assert_close(cond(text).diffusers_kwargs()["prompt_embeds"], theirs, atol=1e-4, rtol=0)
+    a1111 = Conditioner.from_pretrained(folders[family], preset="a1111", max_sequence_length=SHORT)
+    plain, _ = pipes[family].encode_prompt(["a red fox"], device="cpu", max_sequence_length=SHORT)
+    torch.testing.assert_close(a1111(text).diffusers_kwargs()["prompt_embeds"], plain, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_decoder_stops_at_the_deepest_layer_read(folders: dict[str, Path], family: str) -> None:
+    """Flux.2 reads hidden_states 10, 20, 30 (Klein 9, 18, 27): the blocks after the deepest are never built or read."""
+    cond = Conditioner.from_pretrained(folders[family], preset="diffusers")
+    deepest = {"flux2": 30, "flux2-klein": 27}[family]
+    config = json.loads((folders[family] / "text_encoder" / "config.json").read_text())
+    stored = config.get("text_config", config)["num_hidden_layers"]
+    assert stored == DEPTH[family] > deepest
+    assert len(cond.encoders[0].model.layers) == deepest
+    assert isinstance(cond.encoders[0].model.norm, torch.nn.Identity)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@torch.no_grad()
+def test_pipeline_kwargs_are_exactly_what_the_pipeline_takes(pipes: dict[str, object], family: str) -> None:
+    """Flux.2 [dev] takes no negative (guidance-distilled): passing one would be a TypeError; Klein takes both."""
+    from sdclip.pipelines import pipeline_kwargs
+
+    pipe = pipes[family]
+    out = pipeline_kwargs(pipe, PROMPTS)
+    takes = set(inspect.signature(type(pipe).__call__).parameters)
+    want = {"prompt_embeds"} | ({"negative_prompt_embeds"} if family == "flux2-klein" else set())
+    assert set(out) == want and set(out) <= takes
+    theirs, _ = pipe.encode_prompt(PROMPTS, device="cpu")
+    torch.testing.assert_close(out["prompt_embeds"], theirs, atol=1e-4, rtol=0)
+
+
+def test_a_left_padding_tokenizer_is_refused_in_one_line(folders: dict[str, Path], tmp_path: Path) -> None:
+    """The pipeline pads with the tokenizer's own side; sdclip lays out right padding: said, never silently wrong."""
+    folder = tmp_path / "klein"
+    shutil.copytree(folders["flux2-klein"], folder)
+    config = folder / "tokenizer" / "tokenizer_config.json"
+    config.write_text(json.dumps(dict(json.loads(config.read_text()), padding_side="left")))
+    with pytest.raises(ValueError, match="pads on the left") as info:
+        Conditioner.from_pretrained(folder, preset="diffusers")("a cat")
+    assert "\n" not in str(info.value)
+
+
+def _comfy_file(folder: Path, family: str, dest: Path) -> Path:
+    """The folder's text encoder as ComfyUI ships it: transformers' names under `model.`, no vision tower, the
+    tokenizer folder beside it."""
+    from safetensors.torch import load_file, save_file
+
+    name = {"flux2": "mistral_3_small_flux2_bf16", "flux2-klein": "qwen_3_4b"}[family]
+    state = load_file(str(folder / "text_encoder" / "model.safetensors"))
+    state = {k.replace("language_model.model.", "model.", 1): v.contiguous() for k, v in state.items()
+             if not k.startswith(("vision_tower.", "multi_modal_projector.", "language_model.lm_head", "lm_head"))}
+    dest.mkdir()
+    save_file(state, str(dest / f"{name}.safetensors"))
+    shutil.copytree(folder / "tokenizer", dest / "tokenizer")
+    return dest / f"{name}.safetensors"
+
+
+@pytest.mark.slow  # writes its own files
+@pytest.mark.parametrize("family", FAMILIES)
+@torch.no_grad()
+def test_comfyui_single_files_equal_diffusers(folders: dict[str, Path], pipes: dict[str, object], family: str,
+                                              tmp_path: Path) -> None:
+    """mistral_3_small_flux2_*.safetensors (head_dim 128 from the released config, not width / heads) and
+    qwen_3_4b.safetensors, which Z-Image reads too: `family=` picks Klein (head_dim from its q norms)."""
+    path = _comfy_file(folders[family], family, tmp_path / "comfy")
+    cond = Conditioner.from_pretrained(path, preset="diffusers", family=family, max_sequence_length=SHORT)
+    assert cond.family.name == family
+    theirs, _ = pipes[family].encode_prompt(PROMPTS, device="cpu", max_sequence_length=SHORT)
+    torch.testing.assert_close(cond(PROMPTS).diffusers_kwargs()["prompt_embeds"], theirs, atol=1e-4, rtol=0)
+    if family == "flux2":
+        assert Conditioner.from_pretrained(path, preset="diffusers").family.name == "flux2"  # by its key names
+    else:
+        assert Conditioner.from_pretrained(path, preset="diffusers").family.name == "z-image"  # the default reader
+
+
+@pytest.mark.slow  # a subprocess
+def test_inspect_knows_the_families(folders: dict[str, Path]) -> None:
+    for family in FAMILIES:
+        out = subprocess.run([sys.executable, "-m", "sdclip", "inspect", "--json", "--family", family,
+                              "--llm-tokenizer", str(folders[family]), "a red fox"],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        entry = next(v for v in json.loads(out.stdout).values() if isinstance(v, dict) and "parts" in v)
+        assert entry["limit"] == 512 and entry["length"] == 512 and entry["count"] >= 3
