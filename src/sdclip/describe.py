@@ -12,13 +12,17 @@ Fields of the inspect object (stable: later versions only add):
 - ``counter``: AUTOMATIC1111's own counter, ``{"count", "capacity"}``: the count of the **largest** AND part
   (its UI takes the max over the parts, `modules/ui.py update_token_counter`; a BREAK or a comma backtrack
   pads a part's count to the row end; capacity 75·ceil(count/75)).
+  A family whose first encoder is not drawn as CLIP rows (`Lane.view`: T5-only Chroma / Wan / PixArt-Σ /
+  AuraFlow, the LLM families) counts its own sequence instead: ``capacity`` is the sum of its parts'
+  limits (max_sequence_length, or the positions encoded where nothing truncates), ``counter`` the largest
+  part's count (the n of the T5 line's n/512, ``</s>`` included) over that limit.
 - ``parts``: per AND/blend part: ``weight``, ``tokens``, ``capacity``, ``rows``, ``rows_by_encoder``, ``notes``.
 - ``stopped`` (only for a prompt past what is shown: ``ROWS_SHOWN`` rows, or ``FULL_ROWS`` with ``full``):
   ``{"after_rows", "parts_omitted", "part_cut", "reason"}``; the rows listed are exact, and ``tokens``,
   ``capacity``, ``counter`` and ``parts`` count only what was laid out (lower bounds): a 10 MB prompt is
   summarised in a second instead of being laid out whole (minutes, gigabytes).
 - ``warnings``: what `sdclip encode` would refuse or drop (more rows than its row_limit; extra-network tags).
-- ``t5`` (SD3 / Flux only), per part and at the top: the T5 sequence: ``ids`` (content + ``</s>`` + pad),
+- ``t5`` (the families with a T5 encoder: `Lane.entry` names the field), per part and at the top: the T5 sequence: ``ids`` (content + ``</s>`` + pad),
   ``weights``, ``pieces`` (the tokens' text up to ``</s>``), ``count`` (tokens the encoder sees, ``</s>``
   included: the n of n/256), ``length`` (positions encoded), ``limit`` (max_sequence_length, or None where
   T5 is never truncated: the comfy preset), ``dropped`` (the source text cut).
@@ -118,6 +122,29 @@ def lane_warnings(prepared: Prepared, family: Family) -> list[str]:
     return out
 
 
+def _limit(entry: dict) -> int:
+    """A lane summary's n/limit denominator: max_sequence_length, or the positions encoded where nothing cuts."""
+    return entry["limit"] if entry.get("limit") is not None else entry["length"]
+
+
+def own_counts(prepared: Prepared, family: Family, options: Options, given: Mapping[str, object],
+               count: int) -> tuple[list[int], dict] | None:
+    """Per-part capacity and the counter of a family whose first encoder's lane is not drawn as CLIP rows
+    (`Lane.view`): its summaries' limits, and `count` (the largest part's) over the limit. None for CLIP rows."""
+    from sdclip.lanes import lane_of
+
+    role = family.roles[0]
+    lane = lane_of(role)
+    tok = given.get(lane.tokenizer_name)
+    if lane.view == "rows" or tok is None or not prepared.parts:
+        return None
+    entries = [lane.summary(part.rows[0], options, role, tok) for part in prepared.parts]
+    if any(e is None for e in entries):
+        return None
+    limits = [_limit(e) for e in entries]  # type: ignore[arg-type]
+    return limits, {"count": count, "capacity": max(limits)}
+
+
 def lane_entries(prepared: Prepared, family: Family, options: Options, tokenizers: Mapping[str, object]) -> dict:
     """Each lane's own entry by role name (an LLM lane: its template, greyed, and n / max_sequence_length), from
     `Lane.summary` / `Lane.total`, for the lanes whose tokenizer is given by name in `tokenizers`."""
@@ -150,6 +177,7 @@ def describe(
     """The stable inspect object (fields above) for one prompt. `scheduled`: every text of its schedule
     (A1111's counter is the largest part of any of them, whichever step is shown)."""
     limit = FULL_ROWS if full else ROWS_SHOWN
+    given = {"tokenizer": tokenizer, "t5_tokenizer": t5_tokenizer, **(tokenizers or {})}  # by `Lane.tokenizer_name`
     prepared = prepare(text, options, family, tokenizer, embeddings, t5_tokenizer=t5_tokenizer, tokenizers=tokenizers,
                        stop_after=limit)
     per_row = family.length - 2
@@ -200,6 +228,12 @@ def describe(
         "warnings": warnings,
         "extra_networks": [{"kind": e.kind, "name": e.name, "args": list(e.args), "span": [e.start, e.end]} for e in extra],
     }
+    own = own_counts(prepared, family, options, given, count)
+    if own is not None:  # T5-only / LLM families: n/512, not CLIP's n/75
+        limits, out["counter"] = own
+        out["capacity"] = sum(limits)
+        for entry, cap in zip(out["parts"], limits):
+            entry["capacity"] = cap
     out.update(lane_entries(prepared, family, options, tokenizers or {}))
     if prepared.stopped is not None:
         omitted, cut = prepared.stopped
@@ -207,20 +241,24 @@ def describe(
                           "reason": stopped_line(len(rows), omitted, cut, full)}
     elif total_rows > len(rows):
         out["rows_omitted"] = total_rows - len(rows)
-    out.update(t5_entries(prepared, family, options, out["parts"], t5_tokenizer))
+    out.update(field_entries(prepared, family, options, out["parts"], given))
     return out
 
 
-def t5_entries(prepared: Prepared, family: Family, options: Options, parts: list[dict], tokenizer) -> dict:  # noqa: ANN001
-    """The `t5` entry (per part, and in total) of the lane that reads the `t5_tokenizer` argument, from its
-    `Lane.summary` / `Lane.total`; {} for a family without one."""
+def field_entries(prepared: Prepared, family: Family, options: Options, parts: list[dict],
+                  given: Mapping[str, object]) -> dict:
+    """The entry of each lane that names an inspect field (`Lane.entry`: T5's `t5`), per part and in total,
+    from its `Lane.summary` / `Lane.total` with the tokenizer its `tokenizer_name` names; {} for none."""
     from sdclip.lanes import lane_of
 
-    e = next((e for e, r in enumerate(family.roles) if lane_of(r).tokenizer_name == "t5_tokenizer"), None)
-    if e is None:
-        return {}
-    lane, role = lane_of(family.roles[e]), family.roles[e]
-    per_part = [lane.summary(part.rows[e], options, role, tokenizer) for part in prepared.parts]
-    for entry, item in zip(parts, per_part):
-        entry["t5"] = item
-    return {"t5": lane.total(per_part)} if per_part else {}
+    out: dict = {}
+    for e, role in enumerate(family.roles):
+        lane = lane_of(role)
+        if lane.entry is None or lane.entry in out:
+            continue
+        per_part = [lane.summary(part.rows[e], options, role, given.get(lane.tokenizer_name)) for part in prepared.parts]
+        for entry, item in zip(parts, per_part):
+            entry[lane.entry] = item
+        if per_part:
+            out[lane.entry] = lane.total(per_part)
+    return out

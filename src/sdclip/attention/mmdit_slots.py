@@ -31,7 +31,7 @@ def conditioning_slots(cond: object, prompt: str, negative: str | None, total: i
     for block, size in zip(family.sequence_blocks, sizes):
         e = block[0]
         name = lane_of(family.roles[e]).kind  # the block's lane: its tokenizer labels the slots
-        if lane_of(family.roles[e]).tokenizer_name == "t5_tokenizer":
+        if lane_of(family.roles[e]).view == "pieces":  # a T5 lane: labelled by its SentencePiece pieces
             table = t5_block_slots(prepared, e, cond.t5_tokenizer, size)  # type: ignore[attr-defined]
         else:
             table = list(slot_table(prepared, cond.tokenizer, size))  # type: ignore[attr-defined]

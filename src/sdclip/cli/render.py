@@ -36,8 +36,9 @@ def t5_label(piece: str | None, typed: str) -> str:
     return piece.lstrip("▁") or "·"
 
 
-def _t5_line(part, e: int, tokenizer=None) -> Text:  # noqa: ANN001
-    """The T5 sequence of a part (SD3 / Flux): its pieces as typed, weights, n/limit, and what was dropped."""
+def _pieces_line(part, e: int, tokenizer=None) -> Text:  # noqa: ANN001
+    """A lane drawn as pieces (`Lane.view`, T5: SD3 / Flux / the T5-only families): a part's pieces as typed,
+    weights, n/limit, and what was dropped."""
     rows, stream = part.rows[e], part.stream_for(e)
     src = stream.source
     line = Text("T5    │ ", style="bold magenta")
@@ -84,7 +85,8 @@ def render_inspect(
     per_row = family.length - 2
     # a T5-only family (Chroma, Wan, PixArt-Σ, AuraFlow): its one sequence is the T5 line, counted there (n/512);
     # CLIP's rows, BOS/EOS and A1111's n/75 counter mean nothing for it
-    clip_rows = lane_of(family.roles[0]).tokenizer_name != "t5_tokenizer"
+    clip_rows = lane_of(family.roles[0]).view == "rows"
+    tokenizer_of = {"t5_tokenizer": t5_tokenizer, **(tokenizers or {})}  # by `Lane.tokenizer_name`
     limit = FULL_ROWS if full else ROWS_SHOWN
     for p, part in enumerate(prepared.parts):
         if shown >= limit:
@@ -117,8 +119,9 @@ def render_inspect(
         for note_line in rows.notes:
             console.print(f"[dim]note:[/] {note_line}")
         for e, role in enumerate(family.roles):
-            if lane_of(role).tokenizer_name == "t5_tokenizer":  # the lane read with --t5-tokenizer: one line per part
-                console.print(_t5_line(part, e, t5_tokenizer))
+            lane = lane_of(role)
+            if lane.view == "pieces":  # one line per part (T5, read with --t5-tokenizer)
+                console.print(_pieces_line(part, e, tokenizer_of.get(lane.tokenizer_name)))
     total_rows = sum(len(part.rows[0]) for part in prepared.parts)
     if prepared.stopped is not None:
         console.print(f"[dim]… {stopped_line(shown, *prepared.stopped, full)}[/]")

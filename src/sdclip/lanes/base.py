@@ -47,6 +47,15 @@ class Lane(Protocol):
     label: str
     #: "module:attribute" of the torch half (sdclip.encoder.runner_lane.RunnerLane)
     runner_path: str
+    #: how inspect draws its rows: "rows" (slot by slot with BOS/EOS and AUTOMATIC1111's n/75 counter: CLIP),
+    #: "pieces" (one line of the tokenizer's pieces per part, n/limit: T5), "template" (its own drawing,
+    #: sdclip.cli.render_lanes: an LLM's template greyed); the inspect object's `capacity` and `counter`
+    #: follow it (rows × 75, or the lane's limit)
+    view: str
+    #: the inspect object's field holding this lane's `summary` per part and its `total` at the top, read
+    #: with the tokenizer `tokenizer_name` names (T5: the stable `t5` field); None where the lane has no such
+    #: field (CLIP: its rows are the object's own `rows`; an LLM's entry is keyed by its role's name)
+    entry: str | None
 
     def check(self, options: Options, family: Family, role: EncoderRole) -> None:
         """Refuse options this lane cannot honour for this role, before any text is read (one line)."""

@@ -28,6 +28,8 @@ class ClipLane:
     takes_vectors: bool = True
     label: str = ""
     runner_path: str = "sdclip.encoder.clip_runner:CLIP_RUNNER"
+    view: str = "rows"
+    entry: str | None = None
 
     def check(self, options: Options, family: Family, role: EncoderRole) -> None:
         if options.layout == "long" and family.length != LONG_CLIP_LENGTH:

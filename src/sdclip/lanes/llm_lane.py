@@ -102,6 +102,8 @@ class LLMLane:
     takes_vectors: bool = False
     label: str = ""
     runner_path: str = "sdclip.encoder.llm_runner:LLM_RUNNER"
+    view: str = "template"
+    entry: str | None = None
     #: "module:attribute" of what shapes the pair for the pipeline: its mask name, Z-Image's list (torch)
     finish_path: str = "sdclip.assemble.llm_outputs:llm_outputs"
 

@@ -28,6 +28,8 @@ class T5Lane:
     takes_vectors: bool = False
     label: str = "T5"
     runner_path: str = "sdclip.encoder.t5_runner:T5_RUNNER"
+    view: str = "pieces"
+    entry: str | None = "t5"
 
     def check(self, options: Options, family: Family, role: EncoderRole) -> None:
         t5_row_length(options, role, 1)  # refuses a max_sequence_length diffusers refuses

@@ -13,18 +13,24 @@
   These files carry no T5 tokenizer: one is looked for beside them (`t5_tokenizer/`, `tokenizer_3/`,
   `tokenizer_2/`, or tokenizer.json / spiece.model in the same folder).
 A Flux checkpoint holding only the diffusion transformer is refused with the names of the files to add.
+
+Which role is read how is data: role i of the family lives in `text_encoder` / `text_encoder_{i+1}` (its
+tokenizer in `tokenizer` / `tokenizer_{i+1}`), and `ROLE_LOADERS` says, per encoder kind, how these layouts
+hold it (a CLIP tower found by its keys and built by `build_encoder`, or one whole T5 encoder): a loader
+never asks which kind a role is.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from sdclip.bounded_files import read_json
-from sdclip.conventions.family import FAMILIES, VIT_BIGG, VIT_L
+from sdclip.conventions.family import FAMILIES, VIT_BIGG, VIT_L, EncoderRole
 from sdclip.encoder.loading.checkpoint import CheckpointError, TensorFile, open_tensor_file
 from sdclip.encoder.loading.clip import (
     LoadedEncoders, Part, _anchor, _hf_folder_part, build_encoder, find_parts, fingerprint,
@@ -103,13 +109,103 @@ def _fingerprint(fam: str, parts: list[Part], t5: T5Encoder | None) -> str:
 
 
 def _done(fam: str, parts: list[Part], t5, toks, t5_tok: Path | None, dtype, device, source: str) -> LoadedEncoders:  # noqa: ANN001
-    roles = FAMILIES[fam].roles
-    clip = iter(build_encoder(p, dtype, device) for p in parts)
-    encoders = tuple(t5 if r.kind == "t5" else next(clip) for r in roles)
+    encoders = _in_role_order(fam, [build_encoder(p, dtype, device) for p in parts], t5)
     if t5 is not None and t5_tok is None:
         raise CheckpointError(f"{source}: no T5 tokenizer found (a folder with tokenizer.json or spiece.model: "
                               f"{', '.join(_T5_TOKENIZER_DIRS)}/ beside the files, or the model's own tokenizer folder)")
     return LoadedEncoders(fam, encoders, tuple(toks), _fingerprint(fam, parts, t5), source, t5_tokenizer_dir=t5_tok)
+
+
+def _role_name(index: int, stem: str) -> str:
+    """Role `index`'s folder (and pipeline attribute) in diffusers: `text_encoder`, `text_encoder_2`, …"""
+    return stem if index == 0 else f"{stem}_{index + 1}"
+
+
+def _role_dir(folder: Path, index: int, stem: str) -> Path:
+    return folder / _role_name(index, stem)
+
+
+def _clip_folder(folder: Path, index: int, role: EncoderRole, fam: str, dtype, device) -> Part:  # noqa: ANN001
+    d = _role_dir(folder, index, "text_encoder")
+    if not (d / "config.json").is_file():
+        raise CheckpointError(f"{folder}: a {fam} pipeline needs {d.name}/ ({role.name}), missing")
+    part = _hf_folder_part(d)
+    part.role = role
+    return part
+
+
+def _t5_folder(folder: Path, index: int, role: EncoderRole, fam: str, dtype, device) -> T5Encoder | None:  # noqa: ANN001
+    t5_dir = _role_dir(folder, index, "text_encoder")
+    if t5_dir.exists() or fam == "flux":
+        return _load_t5_dir(folder, t5_dir, fam, dtype, device)
+    _check_t5_left_out(folder, t5_dir.name)
+    return None
+
+
+def _clip_module(model, name: str, role: EncoderRole, fam: str) -> Part:  # noqa: ANN001
+    from sdclip.encoder.loading.checkpoint import MemoryTensors
+
+    if model is None:
+        raise CheckpointError(f"the pipeline has no {name} ({role.name}); {fam} needs it")
+    sd = {k: v.detach() for k, v in model.state_dict().items()}
+    found = [p for p in find_parts(MemoryTensors(sd, f"<{name}>")) if p.layout == "hf"]
+    if len(found) != 1:
+        raise CheckpointError(f"{name} ({type(model).__name__}) is not one transformers CLIP text model")
+    part = found[0]
+    part.hf_config = model.config.to_dict()
+    part.role = role
+    return part
+
+
+def _t5_module(model, name: str, role: EncoderRole, fam: str) -> T5Encoder | None:  # noqa: ANN001
+    """The pipeline's T5 in its own dtype; a missing SD3 text_encoder_3 stays None (zeros)."""
+    from sdclip.encoder.loading.checkpoint import MemoryTensors
+
+    if model is None:
+        return None
+    sd = {k: v.detach() for k, v in model.state_dict().items()}
+    first = next(model.parameters())
+    wo = [v for k, v in sd.items() if k.endswith("DenseReluDense.wo.weight")]
+    return load_t5(MemoryTensors(sd, f"<{name}>"), first.dtype, first.device, config=model.config.to_dict(),
+                   fp16_wo_fp32=bool(wo) and wo[0].dtype == torch.float32)
+
+
+@dataclass(frozen=True)
+class RoleLoader:
+    """How SD3 / Flux layouts hold one encoder kind: the loading half of its lane (a new kind adds a line)."""
+
+    #: a CLIP tower: found by its keys (several per file), mapped to a `Part`, built by build_encoder, its
+    #: tokenizer among `tokenizer_dirs`; else one whole encoder (T5), its tokenizer `t5_tokenizer_dir`
+    tower: bool
+    #: (pipeline folder, role index, role, family, dtype, device) → a Part, an encoder, or None (left out)
+    from_folder: Callable[..., Part | T5Encoder | None]
+    #: (a live pipeline's module or None, its attribute name, role, family) → a Part, an encoder, or None
+    from_module: Callable[..., Part | T5Encoder | None]
+
+
+#: encoder kind → how these layouts hold it
+ROLE_LOADERS: dict[str, RoleLoader] = {
+    "clip": RoleLoader(True, _clip_folder, _clip_module),
+    "t5": RoleLoader(False, _t5_folder, _t5_module),
+}
+
+
+def _loader(role: EncoderRole) -> RoleLoader:
+    try:
+        return ROLE_LOADERS[role.kind]
+    except KeyError:
+        raise CheckpointError(f"SD3 / Flux layouts hold no {role.kind} encoder ({role.name})") from None
+
+
+def _towers(fam: str) -> list[EncoderRole]:
+    """The family's CLIP-tower roles, in role order."""
+    return [r for r in FAMILIES[fam].roles if _loader(r).tower]
+
+
+def _in_role_order(fam: str, towers: list, whole) -> tuple:  # noqa: ANN001
+    """The built towers (in role order) and the one whole encoder (or None), each at its role's place."""
+    it = iter(towers)
+    return tuple(next(it) if _loader(r).tower else whole for r in FAMILIES[fam].roles)
 
 
 def _tokenizer_dir(path: Path) -> Path | None:
@@ -121,26 +217,19 @@ def load_pipeline_folder(folder: Path, fam: str, family: str | None, dtype: torc
     """A diffusers SD3 / Flux pipeline folder."""
     if family is not None and family != fam:
         raise CheckpointError(f"{folder}: family={family!r} but the folder holds a {fam!r} pipeline")
-    roles = FAMILIES[fam].roles
-    clip_dirs = [folder / ("text_encoder" if i == 0 else f"text_encoder_{i + 1}") for i, r in enumerate(roles) if r.kind == "clip"]
-    parts = []
-    for d, role in zip(clip_dirs, [r for r in roles if r.kind == "clip"]):
-        if not (d / "config.json").is_file():
-            raise CheckpointError(f"{folder}: a {fam} pipeline needs {d.name}/ ({role.name}), missing")
-        part = _hf_folder_part(d)
-        part.role = role
-        parts.append(part)
-    t5_index = next(i for i, r in enumerate(roles) if r.kind == "t5")
-    t5_dir = folder / f"text_encoder_{t5_index + 1}"
-    tok_dir = folder / f"tokenizer_{t5_index + 1}"
-    t5 = None
-    if t5_dir.exists() or fam == "flux":
-        t5 = _load_t5_dir(folder, t5_dir, fam, dtype, device)
-    else:
-        _check_t5_left_out(folder, t5_dir.name)
-    toks = [folder / ("tokenizer" if i == 0 else f"tokenizer_{i + 1}") for i in range(len(clip_dirs))]
-    toks = [d if d.is_dir() else None for d in toks]
-    loaded = _done(fam, parts, t5, toks, _tokenizer_dir(tok_dir), dtype, device, str(folder))
+    parts: list[Part] = []
+    toks: list[Path | None] = []
+    t5, tok_dir = None, None
+    for i, role in enumerate(FAMILIES[fam].roles):
+        loader = _loader(role)
+        held = loader.from_folder(folder, i, role, fam, dtype, device)
+        tok = _role_dir(folder, i, "tokenizer")
+        if loader.tower:
+            parts.append(held)
+            toks.append(tok if tok.is_dir() else None)
+        else:
+            t5, tok_dir = held, _tokenizer_dir(tok)
+    loaded = _done(fam, parts, t5, toks, tok_dir, dtype, device, str(folder))
     if t5 is None:  # diffusers' zeros are as wide as the transformer's joint_attention_dim
         loaded.t5_width = _joint_attention_dim(folder / "transformer" / "config.json")
     return loaded
@@ -243,7 +332,7 @@ def load_files(paths: Sequence[Path], family: str | None, dtype: torch.dtype, de
                 raise CheckpointError(f"{part.file.path}: a {name} encoder, which {fam} does not use")
     if family is not None and family != fam:
         raise CheckpointError(f"{files[0]}: family={family!r} but these files hold a {fam!r} model")
-    wanted = [r for r in FAMILIES[fam].roles if r.kind == "clip"]
+    wanted = _towers(fam)
     got = sorted(p.role.name for p in clip_parts)
     if got != sorted(r.name for r in wanted):
         raise CheckpointError(f"{', '.join(str(p) for p in files)}: {fam} needs {', '.join(r.name for r in wanted)} "
@@ -264,35 +353,20 @@ def load_files(paths: Sequence[Path], family: str | None, dtype: torch.dtype, de
 def encoders_from_pipeline(pipe: object, fam: str) -> LoadedEncoders:
     """Our encoders from a live StableDiffusion3Pipeline / FluxPipeline, mapped and checked as their saved
     files would be (T5 in the pipeline's dtype; a missing SD3 text_encoder_3 stays None: zeros)."""
-    from sdclip.encoder.loading.checkpoint import MemoryTensors
-    roles = FAMILIES[fam].roles
     parts, t5 = [], None
     dtype = device = None
-    for i, role in enumerate(roles):
-        name = "text_encoder" if i == 0 else f"text_encoder_{i + 1}"
+    for i, role in enumerate(FAMILIES[fam].roles):
+        name = _role_name(i, "text_encoder")
         model = getattr(pipe, name, None)
-        if role.kind == "t5":
-            if model is not None:
-                sd = {k: v.detach() for k, v in model.state_dict().items()}
-                first = next(model.parameters())
-                wo = [v for k, v in sd.items() if k.endswith("DenseReluDense.wo.weight")]
-                t5 = load_t5(MemoryTensors(sd, f"<{name}>"), first.dtype, first.device, config=model.config.to_dict(),
-                             fp16_wo_fp32=bool(wo) and wo[0].dtype == torch.float32)
+        loader = _loader(role)
+        held = loader.from_module(model, name, role, fam)
+        if not loader.tower:
+            t5 = held
             continue
-        if model is None:
-            raise CheckpointError(f"the pipeline has no {name} ({role.name}); {fam} needs it")
-        sd = {k: v.detach() for k, v in model.state_dict().items()}
-        found = [p for p in find_parts(MemoryTensors(sd, f"<{name}>")) if p.layout == "hf"]
-        if len(found) != 1:
-            raise CheckpointError(f"{name} ({type(model).__name__}) is not one transformers CLIP text model")
-        part = found[0]
-        part.hf_config = model.config.to_dict()
-        part.role = role
-        parts.append(part)
+        parts.append(held)
         first = next(model.parameters())
         dtype, device = dtype or first.dtype, device or first.device
-    clip = iter(build_encoder(p, dtype, device) for p in parts)
-    encoders = tuple(t5 if r.kind == "t5" else next(clip) for r in roles)
+    encoders = _in_role_order(fam, [build_encoder(p, dtype, device) for p in parts], t5)
     return LoadedEncoders(fam, encoders, (None,) * len(parts), _fingerprint(fam, parts, t5), "<pipeline>")
 
 
