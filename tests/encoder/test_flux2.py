@@ -76,6 +76,11 @@ def test_max_sequence_length_and_comfy_literal_weights(folders: dict[str, Path],
     a1111 = Conditioner.from_pretrained(folders[family], preset="a1111", max_sequence_length=SHORT)
     plain, _ = pipes[family].encode_prompt(["a red fox"], device="cpu", max_sequence_length=SHORT)
     torch.testing.assert_close(a1111(text).diffusers_kwargs()["prompt_embeds"], plain, atol=1e-4, rtol=0)
+    # Flux.2 [dev] takes "[IMG]" out of the prompt (format_input, pipeline_flux2.py:85); Klein keeps it
+    img = "a [IMG]red fox"
+    theirs, _ = pipes[family].encode_prompt([img], device="cpu", max_sequence_length=SHORT)
+    bare = Conditioner.from_pretrained(folders[family], preset="diffusers", max_sequence_length=SHORT)
+    torch.testing.assert_close(bare(img).diffusers_kwargs()["prompt_embeds"], theirs, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
