@@ -1,4 +1,7 @@
-"""The UNet pipeline `sdclip attention` traces, from a diffusers folder or a single .safetensors checkpoint.
+"""The pipeline `sdclip attention` traces, from a diffusers folder or a single .safetensors checkpoint.
+
+An SD3 / SD3.5, Flux or Chroma single file is read by sdclip.attention.mmdit_file; the rest of this module is
+the UNet (SD1 / SD2 / SDXL) single file.
 
 A single file (issue 19.20) is built with diffusers' `from_single_file`, which reads the weights from the file
 but the pipeline's *configs* (UNet, VAE, scheduler, tokenizers) from a diffusers repository: from the
@@ -29,19 +32,25 @@ def check_model(model: Path, flag: str = "--model") -> str:
     raise ValueError(f"{flag} {model}: no such file or folder")
 
 
-def _single_file_class(model: Path):  # noqa: ANN202
+def config_source(model: Path, config: str | None) -> str | None:
+    """Where the configs of a single-file `model` come from, for the output check before loading: `config`,
+    or the diffusers repository an MM-DiT file names (None for a folder or a UNet file)."""
+    if config is not None or not model.is_file():
+        return config
+    from sdclip.attention.mmdit_file import default_config, file_keys, file_kind
+
+    keys = file_keys(model)
+    return default_config(keys) if file_kind(keys) is not None else None
+
+
+def _single_file_class(model: Path, keys) -> type:  # noqa: ANN001
     """StableDiffusionXLPipeline when the file holds SDXL's second text encoder, else StableDiffusionPipeline."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-    from safetensors import safe_open
 
-    try:
-        with safe_open(str(model), "pt") as f:
-            keys = list(f.keys())
-    except Exception as exc:  # not a safetensors file: one line
-        raise ValueError(f"--model {model}: not a readable .safetensors file ({str(exc).splitlines()[0]})") from None
     if not any(k.startswith("model.diffusion_model.") for k in keys):
-        raise ValueError(f"--model {model}: holds no UNet (no model.diffusion_model.* keys): attention needs a "
-                         "whole Stable Diffusion checkpoint, not a text encoder alone")
+        raise ValueError(f"--model {model}: holds no UNet or SD3 / Flux / Chroma transformer (no "
+                         "model.diffusion_model.* keys): attention needs a whole Stable Diffusion checkpoint, not a "
+                         "text encoder alone")
     sdxl = any(k.startswith("conditioner.embedders.1.") for k in keys)
     return StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
 
@@ -50,11 +59,16 @@ def load_pipeline(model: Path, dtype, config: str | None = None):  # noqa: ANN00
     """The pipeline from a folder (offline, local files only) or a single file (configs as the module says)."""
     from diffusers import DiffusionPipeline
 
+    from sdclip.attention.mmdit_file import file_keys, file_kind, load_mmdit_file
     from sdclip.encoder.loading.hub import is_offline
 
     if model.is_dir():
         return DiffusionPipeline.from_pretrained(str(model), dtype=dtype, local_files_only=True)
-    cls = _single_file_class(model)
+    keys = file_keys(model)
+    spec = file_kind(keys)
+    if spec is not None:
+        return load_mmdit_file(model, spec, keys, dtype, config)
+    cls = _single_file_class(model, keys)
     offline = is_offline() or config is not None
     try:
         return cls.from_single_file(str(model), config=config, torch_dtype=dtype, local_files_only=offline)

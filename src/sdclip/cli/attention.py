@@ -33,9 +33,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("attention", help="generate an image and write each token's cross-attention map")
     p.add_argument("--model", required=True,
                    help="diffusers pipeline folder (SD1 / SD2 / SDXL; SD3 / Flux / Chroma), or a single .safetensors "
-                        "checkpoint (SD1 / SD2 / SDXL)")
+                        "checkpoint (SD1 / SD2 / SDXL; SD3 / SD3.5, Flux, Chroma: a transformer-only file takes the "
+                        "other components from --pipeline-config)")
     p.add_argument("--pipeline-config", metavar="DIR",
-                   help="single-file --model offline: a local diffusers folder of the same model type, for its configs")
+                   help="single-file --model offline: a local diffusers folder of the same model type, for its configs "
+                        "(and, for a transformer-only SD3 / Flux / Chroma file, its VAE and text encoders)")
     p.add_argument("--prompt", required=True, help="the prompt")
     p.add_argument("--negative", help="negative prompt (default: none)")
     p.add_argument("--steps", type=whole_number, default=20, help="denoising steps (default 20)")
@@ -106,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from sdclip.attention.load import check_model, load_pipeline
+    from sdclip.attention.load import check_model, config_source, load_pipeline
     from sdclip.attention.output import WRITES, check_folder
     from sdclip.encoder.device import resolve_device
     from sdclip.encoder.loading.reads import model_reads
@@ -117,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
     if config is not None and not (Path(config) / "model_index.json").is_file():
         raise ValueError(f"--pipeline-config wants a local diffusers pipeline folder (with model_index.json): {config}")
     device = resolve_device(args.device)
-    check_output_folder(args.out, model_reads([model, *([config] if config else [])]), writes=WRITES)
+    configs = config_source(model, config)  # an MM-DiT file's configs (and components it lacks) are read from there
+    check_output_folder(args.out, model_reads([model, *([configs] if configs else [])]), writes=WRITES)
     check_folder(args.out)
 
     # the libraries' own start-up notes (accelerate, torchvision) are not this command's output; a user's setting wins
