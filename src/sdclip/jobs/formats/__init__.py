@@ -1,10 +1,12 @@
 """`--format`: the trainers' own cache files, one module per trainer, found through one registry.
 
-Each format says which families it holds (`families`), where its files go (`root`: beside the images, or in
-`--out`), what its file names end with (`suffixes`: `--overwrite` and `--verify` touch nothing else) and
-writes one shard's rows (`write`). `sdclip.jobs.work` calls `write` for every format but sdclip's own
-shards; nothing asks which format it holds. A format that cannot hold the job's family is refused before
-anything is encoded, in one line naming the formats that can.
+Each format is data: per family a table (`tables`: the keys its file holds and what each reads, flags, the
+family's part of the file name), where its files go (`root`: beside the images, or in `--out`), how a file
+is named and encoded, what its file names end with (`suffixes`: `--overwrite` and `--verify` touch nothing
+else). One writer path (`base.write_rows`) reads the table for every format; `sdclip.jobs.work` calls
+`write` for every format but sdclip's own shards, and nothing asks which format or family it holds. A
+format whose tables lack the job's family is refused before anything is encoded, in one line naming the
+formats that can.
 
 | trainer (commit read)                  | module        | families                        |
 |----------------------------------------|---------------|---------------------------------|

@@ -18,12 +18,18 @@ import json
 import posixpath
 from collections import OrderedDict
 
-from sdclip.jobs.formats.base import Format, RowContext, fixed_t5, mask, one_row, safetensors_bytes, stem
+from sdclip.jobs.formats.base import FamilyTable, Format, Key, one_row, safetensors_bytes, stem
 
 COMMIT = "27a03a91f23eb1b757d5ec2e80ee3e129cfcc350"
-FAMILIES = ("sdxl", "sd3", "flux")
 TEXT_EMBEDDING_VERSION = 1
 CACHE_DIR = "_t_e_cache"
+_KEYS = (Key("text_embed", "embeds", batch=True), Key("pooled_embed", "pooled", batch=True))
+#: family (the model's `arch`, hashed into the name) → the file's tensors
+TABLES = {
+    "sdxl": FamilyTable("sdxl", _KEYS),
+    "sd3": FamilyTable("sd3", _KEYS, fixed_t5=True),
+    "flux": FamilyTable("flux", (*_KEYS, Key("attention_mask", "mask", role=1, batch=True)), fixed_t5=True),
+}
 
 
 def cache_rel(rel: str, caption: str, arch: str) -> str:
@@ -37,20 +43,13 @@ def cache_rel(rel: str, caption: str, arch: str) -> str:
     return posixpath.join(folder, CACHE_DIR, name) if folder else posixpath.join(CACHE_DIR, name)
 
 
+def _name(where: str, caption: str, family: str, table: FamilyTable) -> str:
+    return cache_rel(where, caption, table.tag)
+
+
 def _check(family: str, source_format: str, rows: int, options: dict) -> None:
     one_row(family, rows, "ai-toolkit")
-    if family != "sdxl":
-        fixed_t5(options, "ai-toolkit")
 
 
-def _write(ctx: RowContext) -> None:
-    t = ctx.tensors
-    for i, rel in enumerate(ctx.wheres):
-        e = t["prompt_embeds"][i]
-        sd = {"text_embed": e[None], "pooled_embed": t["pooled_prompt_embeds"][i][None]}
-        if ctx.family == "flux":
-            sd["attention_mask"] = mask(int(t["token_counts"][i][1]), e.shape[0])[None]
-        ctx.save(ctx.images, cache_rel(rel, ctx.texts[i], ctx.family), safetensors_bytes(sd))
-
-
-AI_TOOLKIT = Format("ai-toolkit", FAMILIES, (".safetensors",), "images", _write, _check)
+AI_TOOLKIT = Format("ai-toolkit", TABLES, (".safetensors",), "images", _name, safetensors_bytes, _check,
+                    trainer="ai-toolkit")

@@ -1,10 +1,12 @@
-"""What a trainer format is, and the helpers its writers share (atomic files, masks, dtypes)."""
+"""What a trainer format is: per family a table of the keys its files hold (`FamilyTable`), and one writer
+path (`write_rows`) that reads the table — a format module is data (keys, shapes, flags, file naming) plus
+the few functions only its trainer needs (a cache name's hash). Atomic files, masks and dtypes live here."""
 
 from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch is imported where tensors are made: `sdclip --help` and inspect stay torch-free
     import torch
 
+from sdclip.conventions.family import FAMILIES
 from sdclip.jobs.manifest import JobError
 from sdclip.jobs.shards import write_bytes_atomic
 
@@ -41,32 +44,204 @@ class RowContext:
 
 
 @dataclass(frozen=True)
+class Key:
+    """One entry of a trainer's file: its name and what it holds (a `SOURCES` entry) for one caption."""
+
+    name: str  #: the key in the file; `{dtype}` is replaced by the tensor's dtype name (musubi-tuner)
+    source: str  #: embeds | features | first_block | last_block | pooled | mask | text_ids | varlen | flag
+    role: int = 0  #: the role a per-role source reads (its feature columns, its tokenizer mask)
+    batch: bool = False  #: keeps a batch axis of 1 ([1, …]: `encode_prompt` of one caption)
+    value: bool = False  #: a flag's value (source "flag")
+
+
+#: a metadata value standing for the row's caption
+CAPTION = "{caption}"
+
+
+@dataclass(frozen=True)
+class FamilyTable:
+    """What one trainer's file holds for one family."""
+
+    tag: str  #: the family's part of the file name (kohya `_sd3_te.npz`, musubi `fk`, SimpleTuner `sd3`)
+    keys: tuple[Key, ...]  #: in the order they are written (npz / pickle order is the bytes' order)
+    #: the file's metadata (musubi-tuner's), in order; a value `CAPTION` is replaced by the caption
+    meta: Mapping[str, str] | None = None
+    #: the trainer tokenizes T5 padded to max_sequence_length (diffusers' layout), as sdclip must store it
+    fixed_t5: bool = False
+    #: the one max_sequence_length the trainer encodes (musubi-tuner's FLUX.1 Kontext: 512); None: any
+    t5_positions: int | None = None
+
+
+@dataclass(frozen=True)
+class Row:
+    """One caption's tensors, as every source reads them."""
+
+    family: str
+    widths: list[int]
+    targets: tuple[int, ...]
+    tensors: dict  #: sdclip.jobs.encode keys, [n, …]
+    i: int
+
+    @property
+    def embeds(self):  # noqa: ANN201 (torch.Tensor)
+        return self.tensors["prompt_embeds"][self.i]
+
+    def block(self, b: int) -> tuple[int, int]:
+        """Slots [start, stop) of token block b in this row (the last block runs to the row's end)."""
+        start = sum(self.targets[:b])
+        stop = self.embeds.shape[0] if b == len(self.targets) - 1 else start + self.targets[b]
+        return start, stop
+
+    def block_of(self, role: int) -> int:
+        return next(b for b, roles in enumerate(FAMILIES[self.family].sequence_blocks) if role in roles)
+
+
+def _embeds(row: Row, key: Key):  # noqa: ANN202
+    return row.embeds
+
+
+def _pooled(row: Row, key: Key):  # noqa: ANN202
+    return row.tensors["pooled_prompt_embeds"][row.i]
+
+
+def _flag(row: Row, key: Key) -> bool:
+    return key.value
+
+
+def _features(row: Row, key: Key):  # noqa: ANN202
+    """Role `key.role`'s feature columns of the whole sequence (sd-scripts' SDXL hidden_state1 / 2)."""
+    a = sum(row.widths[: key.role])
+    return row.embeds[:, a : a + row.widths[key.role]]
+
+
+def _first_block(row: Row, key: Key):  # noqa: ANN202
+    """The first token block, its roles' features side by side (sd-scripts' SD3 `lg_out`: L ‖ G)."""
+    start, stop = row.block(0)
+    width = sum(row.widths[r] for r in FAMILIES[row.family].sequence_blocks[0])
+    return row.embeds[start:stop, :width]
+
+
+def _last_block(row: Row, key: Key):  # noqa: ANN202
+    start, stop = row.block(len(row.targets) - 1)
+    return row.embeds[start:stop]
+
+
+def _mask(row: Row, key: Key):  # noqa: ANN202
+    """The tokenizer's mask of role `key.role` over its block's slots (int64)."""
+    start, stop = row.block(row.block_of(key.role))
+    return mask(int(row.tensors["token_counts"][row.i][key.role]), stop - start)
+
+
+def _text_ids(row: Row, key: Key):  # noqa: ANN202
+    """Flux's text position ids: zeros [N, 3] float32."""
+    import torch
+
+    return torch.zeros(row.embeds.shape[0], 3, dtype=torch.float32)
+
+
+def _varlen(row: Row, key: Key):  # noqa: ANN202
+    """The caption's states without padding: the mask's length, else the first role's token count."""
+    t = row.tensors
+    n = int(t["attention_mask"][row.i].sum()) if "attention_mask" in t else int(t["token_counts"][row.i][0])
+    return row.embeds[:n]
+
+
+#: what a key can hold, by name
+SOURCES: dict[str, Callable[[Row, Key], object]] = {
+    "embeds": _embeds,
+    "features": _features,
+    "first_block": _first_block,
+    "last_block": _last_block,
+    "pooled": _pooled,
+    "mask": _mask,
+    "text_ids": _text_ids,
+    "varlen": _varlen,
+    "flag": _flag,
+}
+
+
+def dtype_to_str(dtype: torch.dtype) -> str:
+    """musubi-tuner's `utils.model_utils.dtype_to_str` (its keys end with it)."""
+    return str(dtype).split(".")[-1]
+
+
+def row_items(table: FamilyTable, row: Row) -> dict:
+    """A caption's entries, named and shaped as the table says, in its order."""
+    out = {}
+    for key in table.keys:
+        value = SOURCES[key.source](row, key)
+        if key.batch:
+            value = value[None]  # type: ignore[index]
+        name = key.name.format(dtype=dtype_to_str(value.dtype)) if "{dtype}" in key.name else key.name  # type: ignore[attr-defined]
+        out[name] = value
+    return out
+
+
+@dataclass(frozen=True)
 class Format:
     name: str
-    families: tuple[str, ...]
+    #: family → what its files hold (the families it can hold are this table's keys)
+    tables: Mapping[str, FamilyTable]
     #: name endings of its files (what --overwrite / --verify may touch)
     suffixes: tuple[str, ...]
     #: "images": files under the image folder; "out": in --out
     root: str
-    writer: Callable[[RowContext], None]
+    #: (image's relative path or `where`, caption, family, its table) → the file's path under the root
+    naming: Callable[[str, str, str, FamilyTable], str]
+    #: (entries, metadata or None) → the file's bytes
+    encode: Callable[[dict, dict | None], bytes]
     #: a check of the job beyond the family (rows per caption, source kind, options)
     checker: Callable[[str, str, int, dict], None] | None = None
     #: it names files after images (needs an image folder)
     per_image: bool = True
+    #: two captions named alike: "write" (each its own write), "once" (content-addressed: the first),
+    #: "refuse" (the trainer would read one file for both)
+    repeats: str = "write"
+    #: who reads the files (its one-line refusals name it)
+    trainer: str = ""
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        return tuple(self.tables)
 
     def check(self, family: str, source_format: str, rows: int, options: dict) -> None:
         if self.per_image and source_format != "images":
             refuse(f"--format {self.name} names its files after the images: --captions must be an image folder")
         if self.checker is not None:
             self.checker(family, source_format, rows, options)
+        table = self.tables[family]
+        if table.fixed_t5:
+            fixed_t5(options, self.name)
+        n = table.t5_positions
+        if n is not None and options.get("max_sequence_length") not in (None, n):
+            refuse(f"--format {self.name}: {self.trainer} encodes {family}'s T5 at {n} positions only "
+                   f"(--max-sequence-length {n})")
 
     def root_of(self, images: Path, out: Path) -> Path:
         return images if self.root == "images" else out
 
     def write(self, ctx: RowContext) -> dict[str, str]:
         if ctx.texts:
-            self.writer(ctx)
+            write_rows(self, ctx)
         return ctx.written
+
+
+def write_rows(fmt: Format, ctx: RowContext) -> None:
+    """The one writer path: each caption's file, named and filled as the format's table for the family says."""
+    table = fmt.tables[ctx.family]
+    root = fmt.root_of(ctx.images, ctx.out)
+    seen: dict[str, str] = {}
+    for i, (where, caption) in enumerate(zip(ctx.wheres, ctx.texts)):
+        name = fmt.naming(where, caption, ctx.family, table)
+        if name in seen and fmt.repeats == "once":
+            continue
+        if name in seen and fmt.repeats == "refuse":
+            refuse(f"--format {fmt.name}: {seen[name]} and {where} both cache as {name} ({fmt.trainer} names caches "
+                   "by file name only): rename one")
+        seen[name] = where
+        meta = None if table.meta is None else {k: caption if v == CAPTION else v for k, v in table.meta.items()}
+        row = Row(ctx.family, ctx.widths, ctx.targets, ctx.tensors, i)
+        ctx.save(root, name, fmt.encode(row_items(table, row), meta))
 
 
 def one_row(family: str, rows: int, trainer: str) -> None:
@@ -95,11 +270,12 @@ def numpy_of(t: torch.Tensor):  # noqa: ANN201
     return (t.float() if t.dtype == torch.bfloat16 else t).cpu().numpy()
 
 
-def npz_bytes(**arrays) -> bytes:  # noqa: ANN003
+def npz_bytes(items: dict, metadata: dict | None = None) -> bytes:
+    """`np.savez` (uncompressed) of the entries, tensors through `numpy_of` (sd-scripts' files)."""
     import numpy as np
 
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, **{k: v if isinstance(v, bool) else numpy_of(v) for k, v in items.items()})
     return buf.getvalue()
 
 
@@ -107,6 +283,15 @@ def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     from safetensors.torch import save
 
     return save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+
+
+def torch_bytes(items: dict, metadata: dict | None = None) -> bytes:
+    """`torch.save` of the entries, each cloned so a row never carries its whole batch's storage."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({k: v.clone() for k, v in items.items()}, buf)
+    return buf.getvalue()
 
 
 def stem(rel: str) -> str:

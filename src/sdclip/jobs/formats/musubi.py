@@ -22,60 +22,34 @@ CLIP-L `pooler_output`), which uses FLUX.1's text encoders.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import torch
-
-from sdclip.jobs.formats.base import Format, RowContext, fixed_t5, refuse, safetensors_bytes
+from sdclip.jobs.formats.base import CAPTION, FamilyTable, Format, Key, dtype_to_str, safetensors_bytes
 
 COMMIT = "30c658c4f4b0bf05038b3346eff9670259b10fc7"
-#: family → (arch short name, architecture full name, key base, varlen)
-ARCH = {
-    "flux": ("fk", "flux_kontext", "t5_vec", False),
-    "wan": ("wan", "wan", "varlen_t5", True),
-    "qwen-image": ("qi", "qwen_image", "varlen_vl_embed", True),
-    "z-image": ("zi", "z_image", "varlen_llm_embed", True),
-}
 FORMAT_VERSION = "1.0.1"
 
 
-def dtype_to_str(dtype: torch.dtype) -> str:
-    """musubi-tuner's `utils.model_utils.dtype_to_str`."""
-    return str(dtype).split(".")[-1]
+def _table(arch: str, architecture: str, *keys: Key, **flags) -> FamilyTable:  # noqa: ANN003
+    return FamilyTable(arch, keys, {"architecture": architecture, "caption1": CAPTION, "format_version": FORMAT_VERSION},
+                       **flags)
 
 
-def cache_name(rel: str, family: str) -> str:
-    return f"{os.path.splitext(os.path.basename(rel))[0]}_{ARCH[family][0]}_te.safetensors"
+#: family → arch (the file name's), `architecture` (metadata) and the keys
+TABLES = {
+    "flux": _table("fk", "flux_kontext", Key("t5_vec_{dtype}", "embeds"), Key("clip_l_pooler_{dtype}", "pooled"),
+                   fixed_t5=True, t5_positions=512),
+    "wan": _table("wan", "wan", Key("varlen_t5_{dtype}", "varlen")),
+    "qwen-image": _table("qi", "qwen_image", Key("varlen_vl_embed_{dtype}", "varlen")),
+    "z-image": _table("zi", "z_image", Key("varlen_llm_embed_{dtype}", "varlen")),
+}
 
 
-def _check(family: str, source_format: str, rows: int, options: dict) -> None:
-    if family == "flux":
-        fixed_t5(options, "musubi")
-        if options.get("max_sequence_length") not in (None, 512):
-            refuse("--format musubi: musubi-tuner encodes FLUX.1 Kontext's T5 at 512 positions (T5XXL_MAX_LENGTH)")
+def cache_name(where: str, caption: str, family: str, table: FamilyTable) -> str:
+    """`{basename}_{arch}_te.safetensors` (the image's file name without folder or suffix)."""
+    return f"{os.path.splitext(os.path.basename(where))[0]}_{table.tag}_te.safetensors"
 
 
-def _write(ctx: RowContext) -> None:
-    arch, full, base, varlen = ARCH[ctx.family]
-    seen: dict[str, str] = {}
-    t = ctx.tensors
-    for i, rel in enumerate(ctx.wheres):
-        name = cache_name(rel, ctx.family)
-        if name in seen:  # musubi names caches by basename: two images of one name would share a file
-            refuse(f"--format musubi: {seen[name]} and {rel} both cache as {name} (musubi-tuner names caches by "
-                   "file name only): rename one")
-        seen[name] = rel
-        e = t["prompt_embeds"][i]
-        dt = dtype_to_str(e.dtype)
-        if varlen:
-            n = int(t["attention_mask"][i].sum()) if "attention_mask" in t else int(t["token_counts"][i][0])
-            sd = {f"{base}_{dt}": e[:n].clone()}
-        else:
-            pooled = t["pooled_prompt_embeds"][i]
-            sd = {f"{base}_{dt}": e.clone(), f"clip_l_pooler_{dtype_to_str(pooled.dtype)}": pooled.clone()}
-        meta = {"architecture": full, "caption1": ctx.texts[i], "format_version": FORMAT_VERSION}
-        ctx.save(ctx.out, name, safetensors_bytes(sd, meta))
+MUSUBI = Format("musubi", TABLES, tuple(f"_{t.tag}_te.safetensors" for t in TABLES.values()), "out", cache_name,
+                safetensors_bytes, repeats="refuse", trainer="musubi-tuner")
 
-
-MUSUBI = Format("musubi", tuple(ARCH), tuple(f"_{a[0]}_te.safetensors" for a in ARCH.values()), "out", _write, _check)
+__all__ = ["COMMIT", "MUSUBI", "TABLES", "cache_name", "dtype_to_str"]

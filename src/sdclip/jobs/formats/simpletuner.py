@@ -18,45 +18,29 @@ sdclip never reads these files back (they are pickles); the tests read them as S
 from __future__ import annotations
 
 import hashlib
-import io
 
-from sdclip.jobs.formats.base import Format, RowContext, fixed_t5, mask, one_row
+from sdclip.jobs.formats.base import FamilyTable, Format, Key, one_row, torch_bytes
 
 COMMIT = "bc8e6ab7738ce457a2ed8eb2d26cadd91c6442cb"
-FAMILIES = ("sdxl", "sd3", "flux")
+#: `_slice_batch_output_for_cache`: tensors keep a batch axis of 1, the pooled vector loses it
+_CLIP_KEYS = (Key("prompt_embeds", "embeds", batch=True), Key("pooled_prompt_embeds", "pooled"))
+#: family (SimpleTuner's model family, the file name's) → the dict's entries
+TABLES = {
+    "sdxl": FamilyTable("sdxl", _CLIP_KEYS),
+    "sd3": FamilyTable("sd3", _CLIP_KEYS, fixed_t5=True),
+    "flux": FamilyTable("flux", (*_CLIP_KEYS, Key("time_ids", "text_ids", batch=True),
+                                 Key("attention_masks", "mask", role=1, batch=True)), fixed_t5=True),
+}
 
 
-def cache_name(caption: str, family: str) -> str:
+def cache_name(where: str, caption: str, family: str, table: FamilyTable) -> str:
     """SimpleTuner's `create_hash(caption)` + ".pt" (a prompt-keyed cache)."""
-    return hashlib.md5(str(caption).encode()).hexdigest() + f"-{family}.pt"
+    return hashlib.md5(str(caption).encode()).hexdigest() + f"-{table.tag}.pt"
 
 
 def _check(family: str, source_format: str, rows: int, options: dict) -> None:
     one_row(family, rows, "simpletuner")
-    if family != "sdxl":
-        fixed_t5(options, "simpletuner")
 
 
-def _write(ctx: RowContext) -> None:
-    import torch
-
-    t = ctx.tensors
-    done = set()
-    for i, caption in enumerate(ctx.texts):
-        name = cache_name(caption, ctx.family)
-        if name in done:
-            continue
-        done.add(name)
-        e = t["prompt_embeds"][i]
-        item = {"prompt_embeds": e[None].clone(), "pooled_prompt_embeds": t["pooled_prompt_embeds"][i].clone()}
-        if ctx.family == "flux":
-            n = e.shape[0]
-            item["time_ids"] = torch.zeros(1, n, 3, dtype=torch.float32)
-            item["attention_masks"] = mask(int(t["token_counts"][i][1]), n)[None]
-        buf = io.BytesIO()
-        torch.save(item, buf)
-        ctx.save(ctx.out, name, buf.getvalue())
-
-
-SIMPLETUNER = Format("simpletuner", FAMILIES, tuple(f"-{f}.pt" for f in FAMILIES), "out", _write, _check,
-                     per_image=False)
+SIMPLETUNER = Format("simpletuner", TABLES, tuple(f"-{t.tag}.pt" for t in TABLES.values()), "out", cache_name,
+                     torch_bytes, _check, per_image=False, repeats="once", trainer="SimpleTuner")
