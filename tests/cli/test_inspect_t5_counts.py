@@ -61,3 +61,20 @@ def test_families_with_clip_rows_keep_the_n_75_counter(t5_dir):
     out = inspect_json("--family", "sd3", "--t5-tokenizer", str(t5_dir), "a red fox")
     assert out["capacity"] == 75 and out["counter"] == {"count": 3, "capacity": 75}
     assert out["t5"]["count"] >= 3  # its own entry, beside the CLIP counter
+
+
+def test_an_llm_family_counts_its_prompt_over_max_sequence_length(tmp_path):
+    """The LLM lane's own count (the prompt's tokens, the template not counted) over its limit, as its
+    `qwen25vl` entry says: never CLIP's 75."""
+    pytest.importorskip("torch")
+    import warnings
+
+    from tiny_llm import tiny_folder
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        folder = tiny_folder(tmp_path, "qwen-image")
+    out = inspect_json("--family", "qwen-image", "--llm-tokenizer", str(folder), "a red fox")
+    entry = out["qwen25vl"]
+    assert out["counter"] == {"count": entry["count"], "capacity": 1024} and entry["count"] >= 3
+    assert out["capacity"] == 1024 and out["parts"][0]["capacity"] == 1024
