@@ -29,12 +29,16 @@ from sdclip.tokenizer.stream import TokenStream
 class LLMEncoder(torch.nn.Module):
     """A decoder LLM's first blocks (and its final norm where the family reads the last layer): `forward(ids,
     mask)` is the family's hidden state, [B, L, D], in the stored dtype. `layers` (Flux.2's hidden_states 10,
-    20, 30): those states side by side, [B, L, len(layers)·D], as the pipeline's stack + permute + reshape."""
+    20, 30): those states side by side, [B, L, len(layers)·D], as the pipeline's stack + permute + reshape.
+    `pad_left` (a Flux.2 tokenizer padding on the left): each row's trailing pads are moved before it and the
+    states returned in that order, the pipeline's (the real tokens' positions start after the pads)."""
 
-    def __init__(self, model: torch.nn.Module, *, pad_id: int, family: str, layers: tuple[int, ...] = ()):
+    def __init__(self, model: torch.nn.Module, *, pad_id: int, family: str, layers: tuple[int, ...] = (),
+                 pad_left: bool = False):
         super().__init__()
         self.model = model
         self.pad_id = pad_id
+        self.pad_left = pad_left
         self.family = family
         self.layers = tuple(layers)
         self.vocab = int(model.config.vocab_size)
@@ -50,6 +54,10 @@ class LLMEncoder(torch.nn.Module):
         if self.positions and ids.shape[1] > self.positions:
             raise ValueError(f"{ids.shape[1]} tokens: past the {self.family} text encoder's context of "
                              f"{self.positions} positions")
+        if self.pad_left:  # the layout pads on the right: roll each row's trailing pads to its front
+            pads = (~mask.bool()).sum(1).tolist()
+            ids = torch.stack([r.roll(int(k)) for r, k in zip(ids, pads)])
+            mask = torch.stack([r.roll(int(k)) for r, k in zip(mask, pads)])
         out = self.model(input_ids=ids, attention_mask=mask.long(), use_cache=False,
                          output_hidden_states=bool(self.layers))
         if not self.layers:

@@ -128,9 +128,6 @@ class LLMLane:
             prompt, bounds, pieces = str(text), [0], [(0, len(text), 1.0)]
         else:
             prompt, bounds, pieces = _plain(seq)
-        if spec.fixed and not spec.right_padded and getattr(given.tokenizer, "padding_side", "right") != "right":
-            raise ValueError(f"{given.family.name}: the tokenizer pads on the {given.tokenizer.padding_side}; sdclip "
-                             "lays out right-padded rows only (set padding_side to right in its tokenizer_config.json)")
         t = given.tokenizer.templated(template, prompt, spec.chat)
         mapped = [_to_source(a, b, bounds, pieces) for a, b in t.spans]
         n = len(t.ids) - t.prefix - t.suffix

@@ -98,14 +98,18 @@ def _strip(key: str, wanted: set[str]) -> str | None:
     return None
 
 
-def pad_id_of(role: EncoderRole, tokenizer: Any) -> int:  # noqa: ANN401
-    """The id the LLM lane pads this role's rows with (sdclip.lanes.llm_lane `lay_out`): the tokenizer's where
-    the pipeline pads to max_sequence_length (Lumina 2, Flux.2: those states are read), else the role's."""
-    return tokenizer.pad_id if role.llm is not None and role.llm.fixed else role.pad_id
+def padding(role: EncoderRole, tokenizer: Any) -> dict[str, Any]:  # noqa: ANN401
+    """How the decoder sees a row's pads: `pad_id`, the id the LLM lane pads with (sdclip.lanes.llm_lane
+    `lay_out`: the tokenizer's where the pipeline pads to max_sequence_length and reads those states, Lumina 2 and
+    Flux.2; else the role's); `pad_left`, the pipeline pads on the left (Flux.2 with a tokenizer whose
+    padding_side is "left", as the pipeline leaves the tokenizer's own side; Lumina 2 sets "right" itself)."""
+    fixed = role.llm is not None and role.llm.fixed
+    left = fixed and not role.llm.right_padded and getattr(tokenizer, "padding_side", "right") == "left"  # type: ignore[union-attr]
+    return {"pad_id": tokenizer.pad_id if fixed else role.pad_id, "pad_left": left}
 
 
 def build(folder: Path, role: EncoderRole, family: str, device: str | torch.device,
-          pad_id: int | None = None) -> torch.nn.Module:
+          **pads: Any) -> torch.nn.Module:  # noqa: ANN401
     """The role's decoder, cut to the layers it reads, its tensors assigned from the folder's files."""
     from sdclip.encoder.loading.t5 import PlainSafetensors
 
@@ -121,10 +125,10 @@ def build(folder: Path, role: EncoderRole, family: str, device: str | torch.devi
                     state[name] = read_checked(fh, key).to(device)
         return state
 
-    return decoder(_config(folder, family), role, family, tensors, device, str(folder), pad_id=pad_id)
+    return decoder(_config(folder, family), role, family, tensors, device, str(folder), **pads)
 
 
-def from_module(module: torch.nn.Module, role: EncoderRole, family: str, pad_id: int | None = None) -> torch.nn.Module:
+def from_module(module: torch.nn.Module, role: EncoderRole, family: str, **pads: Any) -> torch.nn.Module:  # noqa: ANN401
     """The role's decoder over a loaded transformers model's own tensors (a pipeline's `text_encoder`): shared,
     not copied."""
     config = getattr(module.config, _TEXT_CONFIG.get(family, ""), None) or module.config
@@ -136,14 +140,15 @@ def from_module(module: torch.nn.Module, role: EncoderRole, family: str, pad_id:
 
     import copy
 
-    return decoder(copy.deepcopy(config), role, family, tensors, device, type(module).__name__, pad_id=pad_id)
+    return decoder(copy.deepcopy(config), role, family, tensors, device, type(module).__name__, **pads)
 
 
 def decoder(config: Any, role: EncoderRole, family: str, tensors: Any, device: str | torch.device,  # noqa: ANN401
-            where: str, scaled: dict[str, torch.Tensor] | None = None, pad_id: int | None = None) -> torch.nn.Module:
+            where: str, scaled: dict[str, torch.Tensor] | None = None, pad_id: int | None = None,
+            pad_left: bool = False) -> torch.nn.Module:
     """Build on the meta device with only the layers read, then assign `tensors(wanted names)` to it.
     scaled: stored linear name → its `scale_weight` (ComfyUI's scaled fp8): those stay fp8 (ScaledFP8Linear).
-    pad_id: what the rows are padded with (`pad_id_of`), the role's own by default."""
+    pad_id, pad_left: how the pipeline pads (`padding`), the role's own pad id on the right by default."""
     from sdclip.encoder.llm_runner import LLMEncoder
     from sdclip.tokenizer.llm import _transformers
 
@@ -178,7 +183,8 @@ def decoder(config: Any, role: EncoderRole, family: str, tensors: Any, device: s
         if buf.is_meta:
             raise CheckpointError(f"{where}: {name} was not loaded")
     model.eval()
-    return LLMEncoder(model, pad_id=role.pad_id if pad_id is None else pad_id, family=family, layers=read)
+    return LLMEncoder(model, pad_id=role.pad_id if pad_id is None else pad_id, family=family, layers=read,
+                      pad_left=pad_left)
 
 
 def load_folder(folder: Path, family: str | None, device: str | torch.device) -> LoadedLLM | None:
@@ -196,7 +202,7 @@ def load_folder(folder: Path, family: str | None, device: str | torch.device) ->
     if not tok_dir.is_dir():
         raise CheckpointError(f"{folder}: no tokenizer/ folder (the {found} text encoder's tokenizer)")
     tokenizer = LLMTokenizer.from_folder(tok_dir)
-    encoders = tuple(build(folder, role, found, device, pad_id_of(role, tokenizer)) for role in fam.roles)
+    encoders = tuple(build(folder, role, found, device, **padding(role, tokenizer)) for role in fam.roles)
     return LoadedLLM(found, encoders, (), _fingerprint(files), str(folder),  # type: ignore[arg-type]
                      tokenizers={"llm_tokenizer": tokenizer})
 
@@ -213,7 +219,7 @@ def from_pipeline(pipe: object) -> LoadedLLM | None:
     if module is None or tok is None:
         raise ValueError(f"the {type(pipe).__name__} has no text_encoder or tokenizer: sdclip encodes with both")
     tokenizer = LLMTokenizer(tok)
-    encoders = tuple(from_module(module, role, found, pad_id_of(role, tokenizer)) for role in FAMILIES[found].roles)
+    encoders = tuple(from_module(module, role, found, **padding(role, tokenizer)) for role in FAMILIES[found].roles)
     return LoadedLLM(found, encoders, (), f"pipe@{id(module)}", type(pipe).__name__,  # type: ignore[arg-type]
                      tokenizers={"llm_tokenizer": tokenizer})
 
@@ -333,7 +339,7 @@ def load_file(path: Path, family: str | None, device: str | torch.device) -> Loa
 
     encoder = decoder(_file_config(fh, found, keys), role, fam, tensors, device, str(path),
                       scaled={s: read_checked(fh, f"{s}.scale_weight") for s in scaled},
-                      pad_id=pad_id_of(role, tokenizer))
+                      **padding(role, tokenizer))
     st = path.stat()
     return LoadedLLM(fam, (encoder,), (), f"llm-file:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}", str(path),  # type: ignore[arg-type]
                      tokenizers={"llm_tokenizer": tokenizer})
