@@ -200,3 +200,38 @@ def test_sd3_text_encoders_come_from_the_file(models: dict, tmp_path, capsys) ->
     assert main([*args, "--model", str(partial), "--pipeline-config", str(configs), "--out", str(out)]) == 2
     _one_line(capsys, "the file lacks")
     assert not out.exists()
+
+
+def test_a_file_diffusers_reads_as_another_model_needs_pipeline_config(models: dict, tmp_path, capsys) -> None:  # noqa: ANN001
+    """Without --pipeline-config the repository comes from diffusers' reading of the file's shapes; a file it
+    reads as another model (this narrow SD3 reads as SD1 to it) is one line, never SD1's configs."""
+    _, file = models["sd3"]
+    out = tmp_path / "o"
+    assert main(["attention", "--model", str(file), "--prompt", "fox", "--steps", "1", "--out", str(out)]) == 2
+    err = _one_line(capsys, "diffusers reads this sd3 file as v1, not one of sd3, sd35_large, sd35_medium")
+    assert "--pipeline-config DIR" in err
+    assert not out.exists()
+
+
+def test_configs_from_the_hugging_face_cache_offline(models: dict, tmp_path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    """No --pipeline-config: the repository diffusers names for the file (FLUX.1-schnell: no guidance_in), read
+    from the Hugging Face cache offline, gives the folder's maps; an --out inside that cached repository is refused."""
+    import shutil
+
+    folder, file = models["flux"]
+    home = tmp_path / "hf-home"
+    repo = home / "hub" / "models--black-forest-labs--FLUX.1-schnell"
+    revision = "0" * 40
+    shutil.copytree(folder, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setenv("HF_HOME", str(home))
+    args = ["attention", "--prompt", PROMPT, "--steps", "1", "--size", "32x32"]
+    assert main([*args, "--model", str(folder), "--out", str(tmp_path / "folder")]) == 0
+    assert main([*args, "--model", str(file), "--out", str(tmp_path / "file")]) == 0
+    capsys.readouterr()
+    torch.testing.assert_close(_maps(tmp_path / "file"), _maps(tmp_path / "folder"), atol=1e-6, rtol=1e-6)
+    inside = repo / "snapshots" / revision / "maps"
+    assert main([*args, "--model", str(file), "--out", str(inside)]) == 2
+    capsys.readouterr()
+    assert not inside.exists()

@@ -40,7 +40,8 @@ def config_source(model: Path, config: str | None) -> str | None:
     from sdclip.attention.mmdit_file import default_config, file_keys, file_kind
 
     keys = file_keys(model)
-    return default_config(keys) if file_kind(keys) is not None else None
+    spec = file_kind(keys)
+    return None if spec is None else default_config(model, spec, keys)
 
 
 def _single_file_class(model: Path, keys) -> type:  # noqa: ANN001

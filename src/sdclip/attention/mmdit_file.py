@@ -38,14 +38,16 @@ class MMDiTFile:
     pipeline: str
     transformer: str
     rename: str  # "diffusers": diffusers' own converter for the class; "flux": flux_keys.to_diffusers
+    model_types: tuple[str, ...]  # diffusers' model types (infer_diffusers_model_type) this pipeline draws
     in_file: dict[str, str] = field(default_factory=dict)  # component → key prefix that says the file holds it
 
 
 #: checked in this order (a Chroma file also has Flux's double blocks)
 FILES = (
-    MMDiTFile("chroma", "chroma", "ChromaPipeline", "ChromaTransformer2DModel", "flux"),
-    MMDiTFile("flux", "flux", "FluxPipeline", "FluxTransformer2DModel", "flux"),
+    MMDiTFile("chroma", "chroma", "ChromaPipeline", "ChromaTransformer2DModel", "flux", ("chroma",)),
+    MMDiTFile("flux", "flux", "FluxPipeline", "FluxTransformer2DModel", "flux", ("flux-dev", "flux-schnell")),
     MMDiTFile("sd3", "sd3", "StableDiffusion3Pipeline", "SD3Transformer2DModel", "diffusers",
+              ("sd3", "sd35_large", "sd35_medium"),
               {"vae": "first_stage_model.", "text_encoder": "text_encoders.clip_l.",
                "text_encoder_2": "text_encoders.clip_g.", "text_encoder_3": "text_encoders.t5xxl."}),
 )
@@ -72,14 +74,23 @@ def file_kind(keys: dict[str, tuple[int, ...]]) -> MMDiTFile | None:
     return None
 
 
-def default_config(keys: dict[str, tuple[int, ...]]) -> str:
+def default_config(model: Path, spec: MMDiTFile, keys: dict[str, tuple[int, ...]]) -> str:
     """The diffusers repository diffusers names for this file (its shapes decide: SD3 medium / 3.5 large,
-    Flux dev / schnell …), found from the header without reading a weight."""
+    Flux dev / schnell …), found from the header without reading a weight; one line where diffusers reads the
+    file as another model (a Flux Fill / Depth / Flux.2 file, a resized transformer)."""
     import torch
-    from diffusers.loaders.single_file_utils import fetch_diffusers_config
+    from diffusers.loaders.single_file_utils import DIFFUSERS_DEFAULT_PIPELINE_PATHS, infer_diffusers_model_type
 
     shapes = {k: torch.empty(s, device="meta") for k, s in keys.items()}
-    return str(fetch_diffusers_config(shapes)["pretrained_model_name_or_path"])
+    try:
+        model_type = infer_diffusers_model_type(shapes)
+    except Exception as exc:  # a shape its rules index into that this file lacks
+        model_type = f"nothing it knows ({_first_line(exc)})"
+    if model_type not in spec.model_types:
+        raise ValueError(f"--model {model}: diffusers reads this {spec.kind} file as {model_type}, not one of "
+                         f"{', '.join(spec.model_types)}: pass --pipeline-config DIR, a local diffusers folder of "
+                         "the same model")
+    return str(DIFFUSERS_DEFAULT_PIPELINE_PATHS[model_type]["pretrained_model_name_or_path"])
 
 
 def load_mmdit_file(model: Path, spec: MMDiTFile, keys: dict, dtype, config: str | None):  # noqa: ANN001, ANN201
@@ -90,7 +101,7 @@ def load_mmdit_file(model: Path, spec: MMDiTFile, keys: dict, dtype, config: str
 
     from sdclip.encoder.loading.hub import is_offline
 
-    repo = config or default_config(keys)
+    repo = config or default_config(model, spec, keys)
     offline = config is not None or is_offline()
     where = f"--pipeline-config {config}" if config else f"{repo} in the Hugging Face cache" if offline else repo
     config_dir = config or _config_snapshot(model, repo, offline)
@@ -196,17 +207,21 @@ def _from_folder(library: str, class_name: str, name: str, source: str, dtype, o
     """A component the file lacks: from_pretrained of the config folder or repository's subfolder."""
     import torch
 
+    from sdclip.encoder.loading.hub import _cache_dir
+
     cls = getattr(importlib.import_module(library), class_name)
     kwargs = {"torch_dtype": dtype} if issubclass(cls, torch.nn.Module) else {}
-    return cls.from_pretrained(source, subfolder=name, local_files_only=offline, **kwargs)
+    return cls.from_pretrained(source, subfolder=name, local_files_only=offline, cache_dir=_cache_dir(), **kwargs)
 
 
 def _config_snapshot(model: Path, repo: str, offline: bool) -> str:
     """The repository's configs and tokenizers (no weights), as diffusers' pipeline from_single_file fetches them."""
     from diffusers.loaders.single_file import _download_diffusers_model_config_from_hub
 
+    from sdclip.encoder.loading.hub import _cache_dir
+
     try:
-        return str(_download_diffusers_model_config_from_hub(repo, cache_dir=None, revision=None, proxies=None,
+        return str(_download_diffusers_model_config_from_hub(repo, cache_dir=_cache_dir(), revision=None, proxies=None,
                                                              local_files_only=offline))
     except Exception as exc:
         where = f"{repo} in the Hugging Face cache (offline)" if offline else f"{repo} on the Hugging Face hub"
