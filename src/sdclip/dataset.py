@@ -12,6 +12,10 @@ An item is what a training step of its family reads: `prompt_embeds` [N, D] (reb
 length from a `--varlen` job, sdclip.jobs.varlen), `pooled_prompt_embeds` [P] where the family has one,
 `attention_mask` [N] where its pipeline takes one, `txt_ids` zeros [N, 3] for Flux (FluxPipeline's text
 ids), `token_counts`, `caption_sha256`. `ds.empty` is the dataset's cached empty caption (caption dropout).
+
+A repeated caption is stored once (sdclip.jobs.shards.SHARD_VERSION): a reference row's item is its source
+row's tensors with its own `index`, `caption_sha256` (checked equal to the source's: a stale reference is an
+error, never another caption's tensors) and, with `--caption-lines`, its own `image_index` / `caption_line`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from sdclip.jobs.manifest import Manifest
+from sdclip.jobs.shards import REF, ROW_KEYS, SOURCE
 
 
 class EmbeddingDataset(Dataset):
@@ -42,14 +47,29 @@ class EmbeddingDataset(Dataset):
         self.shards = [r for r in sorted(self.manifest.shards.values(), key=lambda r: r["start"])
                        if r.get("file") and r["file"] == shard_name(int(r["shard"]))]
         self._starts: list[int] = []
+        #: per shard: every row's input index, sorted; the stored rows' (`index`); and, where the shard has
+        #: reference rows, each sorted row's place: j ≥ 0 stored row j, −1 − r reference row r (None: stored)
         self._indices: list[torch.Tensor] = []
+        self._stored: list[torch.Tensor] = []
+        self._slots: list[torch.Tensor | None] = []
         total = 0
         for rec in self.shards:
             with safe_open(str(self.folder / rec["file"]), framework="pt") as f:
-                self._indices.append(f.get_tensor("index"))
+                stored = f.get_tensor("index")
+                refs = f.get_tensor(REF + "index") if REF + "index" in f.keys() else stored[:0]
+            self._stored.append(stored)
+            if len(refs):
+                every = torch.cat([stored, refs])
+                order = torch.argsort(every)
+                self._indices.append(every[order])
+                self._slots.append(torch.cat([torch.arange(len(stored)), -1 - torch.arange(len(refs))])[order])
+            else:
+                self._indices.append(stored)
+                self._slots.append(None)
             self._starts.append(total)
-            total += rec["rows"]
+            total += len(stored) + len(refs)
         self._len = total
+        self._ranges = [int(rec["start"]) for rec in self.shards]
         self._handles: dict[int, object] = {}
         self.family: str | None = self.manifest.info.get("family") if isinstance(self.manifest.info.get("family"), str) else None
         self._offsets: dict[int, torch.Tensor] = {}  # varlen shards: each row's first position
@@ -71,24 +91,49 @@ class EmbeddingDataset(Dataset):
 
     def get(self, index: int) -> dict:
         """The row of input index `index` (KeyError if that caption was skipped or is not written yet)."""
-        for s, rec in enumerate(self.shards):
-            if rec["start"] <= index < rec["stop"]:
-                pos = torch.searchsorted(self._indices[s], index).item()
-                if pos < len(self._indices[s]) and int(self._indices[s][pos]) == index:
-                    return self._row(s, int(pos))
+        s = self._shard_of(index)
+        if s is not None:
+            pos = int(torch.searchsorted(self._indices[s], index))
+            if pos < len(self._indices[s]) and int(self._indices[s][pos]) == index:
+                return self._row(s, pos)
         raise KeyError(f"input index {index} is not in {self.folder}")
+
+    def _shard_of(self, index: int) -> int | None:
+        s = bisect.bisect_right(self._ranges, index) - 1
+        return s if s >= 0 and index < int(self.shards[s]["stop"]) else None
 
     def __iter__(self) -> Iterator[dict]:
         for i in range(self._len):
             yield self[i]
 
-    def _row(self, s: int, j: int) -> dict:
+    def _handle(self, s: int):  # noqa: ANN202
         from safetensors import safe_open
 
         f = self._handles.get(s)
         if f is None:
             f = self._handles[s] = safe_open(str(self.folder / self.shards[s]["file"]), framework="pt")
-        return self._item(f, s, j, int(self._indices[s][j]))
+        return f
+
+    def _row(self, s: int, j: int) -> dict:
+        """Row j (in index order) of shard s: stored, or a reference to a stored row."""
+        slot = j if self._slots[s] is None else int(self._slots[s][j])  # type: ignore[index]
+        f = self._handle(s)
+        if slot >= 0:
+            return self._item(f, s, slot, int(self._stored[s][slot]))
+        r = -1 - slot
+        index, source = int(self._indices[s][j]), int(f.get_slice(SOURCE)[r : r + 1][0])
+        own = {key: f.get_slice(REF + key)[r : r + 1][0] for key in ROW_KEYS[1:] if REF + key in f.keys()}
+        t = self._shard_of(source)
+        pos = int(torch.searchsorted(self._stored[t], source)) if t is not None else 0
+        if t is None or pos >= len(self._stored[t]) or int(self._stored[t][pos]) != source:
+            raise KeyError(f"input index {index} repeats the caption of index {source}, which is not in "
+                           f"{self.folder} (yet: re-run the job to finish it)")
+        item = self._item(self._handle(t), t, pos, source)
+        if "caption_sha256" in own and not torch.equal(own["caption_sha256"], item.get("caption_sha256")):
+            raise ValueError(f"{self.folder}: input index {index} refers to index {source}, which now holds "
+                             "another caption: re-run the job (it re-encodes both)")
+        item.update(own, index=index)
+        return item
 
     def _item(self, f, s: int, j: int, index: int) -> dict:  # noqa: ANN001
         from sdclip.jobs.varlen import KEY, LENGTHS, unpack
@@ -96,7 +141,7 @@ class EmbeddingDataset(Dataset):
         out: dict = {"index": index}
         names = list(f.keys())
         for name in names:
-            if name not in ("index", KEY):
+            if name not in ("index", KEY) and not name.startswith(REF):
                 out[name] = f.get_slice(name)[j : j + 1][0]
         if KEY in names:  # --varlen: the padded row, rebuilt
             if s not in self._offsets:

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import sdclip.dataset
 from sdclip.assemble.combine import pad_with_empty
 from sdclip.cli.main import main
 from sdclip.conditioner import Conditioner
 from tiny_models import tiny_family, write_layout
+from embed_rows import read_rows
 
 LONG = ", ".join(f"a {c} fox with {c} eyes under a {c} sky" for c in
                  ("red", "blue", "green", "golden", "silver", "purple", "orange", "white", "black", "pink"))
@@ -76,8 +76,7 @@ def embed(*args: object) -> int:
 
 def read_all(out: Path) -> dict[str, torch.Tensor]:
     """Every shard of a folder, concatenated in index order."""
-    parts = [load_file(p) for p in sorted(out.glob("shard-*.safetensors"))]
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return read_rows(out)
 
 
 def test_txt_job_matches_the_conditioner_and_reads_back(tmp_path, models, reference, capsys):

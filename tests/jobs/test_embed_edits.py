@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
 
 from sdclip.cli.main import main
 from tiny_models import tiny_family, write_layout
+from embed_rows import read_rows
 
 CAPTIONS = [f"a photo of fox number {i}, (detailed:1.1)" for i in range(24)]
 
@@ -35,8 +35,7 @@ def embed(model: Path, caps: Path, out: Path, *extra: str) -> int:
 
 
 def read_all(out: Path) -> dict[str, torch.Tensor]:
-    parts = [load_file(p) for p in sorted(out.glob("shard-*.safetensors"))]
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return read_rows(out)
 
 
 def test_editing_three_captions_re_encodes_only_their_shards(tmp_path, model, capsys):

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import sdclip.dataset
 from sdclip.cli.main import main
 from sdclip.conditioner import Conditioner
+from embed_rows import read_rows
 
 CAPTIONS = ["a red fox", "", "a (blue:1.3) cat in a misty forest", "a red fox", "golden hour, highly detailed"]
 
@@ -58,8 +58,7 @@ def models(tmp_path_factory):
 
 
 def read_all(out: Path) -> dict[str, torch.Tensor]:
-    parts = [load_file(p) for p in sorted(out.glob("shard-*.safetensors"))]
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return read_rows(out)
 
 
 def oracle(cond: Conditioner, caption: str, n: int) -> dict[str, torch.Tensor]:

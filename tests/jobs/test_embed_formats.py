@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from sdclip.cli.main import main
 from test_embed_families import build
+from embed_rows import read_rows
 from tiny_models import tiny_family, write_layout
 
 CAPTIONS = {"a.png": "a red fox", "b.png": "a (blue:1.3) cat in a misty forest", "sub/c.png": "a red fox",
@@ -55,8 +56,7 @@ def run(model: Path, folder: Path, out: Path, fmt: str, *extra: str) -> dict[str
     assert main([*args, "--out", str(out), "--format", fmt]) == 0
     native = out.parent / (out.name + "-native")
     assert main([*args, "--out", str(native)]) == 0
-    parts = [load_file(p) for p in sorted(native.glob("shard-*.safetensors"))]
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return read_rows(native)
 
 
 RELS = sorted(CAPTIONS)  # the image folder's index order
@@ -122,6 +122,24 @@ def test_kohya_bf16_is_stored_as_float32(tmp_path, models):
     run(models("flux"), folder, tmp_path / "out", "kohya", "--dtype", "bf16")
     data = np.load(folder / "a_flux_te.npz")
     assert data["t5_out"].dtype == np.float32 and data["l_pooled"].dtype == np.float32
+
+
+@pytest.mark.parametrize("preset", ["kohya", "a1111"])
+@pytest.mark.parametrize("rows", ["2", "4"])
+def test_kohya_refuses_more_rows_than_sd_scripts_holds_before_any_model_loads(tmp_path, capsys, preset, rows):
+    """sd-scripts 48d368fa: `--max_token_length` choices [None, 150, 225] (train_util.py), joined as n·75 + 2
+    slots (strategy_sdxl.py), and not used by sd3/flux_train_network.py (77 CLIP slots). The model is a file of
+    garbage bytes: a refusal that came after loading would be a loader error instead."""
+    folder = images(tmp_path)
+    model = tmp_path / "not-a-model.safetensors"
+    model.write_bytes(b"\x00" * 64)
+    out = tmp_path / "o"
+    code = main(["embed", "--model", str(model), "--captions", str(folder), "--out", str(out), "--format", "kohya",
+                 "--preset", preset, "--max-rows", rows])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"sdclip: --format kohya --max-rows {rows}:")
+    assert "150 or 225" in err and "SD3 and Flux always cache 77 CLIP slots" in err and "--max-rows 1" in err
+    assert not out.exists() and not list(folder.rglob("*.npz"))
 
 
 # -- musubi-tuner (dataset/cache_io.py save_*; dataset/bucket.py BucketBatchManager.__getitem__ key handling)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from sdclip.cli.main import main
 from tiny_models import tiny_family, write_layout
+from embed_rows import read_rows
 
 ray = pytest.importorskip("ray")
 
@@ -19,8 +19,7 @@ CAPTIONS = [f"a {c} fox number {i}, (detailed:1.2)" for i, c in enumerate(["red"
 
 
 def read_all(out: Path) -> dict[str, torch.Tensor]:
-    parts = [load_file(p) for p in sorted(out.glob("shard-*.safetensors"))]
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return read_rows(out)
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +50,26 @@ def test_ray_engine_matches_local_and_resumes_across_engines(tmp_path, local_ray
     assert main([*args, "--out", str(part), "--engine", "ray", "--workers", "1"]) == 0
     torch.testing.assert_close(read_all(part)["prompt_embeds"], a["prompt_embeds"], atol=1e-5, rtol=1e-5)
     assert main(["embed", "--verify", str(part)]) == 0
+
+
+@pytest.mark.slow
+def test_ray_workers_store_a_repeated_caption_once_like_the_local_engine(tmp_path, local_ray):
+    """Two actors write shards in any order; a reference may name a row whose shard another actor has not
+    written yet (the scan decides, not the disk): the finished folder reads back every row."""
+    model = write_layout("single.safetensors", tiny_family("sd1"), tmp_path / "sd1")
+    caps = tmp_path / "caps.txt"
+    caps.write_text("".join(f"a {c} fox\n" for c in ["red", "blue", "green"] * 6))
+    args = ["embed", "--model", str(model), "--captions", str(caps), "--shard-size", "4"]
+    assert main([*args, "--out", str(tmp_path / "local"), "--no-dedupe"]) == 0
+    assert main([*args, "--out", str(tmp_path / "ray"), "--engine", "ray", "--workers", "2"]) == 0
+    a, b = read_all(tmp_path / "local"), read_all(tmp_path / "ray")
+    assert torch.equal(a["index"], b["index"]) and torch.equal(a["caption_sha256"], b["caption_sha256"])
+    torch.testing.assert_close(b["prompt_embeds"], a["prompt_embeds"], atol=1e-5, rtol=1e-5)
+    stored = sum(json.loads((tmp_path / "ray" / "manifest.json").read_text())["shards"][k]["rows"]
+                 - json.loads((tmp_path / "ray" / "manifest.json").read_text())["shards"][k]["references"]
+                 for k in range(5))
+    assert stored == 3
+    assert main(["embed", "--verify", str(tmp_path / "ray")]) == 0
 
 
 @pytest.mark.slow

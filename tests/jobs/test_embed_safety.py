@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from sdclip.cli.main import main
 from tiny_models import tiny_family, write_layout
+from embed_rows import read_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 CAPTIONS = ["a red fox", "a blue cat", "a green dog", "a red fox", "golden hour", "two birds", "misty forest"]
@@ -44,8 +44,7 @@ def write_txt(path: Path, captions: list[str]) -> Path:
 
 
 def read_all(out: Path) -> dict[str, torch.Tensor]:
-    parts = [load_file(p) for p in sorted(out.glob("shard-*.safetensors"))]
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return read_rows(out)
 
 
 def env() -> dict[str, str]:

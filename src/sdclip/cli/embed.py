@@ -2,7 +2,9 @@
 
 Contract (keep it stable): DIR/manifest.json plus DIR/shard-NNNNN.safetensors, shard k holding input indices
 [k·S, (k+1)·S) as `index` int64 [n], `prompt_embeds` [n, N, D] and, where the family has one,
-`pooled_prompt_embeds` [n, P]; N = K·77 slots for `--max-rows K` (default 1). Re-running the same command
+`pooled_prompt_embeds` [n, P]; N = K·77 slots for `--max-rows K` (default 1); a caption repeated from an
+earlier row is a reference row (`ref_index`, `ref_source`: its tensors are the earlier row's; `--no-dedupe`
+stores every row). Re-running the same command
 resumes; `--verify DIR` re-checks a folder. `--format kohya` writes sd-scripts' per-image .npz caches instead.
 """
 
@@ -33,6 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--varlen", action="store_true",
                    help="sdclip shards without padding, lengths kept (where the family's pipeline masks "
                    "padding, or its padding is zeros); sdclip.dataset rebuilds the padded rows")
+    p.add_argument("--no-dedupe", action="store_true",
+                   help="store every row's tensors, a repeated caption too (default: once, later rows refer to the "
+                   "first; sdclip.dataset reads both; readers older than sdclip's shard format 2 need this)")
     p.add_argument("--engine", choices=("local", "ray"), default="local", help="local (default) or Ray Data")
     p.add_argument("--ray-address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--workers", type=whole_number, default=1, help="Ray actors, each with its own encoder (default 1)")
@@ -93,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, family=args.family, embeddings=list(args.embeddings), format=args.format,
         column=args.column, on_error=args.on_error, pack_weights=args.pack_weights,
         caption_extension=args.caption_extension, store_dtype=args.store_dtype, varlen=args.varlen,
-        caption_lines=args.caption_lines,
+        caption_lines=args.caption_lines, dedupe=not args.no_dedupe,
     )
     job = Job(spec, overwrite=args.overwrite, console=console)  # folder + configuration checked: no model yet
     for note in job.notes:

@@ -19,9 +19,9 @@ import sdclip
 from sdclip.jobs.manifest import MANIFEST, JobError, Manifest, first_difference
 from sdclip.jobs.plan import (SCAN_FILES, JobSpec, check_out_dir, load_scan_arrays, os_error, remove_empty,
                               remove_scan_files, scan)
-from sdclip.jobs.shards import read_header, remove_stale_temps, shard_name
+from sdclip.jobs.shards import header_rows, read_header, remove_stale_temps, shard_name
 from sdclip.outputs import sha256_file
-from sdclip.jobs.work import config_digest, rows_digest
+from sdclip.jobs.work import config_digest, rows_digest, stale_referrers
 
 MAX_LISTED_ERRORS = 10
 #: characters of one listed error before it is cut (with "…")
@@ -149,6 +149,8 @@ class Job:
                     and rec.get("rows_digest") is not None and rec.get("rows_digest") == self.rows_digest(k))
             if not same:
                 dropped.append(m.shards.pop(key))
+        for key in stale_referrers(self.out, m.shards, dropped, self.spec.shard_size):  # read re-encoded rows
+            dropped.append(m.shards.pop(key))
         kept = {f for rec in m.shards.values() for f in (rec.get("files") or {})}
         root = self.files_root()
         if root is None:
@@ -187,7 +189,7 @@ class Job:
                 return False
             path = self.out / rec["file"]
             header = read_header(path)
-            return (path.stat().st_size == rec["bytes"] and header["index"]["shape"] == [rec["rows"]]
+            return (path.stat().st_size == rec["bytes"] and header_rows(header) == rec["rows"]
                     and header.get("__metadata__", {}).get("sdclip_job") == self.digest)
         except (OSError, ValueError, KeyError, TypeError, RecursionError):
             return False
@@ -200,7 +202,7 @@ class Job:
             if meta.get("sdclip_job") != self.digest:
                 return None
             start, stop = int(meta["start"]), int(meta["stop"])
-            n = header["index"]["shape"][0]
+            n = header_rows(header)
         except (OSError, ValueError, KeyError, TypeError, RecursionError):
             return None
         digest = self.rows_digest(k)

@@ -1,9 +1,10 @@
 """A job's specification, its output folder's checks, and the validation scan that runs before any encoding.
 
 The scan reads every caption once (streamed), checks it (UTF-8, syntax, row limit) with the conditioner's
-own `prepare`, and keeps per row only numbers: its natural length in slots and the last index holding the
-same caption (so identical captions are encoded once), as two .npy files in the job folder (8 + 4 bytes per
-caption, memory-mapped on resume). It also records each shard's seek, so a shard can be re-read directly.
+own `prepare`, and keeps per row only numbers: its natural length in slots, a digest of its text, and the
+first and last indices holding the same caption (identical captions are encoded once, and sdclip's own shards
+store them once: a later row refers to the first), as .npy files in the job folder (28 bytes per caption,
+memory-mapped on resume). It also records each shard's seek, so a shard can be re-read directly.
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sdclip.jobs.manifest import MANIFEST, JobError, model_fingerprint
-from sdclip.jobs.readers import CaptionSource, Record, open_source
+from sdclip.jobs.readers import CaptionSource, Record, detect_format, open_source
 
 LENGTHS = "scan-lengths.npy"
 LAST = "scan-last.npy"
 #: blake2b-64 of each record as the scan read it: a shard's rows are checked against it before it is written
 DIGESTS = "scan-digests.npy"
+#: the first index holding the same valid caption (itself for a first occurrence or an invalid row)
+FIRST = "scan-first.npy"
 #: the scan's files: needed while shards are pending, removed when the job finishes
-SCAN_FILES = (LENGTHS, LAST, DIGESTS)
+SCAN_FILES = (LENGTHS, LAST, DIGESTS, FIRST)
 #: warnings listed in the manifest (all are counted)
 MAX_RECORDED_WARNINGS = 100
 
@@ -53,6 +56,8 @@ class JobSpec:
     store_dtype: str | None = None  #: the stored tensors' dtype (None: --dtype, the encoders' own)
     varlen: bool = False  #: sdclip shards without padding (sdclip.jobs.varlen)
     caption_lines: bool = False  #: image folders: each sidecar line its own caption, indexed (image, line)
+    #: sdclip's own shards store a repeated caption once: later rows refer to the first (sdclip.jobs.shards)
+    dedupe: bool = True
 
     def check(self) -> None:
         for name in ("rows", "shard_size", "batch_size"):
@@ -68,6 +73,30 @@ class JobSpec:
                            "trainer reads")
         if self.on_error not in ("fail", "skip"):
             raise JobError("--on-error must be fail or skip")
+        self.check_format()
+
+    def check_format(self) -> None:
+        """Before any model loads: a trainer format that cannot hold this job whatever the family (or for
+        `--family`) is refused now, in that format's own words (`--format kohya --max-rows 3`); the full
+        check runs again once the model names the family (sdclip.jobs.formats.check_format)."""
+        from sdclip.jobs.formats import check_format, get_format
+
+        fmt = get_format(self.format)
+        if fmt is None:
+            return
+        try:
+            source_format = detect_format(Path(self.captions))
+        except ValueError:  # the captions' own error comes later, from the source
+            return
+        refusals = []
+        for family in [self.family] if self.family else fmt.families:
+            try:
+                check_format(self.format, family, source_format, self.rows, self.options)
+            except JobError as exc:
+                refusals.append(exc)
+            else:
+                return
+        raise refusals[0]
 
     def source(self) -> CaptionSource:
         return open_source(self.captions, self.column, self.caption_extension, self.caption_lines)
@@ -87,6 +116,7 @@ class JobSpec:
             **({"store_dtype": self.store_dtype} if self.store_dtype not in (None, self.dtype) else {}),
             **({"varlen": True} if self.varlen else {}),
             **({"caption_lines": True} if self.caption_lines else {}),
+            **({"dedupe": False} if not self.dedupe and self.format == "safetensors" else {}),
             "rows_per_caption": self.rows,
             "shard_size": self.shard_size,
             "format": self.format,
@@ -207,6 +237,7 @@ def scan(source: CaptionSource, check: Check, slots: int, shard_size: int, out: 
     h = np.frombuffer(digests, dtype=np.uint64) if result.rows else np.zeros(0, np.uint64)
     valid = np.frombuffer(lengths, dtype=np.int32) >= 0 if result.rows else np.zeros(0, bool)
     last = np.arange(result.rows, dtype=np.int64)
+    first = np.arange(result.rows, dtype=np.int64)
     if result.rows:
         # identical valid captions: each row points at the last row holding its text (invalid rows: at themselves)
         rows = np.nonzero(valid)[0]
@@ -216,9 +247,12 @@ def scan(source: CaptionSource, check: Check, slots: int, shard_size: int, out: 
         run_end = np.r_[np.nonzero(sorted_h[1:] != sorted_h[:-1])[0], len(rows) - 1] if len(rows) else np.zeros(0, np.int64)
         run_id = np.searchsorted(run_end, np.arange(len(rows)))
         last[rows[order]] = rows[order[run_end[run_id]]]
+        run_start = np.r_[0, run_end[:-1] + 1] if len(rows) else np.zeros(0, np.int64)
+        first[rows[order]] = rows[order[run_start[run_id]]]
     _save_npy(out / LENGTHS, np.frombuffer(lengths, dtype=np.int32) if result.rows else np.zeros(0, np.int32))
     _save_npy(out / LAST, last)
     _save_npy(out / DIGESTS, h)
+    _save_npy(out / FIRST, first)
     return result
 
 
@@ -235,8 +269,8 @@ def _save_npy(path: Path, arr) -> None:  # noqa: ANN001
 
 
 def load_scan_arrays(out: Path):  # noqa: ANN201
-    """(lengths int32 [n], last int64 [n], digests uint64 [n]) memory-mapped, or None when one is missing or
-    of another length; pickles are never loaded."""
+    """(lengths int32 [n], last int64 [n], digests uint64 [n], first int64 [n]) memory-mapped, or None when one
+    is missing (a scan by an earlier version: redone) or of another length; pickles are never loaded."""
     import numpy as np
 
     try:

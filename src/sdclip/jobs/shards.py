@@ -14,11 +14,26 @@ from pathlib import Path
 
 from sdclip.outputs import TMP_SUFFIX, atomic_path, sha256_file
 
+#: shard metadata `sdclip_shard`: "2" = a repeated caption may be stored once (a reference row, below); shards
+#: without it store every row
+SHARD_VERSION = "2"
+#: the per-row keys that say which row it is, not what its conditioning is: a reference row keeps its own,
+#: prefixed `ref_` (`ref_index`, `ref_caption_sha256`, …), plus `ref_source`, the input index whose stored
+#: tensors are its tensors (the first row holding the same caption; both rows' `caption_sha256` are equal)
+ROW_KEYS = ("index", "caption_sha256", "image_index", "caption_line")
+REF = "ref_"
+SOURCE = "ref_source"
+
+
 def shard_name(k: int) -> str:
     """Shard k covers input indices [k·shard_size, (k+1)·shard_size): the name is the range, whatever engine wrote it."""
     return f"shard-{k:05d}.safetensors"
 
 
+def header_rows(header: dict) -> int:
+    """Rows a shard holds (read from its safetensors header): stored rows plus reference rows."""
+    refs = header.get(REF + "index")
+    return int(header["index"]["shape"][0]) + (int(refs["shape"][0]) if isinstance(refs, dict) else 0)
 
 
 def write_bytes_atomic(final: Path, data: bytes) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sdclip.jobs.manifest import JobError, Manifest
 from sdclip.jobs.overwrite import inside, regular
-from sdclip.jobs.shards import shard_name
+from sdclip.jobs.shards import REF, SOURCE, shard_name
 from sdclip.outputs import sha256_file
 
 
@@ -19,6 +19,8 @@ def verify(out: str | Path) -> dict:
     problems: list[str] = []
     seen: dict[int, str] = {}
     made_from: dict[int, str] = {}  #: index → sha256 of the caption its item was made from
+    stored: dict[int, str] = {}  #: the same, for rows stored with their tensors (what a reference reads)
+    refs: list[tuple[int, int, str]] = []  #: reference rows: (index, source index, caption sha256)
     from sdclip.jobs.formats import FORMATS
 
     fmt = FORMATS.get(str(m.config.get("format")))
@@ -56,13 +58,24 @@ def verify(out: str | Path) -> dict:
             with safe_open(str(path), framework="pt") as f:
                 indices = f.get_tensor("index").tolist()
                 if "caption_sha256" in f.keys():
-                    made_from.update(zip(indices, (bytes(r).hex() for r in f.get_tensor("caption_sha256").tolist())))
+                    stored.update(zip(indices, (bytes(r).hex() for r in f.get_tensor("caption_sha256").tolist())))
+                if SOURCE in f.keys():  # a repeated caption stored once (sdclip.jobs.shards)
+                    rows = f.get_tensor(REF + "index").tolist()
+                    shas = [bytes(r).hex() for r in f.get_tensor(REF + "caption_sha256").tolist()]
+                    refs.extend(zip(rows, f.get_tensor(SOURCE).tolist(), shas))
+                    made_from.update(zip(rows, shas))
+                    indices = indices + rows
         for i in indices:
             if not rec["start"] <= i < rec["stop"]:
                 problems.append(f"{name}: index {i} outside its range [{rec['start']}, {rec['stop']})")
             if i in seen:
                 problems.append(f"index {i} in both {seen[i]} and {name}")
             seen[i] = name
+    made_from.update(stored)
+    broken = [(i, src) for i, src, sha in refs if stored.get(src) != sha]
+    if broken:
+        problems.append(f"{len(broken)} row(s) refer to a row that is not stored with their caption (index "
+                        f"{broken[0][0]} → index {broken[0][1]}): re-run the job to re-encode them")
     errors = {e["index"] for e in m.to_json()["errors"]}
     rows = m.scan.get("rows") or 0
     missing = [i for i in range(rows) if i not in seen and i not in errors]
