@@ -23,10 +23,34 @@ with 77 CLIP slots (its long-caption layout is K·75 + 2, not sdclip's 77·K): `
 
 from __future__ import annotations
 
-from sdclip.jobs.formats.base import Format, RowContext, fixed_t5, mask, npz_bytes, numpy_of, refuse, stem
+from sdclip.jobs.formats.base import FamilyTable, Format, Key, npz_bytes, refuse, stem
 
-SUFFIXES = {"sdxl": "_te_outputs.npz", "sd3": "_sd3_te.npz", "flux": "_flux_te.npz"}
 COMMIT = "48d368fa557731ad0488c07304dfeba8c07910eb"
+#: family → `<stem>{tag}` and the npz's arrays, in sd-scripts' order
+TABLES = {
+    "sdxl": FamilyTable("_te_outputs.npz", (
+        Key("hidden_state1", "features", role=0),
+        Key("hidden_state2", "features", role=1),
+        Key("pool2", "pooled"),
+    )),
+    "sd3": FamilyTable("_sd3_te.npz", (
+        Key("lg_out", "first_block"),
+        Key("lg_pooled", "pooled"),
+        Key("t5_out", "last_block"),
+        Key("clip_l_attn_mask", "mask", role=0),
+        Key("clip_g_attn_mask", "mask", role=1),
+        Key("t5_attn_mask", "mask", role=2),
+        Key("apply_lg_attn_mask", "flag", value=False),
+        Key("apply_t5_attn_mask", "flag", value=False),
+    ), fixed_t5=True),
+    "flux": FamilyTable("_flux_te.npz", (
+        Key("l_pooled", "pooled"),
+        Key("t5_out", "last_block"),
+        Key("txt_ids", "text_ids"),
+        Key("t5_attn_mask", "mask", role=1),
+        Key("apply_t5_attn_mask", "flag", value=False),
+    ), fixed_t5=True),
+}
 
 
 def _check(family: str, source_format: str, rows: int, options: dict) -> None:
@@ -35,44 +59,11 @@ def _check(family: str, source_format: str, rows: int, options: dict) -> None:
                "SDXL only: SD3 and Flux always cache 77 CLIP slots) and joins rows as n·75 + 2 slots (152 / 227), "
                "which sdclip's 77·K rows are not: use --max-rows 1, or sdclip's own shards (no --format) for longer "
                "captions")
-    if family != "sdxl":
-        fixed_t5(options, "kohya")
 
 
-def _arrays(family: str, ctx: RowContext, i: int) -> dict:
-    import numpy as np
-
-    t = ctx.tensors
-    e, counts = t["prompt_embeds"][i], t["token_counts"][i]
-    if family == "sdxl":
-        w1 = ctx.widths[0]
-        return {"hidden_state1": numpy_of(e[:, :w1]), "hidden_state2": numpy_of(e[:, w1:]),
-                "pool2": numpy_of(t["pooled_prompt_embeds"][i])}
-    if family == "sd3":
-        clip = ctx.targets[0]
-        return {
-            "lg_out": numpy_of(e[:clip, : ctx.widths[0] + ctx.widths[1]]),
-            "lg_pooled": numpy_of(t["pooled_prompt_embeds"][i]),
-            "t5_out": numpy_of(e[clip:]),
-            "clip_l_attn_mask": mask(int(counts[0]), clip).numpy(),
-            "clip_g_attn_mask": mask(int(counts[1]), clip).numpy(),
-            "t5_attn_mask": mask(int(counts[2]), e.shape[0] - clip).numpy(),
-            "apply_lg_attn_mask": False,
-            "apply_t5_attn_mask": False,
-        }
-    n = e.shape[0]
-    return {
-        "l_pooled": numpy_of(t["pooled_prompt_embeds"][i]),
-        "t5_out": numpy_of(e),
-        "txt_ids": np.zeros((n, 3), dtype=np.float32),
-        "t5_attn_mask": mask(int(counts[1]), n).numpy(),
-        "apply_t5_attn_mask": False,
-    }
+def _name(where: str, caption: str, family: str, table: FamilyTable) -> str:
+    """Beside the image: its path without the suffix, then the family's ending."""
+    return stem(where) + table.tag
 
 
-def _write(ctx: RowContext) -> None:
-    for i, rel in enumerate(ctx.wheres):
-        ctx.save(ctx.images, stem(rel) + SUFFIXES[ctx.family], npz_bytes(**_arrays(ctx.family, ctx, i)))
-
-
-KOHYA = Format("kohya", tuple(SUFFIXES), tuple(SUFFIXES.values()), "images", _write, _check)
+KOHYA = Format("kohya", TABLES, tuple(t.tag for t in TABLES.values()), "images", _name, npz_bytes, _check)
