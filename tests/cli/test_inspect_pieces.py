@@ -26,6 +26,9 @@ CASES = [
     ("a1111", "<lora:detail:0.8> a <hypernet:h:1> castle, (tall:1.2) towers <lyco:y:0.5> at dusk"),
     ("a1111", "a [dog:cat:0.5] fox <lora:z:1> in snow"),
     ("a1111", "a \\(fox\\) <lora:x:1>, a dog"),
+    # long verbatim runs between the rewrites, several rows
+    ("a1111", " ".join(f"a misty forest at dawn number {i} with a quiet red fox <lora:l{i % 3}:0.5>" for i in range(12))),
+    ("compel", ", ".join(f"a misty forest at dawn number {i},with a quiet red fox" for i in range(12))),
 ]
 
 
@@ -33,7 +36,7 @@ def _options(dialect: str):
     return options_from_user("a1111" if dialect == "a1111" else "compel")
 
 
-@pytest.mark.parametrize(("dialect", "text"), CASES)
+@pytest.mark.parametrize(("dialect", "text"), CASES, ids=[f"{d}-{i}" for i, (d, _) in enumerate(CASES)])
 def test_every_slot_reads_as_its_token(dialect, text):
     options = _options(dialect)
     tok = Tokenizer.default(options.normalize)

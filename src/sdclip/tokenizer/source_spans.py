@@ -12,15 +12,23 @@ the fragment; a fragment whose text is its source slice costs one comparison.
 
 from __future__ import annotations
 
-#: candidate source positions scored at a mismatch, and how far a candidate's agreement is read
+#: candidate source positions scored at a mismatch, how far a candidate's agreement is read, and the
+#: agreement that settles it at once (the earliest such candidate: a removed tag is skipped in one look)
 _CANDIDATES = 8
 _LOOKAHEAD = 64
+_ENOUGH = 8
 
 
 def _common(a: str, i: int, b: str, p: int, cap: int | None = None) -> int:
-    """Length of the common prefix of a[i:] and b[p:] (at most `cap`), by doubling slices (C-speed compares)."""
+    """Length of the common prefix of a[i:] and b[p:] (at most `cap`): the first characters one by one (runs
+    between rewrites are short), then by doubling slices (C-speed compares) for a long verbatim run."""
     most = min(len(a) - i, len(b) - p, cap if cap is not None else len(a))
-    lo, step = 0, 1
+    lo = 0
+    while lo < most and lo < 16 and a[i + lo] == b[p + lo]:
+        lo += 1
+    if lo < 16:
+        return lo
+    step = 16
     while lo < most:  # grow while whole blocks agree, then halve back down
         k = min(step, most - lo)
         if a[i + lo : i + lo + k] == b[p + lo : p + lo + k]:
@@ -55,6 +63,8 @@ def align(text: str, source: str) -> list[int]:
             s = _common(text, i, source, q, _LOOKAHEAD)
             if s > score:
                 best, score = q, s
+            if s >= _ENOUGH:
+                break
             q = source.find(c, q + 1)
         if c.isspace() and _common(text, i + 1, source, p, _LOOKAHEAD) >= score:
             best = -1  # an inserted space (compel's joins) agrees at least as well as a skip
