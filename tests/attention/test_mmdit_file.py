@@ -235,3 +235,43 @@ def test_configs_from_the_hugging_face_cache_offline(models: dict, tmp_path, mon
     assert main([*args, "--model", str(file), "--out", str(inside)]) == 2
     capsys.readouterr()
     assert not inside.exists()
+
+
+@pytest.mark.parametrize("kind", ["flux", "chroma"])
+def test_separate_text_encoder_files(models: dict, kind: str, tmp_path, capsys) -> None:  # noqa: ANN001
+    """A transformer-only file, ComfyUI's separate encoder files (`clip_l.safetensors` with transformers' names,
+    `t5xxl_fp32.safetensors` with bare T5 names, a `t5_tokenizer/` beside them) and a --pipeline-config folder
+    without any text encoder weights: the folder model's maps; --text-encoders on a folder is one line."""
+    import shutil
+
+    from tiny_models import hf4_state_dict
+    from tiny_pipelines import t5_tokenizer_dir
+    from tiny_t5 import state
+
+    folder, file = models[kind]
+    configs = tmp_path / "configs"
+    shutil.copytree(folder, configs, ignore=lambda d, names: [n for n in names if n.endswith(".safetensors")
+                                                              and "text_encoder" in d])
+    pipe = getattr(tiny_mmdit, kind)()  # the same seeds: the folder's weights
+    encoders = tmp_path / "text_encoders"
+    encoders.mkdir()
+    shutil.copytree(t5_tokenizer_dir(), encoders / "t5_tokenizer")
+    t5 = pipe.text_encoder_2 if kind == "flux" else pipe.text_encoder
+    save_file(state(t5), str(encoders / "t5xxl_fp32.safetensors"))
+    files = [encoders / "t5xxl_fp32.safetensors"]
+    if kind == "flux":
+        save_file(hf4_state_dict(pipe.text_encoder), str(encoders / "clip_l.safetensors"))
+        files.insert(0, encoders / "clip_l.safetensors")
+    args = ["attention", "--prompt", PROMPT, "--steps", "1", "--size", "32x32"]
+    assert main([*args, "--model", str(folder), "--out", str(tmp_path / "folder")]) == 0
+    assert main([*args, "--model", str(file), "--pipeline-config", str(configs), "--text-encoders", *map(str, files),
+                 "--out", str(tmp_path / "file")]) == 0
+    capsys.readouterr()
+    torch.testing.assert_close(_maps(tmp_path / "file"), _maps(tmp_path / "folder"), atol=1e-6, rtol=1e-6)
+    out = tmp_path / "o"
+    assert main([*args, "--model", str(folder), "--text-encoders", *map(str, files), "--out", str(out)]) == 2
+    _one_line(capsys, "--text-encoders is for a single-file --model")
+    assert main([*args, "--model", str(file), "--pipeline-config", str(configs), "--text-encoders",
+                 str(tmp_path / "missing.safetensors"), "--out", str(out)]) == 2
+    _one_line(capsys, "not a .safetensors file")
+    assert not out.exists()

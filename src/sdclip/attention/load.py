@@ -56,8 +56,9 @@ def _single_file_class(model: Path, keys) -> type:  # noqa: ANN001
     return StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
 
 
-def load_pipeline(model: Path, dtype, config: str | None = None):  # noqa: ANN001, ANN201
-    """The pipeline from a folder (offline, local files only) or a single file (configs as the module says)."""
+def load_pipeline(model: Path, dtype, config: str | None = None, own_encoders: bool = False):  # noqa: ANN001, ANN201
+    """The pipeline from a folder (offline, local files only) or a single file (configs as the module says).
+    own_encoders: an MM-DiT file's text encoders come from separate files (`--text-encoders`): none loaded here."""
     from diffusers import DiffusionPipeline
 
     from sdclip.attention.mmdit_file import file_keys, file_kind, load_mmdit_file
@@ -68,7 +69,9 @@ def load_pipeline(model: Path, dtype, config: str | None = None):  # noqa: ANN00
     keys = file_keys(model)
     spec = file_kind(keys)
     if spec is not None:
-        return load_mmdit_file(model, spec, keys, dtype, config)
+        return load_mmdit_file(model, spec, keys, dtype, config, own_encoders)
+    if own_encoders:
+        raise ValueError(f"--text-encoders is for SD3 / Flux / Chroma single files; {model} holds none of their transformers")
     cls = _single_file_class(model, keys)
     offline = is_offline() or config is not None
     try:

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PREFIX = "model.diffusion_model."
+#: the pipelines' text encoder components (text_encoder, text_encoder_2, text_encoder_3)
+TEXT_ENCODERS = "text_encoder"
 
 
 @dataclass(frozen=True)
@@ -93,9 +95,12 @@ def default_config(model: Path, spec: MMDiTFile, keys: dict[str, tuple[int, ...]
     return str(DIFFUSERS_DEFAULT_PIPELINE_PATHS[model_type]["pretrained_model_name_or_path"])
 
 
-def load_mmdit_file(model: Path, spec: MMDiTFile, keys: dict, dtype, config: str | None):  # noqa: ANN001, ANN201
+def load_mmdit_file(model: Path, spec: MMDiTFile, keys: dict, dtype, config: str | None,  # noqa: ANN001, ANN201
+                    own_encoders: bool = False):
     """The pipeline: components the file holds from the file, the rest and every config from `config` (a
-    local diffusers folder) or the repository diffusers names (Hugging Face cache; the hub when online)."""
+    local diffusers folder) or the repository diffusers names (Hugging Face cache; the hub when online).
+    own_encoders: the text encoders are left out (None: sdclip encodes from `--text-encoders` files, and the
+    pipeline, handed prompt_embeds, never calls its own)."""
     import diffusers
     from safetensors.torch import load_file
 
@@ -116,6 +121,9 @@ def load_mmdit_file(model: Path, spec: MMDiTFile, keys: dict, dtype, config: str
     held = [name for name, prefix in spec.in_file.items() if any(k.startswith(prefix) for k in state)]
     for name, entry in layout.items():
         if name.startswith("_") or name == "transformer" or not isinstance(entry, (list, tuple)) or entry[0] is None:
+            continue
+        if own_encoders and name.startswith(TEXT_ENCODERS):
+            components[name] = None
             continue
         library, class_name = entry
         try:

@@ -43,6 +43,7 @@ def generate(
     size: tuple[int, int] | None = None,
     guidance: float | None = None,
     true_cfg: float | None = None,
+    conditioner: object = None,
     conditioner_options: dict | None = None,
     trace_steps: Collection[int] | None = None,
     blocks: str = "both",
@@ -52,7 +53,8 @@ def generate(
 ) -> tuple[AttentionMaps, object, tuple[int, int]]:
     """(maps of `reading`, the PIL image, (W, H)) of one traced generation; one-line errors for what cannot be
     traced (checked before the prompt is encoded). true_cfg: FluxPipeline's true_cfg_scale (with `negative`;
-    maps from the conditional pass). callback: diffusers' callback_on_step_end; started(): called once the
+    maps from the conditional pass). conditioner: sdclip's Conditioner to encode with (default: one over the
+    pipeline's own encoders, with conditioner_options). callback: diffusers' callback_on_step_end; started(): called once the
     prompt is encoded, as denoising begins."""
     import torch
 
@@ -64,7 +66,7 @@ def generate(
     # entered before the encoders are read and the prompt encoded (the transformer takes no part in either),
     # so that a bad block choice is refused before that work
     with trace_mmdit(pipe, prompt=prompt, negative=negative, blocks=blocks, steps=trace_steps, readings=readings) as tc:
-        tc.conditioner = cond = _conditioner(pipe, kind, conditioner_options)
+        tc.conditioner = cond = conditioner or _conditioner(pipe, kind, conditioner_options)
         kwargs = _prompt_kwargs(pipe, cond, prompt, negative, read=negative_read(kind, true_cfg))
         if started is not None:
             started()

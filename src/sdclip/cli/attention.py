@@ -38,6 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pipeline-config", metavar="DIR",
                    help="single-file --model offline: a local diffusers folder of the same model type, for its configs "
                         "(and, for a transformer-only SD3 / Flux / Chroma file, its VAE and text encoders)")
+    p.add_argument("--text-encoders", nargs="+", metavar="FILE",
+                   help="SD3 / Flux / Chroma single-file --model: the text encoders as separate files (ComfyUI's "
+                        "clip_l / clip_g / t5xxl .safetensors; a T5 tokenizer folder beside them, as for encode)")
     p.add_argument("--prompt", required=True, help="the prompt")
     p.add_argument("--negative", help="negative prompt (default: none)")
     p.add_argument("--steps", type=whole_number, default=20, help="denoising steps (default 20)")
@@ -120,7 +123,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--pipeline-config wants a local diffusers pipeline folder (with model_index.json): {config}")
     device = resolve_device(args.device)
     configs = config_source(model, config)  # an MM-DiT file's configs (and components it lacks) are read from there
-    check_output_folder(args.out, model_reads([model, *([configs] if configs else [])]), writes=WRITES)
+    encoder_files = [Path(f) for f in args.text_encoders or ()]
+    if encoder_files and not model.is_file():
+        raise ValueError("--text-encoders is for a single-file --model (a folder holds its own text encoders)")
+    for f in encoder_files:
+        if not f.is_file() or f.suffix.lower() != ".safetensors":
+            raise ValueError(f"--text-encoders {f}: not a .safetensors file")
+    check_output_folder(args.out, model_reads([model, *encoder_files, *([configs] if configs else [])]), writes=WRITES)
     check_folder(args.out)
 
     # the libraries' own start-up notes (accelerate, torchvision) are not this command's output; a user's setting wins
@@ -144,9 +153,9 @@ def run(args: argparse.Namespace) -> int:
     transformers_logging.disable_progress_bar()
     with progress(args.steps) as shown:
         shown.stage("loading the pipeline")
-        pipe = load_pipeline(model, dtype, config)
+        pipe = load_pipeline(model, dtype, config, own_encoders=bool(encoder_files))
         if getattr(pipe, "unet", None) is None:
-            return _run_mmdit(args, pipe, device, size, traced_steps, options, model, shown)
+            return _run_mmdit(args, pipe, device, size, traced_steps, options, model, shown, encoder_files)
         if args.blocks or args.reading or args.true_cfg_scale is not None:
             raise ValueError("--blocks, --reading and --true-cfg-scale are for SD3 / Flux / Chroma pipelines (MM-DiT); "
                              f"{args.model} is a {type(pipe).__name__}")
@@ -184,8 +193,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_mmdit(args: argparse.Namespace, pipe, device, size, traced_steps, options: Options, model: Path, shown) -> int:  # noqa: ANN001
-    """SD3 / Flux / Chroma: one traced generation (sdclip.attention.mmdit_generate), the same files."""
+def _run_mmdit(args: argparse.Namespace, pipe, device, size, traced_steps, options: Options, model: Path, shown,  # noqa: ANN001
+               encoder_files: list[Path]) -> int:
+    """SD3 / Flux / Chroma: one traced generation (sdclip.attention.mmdit_generate), the same files; with
+    --text-encoders, sdclip's Conditioner over those files (the pipeline holds none)."""
     import json
 
     from sdclip.attention.mmdit import mmdit_kind
@@ -201,9 +212,15 @@ def _run_mmdit(args: argparse.Namespace, pipe, device, size, traced_steps, optio
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     shown.stage("encoding the prompt")
+    cond = None
+    if encoder_files:
+        from sdclip.conditioner import Conditioner
+
+        cond = Conditioner.from_pretrained(encoder_files, family=kind, dtype=pipe.dtype, device=device,
+                                           **_overrides(options, args.preset))
     maps, image, size = generate(
         pipe, prompt=args.prompt, negative=args.negative, steps=args.steps, seed=args.seed, size=size,
-        guidance=args.guidance, true_cfg=args.true_cfg_scale, conditioner_options=_overrides(options, args.preset), trace_steps=traced_steps,
+        guidance=args.guidance, true_cfg=args.true_cfg_scale, conditioner=cond, conditioner_options=_overrides(options, args.preset), trace_steps=traced_steps,
         blocks=args.blocks or "both", reading=args.reading or "softmax", callback=shown.step_callback,
         started=shown.denoising,
     )
