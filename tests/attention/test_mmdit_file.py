@@ -133,7 +133,7 @@ def test_hostile_corrupt_and_incomplete_files_are_one_line(models: dict, tmp_pat
     _one_line(capsys, "not an MM-DiT (flux) transformer diffusers can load")
     # another kind's configs (SD3's folder for a Flux file)
     assert run(file, "--pipeline-config", str(models["sd3"][0])) == 2
-    _one_line(capsys, "--model")
+    _one_line(capsys, "holds a flux transformer (FluxPipeline), but --pipeline-config")
     assert not out.exists()
 
 

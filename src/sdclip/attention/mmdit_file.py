@@ -116,6 +116,9 @@ def load_mmdit_file(model: Path, spec: MMDiTFile, keys: dict, dtype, config: str
     except Exception as exc:
         raise ValueError(f"--model {model}: no {spec.pipeline} configs in {where} ({_first_line(exc)}); pass "
                          "--pipeline-config DIR, a local diffusers folder of the same model") from None
+    if layout.get("_class_name") != spec.pipeline:
+        raise ValueError(f"--model {model} holds a {spec.kind} transformer ({spec.pipeline}), but {where} is a "
+                         f"{layout.get('_class_name')} folder: pass --pipeline-config DIR of the same model type")
     state = load_file(str(model))  # safetensors: never a pickle
     components = {"transformer": _transformer(model, spec, state, config_dir, dtype)}
     held = [name for name, prefix in spec.in_file.items() if any(k.startswith(prefix) for k in state)]
