@@ -21,6 +21,11 @@ thread and are timed in process CPU seconds as well as wall seconds: the machine
 2 cores while this was written), and CPU time is what other jobs disturb least; the ratio is taken from it.
 
     python bench/bench_attention.py --model flux [--size 512] [--steps 3] [--heads 24] [--readings softmax]
+        [--true-cfg 4]
+
+`--true-cfg S` (Flux): FluxPipeline's true CFG, a second transformer call per step on a negative context
+(diffusers 0.42.1 pipeline_flux.py lines 900-929); the tracer reads the first (positive) call only (the
+items read per block type are recorded: the same as without it; tests/attention/test_mmdit.py checks it).
 """
 
 from __future__ import annotations
@@ -46,7 +51,10 @@ def main() -> None:
     ap.add_argument("--model", choices=("unet", "flux", "sd3"), default="unet")
     ap.add_argument("--heads", type=int, default=24, help="MM-DiT attention heads (default: the real 24)")
     ap.add_argument("--readings", default="softmax", help="MM-DiT readings, comma-separated: softmax,output")
+    ap.add_argument("--true-cfg", type=float, default=None, help="Flux: true CFG scale (a negative pass per step)")
     args = ap.parse_args()
+    if args.true_cfg is not None and args.model != "flux":
+        ap.error("--true-cfg is Flux's true CFG")
     setup(args.device)
     if args.model != "unet":
         mmdit(args)
@@ -147,6 +155,7 @@ def mmdit(args: argparse.Namespace) -> None:
         text_len, cfg, grid = 512, False, latent // 2
         context = torch.randn(1, text_len, 4096, generator=g)
         pooled = torch.randn(1, 768, generator=g)
+        negative, negative_pooled = torch.randn(1, text_len, 4096, generator=g), torch.randn(1, 768, generator=g)
         start = torch.randn(1, grid * grid, 64, generator=g)
         rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
         img_ids = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3).float()
@@ -166,15 +175,21 @@ def mmdit(args: argparse.Namespace) -> None:
     context, pooled, start = context.to(args.device), pooled.to(args.device), start.to(args.device)
     pipe = SimpleNamespace(transformer=model, do_classifier_free_guidance=cfg, vae_scale_factor=8)
 
+    def flux_pass(x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+        return model(hidden_states=x, encoder_hidden_states=text, pooled_projections=vector, timestep=t,
+                     img_ids=img_ids.to(args.device), txt_ids=txt_ids.to(args.device),
+                     guidance=torch.full((1,), 3.5, device=args.device), return_dict=False)[0]
+
     def denoise(steps: int = args.steps) -> torch.Tensor:
         sigmas = torch.linspace(1.0, 0.0, steps + 1)
         x = start
         for i in range(steps):
             t = sigmas[i].expand(1).to(args.device)
             if args.model == "flux":
-                v = model(hidden_states=x, encoder_hidden_states=context, pooled_projections=pooled, timestep=t,
-                          img_ids=img_ids.to(args.device), txt_ids=txt_ids.to(args.device),
-                          guidance=torch.full((1,), 3.5, device=args.device), return_dict=False)[0]
+                v = flux_pass(x, t, context, pooled)
+                if args.true_cfg is not None:  # FluxPipeline's order: positive, then negative
+                    v_neg = flux_pass(x, t, negative.to(args.device), negative_pooled.to(args.device))
+                    v = v_neg + args.true_cfg * (v - v_neg)
             else:
                 uncond, cond = model(hidden_states=torch.cat([x, x]), encoder_hidden_states=context,
                                      pooled_projections=pooled, timestep=(t * 1000).expand(2), return_dict=False)[0].chunk(2)
@@ -231,11 +246,14 @@ def mmdit(args: argparse.Namespace) -> None:
         "meets_goal": ratio <= GOAL,
         "bit_identical": identical,
         "blocks_traced": maps.info["blocks"],
+        "true_cfg": args.true_cfg,
+        "items_read": maps.info["block_types"],
         "sums_bytes": {"1 step": one_step_bytes, f"{args.steps} steps": sums_bytes},
         "map_sum_range": [round(float(total.min()), 6), round(float(total.max()), 6)],
         "machine": machine(args.device),
     }
-    path = write_json(f"attention_{args.model}" + ("" if readings == ("softmax",) else "_" + "_".join(readings)), data)
+    name = f"attention_{args.model}" + ("" if readings == ("softmax",) else "_" + "_".join(readings))
+    path = write_json(name + ("" if args.true_cfg is None else "_true_cfg"), data)
     unit = "CPU s" if cpu else "s"
     print(md_table(
         ["transformer", "image tokens", "N", "steps", f"untraced {unit}", f"traced {unit}", "traced ÷ untraced", "goal",

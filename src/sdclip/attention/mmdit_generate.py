@@ -4,10 +4,9 @@ SD3, Flux and Chroma are conditioned by sdclip (the flags' preset and options, a
 T5 padding mask included). Guidance defaults to each pipeline's own: SD3 7.0, Flux's distilled guidance 3.5,
 Chroma 3.0.
 
-How each pipeline reads the negative prompt is a table (NEGATIVE_READ): SD3 and Chroma run real CFG through
-`guidance_scale`; Flux reads it only with true CFG, `true_cfg_scale > 1` beside a negative (diffusers 0.42.1
-pipeline_flux.py lines 768-771: `do_true_cfg = true_cfg_scale > 1 and has_neg_prompt`), when the transformer
-runs twice per step, the conditional pass first (lines 900-929). The maps are read from the conditional pass
+How each pipeline reads the negative prompt is a table (sdclip.attention.negatives): SD3 and Chroma through
+CFG, Flux only with true CFG, when the transformer runs twice per step, the conditional pass first (diffusers
+0.42.1 pipeline_flux.py lines 900-929). The maps are read from the conditional pass
 only (sdclip.attention.mmdit: the second call of a step repeats its timestep and is not read).
 """
 
@@ -17,12 +16,10 @@ from collections.abc import Callable, Collection
 
 from sdclip.attention.maps import AttentionMaps
 from sdclip.attention.mmdit import check_request, mmdit_kind, trace_mmdit
+from sdclip.attention.negatives import negative_read, true_cfg_kwargs
 
 #: each pipeline's own default guidance_scale (diffusers 0.42)
 GUIDANCE = {"sd3": 7.0, "flux": 3.5, "chroma": 3.0}
-#: the pipeline argument through which each kind reads a negative prompt: its CFG scale (SD3, Chroma) or
-#: FluxPipeline's true CFG, off unless true_cfg_scale > 1 (its guidance_scale is the distilled guidance)
-NEGATIVE_READ = {"sd3": "guidance_scale", "chroma": "guidance_scale", "flux": "true_cfg_scale"}
 
 
 def default_size(pipe: object) -> tuple[int, int]:
@@ -89,27 +86,6 @@ def _conditioner(pipe: object, kind: str, options: dict | None) -> object:
     from sdclip.pipelines import conditioner_from_pipeline
 
     return conditioner_from_pipeline(pipe, **(options or {}))
-
-
-def true_cfg_kwargs(kind: str, true_cfg: float | None, negative: str | None) -> dict:
-    """`{"true_cfg_scale": x}` for a pipeline that has true CFG, {} without one; a one-line error for a scale
-    given to a pipeline without it, or without a negative prompt (diffusers would then silently run none)."""
-    if true_cfg is None:
-        return {}
-    if NEGATIVE_READ[kind] != "true_cfg_scale":
-        raise ValueError(f"--true-cfg-scale is FluxPipeline's true CFG; this {kind} pipeline runs CFG through "
-                         "--guidance (its negative is read whenever guidance > 1)")
-    if negative is None:
-        raise ValueError("--true-cfg-scale needs --negative (true CFG runs only beside a negative prompt; an empty "
-                         "one is --negative '')")
-    return {"true_cfg_scale": true_cfg}
-
-
-def negative_read(kind: str, true_cfg: float | None) -> bool:
-    """Whether the pipeline reads a negative prompt in this generation."""
-    if NEGATIVE_READ[kind] == "true_cfg_scale":
-        return true_cfg is not None and true_cfg > 1
-    return True
 
 
 def _prompt_kwargs(pipe: object, cond: object, prompt: str, negative: str | None, *, read: bool) -> dict:

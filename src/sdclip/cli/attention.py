@@ -112,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from sdclip.attention.load import check_model, config_source, load_pipeline
+    from sdclip.attention.negatives import check_true_cfg
     from sdclip.attention.output import WRITES, check_folder
     from sdclip.encoder.device import resolve_device
     from sdclip.encoder.loading.reads import model_reads
@@ -121,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
     check_model(model)
     if config is not None and not (Path(config) / "model_index.json").is_file():
         raise ValueError(f"--pipeline-config wants a local diffusers pipeline folder (with model_index.json): {config}")
+    check_true_cfg(args.true_cfg_scale, args.negative)
     device = resolve_device(args.device)
     configs = config_source(model, config)  # an MM-DiT file's configs (and components it lacks) are read from there
     encoder_files = [Path(f) for f in args.text_encoders or ()]
@@ -200,7 +202,8 @@ def _run_mmdit(args: argparse.Namespace, pipe, device, size, traced_steps, optio
     import json
 
     from sdclip.attention.mmdit import mmdit_kind
-    from sdclip.attention.mmdit_generate import generate, negative_read, true_cfg_kwargs
+    from sdclip.attention.mmdit_generate import generate
+    from sdclip.attention.negatives import negative_read, true_cfg_kwargs
 
     if args.resolutions is not None:
         raise ValueError(f"--resolutions is for UNet pipelines: a {type(pipe).__name__} reads one token grid")
@@ -220,7 +223,8 @@ def _run_mmdit(args: argparse.Namespace, pipe, device, size, traced_steps, optio
                                            **_overrides(options, args.preset))
     maps, image, size = generate(
         pipe, prompt=args.prompt, negative=args.negative, steps=args.steps, seed=args.seed, size=size,
-        guidance=args.guidance, true_cfg=args.true_cfg_scale, conditioner=cond, conditioner_options=_overrides(options, args.preset), trace_steps=traced_steps,
+        guidance=args.guidance, true_cfg=args.true_cfg_scale, conditioner=cond,
+        conditioner_options=_overrides(options, args.preset), trace_steps=traced_steps,
         blocks=args.blocks or "both", reading=args.reading or "softmax", callback=shown.step_callback,
         started=shown.denoising,
     )
