@@ -130,6 +130,44 @@ def test_a_tokenizer_padding_on_the_left_is_followed(folders: dict[str, Path], p
         assert not torch.allclose(theirs, right, atol=1e-2)  # the side changes every state
 
 
+class _TextProcessor:
+    """What transformers' ProcessorMixin.apply_chat_template does with text alone (processing_utils.py:2380-2403,
+    transformers 5.24: the processor's template rendered, tokenized by its tokenizer, without special tokens where
+    the text starts with BOS), as Flux.2's pipeline calls its AutoProcessor. PixtralProcessor itself needs
+    torchvision, which this environment lacks."""
+
+    def __init__(self, tokenizer: object, chat_template: str):
+        self.tokenizer, self.chat_template = tokenizer, chat_template
+
+    def apply_chat_template(self, conversations: list, add_generation_prompt: bool = False, tokenize: bool = True,
+                            return_dict: bool = True, **kwargs: object) -> object:
+        texts = [self.tokenizer.apply_chat_template(c, chat_template=self.chat_template, tokenize=False,
+                                                    add_generation_prompt=add_generation_prompt) for c in conversations]
+        return self.tokenizer(texts, add_special_tokens=not texts[0].startswith(self.tokenizer.bos_token), **kwargs)
+
+
+@torch.no_grad()
+def test_a_pipeline_holding_a_processor_is_read_through_its_tokenizer(folders: dict[str, Path]) -> None:
+    """Flux2Pipeline's `tokenizer` is an AutoProcessor: sdclip reads its tokenizer with the processor's chat
+    template (the pipeline's objects unchanged)."""
+    import copy
+
+    from tiny_llm import MISTRAL_CHAT
+
+    from sdclip.pipelines import pipeline_kwargs
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = oracle(folders["flux2"], "flux2")
+    tok = copy.copy(pipe.tokenizer)
+    tok.chat_template = None  # the template is the processor's
+    pipe.tokenizer = _TextProcessor(tok, MISTRAL_CHAT)
+    theirs, _ = pipe.encode_prompt(PROMPTS, device="cpu", max_sequence_length=SHORT)
+    out = pipeline_kwargs(pipe, PROMPTS, max_sequence_length=SHORT)
+    torch.testing.assert_close(out["prompt_embeds"], theirs, atol=1e-4, rtol=0)
+    assert tok.chat_template is None
+
+
 def _comfy_file(folder: Path, family: str, dest: Path) -> Path:
     """The folder's text encoder as ComfyUI ships it: transformers' names under `model.`, no vision tower, the
     tokenizer folder beside it."""

@@ -207,6 +207,22 @@ def load_folder(folder: Path, family: str | None, device: str | torch.device) ->
                      tokenizers={"llm_tokenizer": tokenizer})
 
 
+def _text_tokenizer(tok: Any) -> Any:  # noqa: ANN401
+    """A pipeline's tokenizer, or the processor it holds instead (Flux.2's `tokenizer` is an AutoProcessor,
+    PixtralProcessor): the processor's own tokenizer, given the processor's chat template where it has none (a
+    copy: the pipeline's object is not changed). Text alone, a processor tokenizes with its tokenizer."""
+    inner = getattr(tok, "tokenizer", None)
+    if inner is None:
+        return tok
+    template = getattr(tok, "chat_template", None)
+    if template and not getattr(inner, "chat_template", None):
+        import copy
+
+        inner = copy.copy(inner)
+        inner.chat_template = template
+    return inner
+
+
 def from_pipeline(pipe: object) -> LoadedLLM | None:
     """A loaded diffusers pipeline of an LLM family (by its class): its `text_encoder` (tensors shared) and
     `tokenizer`; None for any other pipeline."""
@@ -218,7 +234,7 @@ def from_pipeline(pipe: object) -> LoadedLLM | None:
     module, tok = getattr(pipe, "text_encoder", None), getattr(pipe, "tokenizer", None)
     if module is None or tok is None:
         raise ValueError(f"the {type(pipe).__name__} has no text_encoder or tokenizer: sdclip encodes with both")
-    tokenizer = LLMTokenizer(tok)
+    tokenizer = LLMTokenizer(_text_tokenizer(tok))
     encoders = tuple(from_module(module, role, found, **padding(role, tokenizer)) for role in FAMILIES[found].roles)
     return LoadedLLM(found, encoders, (), f"pipe@{id(module)}", type(pipe).__name__,  # type: ignore[arg-type]
                      tokenizers={"llm_tokenizer": tokenizer})
