@@ -22,6 +22,12 @@ from sdclip.jobs.readers import CaptionSource
 from sdclip.jobs.shards import REF, SHARD_VERSION, SOURCE, shard_name, write_shard
 
 
+#: rows the Conditioner's row cache keeps while a job encodes: the job already encodes each distinct caption
+#: once, so its rows recur only as the odd shared row (the empty one); the cache's default 1,024 rows held
+#: 40 MB of tiny SD1 rows for nothing, and could hold 8.6 GB of Flux T5 rows (512 × 4096 fp32 each)
+JOB_ROW_CACHE = 16
+
+
 class InputChanged(JobError):
     """The captions input no longer holds what the scan validated (edited while the job ran)."""
 
@@ -82,6 +88,9 @@ class ShardWork:
         self.digest = digest
         self.out = Path(spec.out)
         self.encoder = encoder or CaptionEncoder(spec)
+        cache = getattr(self.encoder.cond, "cache", None)
+        if cache is not None:  # memory flat in the number of captions (bench/bench_embed.py --memory)
+            cache.max_rows = min(cache.max_rows, JOB_ROW_CACHE)
         self.source: CaptionSource = spec.source()
         arrays = load_scan_arrays(self.out)
         if arrays is None:
