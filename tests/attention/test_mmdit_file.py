@@ -168,7 +168,16 @@ def test_out_inside_the_config_folder_is_refused(models: dict, capsys) -> None: 
     out = folder / "maps-here"
     assert main(["attention", "--model", str(file), "--pipeline-config", str(folder), "--prompt", "fox",
                  "--out", str(out)]) == 2
-    capsys.readouterr()
+    _one_line(capsys, f"is inside {folder}")
+    assert not out.exists()
+    # --text-encoders files are read too, with the T5 tokenizer folder beside them
+    encoders = folder.parent / "encoders"
+    (encoders / "t5_tokenizer").mkdir(parents=True, exist_ok=True)
+    (encoders / "t5xxl.safetensors").write_bytes(file.read_bytes())
+    out = encoders / "t5_tokenizer" / "maps"
+    assert main(["attention", "--model", str(file), "--pipeline-config", str(folder), "--text-encoders",
+                 str(encoders / "t5xxl.safetensors"), "--prompt", "fox", "--out", str(out)]) == 2
+    _one_line(capsys, "t5_tokenizer,")
     assert not out.exists()
 
 
@@ -233,7 +242,7 @@ def test_configs_from_the_hugging_face_cache_offline(models: dict, tmp_path, mon
     torch.testing.assert_close(_maps(tmp_path / "file"), _maps(tmp_path / "folder"), atol=1e-6, rtol=1e-6)
     inside = repo / "snapshots" / revision / "maps"
     assert main([*args, "--model", str(file), "--out", str(inside)]) == 2
-    capsys.readouterr()
+    _one_line(capsys, "read by this command")
     assert not inside.exists()
 
 
