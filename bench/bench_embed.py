@@ -8,6 +8,7 @@ with real depth). Unique captions (no dedup advantage). Both sides: same text en
 The sdclip time is the whole command (model load, validation scan, encoding, shard writes, manifest).
 
     python bench/bench_embed.py [--captions 192] [--layers 4]
+    python bench/bench_embed.py --memory 1000,100000      # peak RSS of the whole command, a process per run
 """
 
 from __future__ import annotations
@@ -170,6 +171,69 @@ def bytes_per_caption(family: str, root: Path, n: int = 8, tokens: int = 40) -> 
     return out
 
 
+#: the memory check's families: CLIP (SD1) and a T5 family (Wan: --varlen keeps 100k rows' files small)
+MEMORY_RUNS = {"sd1": (), "wan": ("--varlen",)}
+
+
+def peak_rss_mib(model: Path, caps_file: Path, out: Path, *extra: str) -> dict:
+    """One `sdclip embed` in a fresh process: its own peak RSS (ru_maxrss of RUSAGE_SELF, read by that process
+    as it ends: nothing else ran in it) and its wall time."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import resource, sys\nfrom sdclip.cli.main import main\nrc = main(sys.argv[1:])\n"
+            "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nsys.exit(rc)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(C.REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": str(C.THREADS)}
+    t = time.perf_counter()
+    run = subprocess.run([sys.executable, "-c", code, "embed", "--model", str(model), "--captions", str(caps_file),
+                          "--out", str(out), "--preset", "diffusers", "--batch-size", str(BATCH), *extra],
+                         capture_output=True, text=True, env=env, check=False)
+    secs = time.perf_counter() - t
+    if run.returncode != 0:
+        raise RuntimeError(f"sdclip embed failed: {run.stderr.strip()[-500:]}")
+    kib = int(next(line.split()[1] for line in run.stdout.splitlines() if line.startswith("PEAK_KIB")))
+    return {"peak_mib": kib / 1024, "seconds": secs}
+
+
+def memory(sizes: tuple[int, ...] = (1_000, 100_000), families: tuple[str, ...] = tuple(MEMORY_RUNS)) -> dict:
+    """Peak RSS of the whole `sdclip embed` on n captions (unique, and with repeats: every caption 4 times)
+    per family, the tests' tiny models: flat in n means nothing kept per caption grows (the scan's per-row
+    numbers, 28 bytes a caption, memory-mapped, are the one O(n) part: 2.8 MB at 100k)."""
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(C.REPO / "tests" / "jobs"))
+    from test_embed_families import build
+    from tiny_models import tiny_family, write_layout
+
+    raw: dict = {"machine": C.machine(), "batch": BATCH, "runs": []}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for family in families:
+            model = (write_layout("single.safetensors", tiny_family("sd1"), tmp / family) if family == "sd1"
+                     else build(tmp, family))
+            for kind in ("unique", "repeats"):
+                for n in sizes:
+                    caps = captions(n) if kind == "unique" else [c for c in captions(n // 4) for _ in range(4)]
+                    caps_file = tmp / f"caps-{n}.txt"
+                    caps_file.write_text("".join(c + "\n" for c in caps))
+                    out = tmp / f"out-{family}-{kind}-{n}"
+                    r = peak_rss_mib(model, caps_file, out, *MEMORY_RUNS[family])
+                    r.update(family=family, captions=n, kind=kind,
+                             shard_bytes=sum(p.stat().st_size for p in out.glob("shard-*.safetensors")))
+                    raw["runs"].append(r)
+                    rows.append([family, kind, n, f"{r['peak_mib']:.0f} MiB", f"{r['seconds']:.0f} s",
+                                 f"{r['shard_bytes'] / 1e6:.1f} MB"])
+                    print(rows[-1], flush=True)
+                    shutil.rmtree(out)
+    print(C.md_table(["family", "captions", "n", "peak RSS", "wall", "shards on disk"], rows))
+    print("wrote", C.write_json("embed_memory", raw))
+    return raw
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--captions", type=int, default=192)
@@ -179,9 +243,16 @@ def main() -> None:
     ap.add_argument("--only-families", action="store_true",
                     help="only the per-family ratio and bytes-per-caption tables (issue 21)")
     ap.add_argument("--ratio-families", default="sd3,flux,chroma,wan,qwen-image,z-image")
+    ap.add_argument("--memory", default="", metavar="N,M",
+                    help="only the peak-RSS check: `sdclip embed` on N vs M captions, a process each (e.g. 1000,100000)")
+    ap.add_argument("--memory-families", default=",".join(MEMORY_RUNS))
     args = ap.parse_args()
     C.setup()
     import sys
+
+    if args.memory:
+        memory(tuple(int(n) for n in args.memory.split(",")), tuple(args.memory_families.split(",")))
+        return
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "jobs"))
     if args.only_families:
