@@ -5,7 +5,10 @@ A row is the template + prompt (+ pad slots after it). Its pad slots are found a
 the role's pad id, masked out of attention and fed as a valid id: the states of real tokens never see them
 (causal attention), and where the family keeps pad states (Lumina 2) they are exactly the pipeline's
 (right padding, the tokenizer's mask). The empty prompt's encoding is zeros: the LLM pipelines pad with
-zeros (Qwen-Image) or not at all, and no weighting reads it (the LLM lane's weighting is "none").
+zeros (Qwen-Image) or not at all. Where ComfyUI weights the encoder (Lumina 2 under the comfy preset:
+sdclip.lanes.llm_lane) it is ComfyUI's z_empty instead: the start token then pads, the pads masked
+(comfy/sd1_clip.py `gen_empty_tokens` and `SDClipModel.forward`'s mask), which is also the pipeline's own
+encoding of an empty negative (BOS, then masked pads).
 """
 
 from __future__ import annotations
@@ -118,6 +121,9 @@ class LLMRunnerLane:
             zeros = ref.new_zeros(len(plan.ids), L, enc.width)
             return Encoded(zeros, None, plan, encode_empty=lambda: ref.new_zeros(L, enc.width))
         hidden, _ = runner.encode(RowBatch(plan.ids, {}))
+        if role.llm is not None and not role.llm.comfy_literal:  # ComfyUI's z_empty: the rows' start token, pads
+            start = (rows[0].ids[0][0],) + (role.pad_id,) * (L - 1)
+            return Encoded(hidden, None, plan, encode_empty=lambda: runner.encode(RowBatch([start], {}))[0][0])
         return Encoded(hidden, None, plan, encode_empty=lambda: hidden.new_zeros(L, hidden.shape[-1]))
 
 

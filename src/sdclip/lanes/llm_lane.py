@@ -14,11 +14,18 @@ What diffusers 0.42.1 does (site-packages/diffusers/pipelines/…):
   + p`, only for the prompt: the negative is tokenized bare, :305-327), :199-205 (padded to 256),
   :189 (right padding), :221 (`hidden_states[-2]`), :234 (the tokenizer's mask returned).
 
-Weights: the LLM encoders take no weights here. Under the comfy preset Qwen-Image and Z-Image tokenize
-`(x:1.2)` literally, brackets and all, as ComfyUI does (comfy/text_encoders/qwen_image.py and z_image.py call
-`tokenize_with_weights(..., disable_weights=True)`); every other case removes the syntax and keeps the words
-(ComfyUI's Gemma-2 tokenizer for Lumina 2, comfy/text_encoders/lumina2.py, keeps weights: not reproduced, and
-said so). Either way a prompt with weights gets a note (inspect `warnings`, the CLI's stderr).
+Weights, per preset (the README's conventions table):
+- comfy on Qwen-Image, Z-Image, Flux.2: `(x:1.2)` tokenized literally, brackets and all, as ComfyUI does
+  (comfy/text_encoders/qwen_image.py and z_image.py call `tokenize_with_weights(..., disable_weights=True)`).
+- comfy on Lumina 2: ComfyUI's own weighting. Its Gemma-2 tokenizer (comfy/text_encoders/lumina2.py @02f897c,
+  `Gemma2BTokenizer`) does not set disable_weights (its Gemma-3 one does), and CLIPTextEncodeLumina2
+  (comfy_extras/nodes_lumina2.py @09494bc) tokenizes f"{system_prompt} <Prompt Start> {user_prompt}" with weights:
+  sd1_clip's `tokenize_with_weights` tokenizes each weighted segment on its own (BOS stripped, one BOS first; the
+  system prompt joins the first segment unless the prompt opens with a group), and `encode_token_weights`
+  (comfy/sd1_clip.py @b55c224) turns each token of weight w ≠ 1 into (z − z_empty)·w + z_empty, z_empty the
+  encoding of [start] + pads with the pads masked (`gen_empty_tokens`; sdclip.encoder.llm_runner).
+- every other case removes the syntax and keeps the words; the weights do nothing, and a note says so (inspect
+  `warnings`, the CLI's stderr, the page).
 """
 
 from __future__ import annotations
@@ -60,14 +67,20 @@ def literal(options: Options, role: EncoderRole) -> bool:
     return options.dialect == "comfy" and _spec(role).comfy_literal
 
 
-def weight_note(options: Options, family: Family, role: EncoderRole) -> str:
-    """What happens to a weighted prompt on this family (a note, a warning, a row of the conventions table)."""
+def comfy_weighted(options: Options, role: EncoderRole) -> bool:
+    """The comfy preset on an encoder whose ComfyUI tokenizer keeps weights (Lumina 2): each weighted segment
+    tokenized on its own, ComfyUI's weighting applied (sdclip.assemble.weighting "comfy")."""
+    return options.dialect == "comfy" and options.weighting == "comfy" and not _spec(role).comfy_literal
+
+
+def weight_note(options: Options, family: Family, role: EncoderRole) -> str | None:
+    """What happens to a weighted prompt on this family (a note, a warning, a row of the conventions table); None
+    where the weights are applied."""
     if literal(options, role):
         return (f"{family.name}: comfy tokenizes the weight syntax literally, brackets and all, as ComfyUI does "
                 "(its tokenizer for this encoder sets disable_weights): the weights do nothing")
-    if options.dialect == "comfy":  # Lumina 2: ComfyUI's Gemma-2 tokenizer keeps weights (lumina2.py: no disable_weights)
-        return (f"{family.name}: ComfyUI applies these weights on this encoder ((z − z_empty)·w + z_empty); sdclip does "
-                "not reproduce that yet: the syntax is removed and the weights do nothing")
+    if comfy_weighted(options, role):
+        return None
     return f"{family.name}: prompt weights do nothing on an LLM text encoder (the syntax is removed, the words kept)"
 
 
@@ -86,11 +99,36 @@ def _plain(seq: Sequence) -> tuple[str, list[int], list[tuple[int, int, float]]]
 
 
 def _to_source(a: int, b: int, bounds: list[int], pieces: list[tuple[int, int, float]]) -> tuple[tuple[int, int], float]:
+    """A token's span [a, b) in the plain text → its span in the source and its weight, by the fragment of its last
+    character: a byte-level token ` red` of `a (red:1.3)` is `red` (weight 1.3), never the space before the syntax."""
     if not pieces:
         return (a, b), 1.0
-    k = max(0, bisect.bisect_right(bounds, a) - 1)
+    k = max(0, bisect.bisect_right(bounds, max(a, b - 1)) - 1)
     start, end, weight = pieces[k]
-    return (min(start + a - bounds[k], end), min(start + b - bounds[k], end)), weight
+    return (min(start + max(a - bounds[k], 0), end), min(start + max(b - bounds[k], 0), end)), weight
+
+
+def _segments_stream(seq: Sequence, text: str, template: str, tokenizer: object, spec: LLMPrompt,
+                     notes: tuple[str, ...]) -> LLMStream:
+    """ComfyUI's tokenizing with weights (sd1_clip `tokenize_with_weights`): each weighted segment (a fragment of
+    the comfy dialect: equal neighbours are not merged) tokenized on its own without its BOS; the template's text
+    before the prompt joins the first segment when the prompt does not open with a group, as in ComfyUI's one
+    string f"{system_prompt} <Prompt Start> {user_prompt}". Lumina 2's template has nothing after the prompt."""
+    frags = [f for f in seq.fragments if f.kind == "text" and f.text]
+    joined = bool(frags) and frags[0].start == 0
+    first = tokenizer.templated(template, frags[0].text if joined else "", spec.chat)  # type: ignore[attr-defined]
+    n = len(first.ids) - first.prefix - first.suffix
+    ids, weights, spans = list(first.ids[first.prefix:first.prefix + n]), [], []
+    for f, t in [(frags[0], first)] if joined else []:
+        spans += [(min(f.start + a, f.end), min(f.start + b, f.end)) for a, b in t.spans]
+        weights += [f.weight] * len(t.spans)
+    for f in frags[1:] if joined else frags:
+        t = tokenizer.templated("{}", f.text, spec.chat)  # type: ignore[attr-defined]
+        ids += t.ids[t.prefix:len(t.ids) - t.suffix]
+        spans += [(min(f.start + a, f.end), min(f.start + b, f.end)) for a, b in t.spans]
+        weights += [f.weight] * len(t.spans)
+    return LLMStream(ids=ids, weights=weights, spans=spans, source=str(text), prefix=tuple(first.ids[:first.prefix]),
+                     suffix=tuple(first.ids[first.prefix + n:]), notes=notes)
 
 
 @dataclass(frozen=True)
@@ -121,9 +159,10 @@ class LLMLane:
         """The prompt inside the family's template, tokenized as one text (sdclip.tokenizer.llm)."""
         spec = _spec(given.role)
         template = "{}" if is_negative(text) and not spec.negative_template else spec.template
-        notes: tuple[str, ...] = ()
-        if _weighted(seq):
-            notes = (weight_note(given.options, given.family, given.role),)
+        note = weight_note(given.options, given.family, given.role) if _weighted(seq) else None
+        notes = (note,) if note else ()
+        if comfy_weighted(given.options, given.role):
+            return _segments_stream(seq, text, template, given.tokenizer, spec, notes)
         if literal(given.options, given.role):
             prompt, bounds, pieces = str(text), [0], [(0, len(text), 1.0)]
         else:
@@ -170,7 +209,9 @@ class LLMLane:
                     token_count=n, dropped=dropped, notes=tuple(notes))
 
     def weighting(self, options: Options) -> str:
-        return "none"
+        """ComfyUI's formula under the comfy preset (Lumina 2 applies it; a literal tokenizer leaves every weight 1,
+        so it changes nothing there: `_lerp` keeps w == 1 states bit-exact); else none."""
+        return "comfy" if options.dialect == "comfy" and options.weighting == "comfy" else "none"
 
     def empty_ids(self, role: EncoderRole, length: int) -> tuple[int, ...]:
         """Never encoded: the LLM pipelines pad with zeros (Qwen-Image) or not at all (sdclip.encoder.llm_runner)."""
