@@ -228,3 +228,40 @@ def sd3_for_single_file(seed: int = 0):  # noqa: ANN201
     with torch.no_grad():
         pipe.text_encoder.text_projection.weight.copy_(torch.eye(pipe.text_encoder.config.hidden_size))
     return pipe
+
+
+def ldm_vae(vae, prefix: str = "first_stage_model.") -> dict:  # noqa: ANN001
+    """An AutoencoderKL under the original (LDM) names SD3's all-in-one files use: diffusers' own
+    DIFFUSERS_TO_LDM_MAPPING["vae"] for the top-level tensors, and the reverse of its block renames
+    (`down.{i}.block.{j}`, `mid.block_{k+1}`, `mid.attn_1.{q,k,v,proj_out,norm}` as 1×1 convs, decoder
+    `up.{n-1-i}`: LDM numbers the decoder's blocks from the lowest resolution up, `nin_shortcut`)."""
+    import re
+
+    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
+
+    top = DIFFUSERS_TO_LDM_MAPPING["vae"]
+    ups = len(vae.decoder.up_blocks)
+    rules = (
+        (r"encoder\.down_blocks\.(\d+)\.resnets\.", lambda m: f"encoder.down.{m[1]}.block."),
+        (r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", lambda m: f"encoder.down.{m[1]}.downsample."),
+        (r"decoder\.up_blocks\.(\d+)\.resnets\.", lambda m: f"decoder.up.{ups - 1 - int(m[1])}.block."),
+        (r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: f"decoder.up.{ups - 1 - int(m[1])}.upsample."),
+        (r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.", lambda m: f"{m[1]}.mid.block_{int(m[2]) + 1}."),
+        (r"(encoder|decoder)\.mid_block\.attentions\.0\.", lambda m: f"{m[1]}.mid.attn_1."),
+    )
+    attn = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+    out = {}
+    for key, t in vae.state_dict().items():
+        name = top.get(key)
+        if name is None:
+            name = key.replace("conv_shortcut", "nin_shortcut")
+            for pattern, repl in rules:
+                name = re.sub(pattern, repl, name)
+            if ".mid.attn_1." in name:
+                head, _, leaf = name.partition(".mid.attn_1.")
+                layer, _, param = leaf.rpartition(".")
+                name = f"{head}.mid.attn_1.{attn[layer]}.{param}"
+                if param == "weight" and layer != "group_norm":
+                    t = t[:, :, None, None]  # LDM's attention projections are 1×1 convolutions
+        out[prefix + name] = t.detach().clone().contiguous()
+    return out

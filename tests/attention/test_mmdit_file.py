@@ -284,3 +284,22 @@ def test_separate_text_encoder_files(models: dict, kind: str, tmp_path, capsys) 
                  str(tmp_path / "missing.safetensors"), "--out", str(out)]) == 2
     _one_line(capsys, "not a .safetensors file")
     assert not out.exists()
+
+
+def test_sd3_all_in_one_file_with_its_vae(models: dict, tmp_path, capsys) -> None:  # noqa: ANN001
+    """An SD3 file holding transformer, text encoders and VAE (`first_stage_model.*`, LDM names) with a
+    configs-only --pipeline-config folder (no weights at all): everything from the file, the folder's image."""
+    import shutil
+
+    folder, file = models["sd3"]
+    configs = tmp_path / "configs"
+    shutil.copytree(folder, configs, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    pipe = tiny_mmdit.sd3_for_single_file()  # the folder's weights (same seed)
+    whole = tmp_path / "sd3_incl_clips_vae.safetensors"
+    save_file({**tiny_mmdit.sd3_original(pipe), **tiny_mmdit.ldm_vae(pipe.vae)}, str(whole))
+    args = ["attention", "--prompt", PROMPT, "--steps", "1", "--size", "32x32"]
+    assert main([*args, "--model", str(folder), "--out", str(tmp_path / "folder")]) == 0
+    assert main([*args, "--model", str(whole), "--pipeline-config", str(configs), "--out", str(tmp_path / "file")]) == 0
+    capsys.readouterr()
+    torch.testing.assert_close(_maps(tmp_path / "file"), _maps(tmp_path / "folder"), atol=1e-6, rtol=1e-6)
+    assert (tmp_path / "file" / "image.png").read_bytes() == (tmp_path / "folder" / "image.png").read_bytes()
