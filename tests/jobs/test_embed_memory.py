@@ -33,3 +33,22 @@ def test_a_job_keeps_a_bounded_row_cache_whatever_its_captions(tmp_path):
     cache = encoder.cond.cache
     assert cache.max_rows == JOB_ROW_CACHE and len(cache._data) <= JOB_ROW_CACHE
     assert cache.stats.misses >= 3 * JOB_ROW_CACHE  # every caption's row was encoded, none served twice
+
+
+def test_the_manifest_lists_a_bounded_number_of_truncated_captions(tmp_path, monkeypatch):
+    """Every truncated caption is counted; only the first MAX_LISTED_TRUNCATED are listed (the list was one
+    entry per truncated caption, in memory and in a manifest rewritten after every shard)."""
+    import json
+
+    from sdclip.cli.main import main
+    from sdclip.jobs import plan
+
+    monkeypatch.setattr(plan, "MAX_LISTED_TRUNCATED", 2)
+    model = write_layout("single.safetensors", tiny_family("sd1"), tmp_path / "sd1")
+    long = ", ".join(f"a fox number {k} in a forest" for k in range(20))
+    caps = tmp_path / "caps.txt"
+    caps.write_text("".join(f"{long} {i}\n" if i % 2 else f"short {i}\n" for i in range(10)))
+    out = tmp_path / "out"
+    assert main(["embed", "--model", str(model), "--captions", str(caps), "--out", str(out)]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["truncated"] == {"count": 5, "indices": [1, 3], "more": 3}

@@ -31,6 +31,9 @@ FIRST = "scan-first.npy"
 SCAN_FILES = (LENGTHS, LAST, DIGESTS, FIRST)
 #: warnings listed in the manifest (all are counted)
 MAX_RECORDED_WARNINGS = 100
+#: truncated captions listed in the manifest (all are counted): a list of every one grew with the captions,
+#: in memory and in a manifest rewritten after every shard (1M long captions: MBs per rewrite)
+MAX_LISTED_TRUNCATED = 1000
 
 
 @dataclass
@@ -166,7 +169,8 @@ class Scan:
     rows: int = 0
     valid_rows: int = 0
     errors: list[dict] = field(default_factory=list)
-    truncated: list[int] = field(default_factory=list)
+    truncated: list[int] = field(default_factory=list)  #: the first MAX_LISTED_TRUNCATED
+    truncated_count: int = 0
     seeks: list = field(default_factory=list)
     warnings: list[dict] = field(default_factory=list)
     warning_count: int = 0
@@ -181,7 +185,9 @@ class Scan:
             "rows": self.rows,
             "valid_rows": self.valid_rows,
             "errors": self.errors,
-            "truncated": {"count": len(self.truncated), "indices": self.truncated},
+            "truncated": {"count": self.truncated_count, "indices": self.truncated,
+                          **({"more": self.truncated_count - len(self.truncated)}
+                             if self.truncated_count > len(self.truncated) else {})},
             "seeks": self.seeks,
             "warnings": {"count": self.warning_count, "first": self.warnings},
         }
@@ -226,7 +232,9 @@ def scan(source: CaptionSource, check: Check, slots: int, shard_size: int, out: 
         else:
             result.valid_rows += 1
             if n > slots:
-                result.truncated.append(rec.index)
+                result.truncated_count += 1
+                if len(result.truncated) < MAX_LISTED_TRUNCATED:
+                    result.truncated.append(rec.index)
         lengths.append(n)
         digests.append(record_digest(rec))
         result.rows += 1
