@@ -8,6 +8,8 @@ with real depth). Unique captions (no dedup advantage). Both sides: same text en
 The sdclip time is the whole command (model load, validation scan, encoding, shard writes, manifest).
 
     python bench/bench_embed.py [--captions 192] [--layers 4]
+    python bench/bench_embed.py --only-families [--ratio-families sd1,sdxl,sd3,flux,wan] [--captions 256]
+    python bench/bench_embed.py --trainers sd3,flux [--trainer-captions 6 --trainer-batch 2]
     python bench/bench_embed.py --memory 1000,100000      # peak RSS of the whole command, a process per run
 """
 
@@ -94,34 +96,226 @@ def engine_loop(model: Path, dtype: str, caps: list[str]) -> float:
     return len(caps) / (time.perf_counter() - t)
 
 
-def family_ratio(family: str, root: Path, caps: list[str], caps_file: Path) -> dict:
-    """Whole `sdclip embed` rows/s ÷ sdclip's bare encoder rows/s (the Conditioner on the same batches), one
-    family, the tests' tiny models (tests/tiny_*: T5 384 wide, 2 layers; umT5 / LLM 32–64 wide)."""
+def family_model(family: str, root: Path) -> Path:
+    """A diffusers folder of the family with the tests' tiny random text encoders (tests/tiny_*: CLIP 32–64
+    wide, T5 384 wide and 2 layers, umT5 / LLM 32–64 wide): the smallest encoders, so the whole command's own
+    per-caption costs (reading, validation, fitting rows, hashing, writing) weigh the most here."""
+    folder = root / family
+    if folder.exists():
+        return folder
+    if family in ("sd1", "sdxl"):
+        import tiny_pipelines
+
+        getattr(tiny_pipelines, f"{family}_pipeline")(seed=1).save_pretrained(str(folder))
+        return folder
+    from test_embed_families import build
+
+    return build(root, family)
+
+
+def timed_embed(model: Path, caps_file: Path, out: Path, *extra: str) -> dict:
+    """`sdclip embed` in-process, with the driver's own steps timed: the validation scan (Job.prepare) and
+    each shard's completion (Job.complete: written, hashed, listed). Start-up-independent rates come from
+    these marks: `steady` = rows/s between the first and the last shard's completion (shard 0 is the warm-up)."""
+    from sdclip.jobs.driver import Job
+
+    marks: dict = {"shards": []}
+    real_prepare, real_complete = Job.prepare, Job.complete
+
+    def prepare(self, *a, **kw):  # noqa: ANN001, ANN202
+        t, c = time.perf_counter(), time.process_time()
+        real_prepare(self, *a, **kw)
+        marks["scan_s"], marks["scan_cpu_s"] = time.perf_counter() - t, time.process_time() - c
+
+    def complete(self, record: dict) -> None:  # noqa: ANN001
+        real_complete(self, record)
+        marks["shards"].append((time.perf_counter(), record["rows"], time.process_time()))
+
+    Job.prepare, Job.complete = prepare, complete
+    try:
+        marks["total_s"] = sdclip_embed(model, caps_file, out, *extra)
+    finally:
+        Job.prepare, Job.complete = real_prepare, real_complete
+    (t0, _, c0), *rest = marks["shards"]
+    marks["steady_rows_s"] = sum(n for _, n, _ in rest) / max(rest[-1][0] - t0, 1e-9)
+    #: rows per CPU-second of this process (all its threads): less disturbed by other processes than wall time
+    marks["steady_rows_cpu_s"] = sum(n for _, n, _ in rest) / max(rest[-1][2] - c0, 1e-9)
+    return marks
+
+
+def family_ratio(family: str, root: Path, caps: list[str], caps_file: Path, shard: int, dtype: str = "fp32",
+                 repeats: int = 2) -> dict:
+    """Whole `sdclip embed` rows/s ÷ sdclip's bare encoder rows/s (Conditioner.encode on the same batches of
+    BATCH captions, model loaded, warmed up), one family. Two whole-command figures, both free of start-up
+    (model load, process start): `steady` (the encoding phase: reading, encoding, fitting, hashing, writing
+    per shard after the first) and `marginal` (steady plus the validation scan's time per caption: what one
+    more caption costs the whole command). Interleaved, best of `repeats` each: the machine is shared. Also per
+    CPU-second of this process (all threads): on a loaded machine far steadier than wall time."""
     import torch
 
     from sdclip.conditioner import Conditioner
-    from test_embed_families import build
 
-    folder = build(root, family) if not (root / family).exists() else root / family
-    t = time.perf_counter()
-    cond = Conditioner.from_pretrained(folder, "diffusers")
-    load = time.perf_counter() - t
-    bare_s, secs = float("inf"), float("inf")
-    for rep in range(2):  # interleaved, best of 2 each: the machine is shared, its minimum is the least disturbed
-        cond.cache.clear() if hasattr(cond.cache, "clear") else None
+    folder = family_model(family, root)
+    cond = Conditioner.from_pretrained(folder, "diffusers", dtype=C.dtype_of(dtype))
+    bare_s = bare_cpu = float("inf")
+    best = None
+    n_bare = len(caps) - shard  # as many rows as the steady shards hold
+    for rep in range(repeats):
         with torch.no_grad():
             cond.encode([f"warm-up {rep}"])
-            t = time.perf_counter()
-            for lo in range(0, len(caps), BATCH):
-                cond.encode([f"{rep} {c}" for c in caps[lo : lo + BATCH]])
-            bare_s = min(bare_s, time.perf_counter() - t)
-        secs = min(secs, sdclip_embed(folder, caps_file, root / f"ratio-{family}-{rep}", "--preset", "diffusers",
-                                      "--shard-size", "64"))
-    bare = len(caps) / bare_s
-    whole = len(caps) / secs
-    steady = len(caps) / max(secs - load, 1e-9)
-    return {"family": family, "bare_rows_s": bare, "embed_rows_s": whole, "embed_rows_s_without_load": steady,
-            "load_s": load, "ratio": whole / bare, "ratio_without_load": steady / bare}
+            t, c = time.perf_counter(), time.process_time()
+            for lo in range(0, n_bare, BATCH):
+                cond.encode([f"{rep} {c}" for c in caps[lo : min(lo + BATCH, n_bare)]])  # new texts: no cache hits
+            bare_s, bare_cpu = min(bare_s, time.perf_counter() - t), min(bare_cpu, time.process_time() - c)
+        m = timed_embed(folder, caps_file, root / f"ratio-{family}-{dtype}-{rep}", "--preset", "diffusers",
+                        "--shard-size", str(shard), "--batch-size", str(BATCH), "--dtype", dtype)
+        if best is None:
+            best = m
+        else:
+            for key in ("steady_rows_s", "steady_rows_cpu_s"):
+                best[key] = max(best[key], m[key])
+            for key in ("scan_s", "scan_cpu_s", "total_s"):
+                best[key] = min(best[key], m[key])
+    bare, bare_c = n_bare / bare_s, n_bare / bare_cpu
+    steady, steady_c = best["steady_rows_s"], best["steady_rows_cpu_s"]
+    marginal = 1 / (1 / steady + best["scan_s"] / len(caps))
+    marginal_c = 1 / (1 / steady_c + best["scan_cpu_s"] / len(caps))
+    return {"family": family, "dtype": dtype, "bare_rows_s": bare, "steady_rows_s": steady,
+            "marginal_rows_s": marginal, "scan_s": best["scan_s"], "total_s": best["total_s"],
+            "whole_rows_s_with_startup": len(caps) / best["total_s"], "ratio_steady": steady / bare,
+            "ratio_marginal": marginal / bare, "bare_rows_cpu_s": bare_c, "marginal_rows_cpu_s": marginal_c,
+            "ratio_marginal_cpu": marginal_c / bare_c}
+
+
+# ---- against each trainer's own caching path (issue 21) --------------------------------------------------
+#: sd-scripts' files read for the transliteration below (kohya-ss/sd-scripts)
+SD_SCRIPTS = {"flux": "library/strategy_flux.py @ 1065dd1b56b4b18e211d3827fe22b459c81dd12c",
+              "sd3": "library/strategy_sd3.py @ 07007bf75107b928b11d2a754035fd27ba228121"}
+#: T5 length of each trainer path (sd-scripts' default t5xxl_max_token_length: Flux dev 512, SD3 256)
+T5_LENGTH = {"flux": 512, "sd3": 256}
+
+
+def kohya_loop(pipe, family: str, caps: list[str], out: Path, batch: int) -> dict[str, np.ndarray]:  # noqa: ANN001
+    """sd-scripts' text-encoder caching loop, transliterated (SD_SCRIPTS): per batch, `tokenize` (every
+    tokenizer padded to max_length, truncated), `encode_tokens` with no masks (apply_*_attn_mask False, the
+    default), bf16 upcast to float32, `.cpu().numpy()`, then one uncompressed `np.savez` per image. Returns
+    the last image's arrays (for the same-tensors check)."""
+    import numpy as np
+    import torch
+
+    n5 = T5_LENGTH[family]
+    t5_tok, t5 = (pipe.tokenizer_2, pipe.text_encoder_2) if family == "flux" else (pipe.tokenizer_3, pipe.text_encoder_3)
+    arrays: dict[str, np.ndarray] = {}
+    for lo in range(0, len(caps), batch):
+        text = caps[lo : lo + batch]
+        l_tok = pipe.tokenizer(text, max_length=77, padding="max_length", truncation=True, return_tensors="pt")
+        t_tok = t5_tok(text, max_length=n5, padding="max_length", truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            t5_out, _ = t5(t_tok["input_ids"], None, return_dict=False, output_hidden_states=True)
+            if family == "flux":
+                pooled = pipe.text_encoder(l_tok["input_ids"])["pooler_output"]
+                txt_ids = torch.zeros(t5_out.shape[0], t5_out.shape[1], 3)
+            else:
+                g_tok = pipe.tokenizer_2(text, max_length=77, padding="max_length", truncation=True, return_tensors="pt")
+                lo_ = pipe.text_encoder(l_tok["input_ids"], None, output_hidden_states=True)
+                go_ = pipe.text_encoder_2(g_tok["input_ids"], None, output_hidden_states=True)
+                pooled = torch.cat((lo_[0], go_[0]), dim=-1)
+                lg_out = torch.cat([lo_.hidden_states[-2], go_.hidden_states[-2]], dim=-1)
+        t5_out, pooled = t5_out.float().cpu().numpy(), pooled.float().cpu().numpy()
+        for i in range(len(text)):
+            stem = out / f"img{lo + i}"
+            if family == "flux":
+                arrays = dict(l_pooled=pooled[i], t5_out=t5_out[i], txt_ids=txt_ids.numpy()[i],
+                              t5_attn_mask=t_tok["attention_mask"].numpy()[i], apply_t5_attn_mask=False)
+                np.savez(f"{stem}_flux_te.npz", **arrays)
+            else:
+                arrays = dict(lg_out=lg_out.float().cpu().numpy()[i], lg_pooled=pooled[i], t5_out=t5_out[i],
+                              clip_l_attn_mask=l_tok["attention_mask"].numpy()[i],
+                              clip_g_attn_mask=g_tok["attention_mask"].numpy()[i],
+                              t5_attn_mask=t_tok["attention_mask"].numpy()[i], apply_lg_attn_mask=False,
+                              apply_t5_attn_mask=False)
+                np.savez(f"{stem}_sd3_te.npz", **arrays)
+    return arrays
+
+
+def diffusers_loop(pipe, family: str, caps: list[str], out: Path, batch: int) -> dict:  # noqa: ANN001
+    """diffusers' `encode_prompt` over batches of captions (positives only, as a trainer caches), each batch's
+    tensors saved with safetensors' `save_file` (one file a batch: the cheapest way to keep them)."""
+    import torch
+    from safetensors.torch import save_file
+
+    with torch.no_grad():
+        for lo in range(0, len(caps), batch):
+            text = caps[lo : lo + batch]
+            if family == "flux":
+                pe, pp, _ = pipe.encode_prompt(prompt=text, prompt_2=None, device="cpu",
+                                               max_sequence_length=T5_LENGTH[family])
+            else:
+                pe, _, pp, _ = pipe.encode_prompt(text, None, None, device="cpu", do_classifier_free_guidance=False,
+                                                  max_sequence_length=T5_LENGTH[family])
+            tensors = {"prompt_embeds": pe.contiguous(), "pooled_prompt_embeds": pp.contiguous()}
+            save_file(tensors, str(out / f"batch-{lo:06d}.safetensors"))
+    return tensors
+
+
+def trainer_paths(family: str, root: Path, n: int, batch: int, dtypes: list[str], clip_layers: int,
+                  t5_layers: int) -> list[dict]:
+    """rows/s of sd-scripts' caching loop, diffusers' encode_prompt loop, `sdclip embed --format kohya` and
+    `sdclip embed` (its own shards) on the same captions and the same real-width, shallow encoders
+    (bench_sd3_flux.build), per dtype; and the largest difference between their tensors. The trainer loops
+    are timed with the model loaded (after one warm-up batch); sdclip by its start-up-free marginal rate
+    (timed_embed: steady shards plus the validation scan per caption)."""
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    from bench_sd3_flux import build
+
+    caps = captions(n, seed=3)
+    pipe = build(family, clip_layers, t5_layers)
+    folder = root / f"trainer-{family}"
+    pipe.save_pretrained(str(folder))
+    results = []
+    for dtype in dtypes:
+        pipe.to(dtype=C.dtype_of(dtype))
+        images = root / f"images-{family}-{dtype}"
+        images.mkdir()
+        for i, c in enumerate(caps):
+            (images / f"img{i}.png").write_bytes(b"not read: only the name and its caption sidecar are")
+            (images / f"img{i}.txt").write_text(c + "\n", encoding="utf-8")
+        r = {"family": family, "dtype": dtype, "captions": n, "batch": batch, "sd_scripts": SD_SCRIPTS[family]}
+        warm = ["warm-up caption"] * batch
+        for name, loop in (("kohya_loop", kohya_loop), ("diffusers_loop", diffusers_loop)):
+            dest = root / f"{name}-{family}-{dtype}"
+            dest.mkdir()
+            loop(pipe, family, warm, dest, batch)
+            t, c = time.perf_counter(), time.process_time()
+            r[f"{name}_last"] = loop(pipe, family, caps, dest, batch)
+            r[f"{name}_rows_s"] = n / (time.perf_counter() - t)
+            r[f"{name}_rows_cpu_s"] = n / (time.process_time() - c)
+        common = ("--preset", "diffusers", "--dtype", dtype, "--batch-size", str(batch), "--shard-size", str(batch))
+        for name, extra in (("sdclip_kohya", ("--format", "kohya")), ("sdclip", ())):
+            m = timed_embed(folder, images, root / f"{name}-{family}-{dtype}", *common, *extra)
+            r[f"{name}_rows_s"] = 1 / (1 / m["steady_rows_s"] + m["scan_s"] / n)
+            r[f"{name}_rows_cpu_s"] = 1 / (1 / m["steady_rows_cpu_s"] + m["scan_cpu_s"] / n)
+            r[f"{name}_with_startup_rows_s"] = n / m["total_s"]
+        last = n - 1
+        ours = np.load(images / f"img{last}_{'flux' if family == 'flux' else 'sd3'}_te.npz")
+        theirs = r.pop("kohya_loop_last")
+        r["max_abs_diff_kohya"] = max(float(np.abs(ours[k].astype(np.float64) - theirs[k]).max()) for k in theirs
+                                      if np.asarray(theirs[k]).dtype.kind == "f")
+        shards = [load_file(p) for p in sorted((root / f"sdclip-{family}-{dtype}").glob("shard-*.safetensors"))]
+        ours_pe = torch.cat([s["prompt_embeds"] for s in shards])[-1].float()
+        theirs_pe = r.pop("diffusers_loop_last")["prompt_embeds"][-1].float()
+        r["max_abs_diff_diffusers"] = float((ours_pe - theirs_pe).abs().max()) if ours_pe.shape == theirs_pe.shape \
+            else f"shapes {list(ours_pe.shape)} vs {list(theirs_pe.shape)}"
+        r["speedup_vs_kohya"] = r["sdclip_kohya_rows_s"] / r["kohya_loop_rows_s"]
+        r["speedup_vs_diffusers"] = r["sdclip_rows_s"] / r["diffusers_loop_rows_s"]
+        r["speedup_vs_kohya_cpu"] = r["sdclip_kohya_rows_cpu_s"] / r["kohya_loop_rows_cpu_s"]
+        r["speedup_vs_diffusers_cpu"] = r["sdclip_rows_cpu_s"] / r["diffusers_loop_rows_cpu_s"]
+        results.append(r)
+        print({k: v for k, v in r.items() if k != "sd_scripts"}, flush=True)
+    return results
 
 
 #: real shapes (the released models' widths and default lengths) for the bytes-per-caption table
@@ -242,7 +436,16 @@ def main() -> None:
     ap.add_argument("--families", default="sd1,sdxl", help="comma-separated (real depth: sd1 only is quick enough)")
     ap.add_argument("--only-families", action="store_true",
                     help="only the per-family ratio and bytes-per-caption tables (issue 21)")
-    ap.add_argument("--ratio-families", default="sd3,flux,chroma,wan,qwen-image,z-image")
+    ap.add_argument("--ratio-families", default="sd1,sdxl,sd3,flux,wan,chroma,qwen-image,z-image")
+    ap.add_argument("--shard-size", type=int, default=64, help="the ratio's shards (steady = after the first)")
+    ap.add_argument("--trainers", default="", help="comma-separated sd3,flux: sd-scripts / diffusers loops vs "
+                    "sdclip embed (real widths, shallow), then exit")
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved repeats of the ratio (best of)")
+    ap.add_argument("--trainer-captions", type=int, default=12)
+    ap.add_argument("--trainer-batch", type=int, default=3)
+    ap.add_argument("--trainer-dtypes", default="fp32,bf16")
+    ap.add_argument("--t5-layers", type=int, default=1)
+    ap.add_argument("--clip-layers", type=int, default=1)
     ap.add_argument("--memory", default="", metavar="N,M",
                     help="only the peak-RSS check: `sdclip embed` on N vs M captions, a process each (e.g. 1000,100000)")
     ap.add_argument("--memory-families", default=",".join(MEMORY_RUNS))
@@ -255,6 +458,8 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "jobs"))
+    if args.trainers:
+        return trainers(args)
     if args.only_families:
         return families_only(args)
     caps = captions(args.captions)
@@ -312,7 +517,8 @@ def families_only(args) -> None:  # noqa: ANN001
     from sdclip.conventions.family import FAMILIES
 
     caps = captions(args.captions)
-    raw = {"machine": C.machine(), "captions": args.captions, "batch": BATCH, "ratio": [], "bytes": {}}
+    raw = {"machine": C.machine(), "captions": args.captions, "batch": BATCH, "shard_size": args.shard_size,
+           "ratio": [], "bytes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         caps_file = tmp / "caps.txt"
@@ -321,13 +527,15 @@ def families_only(args) -> None:  # noqa: ANN001
         for family in args.ratio_families.split(","):
             if family not in FAMILIES:
                 continue
-            r = family_ratio(family, tmp, caps, caps_file)
+            r = family_ratio(family, tmp, caps, caps_file, args.shard_size, repeats=args.repeats)
             raw["ratio"].append(r)
-            rows.append([family, r["bare_rows_s"], r["embed_rows_s"], r["embed_rows_s_without_load"],
-                         f"{r['ratio']:.2f}", f"{r['ratio_without_load']:.2f}"])
+            rows.append([family, r["bare_rows_s"], r["steady_rows_s"], r["marginal_rows_s"],
+                         r["whole_rows_s_with_startup"], f"{r['ratio_steady']:.2f}", f"{r['ratio_marginal']:.2f}",
+                         f"{r['ratio_marginal_cpu']:.2f}"])
             print(rows[-1], flush=True)
-        print(C.md_table(["family", "bare encoder (rows/s)", "sdclip embed whole command (rows/s)",
-                          "whole command less model load (rows/s)", "ratio", "ratio less load"], rows))
+        print(C.md_table(["family", "bare encoder (rows/s)", "embed, steady (rows/s)",
+                          "embed, marginal incl. validation (rows/s)", "embed incl. start-up (rows/s)",
+                          "ratio steady", "ratio marginal", "ratio marginal (CPU time)"], rows))
         brows = []
         for family in REAL_SHAPES:
             b = bytes_per_caption(family, tmp)
@@ -335,6 +543,27 @@ def families_only(args) -> None:  # noqa: ANN001
             brows += [[family, name, f"{v / 1e6:.3f} MB"] for name, v in b.items()]
         print(C.md_table(["family", "format (bf16, 40-token caption, real widths)", "bytes / caption"], brows))
     print("wrote", C.write_json("embed_families", raw))
+
+
+def trainers(args) -> None:  # noqa: ANN001
+    """Issue 21's trainer measure: sdclip embed against sd-scripts' and diffusers' own caching paths."""
+    raw = {"machine": C.machine(), "load_note": "2 shared cores; other engineers' tests and benches running",
+           "clip_layers": args.clip_layers, "t5_layers": args.t5_layers, "runs": []}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for family in args.trainers.split(","):
+            for r in trainer_paths(family, Path(tmp), args.trainer_captions, args.trainer_batch,
+                                   args.trainer_dtypes.split(","), args.clip_layers, args.t5_layers):
+                raw["runs"].append(r)
+                rows.append([family, r["dtype"], r["kohya_loop_rows_s"], r["sdclip_kohya_rows_s"],
+                             f"{r['speedup_vs_kohya']:.2f}× ({r['speedup_vs_kohya_cpu']:.2f}× CPU)",
+                             r["diffusers_loop_rows_s"], r["sdclip_rows_s"],
+                             f"{r['speedup_vs_diffusers']:.2f}× ({r['speedup_vs_diffusers_cpu']:.2f}× CPU)",
+                             r["max_abs_diff_kohya"], r["max_abs_diff_diffusers"]])
+    print(C.md_table(["family", "dtype", "sd-scripts loop (rows/s)", "sdclip --format kohya", "×",
+                      "diffusers encode_prompt loop", "sdclip (own shards)", "×", "max |Δ| kohya npz",
+                      "max |Δ| prompt_embeds"], rows))
+    print("wrote", C.write_json("embed_trainers", raw))
 
 
 if __name__ == "__main__":
