@@ -34,6 +34,7 @@ from collections.abc import Mapping
 
 from sdclip.conventions.family import Family
 from sdclip.conventions.presets import Options
+from sdclip.lanes.base import tokenizers_by_name
 from sdclip.layout.rows import Rows
 from sdclip.prepare import Prepared, PreparedPart, prepare
 from sdclip.tokenizer import Tokenizer
@@ -177,7 +178,7 @@ def describe(
     """The stable inspect object (fields above) for one prompt. `scheduled`: every text of its schedule
     (A1111's counter is the largest part of any of them, whichever step is shown)."""
     limit = FULL_ROWS if full else ROWS_SHOWN
-    given = {"tokenizer": tokenizer, "t5_tokenizer": t5_tokenizer, **(tokenizers or {})}  # by `Lane.tokenizer_name`
+    given = tokenizers_by_name(tokenizer, t5_tokenizer, tokenizers)
     prepared = prepare(text, options, family, tokenizer, embeddings, t5_tokenizer=t5_tokenizer, tokenizers=tokenizers,
                        stop_after=limit)
     per_row = family.length - 2

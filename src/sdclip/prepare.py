@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from sdclip.conventions.family import Family
 from sdclip.conventions.presets import Options
 from sdclip.lanes import RoleInput, check_options, lane_of, lanes_of, tokenizers_for
+from sdclip.lanes.base import tokenizers_by_name
 from sdclip.layout import RowLimitError
 from sdclip.layout.rows import Rows
 from sdclip.syntax import parse
@@ -133,8 +134,7 @@ def prepare(
     pass them (see `Prepared.stopped`); time and memory stay bounded whatever the prompt's size."""
     per_role = role_texts(text, family)
     lanes = lanes_of(family)
-    given_tokenizers = {"tokenizer": tokenizer, "t5_tokenizer": t5_tokenizer, **(tokenizers or {})}
-    role_tokenizers = tokenizers_for(family, given_tokenizers)
+    role_tokenizers = tokenizers_for(family, tokenizers_by_name(tokenizer, t5_tokenizer, tokenizers))
     check_options(options, family)
     names = tuple(embeddings or ())
     limited = any(lane.row_limited for lane in lanes)

@@ -8,6 +8,7 @@ from rich.text import Text
 from sdclip.conventions.family import Family
 from sdclip.conventions.presets import Options
 from sdclip.lanes import lane_of
+from sdclip.lanes.base import tokenizers_by_name
 from sdclip.describe import FULL_ROWS, ROWS_SHOWN, capacity, counter, readable_slots, stopped_line
 from sdclip.prepare import Prepared
 
@@ -86,7 +87,7 @@ def render_inspect(
     # a T5-only family (Chroma, Wan, PixArt-Σ, AuraFlow): its one sequence is the T5 line, counted there (n/512);
     # CLIP's rows, BOS/EOS and A1111's n/75 counter mean nothing for it
     clip_rows = lane_of(family.roles[0]).view == "rows"
-    tokenizer_of = {"t5_tokenizer": t5_tokenizer, **(tokenizers or {})}  # by `Lane.tokenizer_name`
+    tokenizer_of = tokenizers_by_name(t5_tokenizer=t5_tokenizer, tokenizers=tokenizers)
     limit = FULL_ROWS if full else ROWS_SHOWN
     for p, part in enumerate(prepared.parts):
         if shown >= limit:

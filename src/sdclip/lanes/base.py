@@ -31,6 +31,13 @@ class RoleInput:
         return next((self.earlier[i] for i in self.family.sequence_blocks[0] if i < len(self.earlier)), None)
 
 
+def tokenizers_by_name(tokenizer: Any = None, t5_tokenizer: Any = None,  # noqa: ANN401
+                       tokenizers: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The tokenizers a caller was given, by the name each lane reads (`Lane.tokenizer_name`): the two keyword
+    arguments every entrance has (`tokenizer`, `t5_tokenizer`) and the later kinds' (`llm_tokenizer`)."""
+    return {"tokenizer": tokenizer, "t5_tokenizer": t5_tokenizer, **(tokenizers or {})}
+
+
 class Lane(Protocol):
     """The torch-free half of an encoder kind."""
 
