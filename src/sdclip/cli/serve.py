@@ -4,7 +4,8 @@ Contract (keep it stable): `sdclip serve [--host 127.0.0.1] [--port 7861] [--mod
 URL and serves until interrupted. Without --model no torch is imported; with it, /api/encode is enabled
 (and guarded by `--token` when one is given). The text flags set the model's options; the page chooses
 its own per request. The page's family defaults to the model's (or --family); SD3 / Flux tokenize with
-the model's T5 tokenizer, or `--t5-tokenizer DIR` without a model. Without --token only requests whose
+the model's T5 tokenizer, or `--t5-tokenizer DIR` without a model; Qwen-Image / Z-Image / Lumina 2 with the
+model's LLM tokenizer and chat template, or `--llm-tokenizer DIR` without a model. Without --token only requests whose
 Host is this machine (or --allow-host NAME) are answered: a DNS-rebinding page cannot reach the API.
 """
 
@@ -37,6 +38,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="T5 families (SD3, Flux, Chroma, Wan, …) on the page without --model: the model's T5 tokenizer (its folder with "
                         "tokenizer.json or spiece.model, or the diffusers model folder holding tokenizer_3/ or "
                         "tokenizer_2/); with --model the model's own is used")
+    p.add_argument("--llm-tokenizer", metavar="DIR",
+                   help="qwen-image / z-image / lumina2 on the page without --model: the model's tokenizer (its tokenizer/ "
+                        "folder, or the diffusers model folder holding it; needs the llm extra); with --model the "
+                        "model's own is used")
     add_model_options(p, model_required=False, per_encoder_prompts=False)
     add_text_options(p)
     p.set_defaults(func=run)
@@ -59,9 +64,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--token must not be empty")
     if args.model and args.t5_tokenizer:
         raise ValueError("--t5-tokenizer is for a page without --model: with a model its own T5 tokenizer is used")
+    if args.model and args.llm_tokenizer:
+        raise ValueError("--llm-tokenizer is for a page without --model: with a model its own tokenizer is used")
     if any(not h.strip() for h in args.allow_host):
         raise ValueError("--allow-host must name a host")
     t5 = _t5_tokenizer(args.t5_tokenizer) if args.t5_tokenizer else None
+    llm = _llm_tokenizer(args.llm_tokenizer) if args.llm_tokenizer else None
     conditioner = _load(args) if args.model else None
     if not is_loopback(args.host):
         print(
@@ -74,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         )
     hosts = (*LOOPBACK_HOSTS, args.host, *args.allow_host)
     app = create_app(conditioner, token=args.token, cors=args.cors, time_limit=args.time_limit, t5_tokenizer=t5,
-                     family=args.family, allowed_hosts=hosts, body_timeout=args.body_timeout)
+                     family=args.family, allowed_hosts=hosts, body_timeout=args.body_timeout, llm_tokenizer=llm)
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     # proto named explicitly: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose proto is TCP, and
     # with Nagle on every answer waits ~40 ms for a delayed ACK (measured: 48 ms for GET /api/info)
@@ -112,6 +120,15 @@ def _t5_tokenizer(path: str):  # noqa: ANN202
     from sdclip.conventions.family import get_family
 
     return t5_tokenizer_of(path, get_family("flux"))
+
+
+def _llm_tokenizer(path: str):  # noqa: ANN202
+    """`--llm-tokenizer DIR` read once, as `sdclip inspect --llm-tokenizer` reads it (one line if unreadable)."""
+    from sdclip.conventions.family import FAMILIES
+    from sdclip.lanes import needs_tokenizer
+    from sdclip.tokenizer.llm import llm_tokenizer_of
+
+    return llm_tokenizer_of(path, next(f for f in FAMILIES.values() if needs_tokenizer(f, "llm_tokenizer")))
 
 
 def _load(args: argparse.Namespace):  # noqa: ANN202 (torch stays out of the CLI's import)

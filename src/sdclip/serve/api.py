@@ -10,7 +10,8 @@ No field names a file: a request can only choose among the server's options and 
 `{name: vectors}` (as `inspect --embedding-name`). Unknown fields are refused, so a typo cannot pass
 silently as a default (sdclip.serve.fields reads every field). A request without `family` gets the
 server's: its model's, or `--family`. SD3 / Flux tokenize T5 with the model's own tokenizer: the model's
-(`--model`) or `--t5-tokenizer DIR`'s; without either those families are refused with one line.
+(`--model`) or `--t5-tokenizer DIR`'s; Qwen-Image / Z-Image / Lumina 2 their LLM's tokenizer and chat template,
+the model's or `--llm-tokenizer DIR`'s; without one those families are refused with one line naming it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from sdclip.conventions.presets import PRESETS, Options, options_from_user
 from sdclip.layout import LAYOUTS
 from sdclip.serve import fields
 from sdclip.serve.limits import ApiError, Worker, check_bearer
-from sdclip.serve.view import DEFAULT_STEPS, MAX_STEPS, build_view, inspect_object
+from sdclip.serve.view import DEFAULT_STEPS, MAX_STEPS, ViewRequest, build_view, inspect_object
 from sdclip.syntax import DIALECTS
 from sdclip.syntax.prompt import PromptSyntaxError
 from sdclip.tokenizer import NORMALIZATIONS, Tokenizer
@@ -43,39 +44,35 @@ TEXT_FIELDS = ("prompt", "syntax", "family", "layout", "normalize", "preset", *I
 VIEW_FIELDS = (*TEXT_FIELDS, "steps", "step")
 #: the families whose tokenizing needs the model's T5 tokenizer
 T5_FAMILIES = tuple(name for name, fam in FAMILIES.items() if needs_tokenizer(fam, "t5_tokenizer"))
+#: the families whose tokenizing needs the model's LLM tokenizer (and its chat template)
+LLM_FAMILIES = tuple(name for name, fam in FAMILIES.items() if needs_tokenizer(fam, "llm_tokenizer"))
 
 
 class Api:
-    """State shared by the handlers: an optional Conditioner, the T5 tokenizer, the encode token, the workers."""
+    """State shared by the handlers: an optional Conditioner, the T5 and LLM tokenizers, the encode token, the
+    workers."""
 
     def __init__(self, conditioner: Any = None, *, token: str | None = None, worker: Worker, encode_worker: Worker,
-                 t5_tokenizer: Any = None, family: str | None = None):
+                 t5_tokenizer: Any = None, family: str | None = None, llm_tokenizer: Any = None):
         self.conditioner = conditioner
         self.token = token
         self.worker = worker
         self.encode_worker = encode_worker
         self.t5_tokenizer = t5_tokenizer if t5_tokenizer is not None else getattr(conditioner, "t5_tokenizer", None)
+        llm = llm_tokenizer if llm_tokenizer is not None else getattr(conditioner, "tokenizers", {}).get("llm_tokenizer")
+        self.tokenizers = {"llm_tokenizer": llm} if llm is not None else {}  #: later kinds' tokenizers by name
         self.family = family or (conditioner.family.name if conditioner is not None else "sd1")
 
     # -- handlers ------------------------------------------------------------------------------
 
     async def inspect(self, request: Request) -> Response:
-        body = fields.json_object(await request.body(), VIEW_FIELDS)
-        text, options, family, names = self._text_request(body)
-        steps, step = _steps(body)
-        result = await self._work(lambda: inspect_object(text, options, family, Tokenizer.default(options.normalize),
-                                                         names, steps=steps, step=step, t5_tokenizer=self.t5_tokenizer),
-                                  inline=self.worker.small(len(text)))
+        req = self._view_request(fields.json_object(await request.body(), VIEW_FIELDS))
+        result = await self._work(inspect_object, req, inline=self.worker.small(len(req.text)))
         return JSONResponse(result)
 
     async def view(self, request: Request) -> Response:
-        body = fields.json_object(await request.body(), VIEW_FIELDS)
-        text, options, family, names = self._text_request(body)
-        steps, step = _steps(body)
-        tokenizer = Tokenizer.default(options.normalize)
-        result = await self._work(lambda: build_view(text, options, family, tokenizer, names, steps=steps, step=step,
-                                                     t5_tokenizer=self.t5_tokenizer),
-                                  inline=self.worker.small(len(text)))
+        req = self._view_request(fields.json_object(await request.body(), VIEW_FIELDS))
+        result = await self._work(build_view, req, inline=self.worker.small(len(req.text)))
         return JSONResponse(result)
 
     async def tokenize(self, request: Request) -> Response:
@@ -128,6 +125,8 @@ class Api:
                 "family": self.family,
                 "t5_tokenizer": self.t5_tokenizer is not None,
                 "needs_t5": list(T5_FAMILIES),
+                "llm_tokenizer": "llm_tokenizer" in self.tokenizers,
+                "needs_llm": list(LLM_FAMILIES),
                 "defaults": {"syntax": options.dialect, "layout": options.layout, "normalize": options.normalize},
                 "embeddings": dict(cond.embeddings.vector_counts()) if cond is not None else {},
                 "encode_auth": self.token is not None,
@@ -141,6 +140,13 @@ class Api:
                 "limits": {"time_s": self.worker.time_limit, "max_steps": MAX_STEPS},
             }
         )
+
+    def _view_request(self, body: Mapping[str, Any]) -> ViewRequest:
+        """What /api/inspect and /api/view show: the text request, its steps and this server's tokenizers."""
+        text, options, family, names = self._text_request(body)
+        steps, step = _steps(body)
+        return ViewRequest(text, options, family, Tokenizer.default(options.normalize), names, steps=steps, step=step,
+                           t5_tokenizer=self.t5_tokenizer, tokenizers=self.tokenizers)
 
     def _text_request(self, body: Mapping[str, Any]) -> tuple[str, Options, Any, dict[str, int]]:
         """(prompt, Options, Family, embedding names) as `sdclip inspect` would build them from its flags."""
@@ -159,6 +165,10 @@ class Api:
         if family.name in T5_FAMILIES and self.t5_tokenizer is None:
             raise ApiError(400, f"family {family.name} tokenizes with its model's T5 tokenizer, which this server was "
                            "not given: start it with --model <an SD3 / Flux model> or --t5-tokenizer DIR")
+        if family.name in LLM_FAMILIES and "llm_tokenizer" not in self.tokenizers:
+            raise ApiError(400, f"family {family.name} tokenizes with its model's own LLM tokenizer and chat template, "
+                           f"which this server was not given: start it with --model <a {family.name} model> or "
+                           "--llm-tokenizer DIR (the model folder, or its tokenizer/)")
         return text, options, family, fields.embedding_names(body.get("embedding_names"))
 
     async def _work(self, fn: Callable[..., Any], *args: Any, inline: bool = False) -> Any:

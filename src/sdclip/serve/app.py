@@ -57,6 +57,7 @@ def create_app(
     family: str | None = None,
     allowed_hosts: tuple[str, ...] | None = LOOPBACK_HOSTS,
     body_timeout: float = BODY_TIMEOUT,
+    llm_tokenizer: Any = None,
 ) -> Starlette:
     """The app. `conditioner`: an already-built `sdclip.conditioner.Conditioner` enabling /api/encode (None:
     inspection only, and torch is never imported). `token`: bearer token that /api/encode requires.
@@ -64,11 +65,13 @@ def create_app(
     length are inspected on the event loop (see sdclip.serve.limits.INLINE_CHARS); 0 sends all to the pool.
     `t5_tokenizer`: SD3 / Flux tokenizing without a model (default: the conditioner's). `family`: what a
     request without one gets (default: the conditioner's, else sd1). `allowed_hosts`: the Host names
-    answered when there is no `token` (None: any). `body_timeout`: seconds a request body may take."""
+    answered when there is no `token` (None: any). `body_timeout`: seconds a request body may take.
+    `llm_tokenizer`: Qwen-Image / Z-Image / Lumina 2 tokenizing without a model (sdclip.tokenizer.llm.LLMTokenizer;
+    default: the conditioner's)."""
     worker = Worker(time_limit, threads, inline_chars=inline_chars)
     encode_worker = Worker(time_limit, 1, name="sdclip-encode")  # one encode at a time: the encoder is not shared
     api = Api(conditioner, token=token, worker=worker, encode_worker=encode_worker, t5_tokenizer=t5_tokenizer,
-              family=family)
+              family=family, llm_tokenizer=llm_tokenizer)
 
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers=_HEADERS)

@@ -15,6 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from sdclip.cli.encode import _padded_lists
+from sdclip.describe import lane_warnings
 from sdclip.syntax.prompt import PromptSyntaxError
 
 #: library wording → the API's (the library speaks to `sdclip encode` users and Python callers)
@@ -69,6 +71,8 @@ class Request:
             except ValueError as exc:
                 raise ValueError(f"{self._label(field, i)}: {api_words(str(exc), self.batch)}") from None
             self.warnings.extend(f"{self._label(field, i)}: {w}" for w in prep.prompt.warnings)
+            # never silent: weights that do nothing on an LLM encoder, text past max_sequence_length
+            self.warnings.extend(f"{self._label(field, i)}: {w}" for w in lane_warnings(prep, self.cond.family))
             if prep.prompt.extra_networks:
                 self.warnings.append(f"{self._label(field, i)}: {len(prep.prompt.extra_networks)} extra-network "
                                      "tag(s) removed from the conditioning (LoRA etc. are not text)")
@@ -76,7 +80,8 @@ class Request:
         return out
 
     def tensors(self) -> dict:
-        """`pair.diffusers_kwargs()` on the CPU; the library's warnings land in `self.warnings`.
+        """`pair.diffusers_kwargs()` on the CPU, as `sdclip encode` stores them (Z-Image's list zero-padded with a
+        `…_mask`); the library's warnings land in `self.warnings`.
 
         `warnings.catch_warnings` swaps process-wide state: this runs in the one encode thread, and a warning
         raised elsewhere meanwhile (not from sdclip) is re-issued as it would have been."""
@@ -94,7 +99,7 @@ class Request:
                 self.warnings.append(api_words(str(w.message), self.batch))
             else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        return {k: v.detach().contiguous().cpu() for k, v in kwargs.items()}
+        return {k: v.detach().contiguous().cpu() for k, v in _padded_lists(kwargs).items()}
 
 
 def encode_bytes(cond: Any, prompt: str | list[str], negative: str | list[str] | None) -> tuple[bytes, list[str]]:

@@ -5,16 +5,20 @@ step, the prompt as typed when nothing is scheduled, and its `schedule` entry), 
 and the page's `inspect` key holds, so the page's counter can never disagree with the CLI. The
 `view` key adds what the page needs and the stable object leaves out: each slot's text *as typed* (the
 token's character span in the source, never a byte-level BPE symbol), BREAK boundaries, window overlaps,
-embedding references, AND parts and the source text with dropped spans marked. Torch-free.
+embedding references, AND parts and the source text with dropped spans marked; for an LLM family (`lane`) its
+template + prompt sequence, the template greyed, n / max_sequence_length. Torch-free.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from sdclip.conventions.family import Family
 from sdclip.conventions.presets import Options
 from sdclip.describe import capacity, describe, readable_slots
+from sdclip.lanes import lane_of
 from sdclip.prepare import PreparedPart, prepare
 from sdclip.syntax import schedule
 from sdclip.syntax.prompt import Schedule
@@ -34,49 +38,53 @@ def shown_text(text: str, options: Options, steps: int, step: int) -> tuple[str,
     return (sched.at(step) if len(sched.entries) > 1 else text), sched
 
 
-def inspect_object(
-    text: str,
-    options: Options,
-    family: Family,
-    tokenizer: Tokenizer,
-    embeddings: Mapping[str, int] | None = None,
-    *,
-    steps: int = DEFAULT_STEPS,
-    step: int = 1,
-    t5_tokenizer=None,  # noqa: ANN001 (sdclip.tokenizer.t5.T5Tokenizer: SD3 / Flux)
-) -> dict:
+@dataclass(frozen=True)
+class ViewRequest:
+    """One text and what shapes it, as `sdclip inspect`'s flags give them: the one signature of `inspect_object`
+    and `build_view`. `t5_tokenizer`: SD3 / Flux / the T5-only families; `tokenizers`: later kinds' tokenizers by
+    name (`llm_tokenizer`: Qwen-Image, Z-Image, Lumina 2)."""
+
+    text: str
+    options: Options
+    family: Family
+    tokenizer: Tokenizer
+    embeddings: Mapping[str, int] | None = None
+    steps: int = DEFAULT_STEPS
+    step: int = 1
+    t5_tokenizer: Any = None
+    tokenizers: Mapping[str, Any] = field(default_factory=dict)
+
+
+def inspect_object(req: ViewRequest) -> dict:
     """`sdclip inspect --json --steps N --step K`'s object, `schedule` entry included."""
-    shown, sched = shown_text(text, options, steps, step)
-    out = describe(shown, options, family, tokenizer, embeddings, t5_tokenizer=t5_tokenizer)
+    shown, sched = shown_text(req.text, req.options, req.steps, req.step)
+    out = describe(shown, req.options, req.family, req.tokenizer, req.embeddings, t5_tokenizer=req.t5_tokenizer,
+                   tokenizers=req.tokenizers)
     if len(sched.entries) > 1:
-        out["schedule"] = {"step": step, "steps": steps, "text": shown,
+        out["schedule"] = {"step": req.step, "steps": req.steps, "text": shown,
                            "entries": [{"end_step": e.end_step, "text": e.text} for e in sched.entries]}
     return out
 
 
-def build_view(
-    text: str,
-    options: Options,
-    family: Family,
-    tokenizer: Tokenizer,
-    embeddings: Mapping[str, int] | None = None,
-    *,
-    steps: int = DEFAULT_STEPS,
-    step: int = 1,
-    t5_tokenizer=None,  # noqa: ANN001 (sdclip.tokenizer.t5.T5Tokenizer: SD3 / Flux)
-) -> dict:
-    """{"inspect": inspect_object(...), "view": {...}} for the text in force at 1-based `step` of `steps`."""
-    shown, sched = shown_text(text, options, steps, step)
-    prepared = prepare(shown, options, family, tokenizer, embeddings, t5_tokenizer=t5_tokenizer)
+def build_view(req: ViewRequest) -> dict:
+    """{"inspect": inspect_object(req), "view": {...}} for the text in force at 1-based `step` of `steps`. A family
+    whose first lane draws its own sequence (an LLM's template + prompt) has `lane` per part and in total instead
+    of CLIP rows (`rows` empty)."""
+    shown, sched = shown_text(req.text, req.options, req.steps, req.step)
+    family = req.family
+    prepared = prepare(shown, req.options, family, req.tokenizer, req.embeddings, t5_tokenizer=req.t5_tokenizer,
+                       tokenizers=req.tokenizers)
+    inspect = inspect_object(req)
     per_row = family.length - 2
-    parts = [_part_view(shown, part, family, per_row) for part in prepared.parts]
+    own = _own_sequence(family, req.tokenizers)
+    parts = [_part_view(shown, part, family, per_row, clip_rows=own is None) for part in prepared.parts]
     dropped_chars = set()
     for part in prepared.parts:
-        dropped_chars |= _dropped_chars(part)
+        dropped_chars |= _dropped_chars(part, 0 if own is None else own)
     view = {
         "text": shown,
-        "step": step,
-        "steps": steps,
+        "step": req.step,
+        "steps": req.steps,
         "schedule": [{"end_step": e.end_step, "text": e.text} for e in sched.entries],
         "scheduled": len(sched.entries) > 1,
         "per_row": per_row,
@@ -85,12 +93,47 @@ def build_view(
         "source": _segments(shown, dropped_chars),
         "embeddings": _embedding_refs(shown, prepared.parts),
     }
-    inspect = inspect_object(text, options, family, tokenizer, embeddings, steps=steps, step=step,
-                             t5_tokenizer=t5_tokenizer)
     for part, entry in zip(parts, inspect["parts"]):
         if "t5" in entry:
             part["t5"] = _t5_view(entry["t5"])
+    if own is not None:
+        role = family.roles[own]
+        total = inspect[role.name]
+        tok = req.tokenizers[lane_of(role).tokenizer_name]
+        for view_part, part, entry in zip(parts, prepared.parts, total["parts"]):
+            view_part["lane"] = _lane_view(shown, part, own, entry, tok)
+        view["lane"] = {"role": role.name, "count": total["count"], "limit": total["limit"],
+                        "length": total["length"], "dropped": total["dropped"]}
     return {"inspect": inspect, "view": view}
+
+
+def _own_sequence(family: Family, tokenizers: Mapping[str, Any]) -> int | None:
+    """The role whose lane draws its own templated sequence (`Lane.view == "template"`, its entry from
+    `Lane.summary` read with a tokenizer given by name, as sdclip.describe's `lane_entries`): the first role's
+    where it does, else None (CLIP rows, T5 lines beside them)."""
+    lane = lane_of(family.roles[0])
+    return 0 if lane.view == "template" and tokenizers.get(lane.tokenizer_name) is not None else None
+
+
+def _lane_view(text: str, part: PreparedPart, e: int, entry: dict, tokenizer: Any) -> dict:
+    """An LLM part as the page draws it, one chip per token up to the row's end: a prompt token is shown as typed
+    (its characters of the source; the later tokens of one character are `cont`), a template token by its
+    decoded text (`template`: greyed); `kept` False for one the pipeline drops (Qwen-Image's first 34)."""
+    rows, stream = part.rows[e], part.stream_for(e)
+    chips = []
+    for s, token_id in enumerate(entry["ids"]):
+        i = rows.tokens[0][s]
+        chip = {"id": token_id, "w": round(rows.weights[0][s], 6), "template": entry["template"][s],
+                "kept": entry["kept"][s], "piece": entry["pieces"][s]}
+        if i < 0:
+            chip.update(t=tokenizer.decode([token_id]), cont=False)
+        else:
+            a, b = stream.spans[i]
+            cont = i > 0 and stream.spans[i - 1] == (a, b) and a < b
+            chip.update(t="" if cont else text[a:b], span=[a, b], cont=cont)
+        chips.append(chip)
+    return {"tokens": chips, "count": entry["count"], "limit": entry["limit"], "length": entry["length"],
+            "dropped": entry["dropped"]}
 
 
 def _t5_view(t5: dict) -> dict:
@@ -108,11 +151,11 @@ def _t5_view(t5: dict) -> dict:
             "capacity": limit if limit is not None else t5["length"], "dropped": t5["dropped"]}
 
 
-def _part_view(text: str, part: PreparedPart, family: Family, per_row: int) -> dict:
+def _part_view(text: str, part: PreparedPart, family: Family, per_row: int, *, clip_rows: bool = True) -> dict:
     rows = part.rows[0]
     breaks = set(part.stream.breaks)
     out_rows = []
-    for r in range(len(rows)):
+    for r in range(len(rows) if clip_rows else 0):
         first_token = next((i for i in rows.tokens[r] if i >= 0), None)
         slots = readable_slots(text, part, r)
         out_rows.append(
@@ -135,13 +178,13 @@ def _part_view(text: str, part: PreparedPart, family: Family, per_row: int) -> d
     }
 
 
-def _dropped_chars(part: PreparedPart) -> set[int]:
-    """Character positions of the source whose tokens reached no row (truncated or compressed away):
+def _dropped_chars(part: PreparedPart, e: int = 0) -> set[int]:
+    """Character positions of the source whose tokens reached no row of role `e` (truncated or compressed away):
     each run of consecutive dropped tokens marks its whole extent, syntax and spaces between included."""
-    placed = {i for row in part.rows[0].tokens for i in row if i >= 0}
+    placed = {i for row in part.rows[e].tokens for i in row if i >= 0}
     chars: set[int] = set()
     run_start = None
-    spans = part.stream.spans
+    spans = part.stream_for(e).spans
     for i in range(len(spans) + 1):
         dropped = i < len(spans) and i not in placed
         if dropped and run_start is None:

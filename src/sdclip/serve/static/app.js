@@ -64,9 +64,10 @@ async function loadInfo() {
   }
   const c = state.info.choices;
   const form = $("options");
-  // SD3 / Flux need the model's T5 tokenizer: say so in the list when this server has none
+  // SD3 / Flux need the model's T5 tokenizer, the LLM families their own: say so in the list when this server has none
   const needsT5 = new Set(state.info.t5_tokenizer ? [] : (state.info.needs_t5 || []));
-  const family = (v) => (needsT5.has(v) ? `${v} (needs T5)` : v);
+  const needsLLM = new Set(state.info.llm_tokenizer ? [] : (state.info.needs_llm || []));
+  const family = (v) => (needsT5.has(v) ? `${v} (needs T5)` : needsLLM.has(v) ? `${v} (needs tokenizer)` : v);
   fillSelect(form.elements.syntax, c.syntax, null, "(preset's)");
   fillSelect(form.elements.family, c.family, state.info.family, null, family);
   fillSelect(form.elements.layout, c.layout, null, "(preset's)");
@@ -202,7 +203,12 @@ function renderView(section, which, text, result) {
     return;
   }
   const { inspect, view } = result;
-  const counter = el("span", {
+  // an LLM family counts its prompt's tokens against max_sequence_length, not CLIP rows of 75
+  const counter = view.lane ? el("span", {
+    class: view.lane.dropped ? "counter over" : "counter", testid: "token-count",
+    title: `${view.lane.count} prompt tokens of max_sequence_length ${view.lane.limit} (the template not counted)`,
+    text: `${view.lane.count}/${view.lane.limit}`,
+  }) : el("span", {
     class: inspect.dropped ? "counter over" : "counter", testid: "token-count",
     title: `${inspect.tokens} tokens; ${inspect.capacity / view.per_row} row(s) of ${view.per_row}`,
     text: `${inspect.tokens}/${inspect.capacity}`,
@@ -230,6 +236,7 @@ function renderView(section, which, text, result) {
       box.append(renderRow(row, rowIndex++, view.per_row));
     });
     if (part.t5) box.append(renderT5(part.t5));
+    if (part.lane) box.append(renderLane(part.lane));
     for (const note of part.notes) box.append(el("div", { class: "note", testid: "note", text: note }));
     if (part.dropped) box.append(el("div", { class: "dropped-text", testid: "dropped-text" },
       el("b", { text: "dropped: " }), el("del", { text: part.dropped })));
@@ -297,6 +304,34 @@ function renderT5(t5) {
   if (t5.dropped) box.append(el("div", { class: "dropped-text", testid: "t5-dropped" },
     el("b", { text: "T5 dropped: " }), el("del", { text: t5.dropped })));
   return box;
+}
+
+// an LLM family: its template + prompt, one chip per token (the prompt's as typed); the template greyed, the
+// tokens the pipeline drops struck through, then the positions padded
+function renderLane(lane) {
+  const line = el("div", { class: "row lane-row", testid: "lane-row" });
+  line.append(el("span", { class: `row-head${lane.dropped ? " over" : ""}`, testid: "lane-count",
+    title: `${lane.count} prompt tokens of max_sequence_length ${lane.limit}; ${lane.length} positions encoded`,
+    text: `${lane.count}/${lane.limit}` }));
+  const chips = el("span", { class: "slots" });
+  lane.tokens.forEach((tok, s) => {
+    const classes = ["token", "llm"];
+    if (tok.template) classes.push("template");
+    if (!tok.kept) classes.push("not-kept");
+    if (tok.cont) classes.push("cont");
+    let title = `${tok.template ? "template" : `weight ${fmt(tok.w)}`} · id ${tok.id} · slot ${s} · piece ${JSON.stringify(tok.piece)}`;
+    if (!tok.kept) title += " · dropped by the pipeline (not in the conditioning)";
+    if (tok.cont) title += " · continues the character before";
+    chips.append(el("span", {
+      class: classes.join(" "), testid: tok.template ? "template-token" : "token", title,
+      background: tok.template ? null : weightColour(tok.w), "data-id": String(tok.id), "data-weight": String(tok.w),
+      "data-kept": String(tok.kept), text: tok.cont ? "+" : tok.t.replace(/\n/g, "⏎"),
+    }));
+  });
+  const pad = lane.length - lane.tokens.length;
+  if (pad > 0) chips.append(el("span", { class: "special pad", title: "masked pad positions", text: `+${pad} pad` }));
+  line.append(chips);
+  return el("div", { class: "lane", testid: "lane" }, line);
 }
 
 function init() {
