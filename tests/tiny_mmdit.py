@@ -1,6 +1,7 @@
 """Tiny random MM-DiT pipelines for the attention-map tests: SD3.5-like (2×2 patches, RMS q/k norms, a dual
 attention layer, the last block context_pre_only), Flux (joint + single-stream blocks, RoPE) and Chroma
-(Flux's attention with a T5 padding mask, CFG as two calls). Built from configs, no files, no network.
+(Flux's attention with a T5 padding mask, CFG as two calls). Built from configs, no files, no network;
+flux_original / sd3_original / ldm_vae write them as the original single files name their tensors.
 
 Text encoders and tokenizers are tests/tiny_pipelines' (real CLIP BPE, the tiny T5 vocabulary); the VAE
 halves the image once, so a 32×32 image is a 16×16 latent: SD3's 2×2 patches and Flux's 2×2 packing make

@@ -57,6 +57,7 @@ RULES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     (r"final_layer\.adaLN_modulation\.1\.(weight|bias)", ("norm_out.linear.{0}",), "swap"),
 )
 _COMPILED = tuple((re.compile(p), names, how) for p, names, how in RULES)
+#: ComfyUI's saved Flux / Chroma files carry this before BFL's names
 PREFIX = "model.diffusion_model."
 
 

@@ -26,7 +26,6 @@ import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PREFIX = "model.diffusion_model."
 #: the pipelines' text encoder components (text_encoder, text_encoder_2, text_encoder_3)
 TEXT_ENCODERS = "text_encoder"
 
