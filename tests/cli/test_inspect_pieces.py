@@ -74,3 +74,29 @@ def test_align_maps_kept_characters_and_places_inserted_spaces():
             assert source[where[k]] == c
     assert where == sorted(where)  # order kept
     assert align("a fox , a dog", "a fox <lora:x:1>, a dog")[6] == 16  # the comma after the tag
+
+
+@pytest.mark.slow  # trains the tiny T5 tokenizer (~10 s)
+@pytest.mark.parametrize("split", ["text", "fragments"])
+@pytest.mark.parametrize(("dialect", "text"), [CASES[0], CASES[4], CASES[6], CASES[8]], ids=["compel", "tags", "schedule", "long"])
+def test_t5_spans_cover_the_characters_of_their_pieces(dialect, text, split):
+    """The T5 lane maps its spans the same way (its `dropped` text and the page's highlights read them): each
+    piece's characters are the source's characters under its span."""
+    pytest.importorskip("sentencepiece")
+    pytest.importorskip("torch")
+    from tiny_pipelines import t5_tokenizer_dir
+
+    from sdclip.syntax import parse
+    from sdclip.tokenizer.t5 import T5Tokenizer, tokenize_t5
+
+    tok = T5Tokenizer.from_folder(t5_tokenizer_dir())
+    seq = parse(text, dialect).parts[0].sequence
+    stream = tokenize_t5(seq, tok, None, source=text, split=split).stream
+    checked = 0
+    for token_id, (a, b) in zip(stream.ids, stream.spans):
+        piece = tok.token_text(token_id).replace("▁", "")
+        if not piece or piece.startswith("<"):
+            continue  # a lone word start, a byte piece
+        assert text[a:b].replace(" ", "") == piece, (text, piece, text[a:b])
+        checked += 1
+    assert checked >= 3

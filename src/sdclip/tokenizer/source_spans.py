@@ -77,18 +77,43 @@ def align(text: str, source: str) -> list[int]:
     return out
 
 
+class SourceMap:
+    """Offsets in fragments' texts → source positions, each fragment aligned once (on first use)."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self._where: dict[int, list[int] | None] = {}
+
+    def _of(self, key: int, text: str, start: int, end: int) -> list[int] | None:
+        if key not in self._where:  # None: the text is its source slice (the common case)
+            verbatim = not self.source or self.source[start:end] == text
+            self._where[key] = None if verbatim else align(text, self.source[start:end])
+        return self._where[key]
+
+    def start(self, key: int, text: str, start: int, end: int, offset: int) -> int:
+        """Where the character at `offset` of the fragment's text stands in the source."""
+        end = max(start, end)
+        where = self._of(key, text, start, end)
+        if where is None:
+            return min(start + offset, end)
+        return min(start + where[min(max(offset, 0), len(where) - 1)], end)
+
+    def end(self, key: int, text: str, start: int, end: int, offset: int) -> int:
+        """Where a span ending at `offset` of the fragment's text ends in the source."""
+        end = max(start, end)
+        where = self._of(key, text, start, end)
+        if where is None or offset <= 0:
+            return self.start(key, text, start, end, offset)
+        return min(start + where[min(offset, len(where) - 1) - 1] + 1, end)
+
+
 def fragment_spans(text: str, start: int, end: int, spans: list[tuple[int, int]], source: str) -> list[tuple[int, int]]:
-    """Spans in a fragment's `text` → source-prompt spans. Without a source (or where the text is its source
+    """Spans in one fragment's `text` → source-prompt spans. Without a source (or where the text is its source
     slice) `start + offset`, clipped to `end`, as before."""
-    end = max(start, end)
-    if not source or source[start:end] == text:
-        return [(min(start + a, end), min(start + b, end)) for a, b in spans]
-    where = align(text, source[start:end])
-    last = len(where) - 1
+    where = SourceMap(source)
     out = []
     for a, b in spans:
-        a, b = min(max(a, 0), last), min(max(b, 0), last)
-        s = start + where[a]
-        e = start + (where[b - 1] + 1 if b > a else where[a])
-        out.append((min(s, end), min(max(s, e), end)))
+        s = where.start(0, text, start, end, a)
+        e = where.end(0, text, start, end, b) if b > a else s
+        out.append((s, max(s, e)))
     return out

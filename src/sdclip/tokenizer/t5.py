@@ -27,6 +27,7 @@ from typing import Literal
 from sdclip.bounded_files import MAX_TOKENIZER, loads, read_bytes, read_json, read_text
 from sdclip.syntax.prompt import Sequence
 from sdclip.tokenizer.stream import TokenStream
+from sdclip.tokenizer.source_spans import SourceMap, fragment_spans
 
 __all__ = ["T5Tokenizer", "T5Tokens", "T5TokenizerError", "tokenize_t5"]
 
@@ -356,10 +357,9 @@ def tokenize_t5(
             if frag.kind == "break":
                 continue
             t_ids, t_spans = tokenizer.encode_with_spans(text)
-            end = max(frag.start, frag.end)
             ids.extend(t_ids)
             weights.extend([frag.weight] * len(t_ids))
-            spans.extend((min(frag.start + a, end), min(frag.start + b, end)) for a, b in t_spans)
+            spans.extend(fragment_spans(text, frag.start, frag.end, t_spans, source))  # the text may be rewritten
     else:
         text = "".join(t for t, _ in pieces)
         bounds, at = [], 0  # plain-text start of each piece
@@ -369,6 +369,7 @@ def tokenize_t5(
         t_ids, t_spans = tokenizer.encode_with_spans(text)
         import bisect
 
+        where = SourceMap(source)
         for token_id, (a, b) in zip(t_ids, t_spans):
             k = max(0, bisect.bisect_right(bounds, min(a, max(len(text) - 1, 0))) - 1)
             while k + 1 < len(pieces) and not pieces[k][0] and bounds[k + 1] <= a:
@@ -376,7 +377,7 @@ def tokenize_t5(
             frag = pieces[k][1] if pieces else None
             ids.append(token_id)
             weights.append(frag.weight if frag is not None else 1.0)
-            spans.append(_to_source(a, b, k, bounds, pieces))
+            spans.append(_to_source(a, b, k, bounds, pieces, where))
     keep = len(ids) if max_length is None else min(len(ids), max_length - 1)
     dropped = ""
     if keep < len(ids):
@@ -385,20 +386,21 @@ def tokenize_t5(
     return T5Tokens(stream, tokenizer.eos_id, dropped, len(ids) - keep)
 
 
-def _to_source(a: int, b: int, k: int, bounds: list[int], pieces: list) -> tuple[int, int]:
-    """A span in the joined plain text → source-prompt coordinates through the fragment it starts in."""
+def _to_source(a: int, b: int, k: int, bounds: list[int], pieces: list, where: SourceMap) -> tuple[int, int]:
+    """A span in the joined plain text → source-prompt coordinates through the fragment it starts in (its
+    characters found in the source where a dialect rewrote the fragment's text: sdclip.tokenizer.source_spans)."""
     if not pieces:
         return (0, 0)
     frag = pieces[k][1]
     end = max(frag.start, frag.end)
     if frag.kind == "break":
         return (frag.start, end)
-    s = min(frag.start + (a - bounds[k]), end)
+    s = where.start(k, frag.text, frag.start, frag.end, a - bounds[k])
     # the token may run into later fragments: find the fragment of its last character
     j = k
     while j + 1 < len(pieces) and bounds[j + 1] < b:
         j += 1
     fj = pieces[j][1]
     ej = max(fj.start, fj.end)
-    e = ej if fj.kind == "break" else min(fj.start + (b - bounds[j]), ej)
+    e = ej if fj.kind == "break" else where.end(j, fj.text, fj.start, fj.end, b - bounds[j])
     return (s, max(s, e))
