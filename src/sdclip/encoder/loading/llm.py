@@ -212,7 +212,7 @@ def _text_tokenizer(tok: Any) -> Any:  # noqa: ANN401
     PixtralProcessor): the processor's own tokenizer, given the processor's chat template where it has none (a
     copy: the pipeline's object is not changed). Text alone, a processor tokenizes with its tokenizer."""
     inner = getattr(tok, "tokenizer", None)
-    if inner is None:
+    if inner is None or hasattr(tok, "pad_token_id"):  # a tokenizer (every one has pad_token_id; a processor not)
         return tok
     template = getattr(tok, "chat_template", None)
     if template and not getattr(inner, "chat_template", None):
