@@ -62,6 +62,25 @@ def best_of(fn: Callable[[], object], device: str = "cpu", repeats: int = 3, war
     return best
 
 
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 5, device: str = "cpu") -> dict[str, dict]:
+    """Median wall and CPU (`time.process_time`: every thread of this process) seconds of each function,
+    called in turn `repeats` times (a, b, c, a, b, c, ...): on a machine shared with other work, both sides
+    see the same load, and the CPU time is the figure least moved by it. Warm the functions up first."""
+    import statistics
+
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(max(1, repeats)):
+        for name, fn in fns.items():
+            t, c = time.perf_counter(), time.process_time()
+            fn()
+            sync(device)
+            wall[name].append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
+    return {k: {"wall": statistics.median(wall[k]), "cpu": statistics.median(cpu[k]), "wall_all": wall[k],
+                "cpu_all": cpu[k]} for k in fns}
+
+
 def cpu_model() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout

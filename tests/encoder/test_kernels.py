@@ -116,3 +116,59 @@ def test_linear_runs_in_every_dtype_on_this_cpu(onednn: bool, dtype: torch.dtype
     x, w = torch.randn(3, 32, generator=g).to(dtype), torch.randn(16, 32, generator=g).to(dtype)
     got = kernels.linear(x, w, None, "swish", kernels.pack(w))
     torch.testing.assert_close(got.float(), F.silu(F.linear(x, w)).float(), rtol=2e-2, atol=2e-2)
+
+
+
+class _Products(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the dtype of every matrix product torch runs (what picks the CPU kernel that does it)."""
+
+    OPS = ("mm", "addmm", "bmm", "baddbmm", "_scaled_dot_product", "_linear_pointwise", "linear")
+
+    def __init__(self):
+        super().__init__()
+        self.dtypes: set[torch.dtype] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        if func.__name__.split(".")[0] in self.OPS or func.__name__.startswith("_scaled_dot_product"):
+            self.dtypes.add(args[0].dtype)
+        return func(*args, **(kwargs or {}))
+
+
+def _product_dtypes(run) -> set[torch.dtype]:  # noqa: ANN001
+    with torch.no_grad(), _Products() as seen:
+        run()
+    return seen.dtypes
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_products_run_in_fp32_where_this_cpu_has_no_half_kernel(tmp_path, dtype: torch.dtype) -> None:
+    """A half dtype without a fast CPU kernel here (bf16 / fp16 without AVX-512 or AMX: torch's scalar
+    fallback, ≈ 20× slower than fp32) has every product of a CLIP and a T5 pass — linears, attention below
+    and above 256 positions — computed in fp32 and rounded back; with a native kernel they stay in the half
+    dtype. T5's result equals transformers' half-precision pass to its rounding, CLIP's the fp32 pass."""
+    from tiny_models import sample_ids, save_state_dict, single_file_state_dict, tiny_family
+    from tiny_t5 import tiny_t5, write_layout
+
+    from sdclip.encoder import LayerSelect, load_text_encoders
+    from sdclip.encoder.loading.t5 import load_t5
+
+    if dtype == torch.bfloat16:
+        assert (dtype in kernels.WIDENED) == (dtype not in kernels._ONEDNN_DTYPES)
+    expected = {torch.float32} if dtype in kernels.WIDENED else {dtype}
+    exact = tiny_t5(seed=3)
+    t5 = load_t5(write_layout("folder", exact, tmp_path), dtype=dtype, fp16_wo_fp32=False)
+    ref = tiny_t5(seed=3).to(dtype)
+    for n in (20, 300):  # explicit attention, then SDPA
+        ids = torch.randint(0, 640, (2, n), generator=torch.Generator().manual_seed(n))
+        assert _product_dtypes(lambda: t5(ids)) == expected
+        with torch.no_grad():
+            got, want, fp32 = (f(ids).float() for f in (t5, lambda i: ref(i).last_hidden_state, lambda i: exact(i).last_hidden_state))
+        # tiny random weights amplify half rounding: nearer transformers' half pass than that is to fp32
+        assert float((got - want).norm()) < float((want - fp32).norm())
+    path = save_state_dict(single_file_state_dict(tiny_family("sd1")), tmp_path / "m.safetensors")
+    full, half = load_text_encoders(path).encoders[0], load_text_encoders(path, dtype=dtype).encoders[0]
+    ids = sample_ids(2)
+    assert _product_dtypes(lambda: half(ids, LayerSelect(), pooled=True)) == expected
+    with torch.no_grad():
+        cos = F.cosine_similarity(half(ids, LayerSelect()).hidden.float().flatten(1), full(ids, LayerSelect()).hidden.flatten(1))
+    assert cos.min() >= 0.999

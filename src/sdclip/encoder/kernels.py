@@ -58,6 +58,25 @@ def _probe_onednn(dtype: torch.dtype) -> bool:
 
 #: the CPU dtypes oneDNN's linear covers on this machine (fp16 stays on F.linear: not every x86 CPU has fp16 units)
 _ONEDNN_DTYPES = tuple(d for d in (torch.float32, torch.bfloat16) if _probe_onednn(d))
+
+
+def _native_half(dtype: torch.dtype) -> bool:
+    """Whether torch's CPU matrix products have a fast kernel for `dtype` here: oneDNN's, which needs AVX-512
+    (BF16 / FP16) or AMX. Without it, torch falls back to a scalar GEMM loop."""
+    if dtype == torch.bfloat16:
+        return dtype in _ONEDNN_DTYPES
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    except Exception:  # a build without the query: assume the fallback
+        return False
+
+
+#: half dtypes whose CPU matrix products are computed in fp32 and rounded back (`matmul`, `linear`): this
+#: CPU has no fast kernel for them, and torch's fallback is ~20× slower than fp32 (measured on the bench's
+#: 2-core AVX2 EPYC: 512×4096 → 10240 in bf16 6 s, in fp32 0.3 s). The fallback multiplies in fp32 and
+#: rounds each product once to the half dtype, as this does: the same values to summation order. Weights
+#: stay half in memory; each is widened while its product runs (one matrix at a time).
+WIDENED: tuple[torch.dtype, ...] = tuple(d for d in (torch.bfloat16, torch.float16) if not _native_half(d))
 #: whether this torch build has a working oneDNN fp32 linear on this CPU
 ONEDNN_AVAILABLE: bool = torch.float32 in _ONEDNN_DTYPES
 #: whether the CPU path uses it; decided once per process (tests flip it to compare both paths)
@@ -101,8 +120,24 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act
     if _onednn(x, weight, bias):
         w = weight if packed is None else packed
         return torch.ops.mkldnn._linear_pointwise(x, w, bias, act or "none", [], "none" if act == "gelu" else "")
-    y = F.linear(x, weight, bias)
+    if widens(x) and weight.dtype == x.dtype:  # the product in fp32, rounded where a half GEMM rounds it
+        y = linear(x.float(), weight.float(), None if bias is None else bias.float()).to(x.dtype)
+    else:
+        y = F.linear(x, weight, bias)
     return y if act is None else _ACTIVATIONS[act](y)
+
+
+def widens(t: torch.Tensor) -> bool:
+    """Whether products of `t` run in fp32 (a CPU tensor of a half dtype without a fast kernel: `WIDENED`)."""
+    return t.dtype in WIDENED and t.device.type == "cpu"
+
+
+def matmul(op, *tensors: torch.Tensor, **kwargs: object) -> torch.Tensor:  # noqa: ANN001
+    """`op(*tensors, **kwargs)` for a torch matrix product (`torch.bmm`, `torch.baddbmm`), computed in fp32
+    and rounded back to the first tensor's dtype where `widens` says so; else as is."""
+    if widens(tensors[0]):
+        return op(*(t.float() for t in tensors), **kwargs).to(tensors[0].dtype)
+    return op(*tensors, **kwargs)
 
 
 def fuses_activation(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
@@ -117,18 +152,18 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     r, h, n, d = q.shape
     if q.device.type != "cpu" or n > EXPLICIT_ATTENTION_MAX:
         if bias is None:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+            return matmul(F.scaled_dot_product_attention, q, k, v, is_causal=True)
+        return matmul(F.scaled_dot_product_attention, q, k, v, bias)
     if bias is None:
         bias = _causal_bias(n, q.dtype, q.device)
     else:
         bias = bias.expand(r, h, n, n).reshape(r * h, n, n)
-    scores = torch.baddbmm(bias, q.reshape(r * h, n, d), k.reshape(r * h, n, d).transpose(1, 2),
-                           alpha=1.0 / math.sqrt(d))
+    scores = matmul(torch.baddbmm, bias, q.reshape(r * h, n, d), k.reshape(r * h, n, d).transpose(1, 2),
+                    alpha=1.0 / math.sqrt(d))
     # softmax in at least fp32: for bf16 both more accurate and
     # 2.7× faster than torch's bf16 softmax kernel at these sizes (0.19 vs 0.51 ms at 96 × 77 × 77)
     probs = scores.softmax(-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(v.dtype)
-    return torch.bmm(probs, v.reshape(r * h, n, d)).view(r, h, n, d)
+    return matmul(torch.bmm, probs, v.reshape(r * h, n, d)).view(r, h, n, d)
 
 
 def _causal_bias(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

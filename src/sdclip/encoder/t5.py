@@ -210,13 +210,13 @@ class T5Block(nn.Module):
         b, n, _ = h.shape
         q, k, v = (m(h).view(b, n, self.heads, self.d_kv).transpose(1, 2) for m in (self.q, self.k, self.v))
         if h.device.type != "cpu" or n > kernels.EXPLICIT_ATTENTION_MAX:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=1.0)
+            y = kernels.matmul(F.scaled_dot_product_attention, q, k, v, bias.to(q.dtype), scale=1.0)
         else:
             r = b * self.heads
-            scores = torch.baddbmm(bias.to(q.dtype).expand(b, self.heads, n, n).reshape(r, n, n),
-                                   q.reshape(r, n, self.d_kv), k.reshape(r, n, self.d_kv).transpose(1, 2))
+            scores = kernels.matmul(torch.baddbmm, bias.to(q.dtype).expand(b, self.heads, n, n).reshape(r, n, n),
+                                    q.reshape(r, n, self.d_kv), k.reshape(r, n, self.d_kv).transpose(1, 2))
             probs = scores.softmax(-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(v.dtype)
-            y = torch.bmm(probs, v.reshape(r, n, self.d_kv)).view(b, self.heads, n, self.d_kv)
+            y = kernels.matmul(torch.bmm, probs, v.reshape(r, n, self.d_kv)).view(b, self.heads, n, self.d_kv)
         return self.o(y.transpose(1, 2).reshape(b, n, self.heads * self.d_kv))
 
     def ffn(self, h: torch.Tensor) -> torch.Tensor:
