@@ -403,6 +403,7 @@ def memory(sizes: tuple[int, ...] = (1_000, 100_000), families: tuple[str, ...] 
     from tiny_models import tiny_family, write_layout
 
     raw: dict = {"machine": C.machine(), "batch": BATCH, "runs": []}
+    name = "embed_memory_" + "_".join(families)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -423,8 +424,9 @@ def memory(sizes: tuple[int, ...] = (1_000, 100_000), families: tuple[str, ...] 
                                  f"{r['shard_bytes'] / 1e6:.1f} MB"])
                     print(rows[-1], flush=True)
                     shutil.rmtree(out)
+                    C.write_json(name, raw)  # after every run: a long check stopped part-way keeps its runs
     print(C.md_table(["family", "captions", "n", "peak RSS", "wall", "shards on disk"], rows))
-    print("wrote", C.write_json("embed_memory", raw))
+    print("wrote", C.write_json(name, raw))
     return raw
 
 

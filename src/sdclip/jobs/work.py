@@ -141,7 +141,7 @@ class ShardWork:
     def encode(self, shard: ShardInput) -> dict[str, torch.Tensor]:
         """The shard's rows (the only step that uses the encoder: call it from one thread, in shard order)."""
         self.encoder.forget_before(shard.start)
-        if not shard.indices:  # every row of the range was invalid: an empty shard of the right shapes
+        if not shard.indices:  # every row of the range invalid or a reference: an empty shard of the right shapes
             return {name: t[:0] for name, t in self.encoder.encode([""], [1]).items()}
         lengths = [int(self.lengths[i]) for i in shard.indices]
         reuse = [int(self.last[i]) for i in shard.indices]
