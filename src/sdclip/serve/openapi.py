@@ -35,8 +35,9 @@ _ERRORS = {
 _TEXT_PROPS = {
     "prompt": {"type": "string", "description": "the prompt, in the chosen syntax"},
     "syntax": _enum(DIALECTS, "prompt dialect (default: the preset's)"),
-    "family": _enum(FAMILIES, "model family (default: the server's model's, else sd1); sd3 / flux need the "
-                              "server's T5 tokenizer (GET /api/info: t5_tokenizer)"),
+    "family": _enum(FAMILIES, "model family (default: the server's model's, else sd1); the T5 families need the "
+                              "server's T5 tokenizer (GET /api/info: t5_tokenizer, needs_t5), the LLM families its "
+                              "LLM tokenizer (llm_tokenizer, needs_llm)"),
     "layout": _enum(LAYOUTS, "long-prompt layout (default: the preset's)"),
     "normalize": _enum(NORMALIZATIONS, "tokenizer normalisation (default: the preset's)"),
     "preset": _enum(PRESETS, "compatibility preset (default a1111)"),
