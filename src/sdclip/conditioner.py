@@ -11,7 +11,9 @@ builds its own plan, and results equal single-threaded ones.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -158,9 +160,13 @@ class Conditioner:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise ValueError("no prompt given")
-        negatives = broadcast(negative, len(prompts))
         pos = prompt_keys(prompts, prompt_2, prompt_3)
-        neg = negative_keys(prompt_keys(negatives, negative_2, negative_3), self._marks_negative)
+        if self.family.reads_negative:
+            negatives = broadcast(negative, len(prompts))
+            neg = negative_keys(prompt_keys(negatives, negative_2, negative_3), self._marks_negative)
+        else:  # the pipeline takes none: the prompt stands in (encoded once), left out of diffusers_kwargs
+            self._unread_negative(negative, negative_2, negative_3)
+            neg = pos
         encoded, empty = self._encode_texts(pos + neg, length, prepared)
         n = self._lengths([encoded[t] for t in pos + neg], length)
         positive = conditioning(prompts, [encoded[t] for t in pos], n, empty)
@@ -171,7 +177,14 @@ class Conditioner:
         """The pair as its pipeline takes it: T5 masks, then each lane's own outputs (an LLM's mask, Z-Image's
         list), from the layouts of its positive and negative texts."""
         pair = with_masks(pair, self.family, [encoded[t][1] for t in pos], [encoded[t][1] for t in neg])
-        return lane_outputs(pair, self.family, [encoded[t][1] for t in pos], [encoded[t][1] for t in neg])
+        pair = lane_outputs(pair, self.family, [encoded[t][1] for t in pos], [encoded[t][1] for t in neg])
+        return pair if self.family.reads_negative else replace(pair, negative_read=False)
+
+    def _unread_negative(self, *negatives: object) -> None:
+        """A negative given to a family whose pipeline takes none: said, not silently dropped."""
+        if any(n is not None and n != "" for n in negatives):
+            warnings.warn(f"{self.family.name}'s pipeline takes no negative prompt (guidance-distilled, no "
+                          "negative_prompt_embeds): the negative is ignored", stacklevel=3)
 
     @property
     def _marks_negative(self) -> bool:
@@ -187,7 +200,10 @@ class Conditioner:
         if steps < 1:
             raise ValueError(f"steps must be ≥ 1, got {steps}")
         pos = schedule(prompt, steps, self.options.dialect, hires_steps=hires_steps)
-        neg = schedule(negative or "", steps, self.options.dialect, hires_steps=hires_steps)
+        if not self.family.reads_negative:  # the prompt stands in for it (sdclip.Conditioner.encode)
+            self._unread_negative(negative)
+        neg = schedule(negative or "" if self.family.reads_negative else prompt, steps, self.options.dialect,
+                       hires_steps=hires_steps)
         ends = sorted({e.end_step for e in pos.entries} | {e.end_step for e in neg.entries})
         prompts = [pos.at(end) for end in ends]
         negatives = negative_keys([neg.at(end) for end in ends], self._marks_negative)  # Lumina 2: laid out bare

@@ -57,9 +57,41 @@ def test_equals_diffusers_encode_prompt(folders: dict[str, Path], pipes: dict[st
     out = cond(PROMPTS).diffusers_kwargs()
     assert out["prompt_embeds"].shape == theirs.shape == (2, 512, 3 * 32)
     torch.testing.assert_close(out["prompt_embeds"], theirs, atol=1e-4, rtol=0)
+    if family == "flux2":  # [dev] takes no negative (sdclip.conventions.family.Family.reads_negative)
+        assert "negative_prompt_embeds" not in out
+        return
     # the negative (Klein's CFG): diffusers encodes "" through the same template
     empty, _ = pipes[family].encode_prompt(["", ""], device="cpu")
     torch.testing.assert_close(out["negative_prompt_embeds"], empty, atol=1e-4, rtol=0)
+
+
+@torch.no_grad()
+def test_flux2_dev_encodes_no_negative_and_says_so_when_given_one(folders: dict[str, Path], tmp_path: Path) -> None:
+    """Flux2Pipeline.__call__ takes prompt_embeds only: no "" row is encoded beside the prompts, a given
+    negative is a warning (not silently dropped), and `sdclip encode`'s file loads as pipe(**load_file(...))."""
+    from safetensors.torch import load_file
+
+    cond = Conditioner.from_pretrained(folders["flux2"], preset="diffusers")
+    model = cond.encoders[0].model
+    seen: list[int] = []
+    hook = model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(
+        int((args[0] if args else kwargs.get("input_ids", kwargs.get("inputs_embeds"))).shape[0])), with_kwargs=True)
+    try:
+        pair = cond(PROMPTS)
+    finally:
+        hook.remove()
+    assert sum(seen) == len(PROMPTS), seen  # the prompts' rows, no empty negative
+    assert not pair.negative_read and set(pair.diffusers_kwargs()) == {"prompt_embeds"}
+    with pytest.warns(UserWarning, match="takes no negative prompt"):
+        cond(PROMPTS[0], "blurry")
+    out = tmp_path / "c.safetensors"
+    run = subprocess.run([sys.executable, "-m", "sdclip", "encode", "--model", str(folders["flux2"]),
+                          "--prompt", PROMPTS[0], "--out", str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    from diffusers import Flux2Pipeline
+
+    takes = set(inspect.signature(Flux2Pipeline.__call__).parameters)
+    assert set(load_file(out)) <= takes, set(load_file(out)) - takes
 
 
 @pytest.mark.parametrize("family", FAMILIES)

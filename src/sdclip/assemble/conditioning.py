@@ -46,6 +46,9 @@ class ConditioningPair:
 
     positive: Conditioning
     negative: Conditioning
+    #: the family's pipeline takes a negative (sdclip.conventions.family.Family.reads_negative); where it does
+    #: not, `negative` is the positive itself (nothing more encoded) and `diffusers_kwargs` leaves it out
+    negative_read: bool = True
 
     def diffusers_kwargs(self) -> dict[str, Tensor]:
         """Keyword arguments for a diffusers StableDiffusion(XL)Pipeline call.
@@ -70,6 +73,10 @@ class ConditioningPair:
                         "guidance in A1111; diffusers has no such knob, so it is ignored",
                         stacklevel=2,
                     )
+        out = self._kwargs()
+        return out if self.negative_read else {k: v for k, v in out.items() if not k.startswith("negative_")}
+
+    def _kwargs(self) -> dict:
         if self.positive.as_list:  # Z-Image (sdclip.assemble.llm_outputs)
             return {f"{side}prompt_embeds": [e[m.bool()] for e, m in zip(c.embeds, c.mask)]  # type: ignore[arg-type]
                     for side, c in (("", self.positive), ("negative_", self.negative))}

@@ -5,6 +5,8 @@ Contract (keep it stable): writes `prompt_embeds` and `negative_prompt_embeds` (
 B rows (the contract). Without `--negative` those B negative rows are identical: `--negative-rows shared`
 (added, opt-in) stores them once, [1, N, D] / [1, 1280], with metadata `negative_broadcast=true`, and a large
 file without it gets a one-line note saying how much that would save.
+A family whose pipeline takes no negative (Flux.2 [dev]: `Flux2Pipeline.__call__` has no
+`negative_prompt_embeds`) gets `prompt_embeds` alone, so `pipe(**load_file(...))` still works.
 `--clip-skip N` is AUTOMATIC1111's count (1 = last layer) whatever the preset, unless --clip-skip-convention
 names another (a negative N can only be ComfyUI's, and is read as such); a bad N fails before the model loads.
 

@@ -187,6 +187,9 @@ class Family:
     pooled_from: tuple[int, ...] = ()  #: several pooled encoders, concatenated (SD3: L ‖ G); default (pooled_role,)
     blocks: tuple[tuple[int, ...], ...] = ()  #: sequence roles joined on features, per token block; default all
     zeros_negative: bool = False  #: diffusers' force_zeros_for_empty_prompt exists in this family's pipeline
+    #: the pipeline takes a negative conditioning (Flux.2 [dev], guidance-distilled, takes only prompt_embeds:
+    #: pipeline_flux2.py __call__); where not, none is encoded and a given one is ignored with a warning
+    reads_negative: bool = True
 
     @property
     def pooled_roles(self) -> tuple[int, ...]:
@@ -272,6 +275,7 @@ FAMILIES: dict[str, Family] = {
             "chat", fixed=True, layers=(10, 20, 30), comfy_literal=True, model_class="MistralModel", chat=ChatCall(
                 system=FLUX2_SYSTEM, generation=False, thinking=None, parts=True, special_tokens=False,
                 remove=("[IMG]",)))),),
+        reads_negative=False,
     ),
     # Flux.2 [klein] (pipelines/flux2/pipeline_flux2_klein.py:208-262, :429-462): Qwen3 (4B; 9B: Qwen3-8B), the
     # chat template without thinking, padded to 512, hidden_states 9, 18, 27 side by side
