@@ -172,3 +172,29 @@ def test_half_products_run_in_fp32_where_this_cpu_has_no_half_kernel(tmp_path, d
     with torch.no_grad():
         cos = F.cosine_similarity(half(ids, LayerSelect()).hidden.float().flatten(1), full(ids, LayerSelect()).hidden.flatten(1))
     assert cos.min() >= 0.999
+
+
+def test_fp32_products_of_many_rows_go_to_mkl(monkeypatch) -> None:
+    """fp32 products of ≥ ONEDNN_MAX_ROWS rows run through F.linear (MKL, faster there); fewer rows and bf16
+    through oneDNN. Recorded with a dispatch mode: the op each call reaches."""
+    if not kernels.ONEDNN_AVAILABLE:
+        pytest.skip("no oneDNN fp32 linear on this machine")
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            self.seen.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    monkeypatch.setattr(kernels, "ONEDNN", True)
+    w, b = torch.randn(16, 24), torch.randn(16)
+    for rows, onednn in ((kernels.ONEDNN_MAX_ROWS - 1, True), (kernels.ONEDNN_MAX_ROWS, False)):
+        x = torch.randn(rows, 24)
+        with Ops() as ops:
+            y = kernels.linear(x, w, b)
+        assert any("linear_pointwise" in name for name in ops.seen) == onednn, (rows, ops.seen)
+        torch.testing.assert_close(y, torch.nn.functional.linear(x, w, b), rtol=1e-5, atol=1e-5)

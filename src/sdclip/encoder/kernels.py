@@ -2,10 +2,16 @@
 
 Why not plain `F.linear`: torch's CPU build sends an fp32 `F.linear` to MKL's sgemm, which on AMD CPUs
 runs a generic code path; oneDNN (bundled in every x86 torch build, and what torch itself uses for bf16)
-JIT-compiles for the CPU it finds. Measured on the 2-core AMD EPYC of bench/ at ViT-L shapes (616×768 →
-3072): 13.1 ms through `F.linear` fp32, 5.9 ms through oneDNN; bf16 is the same kernel either way. The
+JIT-compiles for the CPU it finds, and wins on the few-row products a prompt makes. The
 arithmetic is the same IEEE fp32 in another summation order, so results differ from `F.linear` by
 rounding only (≈ 1e-6 relative).
+
+Which one wins depends on the product's rows M (tokens in the batch). Measured 2026-12-07 on that idle
+EPYC with torch 2.13, wall clock, packed oneDNN ÷ MKL: at M = 154 (two CLIP rows) oneDNN is 1.1–1.34×
+faster at every encoder shape (ViT-L 768 → 3072, bigG 1280 → 5120, T5-XXL 4096 → 10240 / 10240 → 4096 /
+4096 → 4096); from M = 512 on MKL is 1.0–1.19× faster at every one of them (M = 1024, two T5 rows of 512:
+0.84–0.92). So fp32 goes to oneDNN below `ONEDNN_MAX_ROWS` rows and to MKL at or above it; bf16 stays on
+oneDNN at any M (MKL has no bf16 kernel; where oneDNN has none either, products are widened to fp32).
 
 The oneDNN entry point is `torch.ops.mkldnn._linear_pointwise`, the op torch's own compiler emits for
 frozen linear layers. It is internal, so it is probed once (present, and agreeing with `F.linear` on a
@@ -34,6 +40,8 @@ import torch.nn.functional as F
 EXPLICIT_ATTENTION_MAX = 256
 #: the GEMM rows (M) a packed weight's layout is chosen for: 8 rows of 77 tokens; other M gain too (bench_encoder)
 PACK_ROWS = 8 * 77
+#: fp32 products with at least this many rows go to MKL (`F.linear`), which is faster there (module docstring)
+ONEDNN_MAX_ROWS = 512
 
 
 def _probe_onednn(dtype: torch.dtype) -> bool:
@@ -89,6 +97,7 @@ def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
         and x.device.type == "cpu"
         and x.dtype in _ONEDNN_DTYPES
         and weight.dtype == x.dtype
+        and (x.dtype != torch.float32 or x.numel() < ONEDNN_MAX_ROWS * x.shape[-1])
         and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)))
     )
 
