@@ -23,7 +23,7 @@ from sdclip.assemble.combine import pad_with_empty
 from sdclip.cli.main import main
 from sdclip.conditioner import Conditioner
 from tiny_models import tiny_family, write_layout
-from embed_rows import read_rows
+from embed_rows import read_rows, write_txt
 
 LONG = ", ".join(f"a {c} fox with {c} eyes under a {c} sky" for c in
                  ("red", "blue", "green", "golden", "silver", "purple", "orange", "white", "black", "pink"))
@@ -63,11 +63,6 @@ def reference(models):
         return out
 
     return get
-
-
-def write_txt(path: Path, captions: list[str]) -> Path:
-    path.write_text("".join(c + "\n" for c in captions), encoding="utf-8")
-    return path
 
 
 def embed(*args: object) -> int:

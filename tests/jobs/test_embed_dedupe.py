@@ -16,6 +16,7 @@ import sdclip.dataset
 from sdclip.cli.main import main
 from test_embed_families import build
 from tiny_models import tiny_family, write_layout
+from embed_rows import write_txt
 
 #: shards of 4: "a red fox" first in shard 0 and repeated in shards 0, 2 and 3; "" twice in shard 1
 CAPTIONS = ["a red fox", "golden hour", "a (blue:1.3) cat", "a red fox", "", "two dogs", "", "misty forest",
@@ -25,11 +26,6 @@ CAPTIONS = ["a red fox", "golden hour", "a (blue:1.3) cat", "a red fox", "", "tw
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
     return write_layout("single.safetensors", tiny_family("sdxl"), tmp_path_factory.mktemp("dd") / "sdxl")
-
-
-def write(path: Path, captions: list[str]) -> Path:
-    path.write_text("".join(c + "\n" for c in captions), encoding="utf-8")
-    return path
 
 
 def embed(model: Path, caps: Path, out: Path, *extra: str) -> None:
@@ -53,7 +49,7 @@ def shard_bytes(out: Path) -> int:
 
 
 def test_repeated_captions_are_stored_once_and_read_back_as_every_row(tmp_path, model, capsys):
-    caps = write(tmp_path / "caps.txt", CAPTIONS)
+    caps = write_txt(tmp_path / "caps.txt", CAPTIONS)
     once, every = tmp_path / "once", tmp_path / "every"
     embed(model, caps, once)
     embed(model, caps, every, "--no-dedupe")
@@ -75,7 +71,7 @@ def test_repeated_captions_are_stored_once_and_read_back_as_every_row(tmp_path, 
 
 
 def test_an_edited_first_occurrence_re_encodes_the_rows_that_referred_to_it(tmp_path, model, capsys):
-    caps = write(tmp_path / "caps.txt", CAPTIONS)
+    caps = write_txt(tmp_path / "caps.txt", CAPTIONS)
     out = tmp_path / "out"
     embed(model, caps, out)
     stamp = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*")}
@@ -83,7 +79,7 @@ def test_an_edited_first_occurrence_re_encodes_the_rows_that_referred_to_it(tmp_
     # their captions: kept
     edited = list(CAPTIONS)
     edited[3] = "an edited caption"
-    write(caps, edited)
+    write_txt(caps, edited)
     capsys.readouterr()
     embed(model, caps, out)
     said = capsys.readouterr()
@@ -96,7 +92,7 @@ def test_an_edited_first_occurrence_re_encodes_the_rows_that_referred_to_it(tmp_
     # the first "a red fox" (row 0) edited: rows 8 and 12 held references to it; shards 2 and 3 are
     # re-encoded (row 8 is now the caption's first row), never left reading the new row 0
     edited[0] = "a blue fox now"
-    write(caps, edited)
+    write_txt(caps, edited)
     capsys.readouterr()
     embed(model, caps, out)
     said = capsys.readouterr()
@@ -114,10 +110,10 @@ def test_an_edited_first_occurrence_re_encodes_the_rows_that_referred_to_it(tmp_
 def test_a_reference_to_a_row_holding_another_caption_is_an_error_never_its_tensors(tmp_path, model, capsys):
     """A shard swapped in from elsewhere (by hand, a copy): the reader checks the caption sha256 of the row a
     reference reads, and --verify names it."""
-    caps = write(tmp_path / "caps.txt", CAPTIONS)
+    caps = write_txt(tmp_path / "caps.txt", CAPTIONS)
     out, other = tmp_path / "out", tmp_path / "other"
     embed(model, caps, out)
-    embed(model, write(tmp_path / "other.txt", ["a green fox", *CAPTIONS[1:]]), other)
+    embed(model, write_txt(tmp_path / "other.txt", ["a green fox", *CAPTIONS[1:]]), other)
     shutil.copy(other / "shard-00000.safetensors", out / "shard-00000.safetensors")
     ds = sdclip.dataset.open(out)
     with pytest.raises(ValueError, match="input index 8 refers to index 0, which now holds another caption"):
@@ -132,7 +128,7 @@ def test_resume_after_a_kill_and_varlen_with_repeats(tmp_path, capsys):
     """A job stopped after its first shard (the rest pending, as a kill leaves it) resumes with references
     into the kept shard; --varlen shards store references too."""
     folder = build(tmp_path, "wan")
-    caps = write(tmp_path / "caps.txt", CAPTIONS)
+    caps = write_txt(tmp_path / "caps.txt", CAPTIONS)
     every = tmp_path / "every"
     args = ["--preset", "diffusers"]
     embed(folder, caps, every, "--no-dedupe", *args)

@@ -14,7 +14,7 @@ from safetensors import safe_open
 
 from sdclip.cli.main import main
 from tiny_models import tiny_family, write_layout
-from embed_rows import read_rows
+from embed_rows import read_rows, write_txt
 
 CAPTIONS = [f"a photo of fox number {i}, (detailed:1.1)" for i in range(24)]
 
@@ -22,11 +22,6 @@ CAPTIONS = [f"a photo of fox number {i}, (detailed:1.1)" for i in range(24)]
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
     return write_layout("single.safetensors", tiny_family("sdxl"), tmp_path_factory.mktemp("m") / "sdxl")
-
-
-def write(path: Path, captions: list[str]) -> Path:
-    path.write_text("".join(c + "\n" for c in captions), encoding="utf-8")
-    return path
 
 
 def embed(model: Path, caps: Path, out: Path, *extra: str) -> int:
@@ -39,7 +34,7 @@ def read_all(out: Path) -> dict[str, torch.Tensor]:
 
 
 def test_editing_three_captions_re_encodes_only_their_shards(tmp_path, model, capsys):
-    caps = write(tmp_path / "caps.txt", CAPTIONS)
+    caps = write_txt(tmp_path / "caps.txt", CAPTIONS)
     out = tmp_path / "out"
     assert embed(model, caps, out) == 0
     got = read_all(out)
@@ -51,7 +46,7 @@ def test_editing_three_captions_re_encodes_only_their_shards(tmp_path, model, ca
     edited = list(CAPTIONS)
     for i in (2, 13, 21):  # shards 0, 3, 5
         edited[i] = f"an edited caption {i}"
-    write(caps, edited)
+    write_txt(caps, edited)
     capsys.readouterr()
     assert main(["embed", "--verify", str(out)]) == 2
     err = capsys.readouterr().err
@@ -72,14 +67,14 @@ def test_editing_three_captions_re_encodes_only_their_shards(tmp_path, model, ca
 
 
 def test_inserted_and_removed_lines_re_encode_from_the_change_on(tmp_path, model, capsys):
-    caps = write(tmp_path / "caps.txt", CAPTIONS)
+    caps = write_txt(tmp_path / "caps.txt", CAPTIONS)
     out = tmp_path / "out"
     assert embed(model, caps, out) == 0
-    write(caps, CAPTIONS[:9] + CAPTIONS[10:])  # one line removed: shards 2… move, and the last one goes
+    write_txt(caps, CAPTIONS[:9] + CAPTIONS[10:])  # one line removed: shards 2… move, and the last one goes
     assert embed(model, caps, out) == 0
     assert sorted(p.name for p in out.glob("shard-*")) == [f"shard-{k:05d}.safetensors" for k in range(6)]
     fresh = tmp_path / "fresh"
-    assert embed(model, write(tmp_path / "c2.txt", CAPTIONS[:9] + CAPTIONS[10:]), fresh) == 0
+    assert embed(model, write_txt(tmp_path / "c2.txt", CAPTIONS[:9] + CAPTIONS[10:]), fresh) == 0
     assert torch.equal(read_all(out)["prompt_embeds"], read_all(fresh)["prompt_embeds"])
     assert main(["embed", "--verify", str(out)]) == 0
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import resource
-import signal
 import subprocess
 import sys
 import threading
@@ -27,6 +25,7 @@ from safetensors.torch import load_file
 from sdclip.cli.main import main
 from sdclip.jobs import local, work
 from tiny_models import tiny_family, write_layout
+from embed_rows import file_size_limit, write_txt
 
 ROOT = Path(__file__).resolve().parents[2]
 CAPTIONS = [f"caption {i}, a {('red', 'blue', 'green')[i % 3]} fox" for i in range(18)]
@@ -39,11 +38,6 @@ def sd1(tmp_path_factory) -> Path:
 
 def embed(*args: object) -> int:
     return main(["embed", *map(str, args)])
-
-
-def write_txt(path: Path, captions: list[str]) -> Path:
-    path.write_text("".join(c + "\n" for c in captions), encoding="utf-8")
-    return path
 
 
 def read_all(out: Path) -> dict[str, torch.Tensor]:
@@ -154,13 +148,6 @@ def test_a_writer_failure_mid_job_is_one_line_lists_only_finished_shards_and_res
     assert embed("--verify", out) == 0
 
 
-def _file_size_limit(limit: int):  # noqa: ANN202
-    def pre() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    return pre
-
-
 def test_a_real_write_refused_mid_job_by_the_kernel_is_one_line_and_resumes(tmp_path, sd1):
     """Shards 0 and 1 hold one valid caption each (the rest are skipped), shard 2 four: under a file-size limit
     between their sizes the kernel refuses shard 2's bytes in the writer thread. One line, exit 2, the small
@@ -171,7 +158,7 @@ def test_a_real_write_refused_mid_job_by_the_kernel_is_one_line_and_resumes(tmp_
     cmd = [sys.executable, "-m", "sdclip", "embed", "--model", str(sd1), "--captions", str(caps), "--out", str(out),
            "--shard-size", "4", "--on-error", "skip"]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(cmd, env=env, capture_output=True, text=True, preexec_fn=_file_size_limit(100_000),
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, preexec_fn=file_size_limit(100_000),
                          timeout=120)
     assert run.returncode == 2, run.stderr
     assert run.stderr.count("\n") == 1 and "cannot write shard-00002.safetensors" in run.stderr, run.stderr

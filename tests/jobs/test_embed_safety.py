@@ -10,8 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import resource
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +19,7 @@ import torch
 
 from sdclip.cli.main import main
 from tiny_models import tiny_family, write_layout
-from embed_rows import read_rows
+from embed_rows import file_size_limit, read_rows, write_txt
 
 ROOT = Path(__file__).resolve().parents[2]
 CAPTIONS = ["a red fox", "a blue cat", "a green dog", "a red fox", "golden hour", "two birds", "misty forest"]
@@ -36,11 +34,6 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 def embed(*args: object) -> int:
     return main(["embed", *map(str, args)])
-
-
-def write_txt(path: Path, captions: list[str]) -> Path:
-    path.write_text("".join(c + "\n" for c in captions), encoding="utf-8")
-    return path
 
 
 def read_all(out: Path) -> dict[str, torch.Tensor]:
@@ -191,13 +184,6 @@ def test_captions_edited_while_the_job_runs_are_detected_before_a_shard_is_writt
 
 # ---- 24.5: a full disk ---------------------------------------------------------------------------------
 
-def _limited(limit: int):  # noqa: ANN202
-    def pre() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    return pre
-
-
 def test_a_real_failing_write_before_the_first_shard_is_one_line_and_resumes(tmp_path, models):
     """The kernel refuses the shard's bytes (RLIMIT_FSIZE below one shard): one line, exit 2, nothing
     half-written; without the limit the same command finishes every caption once."""
@@ -205,7 +191,7 @@ def test_a_real_failing_write_before_the_first_shard_is_one_line_and_resumes(tmp
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "sdclip", "embed", "--model", str(models["sd1"]), "--captions", str(caps),
            "--out", str(out), "--shard-size", "4"]
-    run = subprocess.run(cmd, env=env(), capture_output=True, text=True, preexec_fn=_limited(60_000), timeout=120)
+    run = subprocess.run(cmd, env=env(), capture_output=True, text=True, preexec_fn=file_size_limit(60_000), timeout=120)
     assert run.returncode == 2, run.stderr
     assert run.stderr.count("\n") == 1 and "cannot write shard-00000.safetensors" in run.stderr
     assert "Traceback" not in run.stderr and not list(out.glob("shard-*")) and not list(out.glob(".*.tmp"))
