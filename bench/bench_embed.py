@@ -438,7 +438,7 @@ def main() -> None:
     ap.add_argument("--families", default="sd1,sdxl", help="comma-separated (real depth: sd1 only is quick enough)")
     ap.add_argument("--only-families", action="store_true",
                     help="only the per-family ratio and bytes-per-caption tables (issue 21)")
-    ap.add_argument("--ratio-families", default="sd1,sdxl,sd3,flux,wan,chroma,qwen-image,z-image")
+    ap.add_argument("--ratio-families", default=RATIO_FAMILIES)
     ap.add_argument("--shard-size", type=int, default=64, help="the ratio's shards (steady = after the first)")
     ap.add_argument("--trainers", default="", help="comma-separated sd3,flux: sd-scripts / diffusers loops vs "
                     "sdclip embed (real widths, shallow), then exit")
@@ -513,6 +513,9 @@ def main() -> None:
     print("wrote", C.write_json("embed", raw))
 
 
+RATIO_FAMILIES = "sd1,sdxl,sd3,flux,wan,chroma,qwen-image,z-image"
+
+
 def families_only(args) -> None:  # noqa: ANN001
     """Issue 21's measures, one run side by side: whole-command ÷ bare-encoder rows/s per family (tiny test
     models), and bytes per caption at bf16 for SD3 / Flux / Wan per format (real widths)."""
@@ -544,7 +547,10 @@ def families_only(args) -> None:  # noqa: ANN001
             raw["bytes"][family] = b
             brows += [[family, name, f"{v / 1e6:.3f} MB"] for name, v in b.items()]
         print(C.md_table(["family", "format (bf16, 40-token caption, real widths)", "bytes / caption"], brows))
-    print("wrote", C.write_json("embed_families", raw))
+    fams = [f for f in args.ratio_families.split(",") if f in FAMILIES]
+    default = args.ratio_families == RATIO_FAMILIES
+    # a subset run (--ratio-families wan) gets its own file: it never overwrites the all-families figures
+    print("wrote", C.write_json("embed_families" + ("" if default else "_" + "_".join(fams)), raw))
 
 
 def trainers(args) -> None:  # noqa: ANN001
