@@ -19,13 +19,17 @@ than diffusers (which computes every layer's states): with `--layers 2` that is 
 
 Same tensors: max abs difference of prompt_embeds and negative_prompt_embeds on diffusers' positions.
 
-    python bench/bench_llm.py [--layers 2] [--dtypes fp32,bf16] [--repeats 2]
+    python bench/bench_llm.py [--layers 2] [--dtypes fp32,bf16] [--repeats 2] [--loading-only]
+
+--loading-only measures the loading peak alone and updates only the peak figures of results/llm.json's
+matching rows (the timings there are kept).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -135,14 +139,42 @@ def loading_peak(folder: Path, family: str, which: str) -> float:
     return rise / size
 
 
+def loading_only(args: argparse.Namespace) -> None:
+    """The loading peaks alone, written into the stored results' rows of the same family, dtype and depth."""
+    path = REPO / "bench" / "results" / "llm.json"
+    stored = json.loads(path.read_text()) if path.is_file() else {"results": []}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="sdclip-bench-llm-") as tmp:
+        for family in args.families.split(","):
+            for name in args.dtypes.split(","):
+                folder = build(Path(tmp), family, args.layers, dtype_of(name))
+                peaks = {w: loading_peak(folder, family, w) for w in ("sdclip", "transformers")}
+                shutil.rmtree(folder)
+                item = next((r for r in stored["results"] if (r["family"], r["dtype"], r["layers"]) ==
+                             (family, name, args.layers)), None)
+                if item is None:
+                    item = dict(family=family, dtype=name, layers=args.layers)
+                    stored["results"].append(item)
+                item.update(peak_over_bytes_sdclip=peaks["sdclip"], peak_over_bytes_transformers=peaks["transformers"])
+                rows.append([family, name, f"{peaks['sdclip']:.2f}", f"{peaks['transformers']:.2f}"])
+                print(rows[-1], flush=True)
+    table = md_table(["family", "dtype", "peak÷bytes sdclip", "peak÷bytes transformers"], rows)
+    print(table)
+    write_json("llm", {**stored, "loading_machine": machine(), "loading_table": table})
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--dtypes", default="fp32,bf16")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--families", default=",".join(FAMILIES))
+    p.add_argument("--loading-only", action="store_true", help="only the loading peak (results/llm.json's peak fields)")
     args = p.parse_args()
     setup()
+    if args.loading_only:
+        loading_only(args)
+        return
     from sdclip.conditioner import Conditioner
 
     rows, raw = [], []
