@@ -267,8 +267,8 @@ def trainer_paths(family: str, root: Path, n: int, batch: int, dtypes: list[str]
     (timed_embed: steady shards plus the validation scan per caption)."""
     import numpy as np
     import torch
-    from safetensors.torch import load_file
 
+    import sdclip.dataset
     from bench_sd3_flux import build
 
     caps = captions(n, seed=3)
@@ -304,8 +304,8 @@ def trainer_paths(family: str, root: Path, n: int, batch: int, dtypes: list[str]
         theirs = r.pop("kohya_loop_last")
         r["max_abs_diff_kohya"] = max(float(np.abs(ours[k].astype(np.float64) - theirs[k]).max()) for k in theirs
                                       if np.asarray(theirs[k]).dtype.kind == "f")
-        shards = [load_file(p) for p in sorted((root / f"sdclip-{family}-{dtype}").glob("shard-*.safetensors"))]
-        ours_pe = torch.cat([s["prompt_embeds"] for s in shards])[-1].float()
+        items = sdclip.dataset.open(root / f"sdclip-{family}-{dtype}")  # a repeated caption's row is a reference
+        ours_pe = torch.as_tensor(items[len(items) - 1]["prompt_embeds"]).float()
         theirs_pe = r.pop("diffusers_loop_last")["prompt_embeds"][-1].float()
         r["max_abs_diff_diffusers"] = float((ours_pe - theirs_pe).abs().max()) if ours_pe.shape == theirs_pe.shape \
             else f"shapes {list(ours_pe.shape)} vs {list(theirs_pe.shape)}"

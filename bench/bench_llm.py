@@ -112,13 +112,16 @@ import sdclip.conditioner, sdclip.encoder.loading.llm
 def status(field):
     return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(field + ":"))
 sys.path.insert(0, {tests!r})
+from tiny_llm import ENCODERS
+from sdclip.conventions.family import get_family
+for name in (ENCODERS[{family!r}], get_family({family!r}).roles[0].llm.model_class):  # transformers imports a
+    getattr(transformers, name)  # model's code lazily, at first use: imported here, so the peak is the loading's
 open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) restarts here: a forked child inherits its parent's
 before = status("VmRSS")
 if {which!r} == "sdclip":
     c = sdclip.conditioner.Conditioner.from_pretrained({folder!r}, preset="diffusers")
     params = [p for e in c.encoders for p in e.parameters()]
 else:
-    from tiny_llm import ENCODERS
     m = getattr(transformers, ENCODERS[{family!r}]).from_pretrained({folder!r} + "/text_encoder", dtype="auto")
     params = list(m.parameters())
 load = status("VmHWM") - before
@@ -130,7 +133,7 @@ print(json.dumps({{"load": load, "touched": status("VmHWM") - before}}))
 
 def loading_peak(folder: Path, family: str, which: str) -> float:
     """Peak RSS rise while loading and touching every weight, ÷ the text encoder's file bytes; a fresh process
-    each, its peak reset after the imports (a mapped file's pages count only once touched, so a lazy load's
+    each, its peak reset after the imports, the model classes' lazily imported code included (a mapped file's pages count only once touched, so a lazy load's
     peak shows after the touch)."""
     code = PEAK.format(tests=str(REPO / "tests"), which=which, folder=str(folder), family=family)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
