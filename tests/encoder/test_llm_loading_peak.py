@@ -38,8 +38,9 @@ def test_half_tensor_read_without_a_float32_copy(tmp_path: Path, dtype: torch.dt
                          check=True)
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["dtype"] == str(dtype)  # stored dtype kept
-    # the tensor itself plus one chunk's float32 sum temporary (8 MiB); the old whole copy: 3× the stored bytes
-    assert got["rise"] <= 1.5 * w.numel() * w.element_size(), got
+    # the tensor itself plus one chunk's float32 sum temporary (8 MiB) and allocator slack; the old whole copy:
+    # 3× the stored bytes
+    assert got["rise"] <= 2 * w.numel() * w.element_size(), got
 
 
 def test_non_finite_still_refused_in_any_chunk(tmp_path: Path) -> None:

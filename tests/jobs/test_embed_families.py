@@ -103,8 +103,8 @@ def test_every_family_embeds_like_the_conditioner(tmp_path, models, family):
     cond = Conditioner.from_pretrained(model, "diffusers")
     for i, c in enumerate(CAPTIONS):
         ref = oracle(cond, c, n)
-        for name, t in ref.items():
-            torch.testing.assert_close(got[name][i], t, atol=1e-5, rtol=1e-5, msg=lambda m: f"{family} {name} {i}: {m}")
+        for name, t in ref.items():  # alone vs in a batch of 3: other GEMM kernels (kernels.ONEDNN_MAX_ROWS), fp32 rounding
+            torch.testing.assert_close(got[name][i], t, atol=5e-5, rtol=1e-5, msg=lambda m: f"{family} {name} {i}: {m}")
     assert torch.equal(got["prompt_embeds"][0], got["prompt_embeds"][3])  # one encoding for a repeated caption
     counts = got["token_counts"]
     assert counts.shape == (len(CAPTIONS), len(TABLE[family].roles)) and counts.dtype == torch.int32
