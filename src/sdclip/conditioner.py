@@ -200,10 +200,11 @@ class Conditioner:
         if steps < 1:
             raise ValueError(f"steps must be ≥ 1, got {steps}")
         pos = schedule(prompt, steps, self.options.dialect, hires_steps=hires_steps)
-        if not self.family.reads_negative:  # the prompt stands in for it (sdclip.Conditioner.encode)
+        if self.family.reads_negative:
+            neg = schedule(negative or "", steps, self.options.dialect, hires_steps=hires_steps)
+        else:  # the prompt's own schedule stands in for it (sdclip.Conditioner.encode): not parsed again
             self._unread_negative(negative)
-        neg = schedule(negative or "" if self.family.reads_negative else prompt, steps, self.options.dialect,
-                       hires_steps=hires_steps)
+            neg = pos
         ends = sorted({e.end_step for e in pos.entries} | {e.end_step for e in neg.entries})
         prompts = [pos.at(end) for end in ends]
         negatives = negative_keys([neg.at(end) for end in ends], self._marks_negative)  # Lumina 2: laid out bare
