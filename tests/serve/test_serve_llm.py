@@ -174,3 +174,29 @@ def test_page_draws_the_llm_sequence(folders, capsys):
         assert "lumina2 (needs tokenizer)" in page.locator("[data-testid=family]").inner_text()
         error = page.locator("[data-testid=prompt-view]").get_by_test_id("error-message").inner_text()
         assert "family lumina2" in error and "--llm-tokenizer DIR" in error
+
+
+def test_page_part_headers_count_the_lane(folders, capsys):
+    """An AND prompt of an LLM family: each part's header says the lane's n / max_sequence_length (as the
+    whole-prompt header does and `sdclip inspect` counts each part), never CLIP's n/75."""
+    from test_serve_browser import CHROMIUM, chromium, open_page, running_server, type_prompt
+
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's chromium at /usr/bin/chromium")
+    from sdclip.tokenizer.llm import LLMTokenizer
+
+    text = "a (red:1.3) fox AND a very long blue cat sitting on a mat, highly detailed:0.5"
+    tok = LLMTokenizer.from_folder(folders["qwen-image"] / "tokenizer")
+    with running_server(create_app(llm_tokenizer=tok, family="qwen-image")) as url, chromium() as browser, \
+            open_page(browser, url) as page:
+        type_prompt(page, text)
+        want = cli_inspect(capsys, text, "--family", "qwen-image", "--llm-tokenizer", str(folders["qwen-image"]))
+        parts = want["qwen25vl"]["parts"]
+        view = page.locator("[data-testid=prompt-view]")
+        heads = view.get_by_test_id("part-head").all_inner_texts()
+        assert len(heads) == len(parts) == 2 and "AND weight 0.5" in heads[1]
+        for head, part in zip(heads, parts):
+            assert head.endswith(f" · {part['count']}/1024"), head
+        counts = view.get_by_test_id("lane-count").all_inner_texts()
+        assert [h.rsplit(" · ", 1)[1] for h in heads] == counts
+        assert page.console_errors == []

@@ -56,10 +56,12 @@ class ViewRequest:
 
 
 def inspect_object(req: ViewRequest) -> dict:
-    """`sdclip inspect --json --steps N --step K`'s object, `schedule` entry included."""
+    """`sdclip inspect --json --steps N --step K`'s object, `schedule` entry included; the counter over every
+    scheduled text, as the CLI's (A1111 counts the largest part of any of them, whichever step is shown)."""
     shown, sched = shown_text(req.text, req.options, req.steps, req.step)
+    texts = tuple(e.text for e in sched.entries) if len(sched.entries) > 1 else ()
     out = describe(shown, req.options, req.family, req.tokenizer, req.embeddings, t5_tokenizer=req.t5_tokenizer,
-                   tokenizers=req.tokenizers)
+                   tokenizers=req.tokenizers, scheduled=texts)
     if len(sched.entries) > 1:
         out["schedule"] = {"step": req.step, "steps": req.steps, "text": shown,
                            "entries": [{"end_step": e.end_step, "text": e.text} for e in sched.entries]}
@@ -93,15 +95,20 @@ def build_view(req: ViewRequest) -> dict:
         "source": _segments(shown, dropped_chars),
         "embeddings": _embedding_refs(shown, prepared.parts),
     }
+    counted = lane_of(family.roles[0]).view != "rows"
     for part, entry in zip(parts, inspect["parts"]):
         if "t5" in entry:
             part["t5"] = _t5_view(entry["t5"])
+        if counted:  # T5-only: the inspect part's own n / max_sequence_length (its `own_counts`), not CLIP's n/75
+            part["tokens"], part["capacity"] = entry["tokens"], entry["capacity"]
     if own is not None:
         role = family.roles[own]
         total = inspect[role.name]
         tok = req.tokenizers[lane_of(role).tokenizer_name]
         for view_part, part, entry in zip(parts, prepared.parts, total["parts"]):
             view_part["lane"] = _lane_view(shown, part, own, entry, tok)
+            # the part's header counts as the whole prompt's does (`view.lane`): prompt tokens / max_sequence_length
+            view_part["tokens"], view_part["capacity"] = entry["count"], entry["limit"]
         view["lane"] = {"role": role.name, "count": total["count"], "limit": total["limit"],
                         "length": total["length"], "dropped": total["dropped"]}
     return {"inspect": inspect, "view": view}
