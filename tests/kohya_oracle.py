@@ -148,11 +148,13 @@ def get_weighted_input_ids(tokenizer, text: str, max_length: Optional[int] = Non
 
 
 def get_input_ids(tokenizer, text: str, max_length: Optional[int] = None, weighted: bool = False):
-    """`_get_input_ids` (the weighted path: the unweighted one tokenizes with transformers' own padding)."""
+    """`_get_input_ids`; unweighted, transformers pads with `tokenizer.hf`'s own pad id (set it as sd-scripts does)."""
     if max_length is None:
         max_length = tokenizer.model_max_length - 2
-    assert weighted
-    input_ids, weights = get_weighted_input_ids(tokenizer, text, max_length)
+    if weighted:
+        input_ids, weights = get_weighted_input_ids(tokenizer, text, max_length)
+    else:
+        input_ids = tokenizer.hf(text, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt").input_ids
 
     if max_length > tokenizer.model_max_length:
         input_ids = input_ids.squeeze(0)
@@ -184,13 +186,17 @@ def get_input_ids(tokenizer, text: str, max_length: Optional[int] = None, weight
 
         input_ids = torch.stack(iids_list)  # 3,77
 
-        weights = weights.squeeze(0)
-        new_weights = torch.ones(input_ids.shape)
-        for i in range(1, max_length - tokenizer.model_max_length + 2, tokenizer.model_max_length - 2):
-            b = i // (tokenizer.model_max_length - 2)
-            new_weights[b, 1 : 1 + tokenizer.model_max_length - 2] = weights[i : i + tokenizer.model_max_length - 2]
-        weights = new_weights
-    return input_ids, weights
+        if weighted:
+            weights = weights.squeeze(0)
+            new_weights = torch.ones(input_ids.shape)
+            for i in range(1, max_length - tokenizer.model_max_length + 2, tokenizer.model_max_length - 2):
+                b = i // (tokenizer.model_max_length - 2)
+                new_weights[b, 1 : 1 + tokenizer.model_max_length - 2] = weights[i : i + tokenizer.model_max_length - 2]
+            weights = new_weights
+
+    if weighted:
+        return input_ids, weights
+    return input_ids
 
 
 def strategy_max_length(tokenizer, max_token_length: Optional[int]) -> int:
@@ -207,6 +213,12 @@ def tokenize_with_weights(tokenizers, texts, max_token_length: Optional[int]):
         tokens_out.append(torch.stack([p[0] for p in pairs], dim=0))
         weights_out.append(torch.stack([p[1] for p in pairs], dim=0))
     return tokens_out, weights_out
+
+
+def tokenize(tokenizers, texts, max_token_length: Optional[int]):
+    """`SdxlTokenizeStrategy.tokenize` (no --weighted_captions): [tokens per tokenizer (b, n, 77)]."""
+    return [torch.stack([get_input_ids(tok, t, strategy_max_length(tok, max_token_length)) for t in texts], dim=0)
+            for tok in tokenizers]
 
 
 # ------------------------------------------------------------------------------------------ SD1 / SD2

@@ -124,12 +124,16 @@ def test_kohya_bf16_is_stored_as_float32(tmp_path, models):
     assert data["t5_out"].dtype == np.float32 and data["l_pooled"].dtype == np.float32
 
 
-@pytest.mark.parametrize("preset", ["kohya", "a1111"])
-@pytest.mark.parametrize("rows", ["2", "4"])
-def test_kohya_refuses_more_rows_than_sd_scripts_holds_before_any_model_loads(tmp_path, capsys, preset, rows):
+@pytest.mark.parametrize("preset, rows, said", [
+    ("kohya", "4", ("150 or 225", "SD3 and Flux always cache 77 CLIP slots", "--max-rows 1")),
+    ("a1111", "4", ("150 or 225", "SD3 and Flux always cache 77 CLIP slots", "--max-rows 1")),
+    ("a1111", "2", ("152 slots", "only --preset kohya lays out", "--max-rows 1")),
+])
+def test_kohya_refuses_more_rows_than_sd_scripts_holds_before_any_model_loads(tmp_path, capsys, preset, rows, said):
     """sd-scripts 48d368fa: `--max_token_length` choices [None, 150, 225] (train_util.py), joined as n·75 + 2
-    slots (strategy_sdxl.py), and not used by sd3/flux_train_network.py (77 CLIP slots). The model is a file of
-    garbage bytes: a refusal that came after loading would be a loader error instead."""
+    slots (strategy_sdxl.py), and not used by sd3/flux_train_network.py (77 CLIP slots); SDXL's 2 / 3 rows are
+    sd-scripts' only under --preset kohya (tests/jobs/test_kohya_long.py). The model is a file of garbage
+    bytes: a refusal that came after loading would be a loader error instead."""
     folder = images(tmp_path)
     model = tmp_path / "not-a-model.safetensors"
     model.write_bytes(b"\x00" * 64)
@@ -138,8 +142,20 @@ def test_kohya_refuses_more_rows_than_sd_scripts_holds_before_any_model_loads(tm
                  "--preset", preset, "--max-rows", rows])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and err.startswith(f"sdclip: --format kohya --max-rows {rows}:")
-    assert "150 or 225" in err and "SD3 and Flux always cache 77 CLIP slots" in err and "--max-rows 1" in err
+    assert all(words in err for words in said), err
     assert not out.exists() and not list(folder.rglob("*.npz"))
+
+
+def test_kohya_two_rows_without_family_are_refused_once_the_model_names_sd3(tmp_path, models, capsys):
+    """Before loading, 2 rows could be SDXL's 150 (nothing refused); the loaded SD3 model is refused in one
+    line, before any file is written."""
+    folder = images(tmp_path)
+    out = tmp_path / "o"
+    code = main(["embed", "--model", str(models("sd3")), "--captions", str(folder), "--out", str(out), "--format",
+                 "kohya", "--preset", "kohya", "--max-rows", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("sdclip: --format kohya --max-rows 2:")
+    assert "no sd3 caption of 2 rows" in err and not list(folder.rglob("*.npz")) and not out.exists()
 
 
 # -- musubi-tuner (dataset/cache_io.py save_*; dataset/bucket.py BucketBatchManager.__getitem__ key handling)

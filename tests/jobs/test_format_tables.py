@@ -142,3 +142,35 @@ def test_two_images_of_one_name_are_refused_where_the_trainer_names_caches_by_fi
     ctx = _context("wan", tmp_path, ["a/x.png", "b/x.png"], ["a fox", "a cat"])
     with pytest.raises(JobError, match="a/x.png and b/x.png both cache as x_wan_te.safetensors .musubi-tuner"):
         FORMATS["musubi"].write(ctx)
+
+
+def test_a_tables_row_join_is_a_known_layout_and_leaves_one_row_alone():
+    """A `RowJoin` names a chunk style the layouts have and a preset that selects it; at one row it keeps
+    the family's whole row (every preset's --max-rows 1 files are unchanged)."""
+    from sdclip.conventions.presets import Options
+    from sdclip.layout.chunk import CHUNKERS
+
+    joins = [(name, family, t.join) for name, fmt in FORMATS.items() for family, t in fmt.tables.items() if t.join]
+    assert [(n, f) for n, f, _ in joins] == [("kohya", "sdxl")]
+    for _, family, join in joins:
+        assert join.chunk_style in CHUNKERS and Options.preset(join.preset).chunk_style == join.chunk_style
+        assert join.slots(1) == FAMILIES[family].length
+        assert [join.slots(k) for k in range(2, join.max_rows + 1)] == [152, 227]  # sd-scripts' 150 / 225 + 2
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3])
+def test_the_writer_keeps_the_joined_slots_of_a_long_row(tmp_path, rows):
+    """A job row of 77·K slots holds the joined sequence first (sdclip.jobs.encode pads after it): the file
+    holds exactly its first K·75 + 2, each role's columns."""
+    pytest.importorskip("torch")
+    import numpy as np
+    import torch
+
+    ctx = _context("sdxl", tmp_path, ["a.png"], ["a red fox"])
+    ctx.targets = (77 * rows,)
+    ctx.tensors["prompt_embeds"] = torch.randn(1, 77 * rows, sum(ctx.widths))
+    FORMATS["kohya"].write(ctx)
+    with np.load(ctx.images / "a_te_outputs.npz") as z:
+        e = ctx.tensors["prompt_embeds"][0].numpy()
+        n, w = 75 * rows + 2, ctx.widths[0]
+        assert np.array_equal(z["hidden_state1"], e[:n, :w]) and np.array_equal(z["hidden_state2"], e[:n, w:])

@@ -59,6 +59,25 @@ CAPTION = "{caption}"
 
 
 @dataclass(frozen=True)
+class RowJoin:
+    """How a trainer holds a caption of K CLIP rows (a `FamilyTable` option; without one: a single row).
+
+    sdclip's layout named `chunk_style` already makes the trainer's rows and joins them into `slots(K)`
+    (sdclip.layout); a job's row holds that sequence first, then the empty caption's encoding up to 77·K
+    (sdclip.jobs.encode), which the trainer's file does not have: the writer keeps the first `slots(K)`."""
+
+    flag: str  #: the trainer's own option (named in refusals)
+    max_rows: int  #: the most rows the trainer holds
+    chunk_style: str  #: the sdclip layout whose rows and join are the trainer's (conventions.presets)
+    preset: str  #: the preset that selects that layout (named in refusals)
+    per_row: int  #: slots each row adds to the joined sequence
+    once: int  #: slots added once
+
+    def slots(self, rows: int) -> int:
+        return rows * self.per_row + self.once
+
+
+@dataclass(frozen=True)
 class FamilyTable:
     """What one trainer's file holds for one family."""
 
@@ -70,6 +89,8 @@ class FamilyTable:
     fixed_t5: bool = False
     #: the one max_sequence_length the trainer encodes (musubi-tuner's FLUX.1 Kontext: 512); None: any
     t5_positions: int | None = None
+    #: how it holds a caption of several CLIP rows (`--max-rows K`); None: one row only
+    join: RowJoin | None = None
 
 
 @dataclass(frozen=True)
@@ -81,10 +102,11 @@ class Row:
     targets: tuple[int, ...]
     tensors: dict  #: sdclip.jobs.encode keys, [n, …]
     i: int
+    slots: int | None = None  #: the trainer's sequence is the row's first `slots` (a `RowJoin`); None: all
 
     @property
     def embeds(self):  # noqa: ANN201 (torch.Tensor)
-        return self.tensors["prompt_embeds"][self.i]
+        return self.tensors["prompt_embeds"][self.i][: self.slots]
 
     def block(self, b: int) -> tuple[int, int]:
         """Slots [start, stop) of token block b in this row (the last block runs to the row's end)."""
@@ -230,6 +252,7 @@ def write_rows(fmt: Format, ctx: RowContext) -> None:
     """The one writer path: each caption's file, named and filled as the format's table for the family says."""
     table = fmt.tables[ctx.family]
     root = fmt.root_of(ctx.images, ctx.out)
+    slots = None if table.join is None else table.join.slots(ctx.targets[0] // FAMILIES[ctx.family].length)
     seen: dict[str, str] = {}
     for i, (where, caption) in enumerate(zip(ctx.wheres, ctx.texts)):
         name = fmt.naming(where, caption, ctx.family, table)
@@ -240,7 +263,7 @@ def write_rows(fmt: Format, ctx: RowContext) -> None:
                    "by file name only): rename one")
         seen[name] = where
         meta = None if table.meta is None else {k: caption if v == CAPTION else v for k, v in table.meta.items()}
-        row = Row(ctx.family, ctx.widths, ctx.targets, ctx.tensors, i)
+        row = Row(ctx.family, ctx.widths, ctx.targets, ctx.tensors, i, slots)
         ctx.save(root, name, fmt.encode(row_items(table, row), meta))
 
 
