@@ -80,7 +80,7 @@ class JobSpec:
 
     def check_format(self) -> None:
         """Before any model loads: a trainer format that cannot hold this job whatever the family (or for
-        `--family`) is refused now, in that format's own words (`--format kohya --max-rows 3`); the full
+        `--family`) is refused now, in that format's own words (`--format kohya --max-rows 4`); the full
         check runs again once the model names the family (sdclip.jobs.formats.check_format)."""
         from sdclip.jobs.formats import check_format, get_format
 
