@@ -27,13 +27,15 @@ from tiny_models import tiny_family, write_layout, write_tokenizer
 
 PLAIN = {
     "short.png": "a red fox in the snow",  # shorter than one row: the later rows are empty rows
-    "long.png": ", ".join(f"tag{i} word" for i in range(40)),  # ≈ 120 tokens: two rows, a third empty
+    "mid.png": ", ".join(f"tag{i} word" for i in range(22)),  # 99 tokens: two rows, at K = 3 a third empty
+    "long.png": ", ".join(f"tag{i} word" for i in range(40)),  # 189 tokens: cut at K = 2, three rows at K = 3
     "full.png": "word " * 150,  # fills 150 exactly
     "cut.png": "masterpiece, " * 130,  # past 225 tokens: cut to K·75
 }
 WEIGHTED = {
     "w_short.png": "a (red:1.3) fox in [snow]",
-    "w_long.png": "masterpiece, " * 30 + "(red fox:1.4), [snow], " + "(tag) " * 40 + "\\(literal\\)",
+    # 168 tokens: cut at K = 2
+    "w_long.png": "masterpiece, " * 60 + "(red fox:1.4), [snow], " + "(tag) " * 40 + "\\(literal\\)",
     "w_zero.png": "(word) " * 75 + '!"#' + " after",  # bigG's row 2 starts with token id 0 ("!"): EOS there
 }
 
@@ -61,7 +63,8 @@ def sd_scripts_cache(folder: Path, captions: dict[str, str], models, toks, max_t
     with torch.no_grad():
         if weighted:
             tokens_list, weights_list = ko.tokenize_with_weights(toks, texts, max_token_length)
-            hidden_state1, hidden_state2, pool2 = ko.sdxl_encode_tokens_with_weights(toks, models, tokens_list, weights_list)
+            hidden_state1, hidden_state2, pool2 = ko.sdxl_encode_tokens_with_weights(
+                toks, models, tokens_list, weights_list)
         else:
             tokens1, tokens2 = ko.tokenize(toks, texts, max_token_length)
             hidden_state1, hidden_state2, pool2 = ko._get_hidden_states_sdxl(tokens1, tokens2, *toks, *models)
@@ -146,7 +149,8 @@ def test_a_full_first_row_ending_in_token_0_differs_from_sd_scripts_in_pool2_onl
     folder = images(tmp_path / "images", captions)
     assert embed(model, folder, tmp_path / "out", 2, "--preset", "kohya") == 0
     sd_scripts_cache(tmp_path / "s", captions, models, tokenizers, 150, weighted=True)
-    got, want = load_outputs_npz(str(folder / "z_te_outputs.npz")), load_outputs_npz(str(tmp_path / "s" / "z_te_outputs.npz"))
+    got = load_outputs_npz(str(folder / "z_te_outputs.npz"))
+    want = load_outputs_npz(str(tmp_path / "s" / "z_te_outputs.npz"))
     close(got[0], want[0])
     close(got[1], want[1])
     assert not np.allclose(got[2], want[2], atol=1e-3)

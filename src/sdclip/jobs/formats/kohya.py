@@ -80,8 +80,8 @@ def _check(family: str, source_format: str, rows: int, options: dict) -> None:
     lead = f"--format kohya --max-rows {rows}: "
     if join is None or rows > join.max_rows:
         refuse(lead + "sd-scripts' --max_token_length is 75, 150 or 225 (at most 3 rows, SDXL only: SD3 and Flux "
-               f"always cache 77 CLIP slots), so it holds no {family} caption of {rows} rows: use --max-rows 1, or sdclip's "
-               "own shards (no --format) for longer captions")
+               f"always cache 77 CLIP slots), so it holds no {family} caption of {rows} rows: use --max-rows 1, "
+               "or sdclip's own shards (no --format) for longer captions")
     if options.get("chunk_style") != join.chunk_style:
         refuse(lead + f"sd-scripts' {join.flag} {rows * 75} cuts rows of 75 tokens and joins them as "
                f"{join.slots(rows)} slots, which only --preset {join.preset} lays out (this job chunks as "
