@@ -52,31 +52,57 @@ class EmbeddingDataset(Dataset):
         self._indices: list[torch.Tensor] = []
         self._stored: list[torch.Tensor] = []
         self._slots: list[torch.Tensor | None] = []
-        total = 0
+        refs_of: list[tuple[torch.Tensor, torch.Tensor]] = []
         for rec in self.shards:
             with safe_open(str(self.folder / rec["file"]), framework="pt") as f:
                 stored = f.get_tensor("index")
                 refs = f.get_tensor(REF + "index") if REF + "index" in f.keys() else stored[:0]
+                sources = f.get_tensor(SOURCE) if len(refs) else stored[:0]
             self._stored.append(stored)
+            refs_of.append((refs, sources))
+        self._ranges = [int(rec["start"]) for rec in self.shards]
+        #: reference rows whose source row is not written yet (an unfinished job: killed, or Ray's shards out
+        #: of order): index → source. Not rows of this dataset until a re-run writes their source.
+        self.waiting: dict[int, int] = {}
+        total = 0
+        for stored, (refs, sources) in zip(self._stored, refs_of):
             if len(refs):
-                every = torch.cat([stored, refs])
+                ready = self._stored_rows(sources)
+                self.waiting.update(zip(refs[~ready].tolist(), sources[~ready].tolist()))
+                slot = -1 - torch.arange(len(refs))
+                every = torch.cat([stored, refs[ready]])
                 order = torch.argsort(every)
                 self._indices.append(every[order])
-                self._slots.append(torch.cat([torch.arange(len(stored)), -1 - torch.arange(len(refs))])[order])
+                self._slots.append(torch.cat([torch.arange(len(stored)), slot[ready]])[order])
             else:
                 self._indices.append(stored)
                 self._slots.append(None)
             self._starts.append(total)
-            total += len(stored) + len(refs)
+            total += len(self._indices[-1])
         self._len = total
-        self._ranges = [int(rec["start"]) for rec in self.shards]
         self._handles: dict[int, object] = {}
         self.family: str | None = self.manifest.info.get("family") if isinstance(self.manifest.info.get("family"), str) else None
         self._offsets: dict[int, torch.Tensor] = {}  # varlen shards: each row's first position
 
+    def _stored_rows(self, sources: torch.Tensor) -> torch.Tensor:
+        """bool [r]: which input indices are stored rows of the shards read (a reference's source written)."""
+        found = torch.zeros(len(sources), dtype=torch.bool)
+        if not self.shards:
+            return found
+        starts = torch.tensor(self._ranges, dtype=torch.int64)
+        stops = torch.tensor([int(rec["stop"]) for rec in self.shards], dtype=torch.int64)
+        shard = torch.searchsorted(starts, sources, right=True) - 1
+        inside = (shard >= 0) & (sources < stops[shard.clamp(min=0)])
+        for t in torch.unique(shard[inside]).tolist():
+            here = inside & (shard == t)
+            found[here] = torch.isin(sources[here], self._stored[t])
+        return found
+
     @property
     def complete(self) -> bool:
-        return self.manifest.complete
+        """The job finished: every valid caption is a row. An unfinished job's dataset holds the rows written
+        so far (a repeated caption's row once its first row's shard is written too: `waiting` lists the rest)."""
+        return self.manifest.complete and not self.waiting
 
     def __len__(self) -> int:
         return self._len
@@ -96,7 +122,13 @@ class EmbeddingDataset(Dataset):
             pos = int(torch.searchsorted(self._indices[s], index))
             if pos < len(self._indices[s]) and int(self._indices[s][pos]) == index:
                 return self._row(s, pos)
+        if index in self.waiting:
+            raise KeyError(self._unwritten(index, self.waiting[index]))
         raise KeyError(f"input index {index} is not in {self.folder}")
+
+    def _unwritten(self, index: int, source: int) -> str:
+        return (f"input index {index} repeats the caption of index {source}, which is not in {self.folder} "
+                "(yet: re-run the job to finish it)")
 
     def _shard_of(self, index: int) -> int | None:
         s = bisect.bisect_right(self._ranges, index) - 1
@@ -126,8 +158,7 @@ class EmbeddingDataset(Dataset):
         t = self._shard_of(source)
         pos = int(torch.searchsorted(self._stored[t], source)) if t is not None else 0
         if t is None or pos >= len(self._stored[t]) or int(self._stored[t][pos]) != source:
-            raise KeyError(f"input index {index} repeats the caption of index {source}, which is not in "
-                           f"{self.folder} (yet: re-run the job to finish it)")
+            raise KeyError(self._unwritten(index, source))
         item = self._item(self._handle(t), t, pos, source)
         if "caption_sha256" in own and not torch.equal(own["caption_sha256"], item.get("caption_sha256")):
             raise ValueError(f"{self.folder}: input index {index} refers to index {source}, which now holds "

@@ -114,3 +114,44 @@ def test_multi_line_sidecars_are_several_captions_per_image(tmp_path):
     # a per-image trainer format cannot hold several captions an image
     assert main(["embed", "--model", str(model), "--captions", str(images), "--out", str(tmp_path / "k"),
                  "--caption-lines", "--format", "kohya"]) == 2
+
+
+def test_an_unfinished_job_reads_as_the_rows_it_has(tmp_path):
+    """Ray writes shards out of order (or a kill stops a job): here shards 1-3 are written and listed, shard 0
+    is not (its file never renamed in, no record), as the driver leaves it. Rows referring to a caption whose
+    first row is in shard 0 are not rows yet: not counted, not yielded, `get` says why; the others read
+    exactly as in a finished job. A re-run finishes it and they appear."""
+    import json
+
+    from test_embed_dedupe import CAPTIONS
+    from tiny_models import tiny_family, write_layout
+    from embed_rows import write_txt
+
+    model = write_layout("single.safetensors", tiny_family("sdxl"), tmp_path / "sdxl")
+    caps = write_txt(tmp_path / "caps.txt", CAPTIONS)
+    every, out = tmp_path / "every", tmp_path / "out"
+    run = ["embed", "--model", str(model), "--captions", str(caps), "--shard-size", "4"]
+    assert main([*run, "--out", str(every), "--no-dedupe"]) == 0
+    assert main([*run, "--out", str(out)]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    m["shards"], m["complete"] = [r for r in m["shards"] if r["shard"] != 0], False
+    (out / "manifest.json").write_text(json.dumps(m))
+    (out / "shard-00000.safetensors").unlink()
+    ds, full = sdclip.dataset.open(out), sdclip.dataset.open(every)
+    # 8, 12 repeat index 0; 9 repeats 2; 13 repeats 1 (all in shard 0); 6 repeats 4 (shard 1: written)
+    have = [4, 5, 6, 7, 10, 11, 14, 15]
+    assert [int(item["index"]) for item in ds] == have and len(ds) == len(have)
+    assert not ds.complete and ds.waiting == {8: 0, 9: 2, 12: 0, 13: 1}
+    for pos, i in enumerate(have):
+        assert torch.equal(ds[pos]["prompt_embeds"], full[i]["prompt_embeds"])
+        assert torch.equal(ds.get(i)["caption_sha256"], full[i]["caption_sha256"])
+    with pytest.raises(KeyError, match="index 8 repeats the caption of index 0, which is not in .* re-run the job"):
+        ds.get(8)
+    with pytest.raises(KeyError, match="input index 2 is not in"):
+        ds.get(2)
+    with pytest.raises(IndexError):
+        ds[len(have)]
+    assert main([*run, "--out", str(out)]) == 0
+    ds = sdclip.dataset.open(out)
+    assert ds.complete and not ds.waiting and len(ds) == len(CAPTIONS)
+    assert all(torch.equal(ds[i]["prompt_embeds"], full[i]["prompt_embeds"]) for i in range(len(CAPTIONS)))

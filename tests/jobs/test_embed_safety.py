@@ -88,14 +88,21 @@ def test_overwrite_never_removes_files_a_crafted_manifest_names(tmp_path, models
     own = images / "a_te_outputs.npz"
     assert own.exists()
     km = json.loads((kout / "manifest.json").read_text())
-    km["shards"][0]["files"]["../victim_te_outputs.npz"] = digest["victim_te_outputs.npz"]
-    km["shards"][0]["files"][str(victims["abs_victim.txt"])] = digest["abs_victim.txt"]
+    # the shard's per-row lists live in its sidecar: crafted there, its sha256 in the manifest made to match
+    side = kout / km["shards"][0]["sidecar"]["file"]
+    lists = json.loads(side.read_text())
+    lists["files"]["../victim_te_outputs.npz"] = digest["victim_te_outputs.npz"]
+    lists["files"][str(victims["abs_victim.txt"])] = digest["abs_victim.txt"]
+    side.write_text(json.dumps(lists))
+    km["shards"][0]["sidecar"]["sha256"] = __import__("hashlib").sha256(side.read_bytes()).hexdigest()
     (kout / "manifest.json").write_text(json.dumps(km))
     own.write_bytes(b"changed by the user: not what the job wrote")
     assert embed("--model", models["sdxl"], "--captions", images, "--out", kout, "--format", "kohya",
                  "--overwrite") == 0
     for name, path in victims.items():
         assert path.read_bytes() == name.encode(), f"{name} was touched"
+    assert sorted(p.name for p in kout.iterdir()) == ["manifest.json", "shard-00000.json"]
+    assert "3 file(s) that are not this job's own" in capsys.readouterr().err  # 2 crafted, 1 edited by the user
 
 
 def test_overwrite_refuses_a_manifest_sdclip_did_not_write(tmp_path, models, capsys):

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 import sdclip
-from sdclip.jobs.manifest import MANIFEST, JobError, Manifest, first_difference
+from sdclip.jobs.manifest import (ERRORS, MANIFEST, JobError, Manifest, first_difference, remove_recorded,
+                                  row_lists, spill_errors, spill_lists, with_lists)
 from sdclip.jobs.plan import (SCAN_FILES, JobSpec, check_out_dir, load_scan_arrays, os_error, remove_empty,
                               remove_scan_files, scan)
 from sdclip.jobs.shards import header_rows, read_header, remove_stale_temps, shard_name
@@ -123,8 +124,14 @@ class Job:
             remove_scan_files(self.out)
             raise JobError(f"{self.spec.captions} changed while the job validated it: nothing written; "
                            "re-run once it no longer changes")
+        old = self.manifest.scan.get("errors_file") if self.manifest is not None else None
+        try:
+            found = spill_errors(self.out, result.to_manifest(), old)
+        except OSError as exc:
+            remove_scan_files(self.out)
+            raise os_error(exc, ERRORS, len(self.manifest.shards) if self.manifest is not None else 0) from None
         shards = self.manifest.shards if self.manifest is not None else {}
-        self.manifest = Manifest(self.config, sdclip.__version__, result.to_manifest(), shards, info)
+        self.manifest = Manifest(self.config, sdclip.__version__, found, shards, info)
 
     def rows_digest(self, k: int) -> str | None:
         """sha256 over the scan's digests of shard k's rows (what its captions were), or None without arrays."""
@@ -151,16 +158,21 @@ class Job:
                 dropped.append(m.shards.pop(key))
         for key in stale_referrers(self.out, m.shards, dropped, self.spec.shard_size):  # read re-encoded rows
             dropped.append(m.shards.pop(key))
-        kept = {f for rec in m.shards.values() for f in (rec.get("files") or {})}
         root = self.files_root()
         if root is None:
             names = {r.get("file") for r in dropped}
             stale = [p for p in shard_files(self.out, dropped) if p.name in names]
-        else:
-            stale = [p for p in format_files(root, dropped, self.format.suffixes)  # type: ignore[union-attr]
-                     if p.relative_to(root).as_posix() not in kept]
+        else:  # a trainer file a kept shard also lists (SimpleTuner's one file per caption) stays
+            found = format_files(root, [with_lists(self.out, r) for r in dropped], self.format.suffixes)  # type: ignore[union-attr]
+            by_name = {p.relative_to(root).as_posix(): p for p in found}
+            for rec in m.shards.values():  # one sidecar at a time: memory is the dropped shards' files
+                for rel in (row_lists(self.out, rec) or {}).get("files", {}):
+                    by_name.pop(rel, None)
+            stale = list(by_name.values())
         for path in stale:
             path.unlink(missing_ok=True)
+        for rec in dropped:  # their sidecars (re-written when re-encoded; a shard past the new end has none)
+            remove_recorded(self.out, rec.get("sidecar"))
         self.changed = {"shards": sorted(int(r["shard"]) for r in dropped if isinstance(r.get("shard"), int)),
                         "rows": sum(int(r.get("rows", 0)) for r in dropped), "kept": len(m.shards)}
 
@@ -180,9 +192,9 @@ class Job:
 
     def _whole(self, rec: dict) -> bool:
         try:
-            if "files" in rec:
-                root = self.files_root()
-                return root is not None and all((root / f).is_file() for f in rec["files"])
+            if "files" in rec or "sidecar" in rec:  # a trainer format's files, listed inline or in a sidecar
+                root, lists = self.files_root(), row_lists(self.out, rec)
+                return root is not None and lists is not None and all((root / f).is_file() for f in lists["files"])
             if rec.get("file") is None:
                 return True
             if rec["file"] != shard_name(int(rec["shard"])):  # the manifest is untrusted: only our own names
@@ -219,12 +231,11 @@ class Job:
         """--overwrite: remove the files an earlier job wrote here, nothing else (sdclip.jobs.overwrite says
         which; the old manifest is untrusted input). A manifest sdclip did not write is refused, not removed."""
         from sdclip.jobs.formats import FORMATS
-        from sdclip.jobs.overwrite import format_files, regular, shard_files
-
-        from sdclip.jobs.overwrite import listed_paths
+        from sdclip.jobs.overwrite import format_files, listed_paths, regular, shard_files, sidecar_files
 
         records: list = []
-        removed: list[Path] = []
+        removed: set[str] = set()  # what was removed, as the records name it (a file name, a path under a root)
+        left: set[str] = set()
         if (self.out / MANIFEST).exists() or (self.out / MANIFEST).is_symlink():
             try:
                 old = Manifest.load(self.out)
@@ -233,16 +244,20 @@ class Job:
                                "or choose another --out") from None
             records = list(old.shards.values())
             old_format = FORMATS.get(str(old.config.get("format")))
-            if old_format is not None:  # its root from this job's own folders, never from the manifest
-                root = old_format.root_of(Path(self.spec.captions), self.out)
-                if old_format.root == "out" or self.source.format == "images":
-                    removed += format_files(root, records, old_format.suffixes)
-        removed += shard_files(self.out, records)
-        for path in removed:
+            roots = (Path(self.spec.captions), self.out)
+            for rec in records:  # one record's lists at a time (a sidecar's, or inline in an older manifest)
+                rec = with_lists(self.out, rec)
+                if old_format is not None and (old_format.root == "out" or self.source.format == "images"):
+                    root = old_format.root_of(Path(self.spec.captions), self.out)  # never from the manifest
+                    for path in format_files(root, [rec], old_format.suffixes):
+                        path.unlink(missing_ok=True)
+                        removed.update(path.relative_to(r).as_posix() for r in roots if path.is_relative_to(r))
+                left |= listed_paths([rec]) - removed
+            remove_recorded(self.out, old.scan.get("errors_file"))
+        for path in shard_files(self.out, records) + sidecar_files(self.out, records):
             path.unlink(missing_ok=True)
-        left = listed_paths(records) - {p.name for p in removed} - {
-            p.relative_to(root).as_posix() for p in removed for root in (Path(self.spec.captions), self.out)
-            if p.is_relative_to(root)}
+            removed.add(path.name)
+        left -= removed
         if left:
             self.notes.append(f"--overwrite: the old manifest lists {len(left)} file(s) that are not this job's own "
                               f"here (e.g. {sorted(left)[0]!r}): left untouched")
@@ -292,6 +307,9 @@ class Job:
         return self.manifest.scan["seeks"][k]  # type: ignore[union-attr]
 
     def complete(self, record: dict) -> None:
+        """List a written shard: its per-row lists (trainer formats) go to its sidecar, written once (an
+        OSError is the caller's to report: the shard is then not listed, and redone on resume)."""
+        record = spill_lists(self.out, record, self.digest)
         self.manifest.shards[str(record["shard"])] = record  # type: ignore[union-attr]
         self.encoded += record["rows"]
         self._save()
@@ -308,7 +326,7 @@ class Job:
             "written": sum(r["rows"] for r in m.shards.values()),
             "encoded_now": self.encoded,
             "truncated": m.scan["truncated"].get("count", 0),
-            "errors": len(m.scan["errors"]),
+            "errors": m.error_count,
             "shards": len(m.shards),
             "seconds": time.perf_counter() - self.started,
         }

@@ -1,5 +1,14 @@
 """`manifest.json`: what a job is (its configuration) and how far it got (completed shards), replaced atomically.
 
+The manifest is rewritten after every shard, so it holds nothing that grows with the rows: per shard a short
+record, per scan counts and capped previews. What does grow is written once, beside it, and named by sha256:
+- a trainer format's per-row lists (`files`, `indices`, `caption_sha256`) go to the shard's sidecar
+  `shard-NNNNN.json` (written atomically once, when the shard is recorded; the record keeps its sha256);
+- `--on-error skip`'s errors past the first MAX_MANIFEST_ERRORS go, all of them, to `errors.jsonl` (one JSON
+  object a line, written once after the scan; the manifest keeps the count, the first few and its sha256).
+Both are untrusted input like the manifest: a sidecar that is missing, foreign, or not the recorded bytes
+makes its shard not done (re-encoded). Folders of earlier versions (lists inline in the manifest) still read.
+
 The configuration is everything that changes the tensors: model fingerprint, every conditioning option,
 dtype, slots per caption, shard size, output format, the input's size and sha256, column and error policy.
 Batch size, engine, workers and device are not part of it: they change nothing but fp32 rounding, so a job
@@ -8,9 +17,12 @@ may be resumed with other values. A different configuration on an existing folde
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +30,12 @@ from sdclip.jobs.shards import write_bytes_atomic
 
 MANIFEST = "manifest.json"
 SCHEMA = "sdclip-embed/1"
+#: every invalid caption, one JSON object a line, when there are more than the manifest lists
+ERRORS = "errors.jsonl"
+#: invalid captions the manifest itself lists (all are counted; ERRORS holds every one)
+MAX_MANIFEST_ERRORS = 10
+#: a trainer-format shard record's per-row lists, kept in its sidecar (never rewritten with the manifest)
+ROW_LISTS = ("files", "indices", "caption_sha256")
 
 
 class JobError(ValueError):
@@ -80,10 +98,18 @@ class Manifest:
             "valid_rows": self.scan.get("valid_rows"),
             "truncated": self.scan.get("truncated", {}),
             "errors": self.scan.get("errors", []),
+            "error_count": self.error_count,
+            **({"errors_file": self.scan["errors_file"]} if self.scan.get("errors_file") else {}),
             "shard_seeks": self.scan.get("seeks", []),
             "warnings": self.scan.get("warnings", {}),
             "shards": [self.shards[k] for k in sorted(self.shards, key=int)],
         }
+
+    @property
+    def error_count(self) -> int:
+        """Invalid captions skipped (the manifest lists the first MAX_MANIFEST_ERRORS; ERRORS holds all)."""
+        count = self.scan.get("error_count")
+        return count if isinstance(count, int) else len(self.scan.get("errors", []))
 
     def save(self, folder: Path) -> None:
         data = json.dumps(self.to_json(), indent=1, ensure_ascii=False).encode()
@@ -111,6 +137,8 @@ class Manifest:
                 "valid_rows": _typed(data.get("valid_rows"), int, None),
                 "truncated": _typed(data.get("truncated", {}), dict),
                 "errors": _typed(data.get("errors", []), list),
+                "error_count": _typed(data.get("error_count"), int, None),
+                "errors_file": _typed(data.get("errors_file"), dict, None),
                 "seeks": _typed(data.get("shard_seeks", []), list),
                 "warnings": _typed(data.get("warnings", {}), dict),
             }
@@ -132,3 +160,129 @@ def _typed(value: object, kind: type, *allowed: object) -> object:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise TypeError(f"{type(value).__name__} where {kind.__name__} belongs")
     return value
+
+
+# -- what grows with the rows, written once beside the manifest ----------------------------------------------
+
+def sidecar_name(k: int) -> str:
+    """Shard k's sidecar: a trainer-format shard's per-row lists (sdclip's own shards hold theirs inside)."""
+    return f"shard-{k:05d}.json"
+
+
+def spill_lists(folder: Path, record: dict, job: str) -> dict:
+    """The record the manifest keeps for a finished shard: a trainer format's per-row lists (ROW_LISTS, as
+    sdclip.jobs.work returns them) written to the shard's sidecar atomically, replaced by its name, sha256
+    and counts. A record without lists (sdclip's own shards) is returned as is."""
+    if not any(key in record for key in ROW_LISTS):
+        return record
+    k = int(record["shard"])
+    lists = {key: record[key] for key in ROW_LISTS if key in record}
+    data = json.dumps({"sdclip_job": job, "shard": k, **lists}, ensure_ascii=False).encode()
+    write_bytes_atomic(folder / sidecar_name(k), data)
+    slim = {key: v for key, v in record.items() if key not in ROW_LISTS}
+    slim["sidecar"] = {"file": sidecar_name(k), "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+                       "files": len(lists.get("files", ()))}
+    return slim
+
+
+def row_lists(folder: Path, record: dict) -> dict | None:
+    """A trainer-format shard record's per-row lists ({"files": {path: sha256}, "indices": [int],
+    "caption_sha256": [hex]}), inline (earlier versions) or from its sidecar; None when the sidecar is not
+    exactly what the record names (missing, renamed, other bytes, wrong types): that shard is not done."""
+    side = record.get("sidecar")
+    if side is None:
+        source = record
+    else:
+        try:
+            if not isinstance(side, dict) or side.get("file") != sidecar_name(_typed(record["shard"], int)):
+                return None
+            path = Path(folder) / side["file"]
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                return None
+            data = path.read_bytes()
+            if hashlib.sha256(data).hexdigest() != side.get("sha256"):
+                return None
+            source = json.loads(data)
+        except (OSError, KeyError, TypeError, ValueError, RecursionError):
+            return None
+        if not isinstance(source, dict):
+            return None
+    try:
+        files = _typed(source.get("files", {}), dict)
+        indices = _typed(source.get("indices", []), list)
+        shas = _typed(source.get("caption_sha256", []), list)
+        for rel, digest in files.items():
+            _typed(rel, str), _typed(digest, str)
+        for i in indices:
+            _typed(i, int)
+        for h in shas:
+            _typed(h, str)
+    except TypeError:
+        return None
+    return {"files": files, "indices": indices, "caption_sha256": shas}
+
+
+def with_lists(folder: Path, record: dict) -> dict:
+    """The record with its per-row lists in place (from its sidecar; none if that is not trustworthy)."""
+    if "sidecar" not in record:
+        return record
+    return {**record, **(row_lists(folder, record) or {})}
+
+
+def spill_errors(folder: Path, scan: dict, old: dict | None = None) -> dict:
+    """A scan's manifest fields with its errors past MAX_MANIFEST_ERRORS written, all of them, to ERRORS
+    (atomically, once: the manifest is rewritten per shard and keeps the count and the first few). An earlier
+    scan's ERRORS that this one does not need is removed when its bytes are the ones `old` recorded."""
+    errors = scan.get("errors", [])
+    scan = {**scan, "error_count": len(errors)}
+    scan.pop("errors_file", None)
+    if len(errors) > MAX_MANIFEST_ERRORS:
+        data = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors).encode()
+        write_bytes_atomic(folder / ERRORS, data)
+        scan["errors_file"] = {"file": ERRORS, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        scan["errors"] = errors[:MAX_MANIFEST_ERRORS]
+    elif old:
+        remove_recorded(folder, old)
+    return scan
+
+
+def remove_recorded(folder: Path, rec: object) -> None:
+    """Remove the regular file in `folder` a record ({"file", "sha256"}) names, only if its bytes are those."""
+    if not isinstance(rec, dict) or (rec.get("file") != ERRORS and not _is_sidecar(rec.get("file"))):
+        return
+    path = Path(folder) / rec["file"]
+    with contextlib.suppress(OSError):
+        if stat.S_ISREG(os.lstat(path).st_mode) and hashlib.sha256(path.read_bytes()).hexdigest() == rec.get("sha256"):
+            path.unlink()
+
+
+def _is_sidecar(name: object) -> bool:
+    return isinstance(name, str) and SIDECAR_RE.fullmatch(name) is not None
+
+
+SIDECAR_RE = re.compile(r"shard-\d{5,}\.json")
+
+
+def iter_errors(folder: Path, m: "Manifest"):  # noqa: ANN201
+    """Every invalid caption the scan found ({"index", "where", "error"}): the manifest's list, or all of
+    ERRORS when it names one. Raises JobError if that file is not the one recorded, or a line is malformed."""
+    rec = m.scan.get("errors_file")
+    if not rec:
+        yield from m.scan.get("errors", [])
+        return
+    path = Path(folder) / ERRORS
+    try:
+        if rec.get("file") != ERRORS or not stat.S_ISREG(os.lstat(path).st_mode):
+            raise JobError(f"{path}: missing (the manifest counts {m.error_count} invalid captions there)")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise JobError(f"{path}: unreadable ({exc.strerror or exc})") from None
+    if hashlib.sha256(data).hexdigest() != rec.get("sha256"):
+        raise JobError(f"{path}: sha256 differs from the manifest")
+    for n, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+        try:
+            e = _typed(json.loads(line), dict)
+            _typed(e["index"], int), _typed(e["where"], str), _typed(e["error"], str)
+        except (ValueError, KeyError, TypeError, RecursionError):
+            raise JobError(f"{path}: line {n} is not an error record") from None
+        yield e

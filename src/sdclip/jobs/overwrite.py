@@ -9,6 +9,9 @@ when all of these hold:
     folder (`--captions`, never a folder the manifest names) reached without leaving it or passing a symlink;
   - sdclip wrote it: a shard's safetensors header carries `sdclip_job` metadata, or its sha256 is the one the
     manifest records for that name; an npz's sha256 is the one the manifest records for that path.
+A shard's sidecar (`shard-NNNNN.json` in `--out`, the per-row lists of a trainer format's shard) and
+`errors.jsonl` go under the same rule: a regular file in `--out` under its own name whose sha256 the manifest
+records (a sidecar also when its JSON carries `sdclip_job`: written by a job killed before listing it).
 Every manifest field is checked for its type first; anything unexpected is skipped, never followed.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import stat
@@ -71,6 +75,31 @@ def shard_files(out: Path, records: list[dict]) -> list[Path]:
     return sorted(found)
 
 
+def sidecar_files(out: Path, records: list[dict]) -> list[Path]:
+    """The shard sidecars (`shard-NNNNN.json`, sdclip.jobs.manifest) in `out` an earlier job wrote: regular
+    files whose bytes hash to what a record names, or whose JSON carries `sdclip_job` (a killed job wrote it
+    before listing its shard)."""
+    from sdclip.jobs.manifest import SIDECAR_RE
+
+    recorded = {}
+    for rec in records:
+        side = rec.get("sidecar") if isinstance(rec, dict) else None
+        if isinstance(side, dict) and isinstance(side.get("file"), str) and isinstance(side.get("sha256"), str):
+            recorded[side["file"]] = side["sha256"]
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(out):
+            path = out / entry.name
+            if not SIDECAR_RE.fullmatch(entry.name) or not regular(path):
+                continue
+            with contextlib.suppress(OSError, ValueError, RecursionError):
+                data = path.read_bytes()
+                if hashlib.sha256(data).hexdigest() == recorded.get(entry.name) or (
+                        isinstance(doc := json.loads(data), dict) and isinstance(doc.get("sdclip_job"), str)):
+                    found.append(path)
+    return sorted(found)
+
+
 def inside(images: Path, rel: object, suffixes: tuple[str, ...] = (KOHYA_SUFFIX,)) -> Path | None:
     """images/rel when rel is a plain relative path to a trainer file (its name ends with one of `suffixes`)
     that stays inside `images` through real folders (no `..`, no absolute path, no symlinked folder on the
@@ -117,7 +146,8 @@ def format_files(images: Path, records: list[dict], suffixes: tuple[str, ...]) -
 
 
 def listed_paths(records: list[dict]) -> set[str]:
-    """Every path string the records name (shard `file`s, kohya `files`), whatever their type checks say."""
+    """Every path string the records name (shard `file`s, trainer `files` held inline: pass records through
+    sdclip.jobs.manifest.with_lists for a sidecar's), whatever their type checks say."""
     out: set[str] = set()
     for rec in records:
         if not isinstance(rec, dict):

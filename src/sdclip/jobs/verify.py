@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sdclip.jobs.manifest import JobError, Manifest
+from sdclip.jobs.manifest import JobError, Manifest, iter_errors, row_lists, sidecar_name
 from sdclip.jobs.overwrite import inside, regular
 from sdclip.jobs.shards import REF, SOURCE, shard_name
 from sdclip.outputs import sha256_file
@@ -29,8 +29,14 @@ def verify(out: str | Path) -> dict:
     suffixes = fmt.suffixes if fmt is not None else ()
     for rec in m.shards.values():
         name = rec.get("file") or f"shard {rec['shard']}"
-        if "files" in rec:
-            for rel, digest in rec["files"].items():
+        if "files" in rec or "sidecar" in rec:
+            lists = row_lists(out, rec)  # inline (earlier versions) or the shard's sidecar, checked
+            if lists is None:
+                problems.append(f"shard {rec['shard']}: its sidecar {sidecar_name(int(rec['shard']))} is missing or "
+                                "not the one the manifest records: re-run the job to redo that shard"
+                                if "sidecar" in rec else f"shard {rec['shard']}: malformed file lists")
+                continue
+            for rel, digest in lists["files"].items():
                 p = inside(root, rel, suffixes)  # the manifest is untrusted: never a path out of the format's folder
                 if p is None:
                     where = "--out" if root == out else "the image folder"
@@ -39,9 +45,8 @@ def verify(out: str | Path) -> dict:
                     problems.append(f"{rel}: missing")
                 elif sha256_file(p) != digest:
                     problems.append(f"{rel}: sha256 differs from the manifest")
-            indices = rec.get("indices", [])
-            if isinstance(rec.get("caption_sha256"), list) and isinstance(indices, list):
-                made_from.update(zip(indices, rec["caption_sha256"]))
+            indices = lists["indices"]
+            made_from.update(zip(indices, lists["caption_sha256"]))
         elif rec.get("file") is None:
             indices = []
         elif rec["file"] != shard_name(int(rec["shard"])):
@@ -76,7 +81,11 @@ def verify(out: str | Path) -> dict:
     if broken:
         problems.append(f"{len(broken)} row(s) refer to a row that is not stored with their caption (index "
                         f"{broken[0][0]} → index {broken[0][1]}): re-run the job to re-encode them")
-    errors = {e["index"] for e in m.to_json()["errors"]}
+    try:  # the manifest's list, or every line of errors.jsonl
+        errors = {e["index"] for e in iter_errors(out, m)}
+    except JobError as exc:
+        problems.append(str(exc))
+        errors = set()
     rows = m.scan.get("rows") or 0
     missing = [i for i in range(rows) if i not in seen and i not in errors]
     if missing:
