@@ -89,6 +89,29 @@ def load_outputs_npz(npz_path: str) -> list[np.ndarray]:
     return [data["hidden_state1"], data["hidden_state2"], data["pool2"]]
 
 
+def none_or_stack_elements(tensors_list, converter):  # noqa: ANN001, ANN201
+    """train_util.py:1749-1781, the dataset's batch of cached outputs: a batch mixing lengths is zero-padded."""
+    if len(tensors_list) == 0 or tensors_list[0] is None or len(tensors_list[0]) == 0 or tensors_list[0][0] is None:
+        return None
+    result = []
+    for i in range(len(tensors_list[0])):
+        tensors = [x[i] for x in tensors_list]
+        if tensors[0].ndim == 0:
+            result.append(torch.stack([converter(x[i]) for x in tensors_list]))
+            continue
+        min_len = min([len(x) for x in tensors])
+        max_len = max([len(x) for x in tensors])
+        if min_len == max_len:
+            result.append(torch.stack([converter(x) for x in tensors]))
+        else:
+            tensors = [converter(x) for x in tensors]
+            if tensors[0].ndim == 1:
+                result.append(torch.stack([(torch.nn.functional.pad(x, (0, max_len - x.shape[0]))) for x in tensors]))
+            else:
+                result.append(torch.stack([(torch.nn.functional.pad(x, (0, 0, 0, max_len - x.shape[0]))) for x in tensors]))
+    return result
+
+
 def images(folder: Path, captions: dict[str, str]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for rel, caption in captions.items():
@@ -128,7 +151,24 @@ def test_npz_equals_sd_scripts_max_token_length(tmp_path, tiny, tokenizers, rows
         assert got[0].shape[0] == got[1].shape[0] == slots and got[2].ndim == 1
         for a, b in zip(got, want):
             close(a, b)
+    batch = none_or_stack_elements([load_outputs_npz(str(folder / (os.path.splitext(rel)[0] + "_te_outputs.npz")))
+                                    for rel in captions], torch.FloatTensor)
+    assert [tuple(t.shape[:2]) for t in batch] == [(len(captions), slots)] * 2 + [(len(captions), batch[2].shape[1])]
     assert main(["embed", "--verify", str(tmp_path / "out")]) == 0
+
+
+def test_sd_scripts_pads_a_batch_mixing_77_and_152_slots_without_notice(tmp_path, tiny):
+    """Why one K per image folder: sd-scripts' cache check reads key names only, and its batch zero-pads
+    the shorter states (train_util.py:1766-1780), so a stale 77-slot file trains silently beside 152-slot ones."""
+    model, _ = tiny
+    folder = images(tmp_path / "images", {"a.png": PLAIN["mid.png"]})
+    assert embed(model, folder, tmp_path / "one", 1, "--preset", "kohya") == 0
+    (folder / "a_te_outputs.npz").rename(folder / "old_te_outputs.npz")
+    assert embed(model, folder, tmp_path / "two", 2, "--preset", "kohya") == 0
+    paths = [str(folder / "old_te_outputs.npz"), str(folder / "a_te_outputs.npz")]
+    assert all(is_disk_cached_outputs_expected(p) for p in paths)
+    h1 = none_or_stack_elements([load_outputs_npz(p) for p in paths], torch.FloatTensor)[0]
+    assert h1.shape[:2] == (2, 152) and not h1[0, 77:].any() and h1[1, 77:].any()
 
 
 def test_bf16_is_stored_as_float32_at_152_slots(tmp_path, tiny):

@@ -35,7 +35,8 @@ multiplies slots 1..75 of row i by that row's weights after the join (`encode_to
 pool2 unweighted. sdclip's kohya layout makes the same rows and join (sdclip.layout.kohya; one difference, its
 docstring: a full first row ending in token id 0 keeps its EOS, so pool2 is pooled there, not at slot 0). The
 file holds no length and `is_disk_cached_outputs_expected` (:238-254) checks key names only: sd-scripts reuses
-a cache made for another `--max_token_length` without notice.
+a cache made for another `--max_token_length` without notice, and its batch zero-pads the shorter states
+(train_util.py:1766-1780).
 """
 
 from __future__ import annotations
