@@ -29,7 +29,8 @@ rows `[BOS] + ids[i : i+75] + [ids[-1]]`, i = 1, 76, 151; for bigG a row whose 7
 last, a row starting `<BOS> <PAD>` gets EOS second. `_get_hidden_states_sdxl` (strategy_sdxl.py:105-169)
 encodes the rows apart and joins each encoder's states as slot 0 of row 0, slots 1..75 of every row
 (`range(1, K·77, 77)`, :147 / :154) and the very last slot of the last row (the EOS, or bigG's pad when the
-caption ends earlier): K·75 + 2 slots; `pool2` is `pool2[::K]` (:167), the first row's, pooled at its first EOS
+caption ends earlier): K·75 + 2 slots; `pool2` is `pool2[::n_size]` with n_size = K·77 // 75 = K (:139, :167),
+the first row's, pooled at its first EOS
 (`_pool_workaround`, :88-91: argmax of `ids == eos`, slot 0 if the row has none). `--weighted_captions`
 multiplies slots 1..75 of row i by that row's weights after the join (`encode_tokens_with_weights`, :195-219),
 pool2 unweighted. sdclip's kohya layout makes the same rows and join (sdclip.layout.kohya; one difference, its
