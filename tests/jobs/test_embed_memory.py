@@ -7,6 +7,10 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+import pytest
+import torch
+
+from embed_rows import read_rows, write_txt
 from sdclip.conventions.presets import Options
 from sdclip.jobs.driver import Job
 from sdclip.jobs.encode import CaptionEncoder
@@ -52,3 +56,77 @@ def test_the_manifest_lists_a_bounded_number_of_truncated_captions(tmp_path, mon
     assert main(["embed", "--model", str(model), "--captions", str(caps), "--out", str(out)]) == 0
     m = json.loads((out / "manifest.json").read_text())
     assert m["truncated"] == {"count": 5, "indices": [1, 3], "more": 3}
+
+
+# ---- Wan (masked T5): the shapes a job encodes, and the empty row, do not grow with its captions ----------
+WORDS = ("fox", "castle", "misty", "river", "golden", "hour", "watercolor", "old", "boat", "forest", "night")
+
+
+def wan_captions(n: int) -> list[str]:
+    """Captions of 1 … n words (every real length a pass could take)."""
+    return [" ".join(WORDS[(i + k) % len(WORDS)] for k in range(i + 1)) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def wan(tmp_path_factory) -> tuple:
+    import tiny_t5_families as tf
+
+    pipe = tf.pipeline("wan", 1)
+    return pipe, tf.save_folder(pipe, tmp_path_factory.mktemp("wan") / "wan")
+
+
+def record_t5_passes(monkeypatch) -> list[torch.Tensor]:  # noqa: ANN001
+    """Every T5 forward's input ids, as the runner hands them over."""
+    from sdclip.encoder.t5 import T5Encoder
+
+    seen: list[torch.Tensor] = []
+    real = T5Encoder.forward
+
+    def forward(self, ids, *args, **kwargs):  # noqa: ANN001, ANN202
+        seen.append(ids.clone())
+        return real(self, ids, *args, **kwargs)
+
+    monkeypatch.setattr(T5Encoder, "forward", forward)
+    return seen
+
+
+def test_a_wan_job_encodes_a_few_lengths_whatever_its_captions(tmp_path, wan, monkeypatch):
+    """Each pass ran at its rows' longest real length, so a job of varied captions compiled a oneDNN kernel
+    per length and its memory grew with its captions (+24% peak RSS, 1k → 4k captions); now the lengths
+    are rounded up to a fixed set (multiples of 8 up to 64, of 16 up to 128), and the rows are still diffusers' own."""
+    from sdclip.cli.main import main
+
+    pipe, folder = wan
+    caps = wan_captions(40)
+    seen = record_t5_passes(monkeypatch)
+    out = tmp_path / "out"
+    assert main(["embed", "--model", str(folder), "--captions", str(write_txt(tmp_path / "caps.txt", caps)),
+                 "--out", str(out), "--preset", "diffusers", "--batch-size", "4", "--shard-size", "8",
+                 "--varlen"]) == 0
+    real = {n for ids in seen for n in (ids != 0).sum(1).tolist()}  # each row's real length (umT5 pads with 0)
+    lengths = {ids.shape[1] for ids in seen}
+    assert len(real) >= 30 and max(real) <= 128  # the captions reach many real lengths …
+    assert lengths <= {*range(8, 65, 8), *range(80, 129, 16)}  # … the passes a few
+    got = read_rows(out)["prompt_embeds"]
+    ref, _ = pipe.encode_prompt(caps, None, do_classifier_free_guidance=False, device="cpu",
+                                max_sequence_length=512)
+    torch.testing.assert_close(got, ref, atol=5e-5, rtol=1e-5)
+
+
+def test_a_job_encodes_the_empty_row_once(tmp_path, wan, monkeypatch):
+    """Every batch's conditioning pads with the empty prompt's row: the job's small row cache evicted it
+    among each batch's new rows, so it was encoded again batch after batch (5 extra passes in 8 Wan
+    batches); a row served again now outlives rows never served."""
+    from sdclip.cli.main import main
+    from sdclip.jobs import work
+
+    monkeypatch.setattr(work, "JOB_ROW_CACHE", 4)  # fewer than a batch's rows, as 16 is for batches of 32
+    _, folder = wan
+    seen = record_t5_passes(monkeypatch)
+    caps = [f"caption {i}, a {WORDS[i % len(WORDS)]} in the {WORDS[(3 * i) % len(WORDS)]}" for i in range(32)]
+    assert main(["embed", "--model", str(folder), "--captions", str(write_txt(tmp_path / "caps.txt", caps)),
+                 "--out", str(tmp_path / "out"), "--preset", "diffusers", "--batch-size", "8",
+                 "--shard-size", "8"]) == 0
+    empty = sum(int(((ids != 0).sum(1) == 1).sum()) for ids in seen)  # `</s>` alone: the empty prompt
+    assert empty == 1
+    assert sum(ids.shape[0] for ids in seen) == len(caps) + 1  # every caption once, the empty row once

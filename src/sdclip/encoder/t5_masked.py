@@ -6,7 +6,7 @@ hides pad keys (the relative bias depends on distance only), so a real position'
 real tokens alone, however many pads follow:
 - `zero_after` (Wan: states cut to the prompt's length then zero-padded, pipeline_wan.py:188-191; AuraFlow:
   states times the mask, pipeline_aura_flow.py:310-311): only the first n positions run; rows are grouped
-  by length (a batch of 20-token captions runs ≈ 24 positions, not 512) and the rest is zeros;
+  by length (a batch of 20-token captions runs 24 positions, not 512) and the rest is zeros;
 - otherwise (Chroma, PixArt-Σ: every position's state is returned): a pad query attends only to the real
   keys, through the bias of its distance to them; once every such distance is past the last relative
   bucket's start (`saturation`: 91 positions for T5's 32 buckets / 128 max distance), every further pad has
@@ -14,6 +14,10 @@ real tokens alone, however many pads follow:
   length + that distance and the last state computed is copied to the rest: a 20-token Chroma caption runs
   ≈ 112 positions of its 512.
 compel's down-weighting masks (RowBatch.masks) are combined with the real-token mask.
+
+The real length a pass runs to is rounded up to one of ≈ 20 lengths (`bucket`; the extra positions are
+masked keys, so the real states do not change): oneDNN keeps a compiled kernel per input shape, and passes at every real
+length made a job's memory grow with its captions (Wan `--varlen`, 1,000 → 4,000 captions: +24% peak RSS).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from sdclip.encoder.t5 import T5Config, relative_buckets
 #: rows of one pass differ in real length by at most this factor (plus `_SLACK` positions)
 _GROUP = 1.25
 _SLACK = 8
+#: the finest step of the encoded lengths (`bucket`): lengths up to 64 run in multiples of 8
+_STEP = 8
 
 
 def real_lengths(ids: Tensor, pad_id: int) -> Tensor:
@@ -45,6 +51,14 @@ def saturation(cfg: T5Config) -> int:
     row = relative_buckets(n, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance)[-1].flip(0)
     last = int(row[-1])  # row[d]: bucket of a key d positions before the query
     return int((row != last).nonzero().max()) + 1 if bool((row != last).any()) else 0
+
+
+def bucket(n: int, limit: int) -> int:
+    """The positions a pass of rows up to n real positions runs: n rounded up to a multiple of an eighth of
+    the next power of two (8 up to 64, then 16, 32, 64: 20 lengths up to 512; fewer than n/4 positions more
+    than n, fewer than 8 up to 64), at most `limit`. A fixed small set of shapes, whatever the captions."""
+    step = max(_STEP, (1 << max(0, n - 1).bit_length()) // 8)
+    return min(limit, -(-n // step) * step)
 
 
 def _groups(lengths: list[int]) -> list[list[int]]:
@@ -75,7 +89,7 @@ class MaskedT5RowEncoder(T5RowEncoder):
         real = torch.arange(L, device=ids.device)[None, :] < n[:, None]
         full = real if mask is None else real & mask.to(device=ids.device, dtype=torch.bool)
         if not self.masking.zero_after:
-            m = min(L, int(n.max()) + saturation(self.encoder.config))
+            m = min(L, bucket(int(n.max()), L) + saturation(self.encoder.config))
             hidden = self.encoder(ids[:, :m], attention_mask=full[:, :m].long())
             if m == L:
                 return hidden, None
@@ -83,7 +97,7 @@ class MaskedT5RowEncoder(T5RowEncoder):
         out: Tensor | None = None
         for group in _groups(n.tolist()):
             rows = torch.tensor(group, device=ids.device)
-            m = int(n[rows].max())
+            m = bucket(int(n[rows].max()), L)
             hidden = self.encoder(ids[rows, :m], attention_mask=full[rows, :m].long())
             if out is None:
                 out = hidden.new_zeros(R, L, hidden.shape[-1])
