@@ -182,6 +182,12 @@ def test_kohya_sidecars_resume_verify_and_edits(tmp_path, models, capsys):
     assert (out / "shard-00000.json").stat().st_mtime_ns == first
     assert hashlib.sha256(b"an edited caption").hexdigest() in side.read_text()
     assert embed("--verify", out) == 0
+    # --overwrite with an altered sidecar: the npz files it lists are not known to be the job's: left, said
+    side.write_text(side.read_text().replace("]", "] ", 1))
+    capsys.readouterr()
+    assert kohya(models, images, out, 4, "--overwrite", "--shard-size", 8) == 0
+    assert "1 shard sidecar(s) of the old job are missing or not the ones its manifest records" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "shard-00000.json"]
 
 
 def test_kohya_folder_of_the_earlier_shape_resumes_verifies_and_overwrites(tmp_path, models, capsys):

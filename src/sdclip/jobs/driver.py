@@ -236,6 +236,7 @@ class Job:
         records: list = []
         removed: set[str] = set()  # what was removed, as the records name it (a file name, a path under a root)
         left: set[str] = set()
+        unread = 0  # shards whose sidecar is missing or altered: the files it listed are not known to be ours
         if (self.out / MANIFEST).exists() or (self.out / MANIFEST).is_symlink():
             try:
                 old = Manifest.load(self.out)
@@ -246,7 +247,10 @@ class Job:
             old_format = FORMATS.get(str(old.config.get("format")))
             roots = (Path(self.spec.captions), self.out)
             for rec in records:  # one record's lists at a time (a sidecar's, or inline in an older manifest)
-                rec = with_lists(self.out, rec)
+                if "sidecar" in rec:
+                    lists = row_lists(self.out, rec)
+                    unread += lists is None
+                    rec = {**rec, **(lists or {})}
                 if old_format is not None and (old_format.root == "out" or self.source.format == "images"):
                     root = old_format.root_of(Path(self.spec.captions), self.out)  # never from the manifest
                     for path in format_files(root, [rec], old_format.suffixes):
@@ -261,6 +265,9 @@ class Job:
         if left:
             self.notes.append(f"--overwrite: the old manifest lists {len(left)} file(s) that are not this job's own "
                               f"here (e.g. {sorted(left)[0]!r}): left untouched")
+        if unread:
+            self.notes.append(f"--overwrite: {unread} shard sidecar(s) of the old job are missing or not the ones its "
+                              "manifest records: the trainer files they listed are left untouched")
         for name in (MANIFEST, *SCAN_FILES):
             if regular(self.out / name):
                 (self.out / name).unlink(missing_ok=True)
