@@ -26,7 +26,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sdclip.jobs.shards import write_bytes_atomic
+from sdclip.jobs.shards import shard_name, write_bytes_atomic
+from sdclip.outputs import atomic_path, sha256_file
 
 MANIFEST = "manifest.json"
 SCHEMA = "sdclip-embed/1"
@@ -164,9 +165,14 @@ def _typed(value: object, kind: type, *allowed: object) -> object:
 
 # -- what grows with the rows, written once beside the manifest ----------------------------------------------
 
+#: a shard's sidecar name (sidecar_name): what --overwrite may remove from --out besides the shards
+SIDECAR_RE = re.compile(r"shard-\d{5,}\.json")
+
+
 def sidecar_name(k: int) -> str:
-    """Shard k's sidecar: a trainer-format shard's per-row lists (sdclip's own shards hold theirs inside)."""
-    return f"shard-{k:05d}.json"
+    """Shard k's sidecar, named after its shard: a trainer-format shard's per-row lists (sdclip's own shards
+    hold theirs inside)."""
+    return Path(shard_name(k)).with_suffix(".json").name
 
 
 def spill_lists(folder: Path, record: dict, job: str) -> dict:
@@ -237,9 +243,14 @@ def spill_errors(folder: Path, scan: dict, old: dict | None = None) -> dict:
     scan = {**scan, "error_count": len(errors)}
     scan.pop("errors_file", None)
     if len(errors) > MAX_MANIFEST_ERRORS:
-        data = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors).encode()
-        write_bytes_atomic(folder / ERRORS, data)
-        scan["errors_file"] = {"file": ERRORS, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        h, size = hashlib.sha256(), 0
+        with atomic_path(Path(folder) / ERRORS) as tmp, open(tmp, "wb") as f:  # streamed: one line at a time
+            for e in errors:
+                line = (json.dumps(e, ensure_ascii=False) + "\n").encode()
+                f.write(line)
+                h.update(line)
+                size += len(line)
+        scan["errors_file"] = {"file": ERRORS, "sha256": h.hexdigest(), "bytes": size}
         scan["errors"] = errors[:MAX_MANIFEST_ERRORS]
     elif old:
         remove_recorded(folder, old)
@@ -252,15 +263,12 @@ def remove_recorded(folder: Path, rec: object) -> None:
         return
     path = Path(folder) / rec["file"]
     with contextlib.suppress(OSError):
-        if stat.S_ISREG(os.lstat(path).st_mode) and hashlib.sha256(path.read_bytes()).hexdigest() == rec.get("sha256"):
+        if stat.S_ISREG(os.lstat(path).st_mode) and sha256_file(path) == rec.get("sha256"):
             path.unlink()
 
 
 def _is_sidecar(name: object) -> bool:
     return isinstance(name, str) and SIDECAR_RE.fullmatch(name) is not None
-
-
-SIDECAR_RE = re.compile(r"shard-\d{5,}\.json")
 
 
 def iter_errors(folder: Path, m: "Manifest"):  # noqa: ANN201
@@ -272,17 +280,17 @@ def iter_errors(folder: Path, m: "Manifest"):  # noqa: ANN201
         return
     path = Path(folder) / ERRORS
     try:
-        if rec.get("file") != ERRORS or not stat.S_ISREG(os.lstat(path).st_mode):
+        if not isinstance(rec, dict) or rec.get("file") != ERRORS or not stat.S_ISREG(os.lstat(path).st_mode):
             raise JobError(f"{path}: missing (the manifest counts {m.error_count} invalid captions there)")
-        data = path.read_bytes()
+        if sha256_file(path) != rec.get("sha256"):
+            raise JobError(f"{path}: sha256 differs from the manifest")
+        with open(path, encoding="utf-8", errors="replace") as f:  # a line at a time: it may be large
+            for n, line in enumerate(f, 1):
+                try:
+                    e = _typed(json.loads(line), dict)
+                    _typed(e["index"], int), _typed(e["where"], str), _typed(e["error"], str)
+                except (ValueError, KeyError, TypeError, RecursionError):
+                    raise JobError(f"{path}: line {n} is not an error record") from None
+                yield e
     except OSError as exc:
         raise JobError(f"{path}: unreadable ({exc.strerror or exc})") from None
-    if hashlib.sha256(data).hexdigest() != rec.get("sha256"):
-        raise JobError(f"{path}: sha256 differs from the manifest")
-    for n, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
-        try:
-            e = _typed(json.loads(line), dict)
-            _typed(e["index"], int), _typed(e["where"], str), _typed(e["error"], str)
-        except (ValueError, KeyError, TypeError, RecursionError):
-            raise JobError(f"{path}: line {n} is not an error record") from None
-        yield e
