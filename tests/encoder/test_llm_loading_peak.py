@@ -38,9 +38,9 @@ def test_half_tensor_read_without_a_float32_copy(tmp_path: Path, dtype: torch.dt
                          check=True)
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["dtype"] == str(dtype)  # stored dtype kept
-    # the tensor itself plus one chunk's float32 sum temporary (8 MiB) and allocator slack; the old whole copy:
-    # 3× the stored bytes
-    assert got["rise"] <= 2 * w.numel() * w.element_size(), got
+    # the tensor itself and slack (threads, reads), no temporary: the whole float32 copy once cost 3× the stored bytes,
+    # then a chunked sum's 8 MiB float32 temporary whose frees fragmented the heap (a loading peak varying 1.04-1.14)
+    assert got["rise"] <= w.numel() * w.element_size() + (4 << 20), got  # old: + 9.4 MiB, now + 1.5
 
 
 def test_non_finite_still_refused_in_any_chunk(tmp_path: Path) -> None:
@@ -51,5 +51,5 @@ def test_non_finite_still_refused_in_any_chunk(tmp_path: Path) -> None:
     w = torch.zeros(3 << 20, dtype=torch.bfloat16)
     w[-1] = float("inf")  # in the last chunk
     save_file({"w": w}, str(tmp_path / "bad.safetensors"))
-    with pytest.raises(CheckpointError, match="NaN, infinite"):
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
         read_checked(PlainSafetensors(tmp_path / "bad.safetensors"), "w")
