@@ -14,6 +14,7 @@ from embed_rows import read_rows, write_txt
 from sdclip.conventions.presets import Options
 from sdclip.jobs.driver import Job
 from sdclip.jobs.encode import CaptionEncoder
+from sdclip.jobs import local
 from sdclip.jobs.local import run_local
 from sdclip.jobs.plan import JobSpec
 from sdclip.jobs.work import JOB_ROW_CACHE
@@ -130,3 +131,25 @@ def test_a_job_encodes_the_empty_row_once(tmp_path, wan, monkeypatch):
     empty = sum(int(((ids != 0).sum(1) == 1).sum()) for ids in seen)  # `</s>` alone: the empty prompt
     assert empty == 1
     assert sum(ids.shape[0] for ids in seen) == len(caps) + 1  # every caption once, the empty row once
+
+
+def test_a_varlen_job_hands_the_writer_packed_rows(tmp_path, wan, monkeypatch):
+    """Up to DEPTH + 1 shards wait for or sit in the writer while the next one encodes: with `--varlen` they
+    wait packed (the rows' real positions), not as [n, 512, D] padded rows that the writer packed only
+    then (a 1-shard job held one padded shard, a longer job three: its peak grew with the job)."""
+    from sdclip.cli.main import main
+
+    handed: list[dict] = []
+    real_put = local.ShardWriter.put
+    monkeypatch.setattr(local.ShardWriter, "put", lambda self, shard, t: (handed.append(t), real_put(self, shard, t))[1])
+    _, folder = wan
+    caps = wan_captions(12)
+    out = tmp_path / "out"
+    assert main(["embed", "--model", str(folder), "--captions", str(write_txt(tmp_path / "caps.txt", caps)),
+                 "--out", str(out), "--preset", "diffusers", "--batch-size", "4", "--shard-size", "4",
+                 "--varlen"]) == 0
+    assert len(handed) == 3
+    rows = read_rows(out)["prompt_embeds"]  # [12, 512, D], as sdclip.dataset rebuilds them
+    padded = rows[:4].numel() * rows.element_size()
+    for t in handed:
+        assert "prompt_embeds" not in t and sum(v.numel() * v.element_size() for v in t.values()) < padded / 4

@@ -138,28 +138,37 @@ class CaptionEncoder:
         again after this batch: its result is kept for that later occurrence (encoded once per job).
         """
         n = len(texts)
-        todo = [t for t in dict.fromkeys(texts) if t not in self.keep]
-        results: dict[str, dict[str, torch.Tensor]] = {}
+        if not n:
+            return {}
+        where: dict[str, list[int]] = {}
+        for i, t in enumerate(texts):
+            where.setdefault(t, []).append(i)
+        out: dict[str, torch.Tensor] = {}
+        for t in where:
+            if t in self.keep:
+                self._place(out, n, where[t], self.keep[t][0])
+        todo = [t for t in where if t not in self.keep]
         for lo in range(0, len(todo), self.spec.batch_size):
             batch = todo[lo : lo + self.spec.batch_size]
             prepared = {t: self.cond.prepare(t) for t in batch}
             pos = self.cond.encode(batch, prepared=prepared).positive
             offsets = _block_offsets([prepared[t].block_slots() for t in batch])
             for b, t in enumerate(batch):
-                results[t] = self._row(pos, b, prepared[t], offsets)
-        rows = []
-        for i, t in enumerate(texts):
-            row = self.keep[t][0] if t in self.keep else results[t]
-            rows.append(row)
-            if reuse_until is not None and int(reuse_until[i]) > position and t not in self.keep:
-                self.keep[t] = (row, int(reuse_until[i]))
-        if not n:
-            return {}
-        out = {}
-        for name in rows[0]:
-            stacked = torch.stack([r[name] for r in rows])
-            out[name] = (stacked.to(self.store) if stacked.is_floating_point() else stacked).cpu().contiguous()
+                row = self._row(pos, b, prepared[t], offsets)
+                self._place(out, n, where[t], row)
+                last = int(reuse_until[where[t][0]]) if reuse_until is not None else -1
+                if last > position:
+                    self.keep[t] = (row, last)
         return out
+
+    def _place(self, out: dict[str, torch.Tensor], n: int, at: list[int], row: dict[str, torch.Tensor]) -> None:
+        """Row tensors into the batch's [n, …] outputs at `at` (allocated on the first row, floats in the store
+        dtype): written in place as each batch ends, so a shard's rows exist once, not as rows and a stack."""
+        for name, v in row.items():
+            if name not in out:
+                out[name] = torch.empty((n, *v.shape), dtype=self.store if v.is_floating_point() else v.dtype)
+            for i in at:
+                out[name][i] = v
 
     def forget_before(self, position: int) -> None:
         """Drop kept results whose caption does not occur at or after index `position`."""

@@ -18,14 +18,18 @@ KEY = "prompt_embeds_varlen"
 LENGTHS = "prompt_lengths"
 
 
+#: rows looked at together by `kept`: its temporaries are a few rows, not a shard (1,024 × 512 × D for Wan)
+CHUNK = 32
+
+
 def kept(embeds: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """int32 [n]: positions each row keeps."""
     if mask is not None:
         return mask.to(torch.float32).sum(1).round().to(torch.int32)
-    nonzero = embeds.abs().amax(-1) != 0  # [n, N]
     n = embeds.shape[1]
-    last = torch.where(nonzero, torch.arange(1, n + 1), torch.zeros((), dtype=torch.long)).amax(1)
-    return last.to(torch.int32)
+    steps = torch.arange(1, n + 1)
+    last = [torch.where((e != 0).any(-1), steps, 0).amax(1) for e in torch.split(embeds, CHUNK)]
+    return torch.cat(last).to(torch.int32) if last else torch.zeros(0, dtype=torch.int32)
 
 
 def pack(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

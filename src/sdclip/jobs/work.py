@@ -142,10 +142,16 @@ class ShardWork:
         """The shard's rows (the only step that uses the encoder: call it from one thread, in shard order)."""
         self.encoder.forget_before(shard.start)
         if not shard.indices:  # every row of the range invalid or a reference: an empty shard of the right shapes
-            return {name: t[:0] for name, t in self.encoder.encode([""], [1]).items()}
-        lengths = [int(self.lengths[i]) for i in shard.indices]
-        reuse = [int(self.last[i]) for i in shard.indices]
-        return self.encoder.encode(list(shard.texts), lengths, reuse, position=shard.stop - 1)
+            tensors = {name: t[:0] for name, t in self.encoder.encode([""], [1]).items()}
+        else:
+            lengths = [int(self.lengths[i]) for i in shard.indices]
+            reuse = [int(self.last[i]) for i in shard.indices]
+            tensors = self.encoder.encode(list(shard.texts), lengths, reuse, position=shard.stop - 1)
+        if self.spec.varlen and self.format is None:  # packed here: the padded rows never wait for the writer
+            from sdclip.jobs.varlen import pack
+
+            tensors = pack(tensors)
+        return tensors
 
     def write(self, shard: ShardInput, tensors: dict[str, torch.Tensor]) -> dict:
         """Hash and write shard k's files atomically; returns its manifest record (no encoder used: safe in a
@@ -173,10 +179,11 @@ class ShardWork:
             tensors.update(reference_columns(shard.refs, self.spec.caption_lines))
             meta["sdclip_shard"] = SHARD_VERSION
             record["references"] = len(shard.refs)
-        if self.spec.varlen:
-            from sdclip.jobs.varlen import pack
+        if self.spec.varlen:  # packed by `encode`; its pair last, as ever
+            from sdclip.jobs.varlen import KEY, LENGTHS
 
-            tensors = pack(tensors)
+            tensors = {**{k: v for k, v in tensors.items() if k not in (KEY, LENGTHS)},
+                       KEY: tensors[KEY], LENGTHS: tensors[LENGTHS]}
         digest, size = write_shard(self.out / name, tensors, meta)
         record.update(file=name, sha256=digest, bytes=size)
         return record
