@@ -85,5 +85,36 @@ def test_view_parts_count_with_the_family_counter(monkeypatch, capsys, request, 
     if lane_of(role).view == "template":  # the LLM lane: its own n / max_sequence_length, as `view.lane`
         assert heads == [(e["count"], e["limit"]) for e in want[role.name]["parts"]]
         assert view["lane"]["limit"] == heads[0][1] > 75
-    if lane_of(role).view != "rows":  # T5-only and LLM families: never CLIP's 75
+    if lane_of(role).view != "rows":  # T5-only and LLM families: never CLIP's 75, nor CLIP rows (as the CLI draws)
         assert all(cap == want["counter"]["capacity"] > 75 for _, cap in heads)
+        assert all(p["rows"] == [] for p in view["parts"])
+    else:
+        assert all(p["rows"] for p in view["parts"])
+
+
+def test_page_t5_only_family_counts_its_t5_sequence(capsys):
+    """Wan on the page (headless Chromium): no CLIP rows, each AND part's header and T5 line n / 512, as
+    `sdclip inspect --family wan` counts each part; the whole-prompt header the inspect object's tokens / capacity."""
+    from test_serve_browser import CHROMIUM, chromium, open_page, running_server, type_prompt
+
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's chromium at /usr/bin/chromium")
+    from sdclip.serve import create_app
+    from sdclip.tokenizer.t5 import T5Tokenizer
+
+    text = "a red fox AND a very long blue cat sitting on a mat:0.5"
+    t5 = T5Tokenizer.from_folder(t5_tokenizer_dir())
+    with running_server(create_app(t5_tokenizer=t5, family="wan")) as url, chromium() as browser, \
+            open_page(browser, url) as page:
+        type_prompt(page, text)
+        want = cli_inspect(capsys, text, "--family", "wan", "--t5-tokenizer", str(t5_tokenizer_dir()))
+        view = page.locator("[data-testid=prompt-view]")
+        assert view.get_by_test_id("token-count").inner_text() == f"{want['tokens']}/{want['capacity']}"
+        assert "row(s) of 75" not in view.get_by_test_id("token-count").get_attribute("title")
+        heads = view.get_by_test_id("part-head").all_inner_texts()
+        assert [h.rsplit(" · ", 1)[1] for h in heads] == [f"{p['tokens']}/{p['capacity']}" for p in want["parts"]]
+        assert all(p["capacity"] == 512 for p in want["parts"]) and len(heads) == 2
+        assert view.get_by_test_id("row").count() == 0  # no CLIP rows
+        lines = view.get_by_test_id("t5-count").all_inner_texts()
+        assert lines == [f"T5 · {p['t5']['count']}/512" for p in want["parts"]]
+        assert page.console_errors == []

@@ -79,7 +79,10 @@ def build_view(req: ViewRequest) -> dict:
     inspect = inspect_object(req)
     per_row = family.length - 2
     own = _own_sequence(family, req.tokenizers)
-    parts = [_part_view(shown, part, family, per_row, clip_rows=own is None) for part in prepared.parts]
+    # CLIP rows only for a lane drawn as rows (`Lane.view`), as `sdclip inspect` draws them: a T5-only family's one
+    # sequence is its T5 line (n/512), an LLM's its template + prompt; CLIP's BOS/EOS and n/75 mean nothing there
+    clip_rows = lane_of(family.roles[0]).view == "rows"
+    parts = [_part_view(shown, part, family, per_row, clip_rows=clip_rows) for part in prepared.parts]
     dropped_chars = set()
     for part in prepared.parts:
         dropped_chars |= _dropped_chars(part, 0 if own is None else own)
@@ -95,11 +98,10 @@ def build_view(req: ViewRequest) -> dict:
         "source": _segments(shown, dropped_chars),
         "embeddings": _embedding_refs(shown, prepared.parts),
     }
-    counted = lane_of(family.roles[0]).view != "rows"
     for part, entry in zip(parts, inspect["parts"]):
         if "t5" in entry:
             part["t5"] = _t5_view(entry["t5"])
-        if counted:  # T5-only: the inspect part's own n / max_sequence_length (its `own_counts`), not CLIP's n/75
+        if not clip_rows:  # T5-only: the inspect part's own n / max_sequence_length (its `own_counts`), not CLIP's n/75
             part["tokens"], part["capacity"] = entry["tokens"], entry["capacity"]
     if own is not None:
         role = family.roles[own]

@@ -210,7 +210,10 @@ function renderView(section, which, text, result) {
     text: `${view.lane.count}/${view.lane.limit}`,
   }) : el("span", {
     class: inspect.dropped ? "counter over" : "counter", testid: "token-count",
-    title: `${inspect.tokens} tokens; ${inspect.capacity / view.per_row} row(s) of ${view.per_row}`,
+    // a T5-only family draws no CLIP rows: its capacity is its parts' max_sequence_length, not rows of 75
+    title: view.parts.some((p) => p.t5 && !p.rows.length)
+      ? `${inspect.tokens} tokens; each part's T5 sequence of up to ${view.parts[0].capacity}`
+      : `${inspect.tokens} tokens; ${inspect.capacity / view.per_row} row(s) of ${view.per_row}`,
     text: `${inspect.tokens}/${inspect.capacity}`,
   });
   section.querySelector("h2").append(" ", counter);
