@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     from sdclip.encoder.loading.reads import model_reads
     from sdclip.outputs import check_output_folder
 
-    check_output_folder(args.out, model_reads(args.model, args.embeddings))  # never where the model load reads
+    # never where the model load reads, nor the captions (an image folder is walked whole: nor inside it)
+    check_output_folder(args.out, [*model_reads(args.model, args.embeddings), args.captions])
     from sdclip.jobs.driver import Job
     from sdclip.jobs.plan import JobSpec
 
@@ -117,6 +118,7 @@ def _run(job, spec, args: argparse.Namespace, console) -> int:  # noqa: ANN001
     from rich.text import Text
 
     from sdclip.jobs.encode import CaptionEncoder
+    from sdclip.jobs.manifest import JobError
 
     class Speed(ProgressColumn):
         def render(self, task) -> Text:  # noqa: ANN001
@@ -149,11 +151,7 @@ def _run(job, spec, args: argparse.Namespace, console) -> int:  # noqa: ANN001
             progress.update(task, advance=rec["rows"], shards=f"{len(job.manifest.shards)}/{total_shards} shards")
 
         if job.changed is not None:  # captions edited since the last run: say what is re-encoded
-            c = job.changed
-            shown = ", ".join(map(str, c["shards"][:10])) + (" …" if len(c["shards"]) > 10 else "")
-            progress.console.print(f"{job.out}: the captions changed since the last run: {len(c['shards'])} shard(s) "
-                                   f"re-encoded ({shown}; {c['rows']:,} caption(s)), {c['kept']} kept",
-                                   markup=False, highlight=False, soft_wrap=True)
+            progress.console.print(_changed(job, pending), markup=False, highlight=False, soft_wrap=True)
         elif pending and len(pending) < total_shards:  # resuming: say what is kept
             progress.console.print(f"{job.out}: {len(pending)} of {total_shards} shard(s) to do "
                                    f"({total_shards - len(pending)} kept)", markup=False, highlight=False, soft_wrap=True)
@@ -169,8 +167,44 @@ def _run(job, spec, args: argparse.Namespace, console) -> int:  # noqa: ANN001
     rate = s["encoded_now"] / s["seconds"] if s["seconds"] > 0 else 0.0
     print(f"{job.out}: {s['written']:,} of {s['rows']:,} caption(s) in {s['shards']} shard(s); "
           f"{s['encoded_now']:,} encoded now in {s['seconds']:.1f} s ({rate:,.1f} captions/s); "
-          f"{s['truncated']:,} truncated, {s['errors']:,} error(s) skipped", file=sys.stdout)
+          f"{s['truncated']:,} truncated{_truncated(job)}, {s['errors']:,} error(s) skipped", file=sys.stdout)
+    if job.source.fingerprint() != job.input:  # a shard checks only its own rows: an append or an edit of a row
+        raise JobError(f"{spec.captions} changed while the job ran (after the rows it changed were read, or past "
+                       "them): the shards hold the captions as read; re-run the same command to encode the changes")
     return 0
+
+
+#: truncated captions named in the summary (all are counted; the manifest lists the first 1,000)
+SHOWN_TRUNCATED = 10
+
+
+def _truncated(job) -> str:  # noqa: ANN001
+    """Which captions were truncated (" (input index 1, 5, …)"): a count alone leaves the user to find them."""
+    found = job.manifest.scan.get("truncated") or {}
+    count, indices = int(found.get("count", 0)), list(found.get("indices", []))
+    if not count:
+        return ""
+    more = f" …; manifest.json lists the first {len(indices):,}" if count > SHOWN_TRUNCATED else ""
+    return f" (input index {', '.join(map(str, indices[:SHOWN_TRUNCATED]))}{more})"
+
+
+def _changed(job, pending: list[int]) -> str:  # noqa: ANN001
+    """What a re-run after edited captions does: which shards it re-encodes (their captions changed), removes
+    (past the captions' new end) or still has to do, and how many it keeps."""
+    c, total, size = job.changed, job.shard_count(), job.spec.shard_size
+    redo = [k for k in c["shards"] if k < total]
+    said = []
+    if redo:
+        shown = ", ".join(map(str, redo[:10])) + (" …" if len(redo) > 10 else "")
+        rows = sum(min((k + 1) * size, job.rows) - k * size for k in redo)
+        said.append(f"{len(redo)} shard(s) re-encoded ({shown}; {rows:,} caption(s))")
+    else:
+        said.append("no finished shard's captions changed")
+    if len(redo) < len(c["shards"]):
+        said.append(f"{len(c['shards']) - len(redo)} past the captions' new end removed")
+    if len(pending) > len(redo):
+        said.append(f"{len(pending) - len(redo)} more to do")
+    return f"{job.out}: the captions changed since the last run: {', '.join(said)}, {c['kept']} kept"
 
 
 #: scan warnings shown on stderr (all are counted; the manifest lists the first 100)
