@@ -11,6 +11,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 import sdclip
 from sdclip.syntax.prompt import PromptSyntaxError
@@ -30,8 +31,40 @@ INTERRUPTED = {
 COMMANDS = ("inspect", "tokenize", "encode", "serve", "attention", "embed")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, but a bad flag value (`--family sdx`, `--steps ten`) is one line, with the nearest
+    choice: the command's usage argparse prints first is 16–25 lines that push the reason off a small
+    terminal, and is kept for a command line of the wrong shape (an unknown flag, a missing argument).
+    Subcommand parsers are built from this class too (argparse's `add_subparsers` uses the parent's type)."""
+
+    def error(self, message: str) -> NoReturn:
+        if not message.startswith("argument "):
+            super().error(message)
+        self.exit(2, f"{self.prog}: error: {_nearest_choice(self, message)}\n")
+
+
+def _nearest_choice(parser: argparse.ArgumentParser, message: str) -> str:
+    """argparse's `invalid choice` message with the closest choice named (`did you mean 'sdxl'?`)."""
+    import ast
+    import difflib
+    import re
+
+    found = re.match(r"argument (?P<flag>[^:/ ]+)(?:/\S+)?: invalid choice: (?P<value>'.*?') \(choose from", message)
+    if found is None:
+        return message
+    flag = found["flag"]
+    action = parser._option_string_actions.get(flag) or next(
+        (a for a in parser._actions if a.dest == flag and not a.option_strings), None)
+    if action is None or not action.choices:
+        return message
+    close = difflib.get_close_matches(ast.literal_eval(found["value"]), [str(c) for c in action.choices], n=1)
+    if not close:
+        return message
+    return message.replace(" (choose from", f"; did you mean {close[0]!r}? (choose from", 1)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sdclip", description="Stable Diffusion's text conditioning.")
+    parser = _Parser(prog="sdclip", description="Stable Diffusion's text conditioning.")
     parser.add_argument("--version", action="version", version=f"sdclip {sdclip.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
