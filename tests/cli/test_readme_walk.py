@@ -126,3 +126,24 @@ def test_a_command_line_of_the_wrong_shape_keeps_its_usage(capsys: pytest.Captur
         main(["encode", "--model", "m", "--prompt", "a"])
     err = capsys.readouterr().err
     assert err.startswith("usage: sdclip encode") and err.splitlines()[-1].endswith("required: --out")
+
+
+@pytest.mark.parametrize("argv", [
+    ["inspect", "a fox", "--family", "sd3", "--t5-tokenizer", "{missing}"],
+    ["inspect", "a fox", "--family", "qwen-image", "--llm-tokenizer", "{missing}"],
+    ["inspect", "a fox", "--family", "flux", "--t5-tokenizer", "{file}"],
+    ["serve", "--port", "0", "--llm-tokenizer", "{missing}"],
+    ["serve", "--port", "0", "--t5-tokenizer", "{file}"],
+])
+def test_a_mistyped_tokenizer_path_names_its_flag(argv: list[str], tmp_path: Path) -> None:
+    """`--t5-tokenizer ./nowhere` said only `nowhere: not a folder`, `--llm-tokenizer ./nowhere` `nowhere:
+    not a tokenizer folder`: now the flag and what is wrong with the path, as `--model` and `--out` do."""
+    a_file = tmp_path / "captions.txt"
+    a_file.write_text("a fox\n")
+    given = {"{missing}": str(tmp_path / "nowhere"), "{file}": str(a_file)}
+    argv = [given.get(a, a) for a in argv]
+    run = subprocess.run([sys.executable, "-m", "sdclip", *argv], capture_output=True, text=True, timeout=60)
+    flag = argv[-2]
+    what = "no such folder" if argv[-1].endswith("nowhere") else "a file, not a folder"
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr == f"sdclip: {flag} {argv[-1]}: {what} (pass the model folder or its tokenizer folder)\n"

@@ -54,6 +54,17 @@ def _text(args: argparse.Namespace) -> str:
     return EXAMPLE
 
 
+def tokenizer_folder(flag: str, path: str | None) -> str | None:
+    """`path` as given, if it is a folder: the tokenizer readers say only "not a folder" / "not a tokenizer
+    folder" for a mistyped path, without the flag it came from."""
+    import os
+
+    if path is not None and not os.path.isdir(path):
+        what = "a file, not a folder" if os.path.exists(path) else "no such folder"
+        raise ValueError(f"{flag} {path}: {what} (pass the model folder or its tokenizer folder)")
+    return path
+
+
 def t5_tokenizer_of(path: str | None, family):  # noqa: ANN001, ANN201
     """The T5 tokenizer `inspect` needs for SD3 / Flux (none for CLIP-only families)."""
     from sdclip.lanes import needs_tokenizer
@@ -67,7 +78,7 @@ def t5_tokenizer_of(path: str | None, family):  # noqa: ANN001, ANN201
 
     from sdclip.tokenizer.t5 import T5Tokenizer
 
-    folder = Path(path)
+    folder = Path(tokenizer_folder("--t5-tokenizer", path))
     for sub in ("tokenizer_3", "tokenizer_2", "t5_tokenizer"):
         if (folder / sub).is_dir() and any((folder / sub / f).exists() for f in ("tokenizer.json", "spiece.model")):
             folder = folder / sub
@@ -87,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     t5 = t5_tokenizer_of(args.t5_tokenizer, family)
     from sdclip.tokenizer.llm import llm_tokenizer_of
 
-    llm = llm_tokenizer_of(args.llm_tokenizer, family)
+    llm = llm_tokenizer_of(tokenizer_folder("--llm-tokenizer", args.llm_tokenizer), family)
     more = {"llm_tokenizer": llm} if llm is not None else None
     if not 1 <= args.step <= args.steps:
         raise ValueError(f"--step must be within 1..--steps ({args.steps}), got {args.step}")

@@ -124,11 +124,12 @@ def _t5_tokenizer(path: str):  # noqa: ANN202
 
 def _llm_tokenizer(path: str):  # noqa: ANN202
     """`--llm-tokenizer DIR` read once, as `sdclip inspect --llm-tokenizer` reads it (one line if unreadable)."""
+    from sdclip.cli.inspect import tokenizer_folder
     from sdclip.conventions.family import FAMILIES
     from sdclip.lanes import needs_tokenizer
     from sdclip.tokenizer.llm import llm_tokenizer_of
 
-    return llm_tokenizer_of(path, next(f for f in FAMILIES.values() if needs_tokenizer(f, "llm_tokenizer")))
+    return llm_tokenizer_of(tokenizer_folder("--llm-tokenizer", path), next(f for f in FAMILIES.values() if needs_tokenizer(f, "llm_tokenizer")))
 
 
 def _load(args: argparse.Namespace):  # noqa: ANN202 (torch stays out of the CLI's import)
