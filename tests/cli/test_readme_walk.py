@@ -68,6 +68,16 @@ def test_every_flag_the_readme_gives_a_command_is_one_it_has() -> None:
     assert not wrong, wrong
 
 
+def test_every_flag_of_every_command_is_named_in_the_readme() -> None:
+    """The other way round: a flag `--help` lists and the README never names is one a new user cannot find
+    (`--embedding-name`, `--comma-backtrack`, `--pooled-source` were such)."""
+    named = set(FLAG.findall(README.read_text(encoding="utf-8")))
+    unnamed = sorted(f"sdclip {command} {flag}" for command, parser in subcommands().items()
+                     for flag in parser._option_string_actions if flag.startswith("--") and flag not in named
+                     and flag != "--help")
+    assert not unnamed, unnamed
+
+
 def test_the_walk_reads_usage_lines_and_continuations() -> None:
     """The reader above sees the flags of serve's two-line usage and of a `\\`-continued attention command
     (so a renamed flag there would be caught)."""
