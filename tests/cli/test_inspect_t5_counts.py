@@ -78,3 +78,15 @@ def test_an_llm_family_counts_its_prompt_over_max_sequence_length(tmp_path):
     entry = out["qwen25vl"]
     assert out["counter"] == {"count": entry["count"], "capacity": 1024} and entry["count"] >= 3
     assert out["capacity"] == 1024 and out["parts"][0]["capacity"] == 1024
+
+
+def test_terminal_and_part_headers_of_a_t5_only_family_count_its_t5_line(t5_dir):
+    """The terminal view's AND part headings say the T5 line's n/limit (the JSON's part capacity), not CLIP's n/75."""
+    prompt = "a red fox AND a very small blue house"
+    res = subprocess.run([sys.executable, "-m", "sdclip", "inspect", "--family", "wan", "--t5-tokenizer", str(t5_dir),
+                          prompt], capture_output=True, timeout=120, env={**os.environ, "COLUMNS": "300"})
+    assert res.returncode == 0, res.stderr.decode()
+    headings = [line for line in res.stdout.decode().splitlines() if "part " in line and "tokens" in line]
+    limit = FAMILIES["wan"].roles[0].length
+    wanted = [f"{n_tokens(t5_dir, t)}/{limit} tokens" for t in ("a red fox", "a very small blue house")]
+    assert len(headings) == 2 and all(w in h for w, h in zip(wanted, headings)), headings

@@ -93,9 +93,9 @@ def render_inspect(
         if shown >= limit:
             break
         rows = part.rows[0]
-        if multi:
-            console.rule(f"part {p + 1} ({prepared.prompt.combine}, weight {part.weight:g}): "
-                         f"{len(part.stream)}/{len(rows) * per_row} tokens")
+        if multi:  # counted as the part's own sequence is: CLIP's rows, or a T5-only family's one T5 line (n/512)
+            n, cap = (len(part.stream), len(rows) * per_row) if clip_rows else (rows.token_count, rows.length)
+            console.rule(f"part {p + 1} ({prepared.prompt.combine}, weight {part.weight:g}): {n}/{cap} tokens")
         for r in range(len(rows) if clip_rows else 0):
             if shown >= limit:
                 break
