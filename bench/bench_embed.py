@@ -391,7 +391,8 @@ def peak_rss_mib(model: Path, caps_file: Path, out: Path, *extra: str) -> dict:
     return {"peak_mib": kib / 1024, "seconds": secs}
 
 
-def memory(sizes: tuple[int, ...] = (1_000, 100_000), families: tuple[str, ...] = tuple(MEMORY_RUNS)) -> dict:
+def memory(sizes: tuple[int, ...] = (1_000, 100_000), families: tuple[str, ...] = tuple(MEMORY_RUNS),
+           kinds: tuple[str, ...] = ("unique", "repeats")) -> dict:
     """Peak RSS of the whole `sdclip embed` on n captions (unique, and with repeats: every caption 4 times)
     per family, the tests' tiny models: flat in n means nothing kept per caption grows (the scan's per-row
     numbers, 28 bytes a caption, memory-mapped, are the one O(n) part: 2.8 MB at 100k)."""
@@ -403,14 +404,14 @@ def memory(sizes: tuple[int, ...] = (1_000, 100_000), families: tuple[str, ...] 
     from tiny_models import tiny_family, write_layout
 
     raw: dict = {"machine": C.machine(), "batch": BATCH, "runs": []}
-    name = "embed_memory_" + "_".join(families)
+    name = "embed_memory_" + "_".join(families) + ("" if set(kinds) == {"unique", "repeats"} else "_" + "_".join(kinds))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for family in families:
             model = (write_layout("single.safetensors", tiny_family("sd1"), tmp / family) if family == "sd1"
                      else build(tmp, family))
-            for kind in ("unique", "repeats"):
+            for kind in kinds:
                 for n in sizes:
                     caps = captions(n) if kind == "unique" else [c for c in captions(n // 4) for _ in range(4)]
                     caps_file = tmp / f"caps-{n}.txt"
@@ -451,12 +452,14 @@ def main() -> None:
     ap.add_argument("--memory", default="", metavar="N,M",
                     help="only the peak-RSS check: `sdclip embed` on N vs M captions, a process each (e.g. 1000,100000)")
     ap.add_argument("--memory-families", default=",".join(MEMORY_RUNS))
+    ap.add_argument("--memory-kinds", default="unique,repeats", help="unique captions, each 4 times, or both")
     args = ap.parse_args()
     C.setup()
     import sys
 
     if args.memory:
-        memory(tuple(int(n) for n in args.memory.split(",")), tuple(args.memory_families.split(",")))
+        memory(tuple(int(n) for n in args.memory.split(",")), tuple(args.memory_families.split(",")),
+               tuple(args.memory_kinds.split(",")))
         return
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "jobs"))
