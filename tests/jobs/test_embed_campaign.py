@@ -37,6 +37,11 @@ def models(tmp_path_factory) -> dict[str, Path]:
             "sdxl": write_layout("single.safetensors", tiny_family("sdxl"), root / "sdxl")}
 
 
+@pytest.fixture(scope="module")
+def sdxl_folder(tmp_path_factory) -> Path:
+    return write_layout("diffusers", tiny_family("sdxl"), tmp_path_factory.mktemp("sdxl-folder"))
+
+
 def embed(*args: object) -> int:
     return main(["embed", *map(str, args)])
 
@@ -86,6 +91,21 @@ def test_out_equal_to_or_inside_the_captions_is_refused_before_the_model_loads(t
     # a folder holding the captions is fine (as for the model): the job writes only its own names there
     assert embed("--model", models["sd1"], "--captions", caps, "--out", tmp_path) == 0
     assert caps.read_text() == "a red fox\n" and embed("--verify", tmp_path) == 0
+
+
+@pytest.mark.parametrize("fmt", ["kohya", "ai-toolkit"])
+def test_trainer_files_are_never_written_inside_the_model_folder(tmp_path, sdxl_folder, fmt, capsys):
+    """The formats that write beside the images follow --out's rule. Old code: an image folder inside a diffusers
+    model folder (or the model folder itself as --captions) got npz files / a _t_e_cache/ folder written into
+    what the model load reads."""
+    model = sdxl_folder
+    images = image_folder(model / f"imgs-{fmt}", ["a red fox", "a blue cat"])
+    before = listing(model)
+    for captions in (images, model):
+        assert embed("--model", model, "--captions", captions, "--out", tmp_path / "out", "--format", fmt) == 2
+        err = one_line(capsys.readouterr().err)
+        assert f"--format {fmt} writes beside the images" in err and "read by this command" in err, err
+        assert listing(model) == before and not (tmp_path / "out").exists()
 
 
 # ---- captions changed under a running job ------------------------------------------------------------------

@@ -85,10 +85,16 @@ def run(args: argparse.Namespace) -> int:
         raise JobError("--workers must be ≥ 1")
     from sdclip.encoder.device import resolve_device
     from sdclip.encoder.loading.reads import model_reads
-    from sdclip.outputs import check_output_folder
+    from sdclip.jobs.formats import get_format
+    from sdclip.outputs import check_output_folder, refuse_reads
 
     # never where the model load reads, nor the captions (an image folder is walked whole: nor inside it)
-    check_output_folder(args.out, [*model_reads(args.model, args.embeddings), args.captions])
+    reads = model_reads(args.model, args.embeddings)
+    check_output_folder(args.out, [*reads, args.captions])
+    fmt = get_format(args.format)
+    if fmt is not None and fmt.root_of(args.captions, args.out) != args.out:  # files beside the images: same rule
+        refuse_reads(fmt.root_of(args.captions, args.out), reads,
+                     flag=f"--format {args.format} writes beside the images, and --captions")
     from sdclip.jobs.driver import Job
     from sdclip.jobs.plan import JobSpec
 
