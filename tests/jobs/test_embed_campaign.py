@@ -416,13 +416,40 @@ def test_kill_9_at_random_moments_then_resume_equals_an_undisturbed_run(tmp_path
             proc.wait()
         assert main(cmd[3:]) == 0, f"resume after a kill at {delay:.1f} s"
         assert embed("--verify", out) == 0
-        assert not list(tmp_path.rglob(".*.tmp")) and not list(out.glob("scan-*")) and not (out / ".lock").exists()
+        # (a killed trainer-file writer's temporary file beside the images stays: the strict xfail below)
+        assert not list(out.glob(".*.tmp")) and not list(out.glob("scan-*")) and not (out / ".lock").exists()
         if "--format" in extra:
             assert _trainer_files(images, out) == _trainer_files(ref_images, tmp_path / "ref"), f"kill at {delay:.1f} s"
         else:
             a, b = read_rows(out), read_rows(tmp_path / "ref")
             assert all(torch.equal(a[k], b[k]) for k in b), f"kill at {delay:.1f} s"
     assert time.monotonic() - started < 600
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.xfail(strict=True, reason="driver.py removes stale temporary files in --out only (shards."
+                   "remove_stale_temps(out)): the one a SIGKILLed kohya / ai-toolkit writer leaves beside the images "
+                   "(.i0000_te_outputs.npz.PID.xxxx.tmp, found by the kill -9 loop) stays after the resumed job; it "
+                   "should be removed there too, as in --out")
+def test_a_killed_trainer_writers_temporary_file_beside_the_images_is_removed_by_the_next_run(tmp_path, models):
+    """The file a SIGKILL leaves (its writer's pid is gone), made directly: the kill -9 loop above met it when a
+    kill landed inside an npz write. The same leftover in --out is removed (the control)."""
+    images = image_folder(tmp_path / "imgs", ["caption 0", "caption 1"])
+    out = tmp_path / "out"
+    out.mkdir()
+    pid = _dead_pid()
+    in_out = out / f".shard-00000.safetensors.{pid}.abcd1234.tmp"
+    beside = images / f".i0000_te_outputs.npz.{pid}.abcd1234.tmp"
+    for leftover in (in_out, beside):
+        leftover.write_bytes(b"half an npz")
+    assert embed("--model", models["sdxl"], "--captions", images, "--out", out, "--format", "kohya") == 0
+    assert not in_out.exists()
+    assert not beside.exists()
 
 
 # ---- Ctrl-C under a pty with trainer files --------------------------------------------------------------------
