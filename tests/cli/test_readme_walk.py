@@ -157,3 +157,24 @@ def test_a_mistyped_tokenizer_path_names_its_flag(argv: list[str], tmp_path: Pat
     what = "no such folder" if argv[-1].endswith("nowhere") else "a file, not a folder"
     assert run.returncode == 2 and run.stdout == ""
     assert run.stderr == f"sdclip: {flag} {argv[-1]}: {what} (pass the model folder or its tokenizer folder)\n"
+
+
+def test_a_negative_for_flux2_dev_is_one_warning_line(tmp_path: Path) -> None:
+    """`sdclip encode --negative` on Flux.2 [dev] (whose pipeline takes none) printed the Conditioner's Python
+    UserWarning: a source path, `UserWarning:` and the code line of cli/encode.py. Now sdclip's own one line,
+    and the file still holds what Flux2Pipeline takes."""
+    import warnings
+
+    from safetensors.torch import load_file
+    from tiny_llm import tiny_folder
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        folder = tiny_folder(tmp_path, "flux2")
+    out = tmp_path / "c.safetensors"
+    run = subprocess.run([sys.executable, "-m", "sdclip", "encode", "--model", str(folder), "--prompt", "a red fox",
+                          "--negative", "blurry", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == ("sdclip: warning: --negative: flux2's pipeline takes no negative prompt: it is ignored "
+                          "(not encoded, not in --out)\n")
+    assert set(load_file(out)) == {"prompt_embeds"}

@@ -126,6 +126,10 @@ def run(args: argparse.Namespace) -> int:
         if prep.dropped:
             truncated.append({"line": i + 1, "dropped": excerpt(prep.dropped)})
     negative = args.negative
+    if negative and not cond.family.reads_negative:  # said here once, as sdclip's own line; then never encoded
+        print(f"sdclip: warning: --negative: {cond.family.name}'s pipeline takes no negative prompt: it is ignored "
+              "(not encoded, not in --out)", file=sys.stderr)
+        negative = None
     if negative is None:
         layouts.setdefault("", cond.prepare(""))  # the empty negative every batch reads
     else:
