@@ -290,10 +290,6 @@ def test_a_broken_parquet_file_is_one_line_naming_it(tmp_path, models, capsys, d
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="manifest.py Manifest.load reads manifest.json with read_text(), unbounded "
-                   "and of any kind: a FIFO named manifest.json hangs `embed --verify DIR` and a resume on --out DIR "
-                   "for ever (a link to /dev/zero did not return in 20 s either); it should go through the bounded "
-                   "reader the model's JSON files use (regular files only, a size cap): one line, exit 2")
 def test_a_manifest_that_is_a_fifo_is_one_line_not_a_hang(tmp_path, models):
     out = tmp_path / "out"
     out.mkdir()

@@ -153,3 +153,23 @@ def test_a_varlen_job_hands_the_writer_packed_rows(tmp_path, wan, monkeypatch):
     padded = rows[:4].numel() * rows.element_size()
     for t in handed:
         assert "prompt_embeds" not in t and sum(v.numel() * v.element_size() for v in t.values()) < padded / 4
+
+
+def test_rows_of_mixed_lengths_run_in_few_passes(wan, monkeypatch):
+    """Rows are cut into passes of the runner's batch size after sorting by real length, so a pass holds
+    rows of about one length: captions given in any order run in few passes of few shapes (given in input
+    order, each pass of 8 split by length into passes of 1 … 8 rows: every new shape a new oneDNN kernel)."""
+    import random
+
+    from sdclip.conditioner import Conditioner
+
+    _, folder = wan
+    caps = wan_captions(32)
+    random.Random(0).shuffle(caps)
+    cond = Conditioner.from_pretrained(folder, "diffusers")
+    seen = record_t5_passes(monkeypatch)
+    with torch.no_grad():
+        cond.encode(caps)
+    shapes = [tuple(ids.shape) for ids in seen]
+    assert len(shapes) <= 10  # 33 rows, 8 a pass: 5 passes, and where one pass's rows differ too much in length, 2
+    assert sum(r for r, _ in shapes) == len(caps) + 1  # every caption once, the empty row once

@@ -139,7 +139,7 @@ class RowEncoder:
                 todo[k] = i
             else:
                 found[k] = hit
-        pending = list(todo.items())
+        pending = self._order(list(todo.items()), batch)
         # masked rows (compel's re-encodings) share the pass: the others get an all-ones mask, which
         # encodes exactly like none (causal attention either way)
         device = self._device()
@@ -161,6 +161,10 @@ class RowEncoder:
 
     def _device(self) -> torch.device:
         return self.encoder.token_embedding.weight.device
+
+    def _order(self, pending: list[tuple[Key, int]], batch: RowBatch) -> list[tuple[Key, int]]:
+        """The order rows to encode are cut into passes of `batch_size` (results are found by key)."""
+        return pending
 
     def _pass(self, ids: Tensor, vectors: Tensor | None, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
         kwargs = {} if mask is None else {"attention_mask": mask}

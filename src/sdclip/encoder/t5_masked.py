@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from sdclip.conventions.family import T5Masking
-from sdclip.encoder.batching import RowCache, T5RowEncoder
+from sdclip.encoder.batching import RowBatch, RowCache, T5RowEncoder
 from sdclip.encoder.t5 import T5Config, relative_buckets
 
 #: rows of one pass differ in real length by at most this factor (plus `_SLACK` positions)
@@ -82,6 +82,15 @@ class MaskedT5RowEncoder(T5RowEncoder):
         super().__init__(encoder, key=(*key, "masked", masking.zero_after), cache=cache, batch_size=batch_size)
         self.masking = masking
         self.pad_id = pad_id
+
+    def _order(self, pending: list, batch: RowBatch) -> list:
+        """Shortest rows first: a pass of `batch_size` rows then holds rows of one length, mostly, so passes
+        are few and of few shapes (rows × positions), not split by length into passes of 1 … 8 rows."""
+        def real(item: tuple) -> int:
+            ids = batch.ids[item[1]]
+            return next((len(ids) - i for i, t in enumerate(reversed(ids)) if t != self.pad_id), 1)
+
+        return sorted(pending, key=real)
 
     def _pass(self, ids: Tensor, vectors: Tensor | None, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
         R, L = ids.shape
