@@ -62,7 +62,7 @@ def open_regular(path: str | os.PathLike, error: type[ValueError], what: str = "
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise _fail(error, path, what, f"not a regular file ({file_kind(mode)}); model files are read from regular files only")
+            raise _fail(error, path, what, f"not a regular file ({file_kind(mode)}); sdclip reads these from regular files only")
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)

@@ -26,6 +26,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sdclip import bounded_files
 from sdclip.jobs.shards import shard_name, write_bytes_atomic
 from sdclip.outputs import atomic_path, sha256_file
 
@@ -41,6 +42,16 @@ ROW_LISTS = ("files", "indices", "caption_sha256")
 
 class JobError(ValueError):
     """A job cannot start or go on (bad output folder, changed configuration, unwritable disk…)."""
+
+
+class _NoManifest(JobError):
+    """The bounded reader's "missing" error, re-worded by Manifest.load."""
+
+
+#: the manifest holds nothing that grows with the rows (sidecars do); folders of earlier versions kept the
+#: lists inline, so the cap is generous; a shard sidecar holds one shard's lists
+MAX_MANIFEST_BYTES = 256 << 20
+MAX_SIDECAR_BYTES = 256 << 20
 
 
 def model_fingerprint(source: str | Path) -> dict:
@@ -120,15 +131,13 @@ class Manifest:
     def load(cls, folder: Path) -> "Manifest":
         """The folder's manifest, its fields checked for type (it is untrusted input: anyone can write one)."""
         path = Path(folder) / MANIFEST
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        if path.is_dir():
+            raise JobError(f"{path} is a folder, not an `sdclip embed` manifest")
+        try:  # bounded: a FIFO or a link to /dev/zero named manifest.json is refused, never read for ever
+            data = bounded_files.read_json(path, JobError, "unreadable manifest", limit=MAX_MANIFEST_BYTES,
+                                           missing=_NoManifest)
+        except _NoManifest:
             raise JobError(f"{folder}: no {MANIFEST} (not an `sdclip embed` output folder)") from None
-        except IsADirectoryError:
-            raise JobError(f"{path} is a folder, not an `sdclip embed` manifest") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
-            raise JobError(f"{path}: unreadable manifest ({reason})") from None
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             schema = data.get("schema") if isinstance(data, dict) else None
             raise JobError(f"{path}: not an `sdclip embed` manifest (schema {schema!r})")
@@ -205,7 +214,7 @@ def row_lists(folder: Path, record: dict) -> dict | None:
             path = Path(folder) / side["file"]
             if not stat.S_ISREG(os.lstat(path).st_mode):
                 return None
-            data = path.read_bytes()
+            data = bounded_files.read_bytes(path, MAX_SIDECAR_BYTES, ValueError)
             if hashlib.sha256(data).hexdigest() != side.get("sha256"):
                 return None
             source = json.loads(data)
