@@ -487,6 +487,32 @@ def test_ctrl_c_in_a_terminal_during_a_kohya_job_is_one_line_and_resumes(tmp_pat
     assert len(list(images.glob("*_te_outputs.npz"))) == 200
 
 
+def test_sigterm_ends_a_job_as_ctrl_c_does(tmp_path, models):
+    """`kill PID` (docker stop, a scheduler's preemption). Old code: the process died silently (exit -15), its lock,
+    scan arrays and any temporary file left for the next run. Now: one line, exit 130, the shards handed over
+    listed, nothing left but results and the scan's arrays; the same command finishes every caption once."""
+    caps = write_txt(tmp_path / "caps.txt", [f"caption {i}, a red fox number {i}" for i in range(300)])
+    out = tmp_path / "out"
+    args = ["--model", str(models["sd1"]), "--captions", str(caps), "--out", str(out), "--shard-size", "10",
+            "--batch-size", "4"]
+    proc = subprocess.Popen([sys.executable, "-m", "sdclip", "embed", *args], env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "shard-00001.safetensors").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the job ended before it could be stopped"
+        time.sleep(0.01)
+    proc.terminate()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert stderr == "sdclip: interrupted; finished shards are kept: re-run the same command to resume\n"
+    assert not list(out.glob(".*")), "the lock or a temporary file was left"
+    listed = json.loads((out / "manifest.json").read_text())["shards"]
+    assert sorted(p.name for p in out.glob("shard-*.safetensors")) == sorted(r["file"] for r in listed)
+    assert embed(*args) == 0 and embed("--verify", out) == 0
+    assert read_rows(out)["index"].tolist() == list(range(300))
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # in-process: the handler is put back
+
+
 # ---- Ray: a killed job resumes -------------------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -107,16 +107,37 @@ def run(args: argparse.Namespace) -> int:
         caption_extension=args.caption_extension, store_dtype=args.store_dtype, varlen=args.varlen,
         caption_lines=args.caption_lines, dedupe=not args.no_dedupe,
     )
-    job = Job(spec, overwrite=args.overwrite, console=console)  # folder + configuration checked: no model yet
-    for note in job.notes:
-        print(f"sdclip: warning: {note}", file=sys.stderr)
-    failed = True
+    restore = _sigterm_as_ctrl_c()
     try:
-        code = _run(job, spec, args, console)
-        failed = False
-        return code
+        job = Job(spec, overwrite=args.overwrite, console=console)  # folder + configuration checked: no model yet
+        for note in job.notes:
+            print(f"sdclip: warning: {note}", file=sys.stderr)
+        failed = True
+        try:
+            code = _run(job, spec, args, console)
+            failed = False
+            return code
+        finally:
+            job.close(failed=failed)
     finally:
-        job.close(failed=failed)
+        restore()
+
+
+def _sigterm_as_ctrl_c():  # noqa: ANN202
+    """SIGTERM (`kill`, `docker stop`, a scheduler's preemption) ends a job as Ctrl-C does: the shards handed over
+    are finished and listed, temporary files and the lock removed, one line, exit 130. Its default action killed
+    the process silently, leaving them for the next run. Returns the call that puts the old handler back."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        return lambda: None
+
+    def stop(signum, frame) -> None:  # noqa: ANN001
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, stop)
+    return lambda: signal.signal(signal.SIGTERM, old)
 
 
 def _run(job, spec, args: argparse.Namespace, console) -> int:  # noqa: ANN001
