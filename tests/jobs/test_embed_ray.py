@@ -99,12 +99,14 @@ def test_ray_engine_is_quiet_unless_verbose(tmp_path):
     caps.write_text("".join(c + "\n" for c in CAPTIONS))
     env = {**os.environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-m", "sdclip", "embed", "--model", str(model), "--captions", str(caps),
-                          "--out", str(tmp_path / "out"), "--shard-size", "10", "--engine", "ray"],
+                          "--out", str(tmp_path / "out"), "--shard-size", "10", "--engine", "ray",
+                          "--workers", "8"],  # more workers than shards: no Ray Data warning of idle actors
                          env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     noise = [line for line in run.stderr.splitlines() if line.strip()]
     assert not any(" INFO " in line or "Started a local Ray" in line for line in noise), run.stderr
-    assert len(noise) <= 3, run.stderr
+    assert not any("Warning" in line for line in noise), run.stderr
+    assert len(noise) <= 1, run.stderr  # Ray's core announces the log level it was given, once, in C++
 
 
 @pytest.mark.slow

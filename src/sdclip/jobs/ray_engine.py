@@ -69,7 +69,7 @@ def shard_dataset(job: Job, workers: int = 1):  # noqa: ANN201
         ShardActor,
         fn_constructor_kwargs={"spec": asdict(job.spec), "digest": job.digest, "rows": job.rows},
         batch_size=1,
-        compute=_strategy(workers),
+        compute=_strategy(min(workers, len(items))),  # no more actors than shards (Ray Data warns of idle ones)
         num_gpus=1 if _cuda() and job.spec.device.startswith("cuda") else 0,
         num_cpus=1,
     )
