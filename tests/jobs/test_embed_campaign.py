@@ -194,9 +194,6 @@ def test_a_sidecar_edited_mid_job_in_a_real_process_is_one_line_and_resumes(tmp_
 
 # ---- the folder's own names: a user's files, another job's files, a trainer's files ------------------------
 
-@pytest.mark.xfail(strict=True, reason="driver.py (Job._open / write_empty / the writers) replaces a user's file "
-                   "named like the job's own (empty.safetensors, shard-00000.safetensors, scan-*.npy) in an --out "
-                   "holding no manifest; it should refuse in one line and leave it")
 @pytest.mark.parametrize("name", ["empty.safetensors", "shard-00000.safetensors", "scan-lengths.npy"])
 def test_a_users_file_at_one_of_the_jobs_names_is_never_replaced(tmp_path, models, capsys, name):
     caps = write_txt(tmp_path / "caps.txt", ["a red fox", "a blue cat", "a green dog"])
@@ -209,8 +206,6 @@ def test_a_users_file_at_one_of_the_jobs_names_is_never_replaced(tmp_path, model
     assert code == 2 and name in one_line(capsys.readouterr().err)
 
 
-@pytest.mark.xfail(strict=True, reason="another job's shards in an --out without its manifest (deleted or lost) "
-                   "are replaced by this job's: driver.py should refuse a shard whose sdclip_job is not this job's")
 def test_a_folder_of_another_jobs_shards_is_not_taken_over(tmp_path, models, capsys):
     caps = write_txt(tmp_path / "caps.txt", ["a red fox", "a blue cat", "a green dog"])
     out = tmp_path / "out"

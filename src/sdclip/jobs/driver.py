@@ -44,6 +44,10 @@ class Job:
         #: one-line warnings for the user (what --overwrite left alone)
         self.notes: list[str] = []
         self._created = check_out_dir(self.out)
+        #: a lock file left behind: a killed sdclip job was here (its scan arrays may precede any manifest)
+        self._killed = (self.out / LOCK).is_file()
+        #: False once scan arrays here are found not to be this job's: a failed start then leaves them
+        self._own_scan = True
         try:
             self._lock: int | None = _lock(self.out)
         except BaseException:
@@ -75,7 +79,9 @@ class Job:
         self.changed: dict | None = None
         if overwrite:
             self._clear()
-        elif (self.out / MANIFEST).exists():
+        elif not (self.out / MANIFEST).exists() and not (self.out / MANIFEST).is_symlink():
+            self._refuse_foreign()
+        if not overwrite and (self.out / MANIFEST).exists():
             old = Manifest.load(self.out)
             old.config.pop("input", None)  # sdclip ≤ this version kept the captions' hash in the identity
             diff = first_difference(old.config, self.config)
@@ -83,6 +89,23 @@ class Job:
                 raise JobError(f"{self.out} holds a different job ({diff}): pass --overwrite to start again, "
                                "or choose another --out")
             self.manifest = old
+
+    def _refuse_foreign(self) -> None:
+        """In a folder holding no manifest, a file at one of the job's names (scan arrays, `empty.safetensors`)
+        is someone else's unless it is certainly this job's: refused in one line, never replaced. Scan arrays
+        are a killed job's when its lock file was left (they are written just before the first manifest);
+        the empty row and shards are this job's when their header names this job (a folder with a manifest:
+        its pending shards are checked in `_check_shards`)."""
+        for path in sorted(self.out.glob("shard-[0-9]*.safetensors")):
+            if _job_of(path) != self.digest:
+                raise _foreign(path, "not a shard of this job (its metadata names no job or another)")
+        for name in SCAN_FILES:
+            if (self.out / name).exists() and not self._killed:
+                self._own_scan = False
+                raise _foreign(self.out / name, "an `sdclip embed` scan array of no job recorded here")
+        empty = self.out / EMPTY
+        if (empty.exists() or empty.is_symlink()) and _job_of(empty) != self.digest:
+            raise _foreign(empty, "not this job's empty-caption row")
 
     # -- setup ------------------------------------------------------------------------------------
 
@@ -185,7 +208,9 @@ class Job:
         if self.spec.format == "safetensors":
             for k in self.pending():
                 path = self.out / shard_name(k)
-                if path.exists():
+                if path.exists() or path.is_symlink():
+                    if _job_of(path) != self.digest:  # a user's file, or another job's shard: never replaced
+                        raise _foreign(path, "not a shard of this job (its metadata names no job or another)")
                     rec = self._adopt(k, path)
                     if rec is not None:
                         m.shards[str(k)] = rec
@@ -349,7 +374,7 @@ class Job:
         files go, and so do the folders this job created, if empty."""
         if self._lock is None:
             return
-        if failed and not (self.out / MANIFEST).exists():
+        if failed and self._own_scan and not (self.out / MANIFEST).exists():
             remove_scan_files(self.out)
         with contextlib.suppress(OSError):
             (self.out / LOCK).unlink()  # unlinked while held: a job waiting on it re-checks (see _lock)
@@ -381,6 +406,19 @@ def _and_captions(errors: list[dict]) -> str:
     if all(w.startswith("line ") for w in wheres):
         wheres = [("lines " if len(wheres) > 1 else "line ") + ", ".join(w[5:] for w in wheres)]
     return f"; AUTOMATIC1111 AND in {', '.join(wheres)} (--preset kohya reads AND as text)"
+
+
+def _job_of(path: Path) -> object:
+    """The `sdclip_job` a regular safetensors file's metadata names (None if it names none or is no such file)."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        if path.is_file() and not path.is_symlink():
+            return read_header(path).get("__metadata__", {}).get("sdclip_job")
+    return None
+
+
+def _foreign(path: Path, why: str) -> JobError:
+    return JobError(f"{path}: {why}; sdclip never replaces a file it did not write: move it away, or choose "
+                    "another --out")
 
 
 def _lock(out: Path) -> int:
