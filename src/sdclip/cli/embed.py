@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from sdclip.jobs.formats import NAMES as FORMAT_NAMES
-from sdclip.cli.options import add_model_options, add_text_options, model_options, whole_number
+from sdclip.cli.options import add_model_options, add_text_options, check_model_source, model_options, whole_number
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from sdclip.jobs.formats import get_format
     from sdclip.outputs import check_output_folder, refuse_reads
 
+    check_model_source(args.model)
     # never where the model load reads, nor the captions (an image folder is walked whole: nor inside it)
     reads = model_reads(args.model, args.embeddings)
     check_output_folder(args.out, [*reads, args.captions])
