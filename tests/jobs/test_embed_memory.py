@@ -173,3 +173,31 @@ def test_rows_of_mixed_lengths_run_in_few_passes(wan, monkeypatch):
     shapes = [tuple(ids.shape) for ids in seen]
     assert len(shapes) <= 10  # 33 rows, 8 a pass: 5 passes, and where one pass's rows differ too much in length, 2
     assert sum(r for r, _ in shapes) == len(caps) + 1  # every caption once, the empty row once
+
+
+def test_the_writer_hands_freed_memory_back_after_every_shard(tmp_path, monkeypatch):
+    """The writer thread's malloc arena kept what each shard's write freed, and the engine's loop held each
+    shard until the next had encoded (peak RSS grew with a job's shards; bench/bench_embed.py --memory
+    measures it): after each shard, its tensors are gone and the arenas trimmed (glibc's malloc_trim)."""
+    import gc
+    import weakref
+
+    if local._malloc_trim() is None:
+        pytest.skip("no malloc_trim in this C library")
+    trims: list[bool] = []  # per trim: whether the shard handed over was already freed
+    handed: list[weakref.ref] = []
+    real_put = local.ShardWriter.put
+    monkeypatch.setattr(local.ShardWriter, "put",
+                        lambda self, shard, t: (handed.append(weakref.ref(t["token_counts"])), real_put(self, shard, t))[1])
+    monkeypatch.setattr(local, "_malloc_trim", lambda: lambda pad: trims.append(handed[len(trims)]() is None) or 1)
+    model = write_layout("single.safetensors", tiny_family("sd1"), tmp_path / "sd1")
+    caps = write_txt(tmp_path / "caps.txt", [f"caption {i}, a fox" for i in range(10)])
+    from sdclip.cli.main import main
+
+    gc.disable()  # only reference counting frees the shard
+    try:
+        assert main(["embed", "--model", str(model), "--captions", str(caps), "--out", str(tmp_path / "out"),
+                     "--shard-size", "4"]) == 0
+    finally:
+        gc.enable()
+    assert trims == [True, True, True]  # the shard was held by the engine's loop until the next one encoded
