@@ -237,9 +237,6 @@ def _trainer_file(tmp_path: Path, models: dict[str, Path], fmt: str) -> Path:
     return Path("out") / sorted(p.name for p in (tmp_path / "scratch-out").glob("*.pt"))[0]
 
 
-@pytest.mark.xfail(strict=True, reason="the trainer formats (formats/*, work.py) replace a file of the trainer's "
-                   "own name the job did not write (sd-scripts' own npz beside an image, a .pt in --out, a file in "
-                   "_t_e_cache/): it should refuse in one line naming it (a trainer's own cache is the user's work)")
 @pytest.mark.parametrize("fmt", ["kohya", "simpletuner", "ai-toolkit", "musubi"])
 def test_a_trainer_folder_with_foreign_files_of_the_trainers_names_loses_none(tmp_path, models, wan, capsys, fmt):
     target = tmp_path / _trainer_file(tmp_path, models, fmt)
@@ -438,10 +435,6 @@ def _dead_pid() -> int:
     return child.pid
 
 
-@pytest.mark.xfail(strict=True, reason="driver.py removes stale temporary files in --out only (shards."
-                   "remove_stale_temps(out)): the one a SIGKILLed kohya / ai-toolkit writer leaves beside the images "
-                   "(.i0000_te_outputs.npz.PID.xxxx.tmp, found by the kill -9 loop) stays after the resumed job; it "
-                   "should be removed there too, as in --out")
 def test_a_killed_trainer_writers_temporary_file_beside_the_images_is_removed_by_the_next_run(tmp_path, models):
     """The file a SIGKILL leaves (its writer's pid is gone), made directly: the kill -9 loop above met it when a
     kill landed inside an npz write. The same leftover in --out is removed (the control)."""

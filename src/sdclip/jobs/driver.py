@@ -67,6 +67,12 @@ class Job:
         from sdclip.jobs.formats import get_format
 
         self.format = get_format(spec.format)
+        if self.format is not None:  # what a killed job left beside the images; ownership read afresh
+            from sdclip.jobs.formats.owned import forget, remove_dead_temps
+
+            forget(self.out)
+            if self.format.root == "images" and self.source.format == "images":
+                remove_dead_temps(self.out, Path(spec.captions))
         if self.format is not None and self.format.per_image and self.source.format != "images":
             raise JobError(f"--format {spec.format} names its files after the images: --captions must be an image folder")
         if self.format is not None and self.format.per_image and spec.caption_lines:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # torch is imported where tensors are made: `sdclip --help` a
     import torch
 
 from sdclip.conventions.family import FAMILIES
+from sdclip.jobs.formats.owned import claim
 from sdclip.jobs.manifest import JobError
 from sdclip.jobs.shards import write_bytes_atomic
 
@@ -264,7 +265,9 @@ def write_rows(fmt: Format, ctx: RowContext) -> None:
         seen[name] = where
         meta = None if table.meta is None else {k: caption if v == CAPTION else v for k, v in table.meta.items()}
         row = Row(ctx.family, ctx.widths, ctx.targets, ctx.tensors, i, slots)
-        ctx.save(root, name, fmt.encode(row_items(table, row), meta))
+        data = fmt.encode(row_items(table, row), meta)
+        claim(ctx.out, root, name)  # journaled before it is written; a file sdclip did not write is refused
+        ctx.save(root, name, data)
 
 
 def one_row(family: str, rows: int, trainer: str) -> None:
