@@ -88,7 +88,6 @@ def run(args: argparse.Namespace) -> int:
     from sdclip.jobs.formats import get_format
     from sdclip.outputs import check_output_folder, refuse_reads
 
-    check_model_source(args.model)
     # never where the model load reads, nor the captions (an image folder is walked whole: nor inside it)
     reads = model_reads(args.model, args.embeddings)
     check_output_folder(args.out, [*reads, args.captions])
@@ -96,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     if fmt is not None and fmt.root_of(args.captions, args.out) != args.out:  # files beside the images: same rule
         refuse_reads(fmt.root_of(args.captions, args.out), reads,
                      flag=f"--format {args.format} writes beside the images, and --captions")
+    check_model_source(args.model)  # after the output's checks: a wrong --out is named even with no model yet
     from sdclip.jobs.driver import Job
     from sdclip.jobs.plan import JobSpec
 
