@@ -146,29 +146,32 @@ class CaptionEncoder:
         out: dict[str, torch.Tensor] = {}
         for t in where:
             if t in self.keep:
-                self._place(out, n, where[t], self.keep[t][0])
+                self._place(out, n, [where[t]], [self.keep[t][0]])
         todo = [t for t in where if t not in self.keep]
         for lo in range(0, len(todo), self.spec.batch_size):
             batch = todo[lo : lo + self.spec.batch_size]
             prepared = {t: self.cond.prepare(t) for t in batch}
             pos = self.cond.encode(batch, prepared=prepared).positive
             offsets = _block_offsets([prepared[t].block_slots() for t in batch])
-            for b, t in enumerate(batch):
-                row = self._row(pos, b, prepared[t], offsets)
-                self._place(out, n, where[t], row)
+            rows = [self._row(pos, b, prepared[t], offsets) for b, t in enumerate(batch)]
+            self._place(out, n, [where[t] for t in batch], rows)
+            for t, row in zip(batch, rows):
                 last = int(reuse_until[where[t][0]]) if reuse_until is not None else -1
                 if last > position:
                     self.keep[t] = (row, last)
         return out
 
-    def _place(self, out: dict[str, torch.Tensor], n: int, at: list[int], row: dict[str, torch.Tensor]) -> None:
-        """Row tensors into the batch's [n, …] outputs at `at` (allocated on the first row, floats in the store
-        dtype): written in place as each batch ends, so a shard's rows exist once, not as rows and a stack."""
-        for name, v in row.items():
+    def _place(self, out: dict[str, torch.Tensor], n: int, at: list[list[int]], rows: list[dict]) -> None:
+        """Rows j into the [n, …] outputs at positions at[j] (allocated on first use, on the CPU, floats in the
+        store dtype): filled batch by batch, so a shard's rows exist once, not as rows and then a stack; one
+        copy per batch from the encoder's device."""
+        for name in rows[0]:
+            block = torch.stack([r[name] for r in rows]).cpu()
             if name not in out:
-                out[name] = torch.empty((n, *v.shape), dtype=self.store if v.is_floating_point() else v.dtype)
-            for i in at:
-                out[name][i] = v
+                dtype = self.store if block.is_floating_point() else block.dtype
+                out[name] = torch.empty((n, *block.shape[1:]), dtype=dtype)
+            for j, positions in enumerate(at):
+                out[name][positions] = block[j]
 
     def forget_before(self, position: int) -> None:
         """Drop kept results whose caption does not occur at or after index `position`."""
