@@ -166,10 +166,10 @@ class CaptionEncoder:
         store dtype): filled batch by batch, so a shard's rows exist once, not as rows and then a stack; one
         copy per batch from the encoder's device."""
         for name in rows[0]:
-            block = torch.stack([r[name] for r in rows]).cpu()
+            block = torch.stack([r[name] for r in rows])
+            block = (block.to(self.store) if block.is_floating_point() else block).cpu()
             if name not in out:
-                dtype = self.store if block.is_floating_point() else block.dtype
-                out[name] = torch.empty((n, *block.shape[1:]), dtype=dtype)
+                out[name] = torch.empty((n, *block.shape[1:]), dtype=block.dtype)
             for j, positions in enumerate(at):
                 out[name][positions] = block[j]
 
