@@ -250,10 +250,6 @@ def test_a_trainer_folder_with_foreign_files_of_the_trainers_names_loses_none(tm
     assert code == 2 and target.name in one_line(capsys.readouterr().err)
 
 
-@pytest.mark.xfail(strict=True, reason="readers.py ImageFolder.fingerprint encodes each image's path as UTF-8: an "
-                   "image named with bytes that are not UTF-8 (b'\\xff.png') ends every job with \"'utf-8' codec "
-                   "can't encode character '\\udcff'…\", naming no file; it should be that image's error (listed, "
-                   "skipped with --on-error skip) or one line naming it")
 def test_an_image_whose_name_is_not_utf8_is_that_images_error_not_the_jobs(tmp_path, models, capsys):
     images = image_folder(tmp_path / "imgs", ["a red fox", "a blue cat"])
     (images / os.fsdecode(b"\xff.png")).write_bytes(b"not an image")

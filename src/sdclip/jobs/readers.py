@@ -281,7 +281,9 @@ class ImageFolder(CaptionSource):
     sorted relative path. `caption_extension` is kohya sd-scripts' `--caption_extension` (default `.txt`). As in
     sd-scripts, an image without a caption file is trained on the empty caption: it reads as "" with a
     warning. A sidecar that is not a regular file (a folder, a FIFO) or not UTF-8 is an error for that image,
-    found without opening it (a FIFO would block). Seek = position."""
+    found without opening it (a FIFO would block). So is an image whose path is not UTF-8: manifests, trainer
+    sidecars and the terminal cannot name it, so it is listed (escaped, `\\xff.png`) and keeps its index. Seek =
+    position."""
 
     format = "images"
 
@@ -312,6 +314,8 @@ class ImageFolder(CaptionSource):
 
     def _caption(self, rel: str) -> tuple[bytes | None, str | None]:
         """(bytes, None), (None, None) when there is no caption file, or (None, error)."""
+        if _printable(rel) != rel:
+            return None, NAME_NOT_UTF8
         sidecar = self.sidecar(rel)
         try:
             mode = os.stat(sidecar).st_mode
@@ -341,7 +345,7 @@ class ImageFolder(CaptionSource):
                 return
             raw, error = self._caption(rel)
             if error is not None:
-                yield Record(index, rel, None, error, index)
+                yield Record(index, _printable(rel), None, error, index)
                 continue
             if raw is None:
                 yield Record(index, rel, "", None, index,
@@ -376,7 +380,7 @@ class ImageFolder(CaptionSource):
                     continue
                 if stop is not None and index >= stop:
                     return
-                where = rel if len(captions) == 1 else f"{rel} line {k + 1}"
+                where = _printable(rel) if len(captions) == 1 else f"{rel} line {k + 1}"
                 yield Record(index, where, text, err, (pos, k), warning)
                 index += 1
 
@@ -387,10 +391,18 @@ class ImageFolder(CaptionSource):
         for rel in self.images():
             raw, error = self._caption(rel)
             cap = raw if raw is not None else (b"\x00missing" if error is None else b"\x00error")
-            h.update(f"{rel}\x00{len(cap)}\x00".encode())
+            h.update(os.fsencode(rel) + f"\x00{len(cap)}\x00".encode())  # the name's own bytes, UTF-8 or not
             h.update(cap)
             size += len(cap)
         return {"format": self.format, "size": size, "sha256": h.hexdigest()}
+
+
+NAME_NOT_UTF8 = "the file name is not UTF-8: rename the image (and its caption file)"
+
+
+def _printable(rel: str) -> str:
+    """`rel` with the bytes a non-UTF-8 name decoded to (surrogates) written as `\\xff`: one printable line."""
+    return os.fsencode(rel).decode("utf-8", "backslashreplace")
 
 
 _SOURCES: dict[str, type[CaptionSource]] = {
