@@ -259,10 +259,6 @@ def test_an_image_whose_name_is_not_utf8_is_that_images_error_not_the_jobs(tmp_p
     assert embed("--verify", out) == 0 and len(read_rows(out)["index"]) >= 2
 
 
-@pytest.mark.xfail(strict=True, reason="readers.py Parquet.__init__ lets pyarrow's errors out: a file with a "
-                   "garbage footer is a 15-line OSError traceback, exit 1 ('Couldn't deserialize thrift'); a cut one "
-                   "is one line naming no file ('Parquet magic bytes not found in footer…'); both should be one line "
-                   "naming the file, exit 2, no folder made")
 @pytest.mark.parametrize("damage", ["cut", "garbage"])
 def test_a_broken_parquet_file_is_one_line_naming_it(tmp_path, models, capsys, damage):
     pa = pytest.importorskip("pyarrow")

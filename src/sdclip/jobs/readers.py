@@ -232,16 +232,23 @@ class TabSeparated(Delimited):
 
 
 class Parquet(CaptionSource):
-    """.parquet: the caption column read one row group at a time. Seek = row index."""
+    """.parquet: the caption column read one row group at a time. Seek = row index. pyarrow's errors for a
+    damaged file (a cut one is a ValueError naming no file, a garbage footer a bare OSError) are one line
+    naming the file."""
 
     format = "parquet"
 
     def __init__(self, path: Path, column: str | None = None):
         super().__init__(path, column)
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        self._file = pq.ParquetFile(self.path)
-        names = self._file.schema_arrow.names
+        self._broken = (OSError, pa.ArrowException)
+        try:
+            self._file = pq.ParquetFile(self.path)
+            names = self._file.schema_arrow.names
+        except self._broken as exc:
+            raise self._unreadable(exc) from None
         wanted = (column,) if column else DEFAULT_COLUMNS
         found = next((n for n in wanted if n in names), None)
         if found is None:
@@ -260,7 +267,10 @@ class Parquet(CaptionSource):
             if first + n <= start:
                 first += n
                 continue
-            values = self._file.read_row_group(g, columns=[self._name]).column(0).to_pylist()
+            try:
+                values = self._file.read_row_group(g, columns=[self._name]).column(0).to_pylist()
+            except self._broken as exc:
+                raise self._unreadable(exc, f" (row group {g + 1} of {meta.num_row_groups})") from None
             for k in range(max(0, start - first), n):
                 if stop is not None and index >= stop:
                     return
@@ -274,6 +284,10 @@ class Parquet(CaptionSource):
                     yield Record(index, where, value, None, index)
                 index += 1
             first += n
+
+    def _unreadable(self, exc: BaseException, where: str = "") -> CaptionSourceError:
+        reason = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        return CaptionSourceError(f"{self.path}{where}: not a readable Parquet file ({reason.strip()})")
 
 
 class ImageFolder(CaptionSource):
