@@ -34,6 +34,11 @@ MAX_RECORDED_WARNINGS = 100
 #: truncated captions listed in the manifest (all are counted): a list of every one grew with the captions,
 #: in memory and in a manifest rewritten after every shard (1M long captions: MBs per rewrite)
 MAX_LISTED_TRUNCATED = 1000
+#: captions whose check results the scan keeps (a repeated caption, often 4× in a dataset, is checked once):
+#: at most this many, each of at most REMEMBERED_CHARS characters, forgotten all at once when full, so the
+#: memory stays bounded (≤ 4M characters) whatever the job's size
+MAX_REMEMBERED_CHECKS = 4096
+REMEMBERED_CHARS = 1024
 
 
 @dataclass
@@ -210,6 +215,7 @@ def scan(source: CaptionSource, check: Check, slots: int, shard_size: int, out: 
     import numpy as np
 
     result = Scan()
+    seen: dict[str, tuple[int, tuple[str, ...], str | None]] = {}  #: repeated captions checked once
     lengths = array("i")
     digests = array("Q")
     for rec in source.records():
@@ -220,13 +226,16 @@ def scan(source: CaptionSource, check: Check, slots: int, shard_size: int, out: 
         if rec.warning is not None:
             result.warn(rec.index, rec.where, rec.warning)
         if error is None:
-            try:
-                n, warnings = check(rec.text)  # type: ignore[arg-type]
-            except ValueError as exc:
-                error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            else:
-                for w in warnings:
-                    result.warn(rec.index, rec.where, w)
+            outcome = seen.get(rec.text)  # type: ignore[arg-type]
+            if outcome is None:
+                outcome = _checked(check, rec.text)  # type: ignore[arg-type]
+                if len(seen) >= MAX_REMEMBERED_CHECKS:
+                    seen.clear()
+                if len(rec.text) <= REMEMBERED_CHARS:  # type: ignore[arg-type]
+                    seen[rec.text] = outcome  # type: ignore[index]
+            n, warnings, error = outcome
+            for w in warnings:
+                result.warn(rec.index, rec.where, w)
         if error is not None:
             result.errors.append({"index": rec.index, "where": rec.where, "error": error})
         else:
@@ -262,6 +271,15 @@ def scan(source: CaptionSource, check: Check, slots: int, shard_size: int, out: 
     _save_npy(out / DIGESTS, h)
     _save_npy(out / FIRST, first)
     return result
+
+
+def _checked(check: Check, text: str) -> tuple[int, tuple[str, ...], str | None]:
+    """check(text) as (natural length, warnings, None), or (-1, (), its one-line error) for a bad caption."""
+    try:
+        n, warnings = check(text)
+    except ValueError as exc:
+        return -1, (), str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return n, tuple(warnings), None
 
 
 def _save_npy(path: Path, arr) -> None:  # noqa: ANN001

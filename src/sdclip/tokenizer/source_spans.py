@@ -110,6 +110,9 @@ class SourceMap:
 def fragment_spans(text: str, start: int, end: int, spans: list[tuple[int, int]], source: str) -> list[tuple[int, int]]:
     """Spans in one fragment's `text` → source-prompt spans. Without a source (or where the text is its source
     slice) `start + offset`, clipped to `end`, as before."""
+    hi = max(start, end)
+    if not source or source[start:hi] == text:  # SourceMap's verbatim case, without a call per token
+        return [(min(start + a, hi), max(min(start + a, hi), min(start + b, hi))) for a, b in spans]
     where = SourceMap(source)
     out = []
     for a, b in spans:

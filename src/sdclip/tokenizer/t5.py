@@ -370,6 +370,14 @@ def tokenize_t5(
         import bisect
 
         where = SourceMap(source)
+        # a piece whose text is its source slice maps by a shift (SourceMap's verbatim case, no call per token)
+        shift = [None if f.kind == "break" or where._of(k, f.text, f.start, max(f.start, f.end)) is not None
+                 else f.start - bounds[k] for k, (_, f) in enumerate(pieces)]
+        if len(pieces) == 1 and shift[0] is not None:  # one verbatim piece (most captions): the loop below, batched
+            lo, hi, w = shift[0], max(pieces[0][1].start, pieces[0][1].end), pieces[0][1].weight
+            ids, weights = list(t_ids), [w] * len(t_ids)
+            spans = [(min(lo + a, hi), max(min(lo + a, hi), min(lo + b, hi))) for a, b in t_spans]
+            t_ids = ()
         for token_id, (a, b) in zip(t_ids, t_spans):
             k = max(0, bisect.bisect_right(bounds, min(a, max(len(text) - 1, 0))) - 1)
             while k + 1 < len(pieces) and not pieces[k][0] and bounds[k + 1] <= a:
@@ -377,7 +385,13 @@ def tokenize_t5(
             frag = pieces[k][1] if pieces else None
             ids.append(token_id)
             weights.append(frag.weight if frag is not None else 1.0)
-            spans.append(_to_source(a, b, k, bounds, pieces, where))
+            lo = shift[k] if pieces else None
+            if lo is not None and (k + 1 == len(pieces) or b <= bounds[k + 1]):  # within piece k
+                hi = max(frag.start, frag.end)
+                s = min(lo + a, hi)
+                spans.append((s, max(s, min(lo + b, hi))))
+            else:
+                spans.append(_to_source(a, b, k, bounds, pieces, where))
     keep = len(ids) if max_length is None else min(len(ids), max_length - 1)
     dropped = ""
     if keep < len(ids):
