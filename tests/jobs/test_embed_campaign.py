@@ -325,9 +325,6 @@ def test_a_full_disk_under_trainer_files_is_one_line_and_resumes(tmp_path, model
     assert len(list(images.glob("*_te_outputs.npz"))) == 8 and embed("--verify", tmp_path / "out") == 0
 
 
-@pytest.mark.xfail(strict=True, reason="local.py names shard_name(k) in the write error of every format: a kohya "
-                   "job says 'cannot write shard-00000.safetensors', a file it never writes; it should name the "
-                   "trainer file that failed (i0000_te_outputs.npz)")
 def test_a_full_disk_under_trainer_files_names_the_file_that_failed(tmp_path, models):
     run, _, _ = _full_disk_kohya(tmp_path, models)
     assert "_te_outputs.npz" in run.stderr and "shard-00000.safetensors" not in run.stderr, run.stderr

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -100,9 +101,18 @@ class ShardWriter:
                     self.on_shard(record)
                 release_freed_memory()
             except OSError as exc:
-                self.error = os_error(exc, shard_name(shard.k), len(self.job.manifest.shards))  # type: ignore[union-attr]
+                self.error = os_error(exc, failed_file(exc, self.work, shard.k),
+                                      len(self.job.manifest.shards))  # type: ignore[union-attr]
             except BaseException as exc:  # noqa: BLE001 - handed to the main thread, raised there
                 self.error = exc
+
+
+def failed_file(exc: OSError, work: ShardWork, k: int) -> str:
+    """What a write error names: sdclip's shard k, or for a trainer format the file the error names (its rows
+    are the trainer's own files, never a shard: a kohya job has no shard-00000.safetensors to name)."""
+    if work.format is None:
+        return shard_name(k)
+    return os.fsdecode(exc.filename) if exc.filename else f"shard {k}'s --format {work.format.name} files"
 
 
 def release_freed_memory() -> None:

@@ -37,8 +37,14 @@ def header_rows(header: dict) -> int:
 
 
 def write_bytes_atomic(final: Path, data: bytes) -> None:
-    with atomic_path(final) as tmp:
-        tmp.write_bytes(data)
+    """Write `data` to `final` atomically; an OSError names `final` (a failed write names no file, a failed
+    open its temporary), so a job can say which of its files it could not write."""
+    try:
+        with atomic_path(final) as tmp:
+            tmp.write_bytes(data)
+    except OSError as exc:
+        exc.filename = str(final)
+        raise
 
 
 def write_shard(final: Path, tensors: dict, metadata: dict[str, str]) -> tuple[str, int]:
