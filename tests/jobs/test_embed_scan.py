@@ -178,3 +178,27 @@ def test_token_spans_equal_the_general_source_mapping(encoders, family):
                     assert fragment_spans(f.text, f.start, f.end, spans, caption) == want, caption
             checked += 1
     assert checked >= len(CAPTIONS)
+
+
+def test_wan_clean_skips_ftfy_only_where_ftfy_changes_nothing():
+    """wan_clean skips ftfy.fix_text for printable ASCII without `&`: ftfy itself (the peer) returns such text
+    unchanged, on fuzzed ASCII heavy in quotes, brackets, escapes and tag-like runs; text outside the rule
+    (entities, control characters, mojibake, curly quotes) still goes through it."""
+    import random
+    import string
+
+    ftfy = pytest.importorskip("ftfy")
+    from sdclip.tokenizer.t5_clean import wan_clean
+
+    rng = random.Random(21)
+    alphabet = string.ascii_letters + string.digits + string.punctuation.replace("&", "") + "    "
+    samples = ["", " ", "a red fox", "<b>bold</b> ``quoted'' \"x\" 'y' -- ... ;)", "\\(escaped\\) [x] {y} #1 ~%"]
+    samples += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 200))) for _ in range(2000)]
+    for s in samples:
+        assert s.isascii() and s.isprintable() and "&" not in s
+        assert ftfy.fix_text(s) == s, s
+    from diffusers.pipelines.wan.pipeline_wan import prompt_clean  # the pipeline's own cleaning
+
+    others = ["a &amp;amp; b", "caf\u00c3\u00a9", "\u201ccurly\u201d", "tab\there", "line\r\nbreak", "\x1b[31mred"]
+    for s in samples[:300] + others:
+        assert wan_clean(s) == prompt_clean(s), s

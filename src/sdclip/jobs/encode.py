@@ -111,8 +111,9 @@ class CaptionEncoder:
             if weight != 1.0:
                 warnings.append(f"its AUTOMATIC1111 AND weight {weight:g} (a trailing ':{weight:g}') scales guidance "
                                 "in A1111 only; the cache ignores it")
-        natural = prep.slots
-        over = any(s > t for s, t in zip(prep.block_slots(), self.targets))
+        blocks = prep.block_slots()
+        natural = sum(blocks)  # prep.slots, without laying the rows out twice
+        over = any(s > t for s, t in zip(blocks, self.targets))
         if (over or prep.dropped) and natural <= self.slots:
             natural = self.slots + 1
         return natural, tuple(warnings)

@@ -23,8 +23,8 @@ def wan_clean(text: str) -> str:
         import ftfy
     except ImportError:
         ftfy = None
-    if ftfy is not None:
-        text = ftfy.fix_text(text)
+    if ftfy is not None and not (text.isascii() and text.isprintable() and "&" not in text):
+        text = ftfy.fix_text(text)  # (printable ASCII without an entity is what fix_text returns unchanged)
     text = html.unescape(html.unescape(text)).strip()
     return re.sub(r"\s+", " ", text).strip()
 
