@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from sdclip.jobs.formats import NAMES as FORMAT_NAMES
-from sdclip.cli.options import add_model_options, add_text_options, check_model_source, model_options, whole_number
+from sdclip.cli.options import add_model_options, add_text_options, model_options, whole_number
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -95,7 +95,9 @@ def run(args: argparse.Namespace) -> int:
     if fmt is not None and fmt.root_of(args.captions, args.out) != args.out:  # files beside the images: same rule
         refuse_reads(fmt.root_of(args.captions, args.out), reads,
                      flag=f"--format {args.format} writes beside the images, and --captions")
-    check_model_source(args.model)  # after the output's checks: a wrong --out is named even with no model yet
+    from sdclip.encoder.loading.hub import check_source
+
+    check_source(args.model)  # after the output's checks: a wrong --out is named even with no model yet
     from sdclip.jobs.driver import Job
     from sdclip.jobs.plan import JobSpec
 

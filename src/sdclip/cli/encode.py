@@ -25,7 +25,7 @@ import warnings
 from dataclasses import asdict
 from pathlib import Path
 
-from sdclip.cli.options import add_model_options, add_text_options, check_model_source, model_options, whole_number
+from sdclip.cli.options import add_model_options, add_text_options, model_options, whole_number
 from sdclip.describe import lane_warnings
 from sdclip.outputs import OutputError, atomic_path, check_output_file, reason
 
@@ -93,11 +93,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--out must be a .safetensors file, got {args.out}")
     from sdclip.encoder.loading.reads import model_reads  # the model folder / file, its tokenizers, embeddings
 
-    check_model_source(args.model)
     inputs = [*model_reads(args.model, args.embeddings)] + ([args.prompts_file] if args.prompts_file else [])
     check_output_file(args.out, inputs)
     prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts_file)
     options = model_options(args)
+    from sdclip.encoder.loading.hub import check_source
+
+    check_source(args.model)  # after the options' own checks: a bad value is named even with no model yet
     torch = _torch()
     from sdclip.encoder.device import resolve_device
 

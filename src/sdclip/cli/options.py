@@ -121,19 +121,6 @@ def add_model_options(p: argparse.ArgumentParser, *, model_required: bool = True
     p.add_argument("--prompt-3", help="diffusers' prompt_3: the text of SD3's T5; default the prompt")
 
 
-def check_model_source(source: str | None, flag: str = "--model") -> None:
-    """A `--model` that is neither a path nor a hub id: one line naming the flag, before anything loads (the
-    loader's own message names the path only: it is a library call, which has no flags)."""
-    import os
-
-    if source is None or os.path.lexists(os.path.expanduser(source)):
-        return
-    from sdclip.encoder.loading.hub import looks_like_hub_id
-
-    if not looks_like_hub_id(source):
-        raise ValueError(f"{flag} {source}: no such file or folder (nor a hub id such as owner/name)")
-
-
 def add_clip_skip_options(p: argparse.ArgumentParser) -> None:
     """`--clip-skip N` and the convention it is counted in (people bring their number from another tool)."""
     p.add_argument("--clip-skip", type=whole_number, metavar="N",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sdclip.cli.options import add_model_options, add_text_options, check_model_source, finite_float, whole_number
+from sdclip.cli.options import add_model_options, add_text_options, finite_float, whole_number
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7861
@@ -68,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--llm-tokenizer is for a page without --model: with a model its own tokenizer is used")
     if any(not h.strip() for h in args.allow_host):
         raise ValueError("--allow-host must name a host")
-    check_model_source(args.model)
+    from sdclip.encoder.loading.hub import check_source
+
+    check_source(args.model)
     t5 = _t5_tokenizer(args.t5_tokenizer) if args.t5_tokenizer else None
     llm = _llm_tokenizer(args.llm_tokenizer) if args.llm_tokenizer else None
     conditioner = _load(args) if args.model else None

@@ -58,6 +58,15 @@ def looks_like_hub_id(source: str) -> bool:
     return bool(_HUB_ID.match(s)) and not s.startswith((".", "/", "~")) and "\\" not in s
 
 
+def check_source(source: str | None, flag: str = "--model") -> None:
+    """A command's `--model` that is neither a path nor a hub id: one line naming the flag, before anything
+    loads (`resolve`'s own message names the path only: a library call has no flags)."""
+    if source is None or os.path.lexists(os.path.expanduser(source)):
+        return
+    if not looks_like_hub_id(source):
+        raise ValueError(f"{flag} {source}: no such file or folder (nor a hub id such as owner/name)")
+
+
 def resolve(source: str | Path) -> Path:
     """A local path as is; a hub id downloaded (or found in the cache); anything else a CheckpointError."""
     path = Path(os.path.expanduser(str(source)))
