@@ -256,7 +256,13 @@ def test_an_image_whose_name_is_not_utf8_is_that_images_error_not_the_jobs(tmp_p
     (images / os.fsdecode(b"\xff.txt")).write_text("a green dog", encoding="utf-8")
     out = tmp_path / "out"
     assert embed("--model", models["sd1"], "--captions", images, "--out", out, "--on-error", "skip") == 0
-    assert embed("--verify", out) == 0 and len(read_rows(out)["index"]) >= 2
+    assert embed("--verify", out) == 0 and len(read_rows(out)["index"]) == 2
+    errors = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["errors"]
+    assert len(errors) == 1 and "not UTF-8" in errors[0]["error"]
+    capsys.readouterr()
+    assert embed("--model", models["sd1"], "--captions", images, "--out", tmp_path / "out2") == 2  # no skip: listed
+    err = capsys.readouterr().err
+    assert "\\xff.png" in err and "not UTF-8" in err and not (tmp_path / "out2" / "manifest.json").exists()
 
 
 @pytest.mark.parametrize("damage", ["cut", "garbage"])
@@ -408,7 +414,7 @@ def test_kill_9_at_random_moments_then_resume_equals_an_undisturbed_run(tmp_path
             proc.wait()
         assert main(cmd[3:]) == 0, f"resume after a kill at {delay:.1f} s"
         assert embed("--verify", out) == 0
-        # (a killed trainer-file writer's temporary file beside the images stays: the strict xfail below)
+        # (a killed trainer-file writer's temporary beside the images is removed: tests/jobs/test_embed_owned_files.py)
         assert not list(out.glob(".*.tmp")) and not list(out.glob("scan-*")) and not (out / ".lock").exists()
         if "--format" in extra:
             assert _trainer_files(images, out) == _trainer_files(ref_images, tmp_path / "ref"), f"kill at {delay:.1f} s"
