@@ -129,5 +129,5 @@ def release_freed_memory() -> None:
 def _malloc_trim():  # noqa: ANN202
     try:
         return ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl without it; Windows: no CDLL(None)): nothing to trim
+    except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl; Windows has no CDLL(None)): no trim
         return None
