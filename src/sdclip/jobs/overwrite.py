@@ -79,7 +79,8 @@ def sidecar_files(out: Path, records: list[dict]) -> list[Path]:
     """The shard sidecars (`shard-NNNNN.json`, sdclip.jobs.manifest) in `out` an earlier job wrote: regular
     files whose bytes hash to what a record names, or whose JSON carries `sdclip_job` (a killed job wrote it
     before listing its shard)."""
-    from sdclip.jobs.manifest import SIDECAR_RE
+    from sdclip import bounded_files
+    from sdclip.jobs.manifest import MAX_SIDECAR_BYTES, SIDECAR_RE
 
     recorded = {}
     for rec in records:
@@ -93,7 +94,7 @@ def sidecar_files(out: Path, records: list[dict]) -> list[Path]:
             if not SIDECAR_RE.fullmatch(entry.name) or not regular(path):
                 continue
             with contextlib.suppress(OSError, ValueError, RecursionError):
-                data = path.read_bytes()
+                data = bounded_files.read_bytes(path, MAX_SIDECAR_BYTES, ValueError)  # as manifest.row_lists
                 if hashlib.sha256(data).hexdigest() == recorded.get(entry.name) or (
                         isinstance(doc := json.loads(data), dict) and isinstance(doc.get("sdclip_job"), str)):
                     found.append(path)
