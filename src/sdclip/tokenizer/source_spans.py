@@ -107,12 +107,19 @@ class SourceMap:
         return min(start + where[min(offset, len(where) - 1) - 1] + 1, end)
 
 
+def shifted(a: int, b: int, lo: int, hi: int) -> tuple[int, int]:
+    """The span (a, b) of a fragment's text whose source slice is that very text, starting at `lo`: moved by
+    `lo`, clipped to the slice's end `hi` (SourceMap's verbatim case, without a call per token)."""
+    s = min(lo + a, hi)
+    return s, max(s, min(lo + b, hi))
+
+
 def fragment_spans(text: str, start: int, end: int, spans: list[tuple[int, int]], source: str) -> list[tuple[int, int]]:
     """Spans in one fragment's `text` → source-prompt spans. Without a source (or where the text is its source
     slice) `start + offset`, clipped to `end`, as before."""
     hi = max(start, end)
-    if not source or source[start:hi] == text:  # SourceMap's verbatim case, without a call per token
-        return [(min(start + a, hi), max(min(start + a, hi), min(start + b, hi))) for a, b in spans]
+    if not source or source[start:hi] == text:
+        return [shifted(a, b, start, hi) for a, b in spans]
     where = SourceMap(source)
     out = []
     for a, b in spans:

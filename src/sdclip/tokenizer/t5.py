@@ -27,7 +27,7 @@ from typing import Literal
 from sdclip.bounded_files import MAX_TOKENIZER, loads, read_bytes, read_json, read_text
 from sdclip.syntax.prompt import Sequence
 from sdclip.tokenizer.stream import TokenStream
-from sdclip.tokenizer.source_spans import SourceMap, fragment_spans
+from sdclip.tokenizer.source_spans import SourceMap, fragment_spans, shifted
 
 __all__ = ["T5Tokenizer", "T5Tokens", "T5TokenizerError", "tokenize_t5"]
 
@@ -376,7 +376,7 @@ def tokenize_t5(
         if len(pieces) == 1 and shift[0] is not None:  # one verbatim piece (most captions): the loop below, batched
             lo, hi, w = shift[0], max(pieces[0][1].start, pieces[0][1].end), pieces[0][1].weight
             ids, weights = list(t_ids), [w] * len(t_ids)
-            spans = [(min(lo + a, hi), max(min(lo + a, hi), min(lo + b, hi))) for a, b in t_spans]
+            spans = [shifted(a, b, lo, hi) for a, b in t_spans]
             t_ids = ()
         for token_id, (a, b) in zip(t_ids, t_spans):
             k = max(0, bisect.bisect_right(bounds, min(a, max(len(text) - 1, 0))) - 1)
@@ -387,9 +387,7 @@ def tokenize_t5(
             weights.append(frag.weight if frag is not None else 1.0)
             lo = shift[k] if pieces else None
             if lo is not None and (k + 1 == len(pieces) or b <= bounds[k + 1]):  # within piece k
-                hi = max(frag.start, frag.end)
-                s = min(lo + a, hi)
-                spans.append((s, max(s, min(lo + b, hi))))
+                spans.append(shifted(a, b, lo, max(frag.start, frag.end)))
             else:
                 spans.append(_to_source(a, b, k, bounds, pieces, where))
     keep = len(ids) if max_length is None else min(len(ids), max_length - 1)
