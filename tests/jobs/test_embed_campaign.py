@@ -293,18 +293,24 @@ def test_a_manifest_that_is_a_fifo_is_one_line_not_a_hang(tmp_path, models):
 
 # ---- two jobs on one folder ------------------------------------------------------------------------------
 
-def test_a_second_job_on_a_folder_being_written_is_one_line_and_the_first_finishes(tmp_path, models, capsys):
-    captions = [f"caption {i}, a red fox number {i}" for i in range(300)]
-    caps = write_txt(tmp_path / "caps.txt", captions)
+
+def _job_running(tmp_path: Path, model, until: str):  # noqa: ANN001, ANN202
+    """An `sdclip embed` subprocess on 300 captions in shards of 10, returned once it has written `until`:
+    (the process, its arguments, its --out)."""
+    caps = write_txt(tmp_path / "caps.txt", [f"caption {i}, a red fox number {i}" for i in range(300)])
     out = tmp_path / "out"
-    args = ["--model", str(models["sd1"]), "--captions", str(caps), "--out", str(out), "--shard-size", "10",
+    args = ["--model", str(model), "--captions", str(caps), "--out", str(out), "--shard-size", "10",
             "--batch-size", "4"]
-    first = subprocess.Popen([sys.executable, "-m", "sdclip", "embed", *args], env=env(), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "sdclip", "embed", *args], env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not (out / "shard-00000.safetensors").exists():
-        assert first.poll() is None and time.monotonic() < deadline, "the first job ended before the second began"
+    while not (out / until).exists():
+        assert proc.poll() is None and time.monotonic() < deadline, f"the job ended before it wrote {until}"
         time.sleep(0.01)
+    return proc, args, out
+
+def test_a_second_job_on_a_folder_being_written_is_one_line_and_the_first_finishes(tmp_path, models, capsys):
+    first, args, out = _job_running(tmp_path, models["sd1"], "shard-00000.safetensors")
     assert embed(*args) == 2
     assert one_line(capsys.readouterr().err) == f"sdclip: {out}: another `sdclip embed` is writing this folder\n"
     _, stderr = first.communicate(timeout=180)
@@ -474,16 +480,7 @@ def test_sigterm_ends_a_job_as_ctrl_c_does(tmp_path, models):
     """`kill PID` (docker stop, a scheduler's preemption). Old code: the process died silently (exit -15), its lock,
     scan arrays and any temporary file left for the next run. Now: one line, exit 130, the shards handed over
     listed, nothing left but results and the scan's arrays; the same command finishes every caption once."""
-    caps = write_txt(tmp_path / "caps.txt", [f"caption {i}, a red fox number {i}" for i in range(300)])
-    out = tmp_path / "out"
-    args = ["--model", str(models["sd1"]), "--captions", str(caps), "--out", str(out), "--shard-size", "10",
-            "--batch-size", "4"]
-    proc = subprocess.Popen([sys.executable, "-m", "sdclip", "embed", *args], env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (out / "shard-00001.safetensors").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "the job ended before it could be stopped"
-        time.sleep(0.01)
+    proc, args, out = _job_running(tmp_path, models["sd1"], "shard-00001.safetensors")
     proc.terminate()
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
