@@ -9,6 +9,9 @@ The sdclip time is the whole command (model load, validation scan, encoding, sha
 
     python bench/bench_embed.py [--captions 192] [--layers 4]
     python bench/bench_embed.py --only-families [--ratio-families sd1,sdxl,sd3,flux,wan] [--captions 256]
+    python bench/bench_embed.py --only-families --ratio-width real [--ratio-layers 1]
+        [--ratio-families sd1,sdxl,sd3,flux,wan,chroma] [--captions N --shard-size S --ratio-batch B] [--repeats 1]
+        # the same ratio at the released widths, N layers deep (real_model; per-family sizes in REAL_RUNS)
     python bench/bench_embed.py --trainers sd3,flux [--trainer-captions 6 --trainer-batch 2]
     python bench/bench_embed.py --memory 1000,100000      # peak RSS of the whole command, a process per run
 """
@@ -113,6 +116,56 @@ def family_model(family: str, root: Path) -> Path:
     return build(root, family)
 
 
+def _t5_only(family: str, layers: int):  # noqa: ANN202
+    """Chroma (T5 v1.1 XXL) or Wan (umT5-XXL): the family's diffusers pipeline (tests/tiny_t5_families) with
+    its text encoder swapped for one of the real width (bench_sd3_flux.XXL: 4096 wide, 64 heads of 64, ff 10240)."""
+    import tiny_t5_families as tf
+    from bench_sd3_flux import XXL, _t5
+
+    pipe = tf.pipeline(family, 1)
+    pipe.register_modules(text_encoder=tf.tiny_umt5(1, **XXL, num_layers=layers) if family in tf.UMT5
+                          else _t5(1, layers))
+    return pipe
+
+
+def _real_pipeline(family: str, layers: int):  # noqa: ANN202
+    from bench_sd3_flux import build
+
+    return build(family, layers, layers)
+
+
+#: family → builder of its diffusers pipeline with real-width text encoders `layers` deep (random weights)
+REAL_BUILDERS = {"sd1": lambda n: build_pipeline("sd1", n, "fp32"), "sdxl": lambda n: build_pipeline("sdxl", n, "fp32"),
+                 "sd3": lambda n: _real_pipeline("sd3", n), "flux": lambda n: _real_pipeline("flux", n),
+                 "wan": lambda n: _t5_only("wan", n), "chroma": lambda n: _t5_only("chroma", n)}
+#: family → (captions, shard size, batch) of the real-width ratio at one layer: each family's run (2 repeats)
+#: takes 1–4 minutes on the 2 cores. Bare rows/s at load ≈ 6: sd1 23, wan 2.2 (49 tokens, masked); a T5-XXL
+#: row of 512 unmasked positions (flux, chroma) ≈ 7 s of its one layer, 256 (sd3) ≈ 3 s.
+REAL_RUNS = {"sd1": (1024, 128, 32), "sdxl": (512, 64, 32), "sd3": (24, 6, 6), "flux": (12, 3, 3),
+             "wan": (128, 32, 32), "chroma": (12, 3, 3)}
+
+
+def real_model(family: str, root: Path, layers: int = 1) -> Path:
+    """A diffusers folder of the family at its released encoders' widths and its tokenizers' real lengths
+    (CLIP 77; T5 256 for SD3, 512 for Flux / Wan / Chroma), `layers` transformer layers per encoder, random
+    weights, saved as diffusers saves the pipeline (the builders bench_embed.build_pipeline,
+    bench_sd3_flux.build, tests/tiny_t5_families): what a user's run does per row, at 1/12–1/32 of the depth.
+
+    Vocabulary: the CLIP tokenizers are the real BPE (49,408 ids, the packaged OpenAI merges) and their
+    embedding tables 49,408 rows. T5 and umT5 use the tests' 600-piece SentencePiece (the real ones, 32,128 /
+    256,384 pieces, are not on this offline machine; umT5-XXL's table alone is 4.2 GB in fp32, loaded twice
+    here): their tables have 640 rows. The ratio does not depend on the table's rows: an embedding is a row
+    lookup (cost ∝ tokens × width), and the tokenizer's per-caption cost depends on the pieces it emits, not on
+    how many it could. What does depend on the tokenizer is the number of pieces a caption becomes, which sets
+    Wan's masked length (its rows are cut to their length bucket): the run prints the mean."""
+    folder = root / f"real-{family}-{layers}"
+    if not folder.exists():
+        pipe = REAL_BUILDERS[family](layers)
+        pipe.save_pretrained(str(folder))
+        del pipe
+    return folder
+
+
 def timed_embed(model: Path, caps_file: Path, out: Path, *extra: str) -> dict:
     """`sdclip embed` in-process, with the driver's own steps timed: the validation scan (Job.prepare) and
     each shard's completion (Job.complete: written, hashed, listed). Start-up-independent rates come from
@@ -143,19 +196,38 @@ def timed_embed(model: Path, caps_file: Path, out: Path, *extra: str) -> dict:
     return marks
 
 
+def mean_tokens(out: Path) -> list[float]:
+    """Mean token count per role (the shards' `token_counts`) over a job's rows."""
+    import torch
+    from safetensors import safe_open
+
+    counts = []
+    for shard in sorted(out.glob("shard-*.safetensors")):
+        with safe_open(str(shard), "pt") as f:
+            counts.append(f.get_tensor("token_counts").float())
+    return [round(float(v), 1) for v in torch.cat(counts).mean(0)]
+
+
+#: the ratio's models: the tests' tiny encoders, or the released widths `layers` deep
+RATIO_MODELS = {"tiny": lambda family, root, layers: family_model(family, root), "real": real_model}
+
+
 def family_ratio(family: str, root: Path, caps: list[str], caps_file: Path, shard: int, dtype: str = "fp32",
-                 repeats: int = 2) -> dict:
+                 repeats: int = 2, batch: int = BATCH, width: str = "tiny", layers: int = 1) -> dict:
     """Whole `sdclip embed` rows/s ÷ sdclip's bare encoder rows/s (Conditioner.encode on the same batches of
     BATCH captions, model loaded, warmed up), one family. Two whole-command figures, both free of start-up
     (model load, process start): `steady` (the encoding phase: reading, encoding, fitting, hashing, writing
     per shard after the first) and `marginal` (steady plus the validation scan's time per caption: what one
     more caption costs the whole command). Interleaved, best of `repeats` each: the machine is shared. Also per
-    CPU-second of this process (all threads): on a loaded machine far steadier than wall time."""
+    CPU-second of this process (all threads): on a loaded machine far steadier than wall time. `width`: the
+    tests' tiny encoders or the released widths (real_model, `layers` deep); `batch` captions a batch."""
+    import shutil
+
     import torch
 
     from sdclip.conditioner import Conditioner
 
-    folder = family_model(family, root)
+    folder = RATIO_MODELS[width](family, root, layers)
     cond = Conditioner.from_pretrained(folder, "diffusers", dtype=C.dtype_of(dtype))
     bare_s = bare_cpu = float("inf")
     best = None
@@ -164,11 +236,14 @@ def family_ratio(family: str, root: Path, caps: list[str], caps_file: Path, shar
         with torch.no_grad():
             cond.encode([f"warm-up {rep}"])
             t, c = time.perf_counter(), time.process_time()
-            for lo in range(0, n_bare, BATCH):
-                cond.encode([f"{rep} {c}" for c in caps[lo : min(lo + BATCH, n_bare)]])  # new texts: no cache hits
+            for lo in range(0, n_bare, batch):
+                cond.encode([f"{rep} {c}" for c in caps[lo : min(lo + batch, n_bare)]])  # new texts: no cache hits
             bare_s, bare_cpu = min(bare_s, time.perf_counter() - t), min(bare_cpu, time.process_time() - c)
-        m = timed_embed(folder, caps_file, root / f"ratio-{family}-{dtype}-{rep}", "--preset", "diffusers",
-                        "--shard-size", str(shard), "--batch-size", str(BATCH), "--dtype", dtype)
+        out = root / f"ratio-{family}-{dtype}-{rep}"
+        m = timed_embed(folder, caps_file, out, "--preset", "diffusers", "--shard-size", str(shard),
+                        "--batch-size", str(batch), "--dtype", dtype)
+        m["mean_tokens"] = mean_tokens(out)
+        shutil.rmtree(out)  # real-width shards are MBs a row: never more than one job's on disk
         if best is None:
             best = m
         else:
@@ -180,7 +255,9 @@ def family_ratio(family: str, root: Path, caps: list[str], caps_file: Path, shar
     steady, steady_c = best["steady_rows_s"], best["steady_rows_cpu_s"]
     marginal = 1 / (1 / steady + best["scan_s"] / len(caps))
     marginal_c = 1 / (1 / steady_c + best["scan_cpu_s"] / len(caps))
-    return {"family": family, "dtype": dtype, "bare_rows_s": bare, "steady_rows_s": steady,
+    return {"family": family, "dtype": dtype, "width": width, "layers": layers if width == "real" else None,
+            "captions": len(caps), "shard_size": shard, "batch": batch, "mean_tokens": best["mean_tokens"],
+            "bare_rows_s": bare, "steady_rows_s": steady,
             "marginal_rows_s": marginal, "scan_s": best["scan_s"], "total_s": best["total_s"],
             "whole_rows_s_with_startup": len(caps) / best["total_s"], "ratio_steady": steady / bare,
             "ratio_marginal": marginal / bare, "bare_rows_cpu_s": bare_c, "marginal_rows_cpu_s": marginal_c,
@@ -433,14 +510,19 @@ def memory(sizes: tuple[int, ...] = (1_000, 100_000), families: tuple[str, ...] 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--captions", type=int, default=192)
+    ap.add_argument("--captions", type=int, default=None, help="192; --ratio-width real: per family (REAL_RUNS)")
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--no-ray", action="store_true")
     ap.add_argument("--families", default="sd1,sdxl", help="comma-separated (real depth: sd1 only is quick enough)")
     ap.add_argument("--only-families", action="store_true",
                     help="only the per-family ratio and bytes-per-caption tables (issue 21)")
-    ap.add_argument("--ratio-families", default=RATIO_FAMILIES)
-    ap.add_argument("--shard-size", type=int, default=64, help="the ratio's shards (steady = after the first)")
+    ap.add_argument("--ratio-families", default=None, help=f"{RATIO_FAMILIES}; --ratio-width real: {REAL_RATIO_FAMILIES}")
+    ap.add_argument("--ratio-width", choices=("tiny", "real"), default="tiny",
+                    help="the ratio's models: the tests' tiny encoders, or the released widths --ratio-layers deep")
+    ap.add_argument("--ratio-layers", type=int, default=1, help="--ratio-width real: transformer layers per encoder")
+    ap.add_argument("--ratio-batch", type=int, default=None, help=f"captions a batch ({BATCH}; real: per family)")
+    ap.add_argument("--shard-size", type=int, default=None,
+                    help="the ratio's shards (steady = after the first): 64; --ratio-width real: per family")
     ap.add_argument("--trainers", default="", help="comma-separated sd3,flux: sd-scripts / diffusers loops vs "
                     "sdclip embed (real widths, shallow), then exit")
     ap.add_argument("--repeats", type=int, default=2, help="interleaved repeats of the ratio (best of)")
@@ -454,6 +536,7 @@ def main() -> None:
     ap.add_argument("--memory-families", default=",".join(MEMORY_RUNS))
     ap.add_argument("--memory-kinds", default="unique,repeats", help="unique captions, each 4 times, or both")
     args = ap.parse_args()
+    args.ratio_families = args.ratio_families or (REAL_RATIO_FAMILIES if args.ratio_width == "real" else RATIO_FAMILIES)
     C.setup()
     import sys
 
@@ -467,6 +550,7 @@ def main() -> None:
         return trainers(args)
     if args.only_families:
         return families_only(args)
+    args.captions = args.captions or 192
     caps = captions(args.captions)
     rows, raw = [], {"machine": C.machine(), "captions": args.captions, "layers": args.layers, "batch": BATCH,
                      "runs": []}
@@ -517,43 +601,66 @@ def main() -> None:
 
 
 RATIO_FAMILIES = "sd1,sdxl,sd3,flux,wan,chroma,qwen-image,z-image"
+REAL_RATIO_FAMILIES = "sd1,sdxl,sd3,flux,wan"  #: chroma's run is Flux's T5 again (~3 min): on request
 
 
 def families_only(args) -> None:  # noqa: ANN001
-    """Issue 21's measures, one run side by side: whole-command ÷ bare-encoder rows/s per family (tiny test
-    models), and bytes per caption at bf16 for SD3 / Flux / Wan per format (real widths)."""
+    """Issue 21's measures, one run side by side: whole-command ÷ bare-encoder rows/s per family (the tests'
+    tiny models, or `--ratio-width real`: the released widths, `--ratio-layers` deep, each family its own
+    caption count / shard size / batch from REAL_RUNS unless --captions / --shard-size / --ratio-batch say), and
+    bytes per caption at bf16 for SD3 / Flux / Wan per format (real widths; tiny runs only)."""
+    import gc
+    import os
+
     from sdclip.conventions.family import FAMILIES
 
-    caps = captions(args.captions)
-    raw = {"machine": C.machine(), "captions": args.captions, "batch": BATCH, "shard_size": args.shard_size,
-           "ratio": [], "bytes": {}}
+    real = args.ratio_width == "real"
+    families = [f for f in args.ratio_families.split(",") if f in FAMILIES and (not real or f in REAL_BUILDERS)]
+    raw = {"machine": C.machine(), "width": args.ratio_width, "batch": BATCH, "ratio": [], "bytes": {}}
+    if real:
+        raw["layers"] = args.ratio_layers
+    else:
+        raw.update(captions=args.captions or 192, shard_size=args.shard_size or 64)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        caps_file = tmp / "caps.txt"
-        caps_file.write_text("".join(c + "\n" for c in caps))
         rows = []
-        for family in args.ratio_families.split(","):
-            if family not in FAMILIES:
-                continue
-            r = family_ratio(family, tmp, caps, caps_file, args.shard_size, repeats=args.repeats)
+        for family in families:
+            n, shard, batch = REAL_RUNS[family] if real else (192, 64, BATCH)
+            n, shard, batch = args.captions or n, args.shard_size or shard, args.ratio_batch or batch
+            caps = captions(n)
+            caps_file = tmp / f"caps-{n}.txt"
+            caps_file.write_text("".join(c + "\n" for c in caps))
+            load = os.getloadavg()[0]
+            print(f"{family}: {n} captions, shards of {shard}, batches of {batch}, load {load:.1f}", flush=True)
+            t = time.perf_counter()
+            r = family_ratio(family, tmp, caps, caps_file, shard, repeats=args.repeats, batch=batch,
+                             width=args.ratio_width, layers=args.ratio_layers)
+            r.update(load_before=load, load_after=os.getloadavg()[0], run_s=time.perf_counter() - t)
             raw["ratio"].append(r)
-            rows.append([family, r["bare_rows_s"], r["steady_rows_s"], r["marginal_rows_s"],
-                         r["whole_rows_s_with_startup"], f"{r['ratio_steady']:.2f}", f"{r['ratio_marginal']:.2f}",
-                         f"{r['ratio_marginal_cpu']:.2f}"])
+            rows.append([family, f"{n} / {shard} / {batch}", r["mean_tokens"], r["bare_rows_s"], r["steady_rows_s"],
+                         r["marginal_rows_s"], r["whole_rows_s_with_startup"], f"{r['ratio_steady']:.2f}",
+                         f"{r['ratio_marginal']:.2f}", f"{r['ratio_marginal_cpu']:.2f}",
+                         f"{r['load_before']:.1f}–{r['load_after']:.1f}", f"{r['run_s']:.0f} s"])
             print(rows[-1], flush=True)
-        print(C.md_table(["family", "bare encoder (rows/s)", "embed, steady (rows/s)",
-                          "embed, marginal incl. validation (rows/s)", "embed incl. start-up (rows/s)",
-                          "ratio steady", "ratio marginal", "ratio marginal (CPU time)"], rows))
-        brows = []
-        for family in REAL_SHAPES:
+            if real:
+                import shutil
+
+                shutil.rmtree(tmp / f"real-{family}-{args.ratio_layers}")  # GBs at real width
+            gc.collect()
+        print(C.md_table(["family", "captions / shard / batch", "mean tokens per role", "bare encoder (rows/s)",
+                          "embed, steady (rows/s)", "embed, marginal incl. validation (rows/s)",
+                          "embed incl. start-up (rows/s)", "ratio steady", "ratio marginal",
+                          "ratio marginal (CPU time)", "load (1 min)", "run"], rows))
+        for family in () if real else REAL_SHAPES:
             b = bytes_per_caption(family, tmp)
             raw["bytes"][family] = b
-            brows += [[family, name, f"{v / 1e6:.3f} MB"] for name, v in b.items()]
-        print(C.md_table(["family", "format (bf16, 40-token caption, real widths)", "bytes / caption"], brows))
-    fams = [f for f in args.ratio_families.split(",") if f in FAMILIES]
-    default = args.ratio_families == RATIO_FAMILIES
+        brows = [[family, name, f"{v / 1e6:.3f} MB"] for family, b in raw["bytes"].items() for name, v in b.items()]
+        if brows:
+            print(C.md_table(["family", "format (bf16, 40-token caption, real widths)", "bytes / caption"], brows))
+    default = args.ratio_families == (REAL_RATIO_FAMILIES if real else RATIO_FAMILIES)
     # a subset run (--ratio-families wan) gets its own file: it never overwrites the all-families figures
-    print("wrote", C.write_json("embed_families" + ("" if default else "_" + "_".join(fams)), raw))
+    name = "embed_families" + ("_real" if real else "") + ("" if default else "_" + "_".join(families))
+    print("wrote", C.write_json(name, raw))
 
 
 def trainers(args) -> None:  # noqa: ANN001
