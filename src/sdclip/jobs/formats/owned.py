@@ -15,6 +15,10 @@ inside would change the bytes the trainer reads). So ownership is recorded where
 
 The journal outlives `--overwrite` (it records what sdclip wrote there, whatever job). It is untrusted input
 like the manifest: read bounded, a malformed line is ignored (its file is then not known to be sdclip's).
+
+The per-process caches are shared by every job of the process: a library caller may run two jobs in threads
+(on one image folder, or on two), so they are read and changed under one lock (`forget` iterated a dict that
+another job's writer was adding to: "dictionary changed size during iteration").
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import contextlib
 import json
 import os
 import re
+import threading
 from pathlib import Path
 
 from sdclip import bounded_files
@@ -37,19 +42,28 @@ MAX_JOURNAL = 4 << 30
 _known: dict[tuple[str, str], set[str]] = {}
 #: (resolved --out, resolved root) → relative path → a killed writer's temporaries of it (remove_dead_temps)
 _waiting: dict[tuple[str, str], dict[str, list[Path]]] = {}
+#: held while `_known` / `_waiting` are read or changed (and while a path is journaled: once per path)
+_lock = threading.Lock()
 
 
 def forget(out: Path) -> None:
     """Drop the cache for `out` (a new job starts: what is on disk is read again)."""
-    for cache in (_known, _waiting):
-        for key in [k for k in cache if k[0] == str(Path(out).resolve())]:
-            del cache[key]
+    resolved = str(Path(out).resolve())
+    with _lock:
+        for cache in (_known, _waiting):
+            for key in [k for k in cache if k[0] == resolved]:
+                del cache[key]
 
 
 def claim(out: Path, root: Path, rel: str) -> None:
     """Before writing `root/rel`: journal it if it is new; if a file is already there, it must be one this folder
     records as sdclip's (else JobError, one line naming it, and the file is left untouched)."""
     key = (str(Path(out).resolve()), str(Path(root).resolve()))
+    with _lock:
+        _claim(key, out, Path(root), rel)
+
+
+def _claim(key: tuple[str, str], out: Path, root: Path, rel: str) -> None:
     path = root / rel
     if key in _waiting:  # a killed writer's temporary of this very file
         _unlink(_waiting[key].pop(rel, []))
@@ -126,7 +140,8 @@ def remove_dead_temps(out: Path, root: Path) -> int:
     n = 0
     for rel in [rel for rel in waiting if rel in listed]:
         n += _unlink(waiting.pop(rel))
-    _waiting[(str(Path(out).resolve()), rroot)] = waiting
+    with _lock:
+        _waiting[(str(Path(out).resolve()), rroot)] = waiting
     return n
 
 
