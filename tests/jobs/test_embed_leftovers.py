@@ -14,6 +14,14 @@ import pytest
 
 from sdclip.jobs.formats import owned
 from sdclip.jobs.formats.owned import JOURNAL
+from tiny_models import tiny_family, write_layout
+from embed_rows import read_rows
+from test_embed_campaign import _job_running, embed, one_line
+
+
+@pytest.fixture(scope="module")
+def sd1(tmp_path_factory) -> Path:
+    return write_layout("single.safetensors", tiny_family("sd1"), tmp_path_factory.mktemp("models") / "sd1")
 
 
 # ---- ownership caches shared by two jobs in threads of one process ------------------------------------------
@@ -75,3 +83,63 @@ def test_two_jobs_in_threads_share_the_ownership_caches_safely(tmp_path):
     assert threaded == serial
     for lines in threaded.values():
         assert len(lines) == len(set(lines)) == 2 * 40 * 12
+
+
+# ---- --verify beside a running job -----------------------------------------------------------------------
+
+def test_verify_of_a_folder_a_job_is_writing_says_so_and_leaves_the_job_alone(tmp_path, sd1, capsys):
+    """Old code: "… captions are in no shard …: the job is not finished; re-run it to resume" (a second job
+    there would be refused). Now: one line saying a job is running there, exit 2; the job finishes undisturbed
+    and the same --verify then passes."""
+    job, _, out = _job_running(tmp_path, sd1, "shard-00000.safetensors")
+    capsys.readouterr()
+    assert embed("--verify", out) == 2
+    assert one_line(capsys.readouterr().err) == (f"sdclip: {out}: an `sdclip embed` job is running in this folder: "
+                                                  "--verify it once that job has ended\n")
+    _, stderr = job.communicate(timeout=180)
+    assert job.returncode == 0, stderr
+    assert embed("--verify", out) == 0 and read_rows(out)["index"].tolist() == list(range(300))
+    assert not (out / ".lock").exists()
+
+
+# ---- a Parquet file damaged past its first row group ----------------------------------------------------------
+
+def _damage_row_group(path: Path, group: int) -> bytes:
+    """Overwrite the first bytes of row group `group`'s caption column (its page header) with 0xff; returns the
+    file's bytes before."""
+    import pyarrow.parquet as pq
+
+    chunk = pq.ParquetFile(path).metadata.row_group(group).column(0)
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    before = path.read_bytes()
+    path.write_bytes(before[:start] + b"\xff" * 8 + before[start + 8:])
+    return before
+
+
+def test_a_parquet_row_group_past_the_first_that_cannot_be_read_is_one_line_naming_its_rows(tmp_path, sd1, capsys):
+    """Three row groups of ten captions, the second damaged (the first reads). Old code: one line naming the
+    file and "row group 2 of 3", not which captions. Now the rows too; nothing written on a first run; a
+    finished folder keeps every shard (and --verify says the same line) until the file is whole again."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "caps.parquet"
+    pq.write_table(pa.table({"caption": [f"caption {i}, a red fox" for i in range(30)]}), path, row_group_size=10)
+    args = ["--model", sd1, "--captions", path, "--shard-size", "5"]
+    assert embed(*args, "--out", tmp_path / "done") == 0
+    kept = {p.name: p.read_bytes() for p in (tmp_path / "done").iterdir()}
+    whole = _damage_row_group(path, 1)
+    assert pq.ParquetFile(path).read_row_group(0).num_rows == 10  # the first group still reads
+    capsys.readouterr()
+    assert embed(*args, "--out", tmp_path / "new") == 2
+    said = one_line(capsys.readouterr().err)  # pyarrow's reason in the brackets, printable
+    assert said.startswith(f"sdclip: {path}: row group 2 of 3 (rows 11–20) is not readable Parquet (")
+    assert said.endswith("); the rows before it read\n") and said[:-1].isprintable()
+    assert not (tmp_path / "new").exists()
+    for again in (args + ["--out", tmp_path / "done"], ["--verify", tmp_path / "done"]):
+        assert embed(*again) == 2
+        assert one_line(capsys.readouterr().err) == said
+    assert {p.name: p.read_bytes() for p in (tmp_path / "done").iterdir()} == kept
+    path.write_bytes(whole)
+    assert embed(*args, "--out", tmp_path / "done") == 0 and embed("--verify", tmp_path / "done") == 0
+    assert read_rows(tmp_path / "done")["index"].tolist() == list(range(30))

@@ -10,12 +10,12 @@ renamed but never listed is adopted when its metadata names this very job.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import time
 from pathlib import Path
 
 import sdclip
+from sdclip.jobs.folder_lock import LOCK, take as _lock
 from sdclip.jobs.manifest import (ERRORS, MANIFEST, JobError, Manifest, first_difference, remove_recorded,
                                   row_lists, spill_errors, spill_lists, with_lists)
 from sdclip.jobs.plan import (SCAN_FILES, JobSpec, check_out_dir, load_scan_arrays, os_error, remove_empty,
@@ -27,7 +27,6 @@ from sdclip.jobs.work import config_digest, rows_digest, stale_referrers
 MAX_LISTED_ERRORS = 10
 #: characters of one listed error before it is cut (with "…")
 MAX_ERROR_CHARS = 200
-LOCK = ".lock"
 #: the dataset's empty caption, one row (caption dropout), beside the shards
 EMPTY = "empty.safetensors"
 
@@ -383,7 +382,7 @@ class Job:
         if failed and self._own_scan and not (self.out / MANIFEST).exists():
             remove_scan_files(self.out)
         with contextlib.suppress(OSError):
-            (self.out / LOCK).unlink()  # unlinked while held: a job waiting on it re-checks (see _lock)
+            (self.out / LOCK).unlink()  # unlinked while held: a job waiting on it re-checks (see folder_lock.take)
         with contextlib.suppress(OSError):
             os.close(self._lock)
         self._lock = None
@@ -425,26 +424,6 @@ def _job_of(path: Path) -> object:
 def _foreign(path: Path, why: str) -> JobError:
     return JobError(f"{path}: {why}; sdclip never replaces a file it did not write: move it away, or choose "
                     "another --out")
-
-
-def _lock(out: Path) -> int:
-    """An advisory lock on the folder: two jobs writing one folder would undo each other's manifest. The lock
-    file is removed when a job ends, so after locking, the path must still name the file locked (else a
-    finishing job unlinked it meanwhile: lock the new one)."""
-    for _ in range(10):
-        fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise JobError(f"{out}: another `sdclip embed` is writing this folder") from None
-        try:
-            if os.stat(out / LOCK).st_ino == os.fstat(fd).st_ino:
-                return fd
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-    raise JobError(f"{out}: another `sdclip embed` keeps taking this folder")
 
 
 def torch_index():  # noqa: ANN201

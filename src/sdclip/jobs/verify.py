@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sdclip.jobs.folder_lock import held
 from sdclip.jobs.manifest import JobError, Manifest, iter_errors, row_lists, sidecar_name
 from sdclip.jobs.overwrite import inside, regular
 from sdclip.jobs.shards import REF, SOURCE, shard_name
@@ -15,6 +16,8 @@ def verify(out: str | Path) -> dict:
     from safetensors import safe_open
 
     out = Path(out)
+    if held(out):  # its manifest and shards are changing: any answer now would be wrong a moment later
+        raise JobError(f"{out}: an `sdclip embed` job is running in this folder: --verify it once that job has ended")
     m = Manifest.load(out)
     problems: list[str] = []
     seen: dict[int, str] = {}
