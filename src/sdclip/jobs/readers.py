@@ -234,7 +234,8 @@ class TabSeparated(Delimited):
 class Parquet(CaptionSource):
     """.parquet: the caption column read one row group at a time. Seek = row index. pyarrow's errors for a
     damaged file (a cut one is a ValueError naming no file, a garbage footer a bare OSError) are one line
-    naming the file."""
+    naming the file; a damaged row group past the first also names its rows (the scan meets it before any
+    caption is encoded, so a job stops there with nothing written, and a resumed one keeps its shards)."""
 
     format = "parquet"
 
@@ -270,7 +271,8 @@ class Parquet(CaptionSource):
             try:
                 values = self._file.read_row_group(g, columns=[self._name]).column(0).to_pylist()
             except self._broken as exc:
-                raise self._unreadable(exc, f" (row group {g + 1} of {meta.num_row_groups})") from None
+                raise self._unreadable(exc, f"row group {g + 1} of {meta.num_row_groups} (rows {first + 1}–"
+                                       f"{first + n}) is not readable Parquet", "; the rows before it read") from None
             for k in range(max(0, start - first), n):
                 if stop is not None and index >= stop:
                     return
@@ -285,9 +287,11 @@ class Parquet(CaptionSource):
                 index += 1
             first += n
 
-    def _unreadable(self, exc: BaseException, where: str = "") -> CaptionSourceError:
-        reason = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        return CaptionSourceError(f"{self.path}{where}: not a readable Parquet file ({reason.strip()})")
+    def _unreadable(self, exc: BaseException, what: str = "not a readable Parquet file",
+                    after: str = "") -> CaptionSourceError:
+        lines = ("".join(c for c in line if c.isprintable()).strip(" :") for line in str(exc).splitlines())
+        reason = next((line for line in lines if line), type(exc).__name__)  # pyarrow's may hold a damaged byte
+        return CaptionSourceError(f"{self.path}: {what} ({reason}){after}")
 
 
 class ImageFolder(CaptionSource):
