@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 from sdclip.jobs.driver import Job
+from sdclip.jobs.local import failed_file
 from sdclip.jobs.manifest import JobError
 from sdclip.jobs.plan import JobSpec, os_error
 
@@ -55,7 +56,11 @@ class ShardActor:
     def __call__(self, batch: dict) -> dict:
         records = []
         for k, seek in zip(batch["shard"], batch["seek"]):
-            records.append(json.dumps(self.work.run(int(k), json.loads(seek), self.rows)))
+            try:
+                records.append(json.dumps(self.work.run(int(k), json.loads(seek), self.rows)))
+            except OSError as exc:  # the driver's one line names the file that failed, as the local engine's
+                exc.sdclip_file = failed_file(exc, self.work, int(k))  # type: ignore[attr-defined] - pickled along
+                raise
         return {"record": records}
 
 
@@ -79,14 +84,15 @@ def quiet_ray_logs() -> None:
     """Ray and Ray Data log pages of lines (cluster start, token notice, execution plans, operator progress,
     actor notes from the C++ core) to the terminal: errors only, unless `sdclip embed --verbose`. Ray Data's
     console handler is configured by Ray itself (DEBUG logger, INFO handler, no propagation), so its level is
-    set on the handler; the files under /tmp/ray keep everything."""
+    set on the handler; the files under /tmp/ray keep everything. Ray Data's own errors are a failed
+    dataset's traceback, which `run_ray` raises (a worker's JobError or OSError as one line): not printed twice."""
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # the core worker's own stderr lines
     for name in ("ray", "ray.util", "ray._private"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    for name in ("ray", "ray.data"):
+    for name, level in (("ray", logging.ERROR), ("ray.data", logging.CRITICAL)):
         for handler in logging.getLogger(name).handlers:
             if not isinstance(handler, logging.FileHandler) and "File" not in type(handler).__name__:
-                handler.setLevel(logging.ERROR)
+                handler.setLevel(level)
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -131,6 +137,9 @@ def run_ray(job: Job, *, address: str | None = None, workers: int = 1,
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.preserve_order = False
+        # a worker's error (JobError, OSError) arrives as itself: Ray Data's UserCodeException wrapper keeps
+        # it only as its __cause__, which does not cross processes (the driver printed Ray's traceback)
+        ctx.raise_original_map_exception = True
         try:
             for row in shard_dataset(job, workers).iter_rows():
                 record = json.loads(row["record"])
@@ -142,7 +151,8 @@ def run_ray(job: Job, *, address: str | None = None, workers: int = 1,
             if isinstance(inner, JobError):
                 raise JobError(str(inner)) from None
             if isinstance(inner, OSError):
-                raise os_error(inner, "a shard", len(job.manifest.shards)) from None  # type: ignore[union-attr]
+                failed = getattr(inner, "sdclip_file", "a shard")  # ShardActor names the file
+                raise os_error(inner, failed, len(job.manifest.shards)) from None  # type: ignore[union-attr]
             raise
     finally:
         if started_here:
