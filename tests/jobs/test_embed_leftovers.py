@@ -6,6 +6,7 @@ subprocesses, the tests' tiny models."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -16,7 +17,7 @@ from sdclip.jobs.formats import owned
 from sdclip.jobs.formats.owned import JOURNAL
 from tiny_models import tiny_family, write_layout
 from embed_rows import read_rows
-from test_embed_campaign import _job_running, embed, one_line
+from test_embed_campaign import _job_running, embed, env, image_folder, one_line
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +144,117 @@ def test_a_parquet_row_group_past_the_first_that_cannot_be_read_is_one_line_nami
     path.write_bytes(whole)
     assert embed(*args, "--out", tmp_path / "done") == 0 and embed("--verify", tmp_path / "done") == 0
     assert read_rows(tmp_path / "done")["index"].tolist() == list(range(30))
+
+
+# ---- inputs that hold no caption --------------------------------------------------------------------------------
+
+def _listing(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_image_folder_without_images_or_without_captions_is_one_line_saying_what_it_holds(tmp_path, sd1, capsys):
+    """Old code: "0 of 0 caption(s)" and exit 0 for a folder of no image, and for images whose captions have
+    another suffix (each image the empty caption, a warning apiece). Now one line: what was looked for, what
+    was found; exit 2; --out not created, the folder untouched. An empty caption file is a caption."""
+    none = tmp_path / "texts"
+    for sub in ("sub", ".cache"):
+        (none / sub).mkdir(parents=True)
+    for rel in ("a.txt", "b.txt", "sub/c.json", ".cache/d.png"):  # a hidden folder is not walked
+        (none / rel).write_text("x")
+    wrong = tmp_path / "imgs"
+    wrong.mkdir()
+    for i in range(12):
+        (wrong / f"i{i:02d}.png").write_bytes(b"not an image")
+        (wrong / f"i{i:02d}.caption").write_text(f"a red fox {i}")
+    before = _listing(wrong)
+    capsys.readouterr()
+    assert embed("--model", sd1, "--captions", none, "--out", tmp_path / "o1") == 2
+    assert one_line(capsys.readouterr().err) == (
+        f"sdclip: --captions {none}: no image (.png, .jpg, .jpeg, .webp, .bmp, .gif, .tif, .tiff, .avif, .jxl) "
+        "in the folder or its subfolders (hidden folders skipped); found 2 .txt, 1 .json\n")
+    for extra in ([], ["--caption-lines"], ["--format", "kohya"]):
+        assert embed("--model", sd1, "--captions", wrong, "--out", tmp_path / "o2", *extra) == 2
+        assert one_line(capsys.readouterr().err) == (f"sdclip: --captions {wrong}: 12 image(s), none with a .txt "
+                                                      "caption file (--caption-extension); beside them: 12 .caption\n")
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists() and _listing(wrong) == before
+    assert embed("--model", sd1, "--captions", wrong, "--out", tmp_path / "o3", "--caption-extension", ".caption") == 0
+    for p in wrong.glob("*.caption"):  # deliberately empty captions: encoded, as sd-scripts reads them
+        p.with_suffix(".txt").write_bytes(b"")
+    assert embed("--model", sd1, "--captions", wrong, "--out", tmp_path / "o4") == 0
+    assert "warning" not in capsys.readouterr().err and len(read_rows(tmp_path / "o4")["index"]) == 12
+
+
+def _empty_inputs(tmp_path: Path) -> dict[Path, str]:
+    """Each kind of captions file holding no caption, and what the warning says it holds."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    inputs = {tmp_path / "e.txt": "an empty file (0 bytes)", tmp_path / "e.jsonl": "an empty file (0 bytes)",
+              tmp_path / "e.csv": "a header line and no rows",
+              tmp_path / "e.parquet": "a Parquet file of 0 rows (1 row group(s))"}
+    for path in inputs:
+        path.write_bytes(b"caption,source\n" if path.suffix == ".csv" else b"")
+    pq.write_table(pa.table({"caption": pa.array([], pa.string())}), tmp_path / "e.parquet")
+    return inputs
+
+
+def test_a_captions_file_of_no_caption_is_a_finished_job_of_no_rows_with_one_warning(tmp_path, sd1, capsys):
+    """A file is what the user named: empty, it is an empty dataset (a pipeline's filter kept nothing), not a
+    mistake: exit 0, --verify passes, sdclip.dataset yields nothing, as before; old code said nothing at all.
+    A file of blank lines is that many empty captions, encoded (caption dropout), with no warning."""
+    import sdclip.dataset
+
+    for k, (path, holds) in enumerate(_empty_inputs(tmp_path).items()):
+        out = tmp_path / f"out{k}"
+        capsys.readouterr()
+        assert embed("--model", sd1, "--captions", path, "--out", out) == 0
+        said = capsys.readouterr()
+        assert one_line(said.err) == (f"sdclip: warning: --captions {path}: {holds}: no caption to encode; the job "
+                                      "finishes with 0 rows\n")
+        assert f"{out}: 0 of 0 caption(s)" in said.out
+        assert embed("--verify", out) == 0 and list(sdclip.dataset.open(out)) == []
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n\n\n")
+    capsys.readouterr()
+    assert embed("--model", sd1, "--captions", blank, "--out", tmp_path / "blank") == 0
+    assert capsys.readouterr().err == "" and read_rows(tmp_path / "blank")["index"].tolist() == [0, 1, 2]
+
+
+def test_a_captions_file_emptied_under_a_finished_job_removes_nothing(tmp_path, sd1, capsys):
+    """`> captions.txt` by mistake, then the same command. Old code: the edit removed every shard of the job
+    (a finished job of 0 rows). Now one line, exit 2, every file kept; --overwrite empties the job on purpose."""
+    caps = tmp_path / "caps.txt"
+    caps.write_text("a red fox\na blue cat\na green owl\n")
+    args = ["--model", sd1, "--captions", caps, "--out", tmp_path / "out", "--shard-size", "2"]
+    assert embed(*args) == 0
+    kept = _listing(tmp_path / "out")
+    caps.write_bytes(b"")
+    capsys.readouterr()
+    assert embed(*args) == 2
+    assert one_line(capsys.readouterr().err) == (
+        f"sdclip: --captions {caps}: an empty file (0 bytes), where {tmp_path / 'out'} holds 2 shard(s) of it: "
+        "nothing removed; pass --overwrite to empty the job, or choose another --out\n")
+    assert _listing(tmp_path / "out") == kept
+    assert embed(*args, "--overwrite") == 0 and not list((tmp_path / "out").glob("shard-*"))
+
+
+# ---- the Ray engine's write error -----------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_ray_workers_write_error_names_the_file_as_the_local_engine_does(tmp_path):
+    """ai-toolkit's cache folder (`_t_e_cache/` beside the images) is a file: the first write fails. Old code
+    under Ray: Ray Data's traceback twice (its wrapper does not carry the worker's OSError across processes;
+    had it, the line said "a shard"). Now the local engine's very line, naming the file."""
+    pytest.importorskip("ray")
+    model = write_layout("single.safetensors", tiny_family("sdxl"), tmp_path / "sdxl")
+    said = {}
+    for engine in ("local", "ray"):
+        images = image_folder(tmp_path / engine, [f"a red fox number {i}" for i in range(4)])
+        (images / "_t_e_cache").write_text("a file where the cache folder goes")
+        run = subprocess.run([sys.executable, "-m", "sdclip", "embed", "--model", str(model), "--captions", str(images),
+                              "--out", str(tmp_path / f"out-{engine}"), "--format", "ai-toolkit", "--engine", engine],
+                             env=env(), capture_output=True, text=True, timeout=400)
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+        said[engine] = run.stderr.splitlines()[-1].replace(str(images), "IMAGES")
+    assert said["ray"] == said["local"]
+    assert said["ray"].startswith("sdclip: cannot write IMAGES/_t_e_cache/i0000_") and ": File exists; 0 completed" in said["ray"]

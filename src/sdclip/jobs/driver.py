@@ -63,6 +63,10 @@ class Job:
     def _open(self, spec: JobSpec, overwrite: bool) -> None:
         remove_stale_temps(self.out)
         self.source = spec.source()
+        #: what the input holds when it holds no caption (None: it holds one)
+        self.nothing = self.source.found_nothing()
+        if self.nothing is not None and self.source.nothing_is_a_mistake:  # a wrong folder or --caption-extension
+            raise JobError(f"--captions {spec.captions}: {self.nothing}")
         from sdclip.jobs.formats import get_format
 
         self.format = get_format(spec.format)
@@ -94,6 +98,18 @@ class Job:
                 raise JobError(f"{self.out} holds a different job ({diff}): pass --overwrite to start again, "
                                "or choose another --out")
             self.manifest = old
+        if self.nothing is not None:
+            self._empty_input()
+
+    def _empty_input(self) -> None:
+        """An input of no caption is an empty dataset: a finished job of 0 rows, said in one warning. Where this
+        folder's job recorded rows, it is a file emptied by mistake (`> captions.txt`) more likely than an edit
+        that removes every caption: refused, every shard kept (--overwrite starts again)."""
+        where = f"--captions {self.spec.captions}: {self.nothing}"
+        if self.manifest is not None and self.manifest.shards:
+            raise JobError(f"{where}, where {self.out} holds {len(self.manifest.shards)} shard(s) of it: nothing "
+                           "removed; pass --overwrite to empty the job, or choose another --out")
+        self.notes.append(f"{where}: no caption to encode; the job finishes with 0 rows")
 
     def _refuse_foreign(self) -> None:
         """In a folder holding no manifest, a file at one of the job's names (scan arrays, `empty.safetensors`)

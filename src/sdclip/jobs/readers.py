@@ -60,6 +60,11 @@ class CaptionSource:
     """One captions input. `records()` streams from the start; `read(seek, start, stop)` from a saved seek."""
 
     format: str = ""
+    #: what a source that holds no caption is (`found_nothing`): an image folder without images or captions is
+    #: a wrong folder or --caption-extension, refused; an empty file is an empty dataset (0 rows, a warning)
+    nothing_is_a_mistake = False
+    #: what this kind of input is when it holds no record
+    nothing = "an empty file (0 bytes)"
 
     def __init__(self, path: Path, column: str | None = None):
         self.path = Path(path)
@@ -75,6 +80,11 @@ class CaptionSource:
 
     def read(self, seek: object, start: int, stop: int | None) -> Iterator[Record]:
         raise NotImplementedError
+
+    def found_nothing(self) -> str | None:
+        """None when the input holds a caption (one record read), else what was found, for a one-line message:
+        a job of no captions finished "0 of 0" without a word, whatever the user had pointed at."""
+        return None if next(iter(self.records()), None) is not None else self.nothing
 
     def fingerprint(self) -> dict:
         """Size and sha256 of the input (streamed), recorded in the manifest: a changed input is a new job."""
@@ -162,6 +172,7 @@ class Delimited(CaptionSource):
 
     format = "csv"
     delimiter = ","
+    nothing = "a header line and no rows"
 
     def __init__(self, path: Path, column: str | None = None):
         super().__init__(path, column)
@@ -287,6 +298,10 @@ class Parquet(CaptionSource):
                 index += 1
             first += n
 
+    def found_nothing(self) -> str | None:
+        meta = self._file.metadata  # the footer's count: no row group is read
+        return None if meta.num_rows else f"a Parquet file of 0 rows ({meta.num_row_groups} row group(s))"
+
     def _unreadable(self, exc: BaseException, what: str = "not a readable Parquet file",
                     after: str = "") -> CaptionSourceError:
         lines = ("".join(c for c in line if c.isprintable()).strip(" :") for line in str(exc).splitlines())
@@ -304,6 +319,7 @@ class ImageFolder(CaptionSource):
     position."""
 
     format = "images"
+    nothing_is_a_mistake = True
 
     def __init__(self, path: Path, column: str | None = None, caption_extension: str = ".txt", lines: bool = False):
         super().__init__(path, column)
@@ -348,6 +364,30 @@ class ImageFolder(CaptionSource):
             return sidecar.read_bytes(), None
         except OSError as exc:
             return None, f"caption file {sidecar.name}: {exc.strerror or exc}"
+
+    def found_nothing(self) -> str | None:
+        """None once an image has a caption file (of any content: an empty one is a deliberately empty caption);
+        else what the folder holds: no image, or images none of which has a `caption_extension` file (then
+        which other suffixes sit beside them: the caption files a wrong --caption-extension missed)."""
+        images = []
+        for rel in self.images():
+            if os.path.lexists(self.sidecar(rel)):
+                return None
+            images.append(rel)
+        if not images:
+            counts: dict[str, int] = {}
+            for _, _, names in _walk(self.path):
+                for name in names:
+                    if not name.startswith("."):
+                        suffix = os.path.splitext(name)[1] or "(no suffix)"
+                        counts[suffix] = counts.get(suffix, 0) + 1
+            found = ", ".join(f"{n} {suffix}" for suffix, n in _most(counts)[:5]) if counts else "nothing else"
+            return f"no image ({', '.join(IMAGE_SUFFIXES)}) in the folder or its subfolders (hidden folders skipped); found {found}"
+        said = f"{len(images)} image(s), none with a {self.caption_extension} caption file (--caption-extension)"
+        beside = _suffixes_beside(self.path, images)
+        if beside:
+            said += "; beside them: " + ", ".join(f"{n} {suffix}" for suffix, n in beside[:5])
+        return said
 
     def start_seek(self) -> object:
         return (0, 0) if self.lines else 0
@@ -416,6 +456,33 @@ class ImageFolder(CaptionSource):
 
 
 NAME_NOT_UTF8 = "the file name is not UTF-8: rename the image (and its caption file)"
+
+
+def _walk(root: Path) -> Iterator[tuple[str, list[str], list[str]]]:
+    """os.walk as `ImageFolder.images` walks: hidden folders skipped, links to folders not followed."""
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        yield folder, dirs, names
+
+
+def _suffixes_beside(root: Path, images: list[str]) -> list[tuple[str, int]]:
+    """The suffixes of the files named as an image but not an image (`cat.caption` beside `cat.png`), most
+    frequent first: one listing per folder that holds the images."""
+    stems: dict[str, set[str]] = {}
+    for rel in images:
+        folder, name = os.path.split(rel)
+        stems.setdefault(folder, set()).add(os.path.splitext(name)[0])
+    counts: dict[str, int] = {}
+    for folder, wanted in stems.items():
+        for name in os.listdir(root / folder):
+            stem, suffix = os.path.splitext(name)
+            if stem in wanted and suffix and suffix.lower() not in IMAGE_SUFFIXES:
+                counts[suffix] = counts.get(suffix, 0) + 1
+    return _most(counts)
+
+
+def _most(counts: dict[str, int]) -> list[tuple[str, int]]:
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
 def _printable(rel: str) -> str:
