@@ -101,6 +101,8 @@ def test_verify_of_a_folder_a_job_is_writing_says_so_and_leaves_the_job_alone(tm
     assert job.returncode == 0, stderr
     assert embed("--verify", out) == 0 and read_rows(out)["index"].tolist() == list(range(300))
     assert not (out / ".lock").exists()
+    (out / ".lock").write_bytes(b"")  # a killed job's lock file, held by no one: verified as any folder
+    assert embed("--verify", out) == 0
 
 
 # ---- a Parquet file damaged past its first row group ----------------------------------------------------------

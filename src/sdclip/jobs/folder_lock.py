@@ -43,8 +43,10 @@ def held(out: Path) -> bool:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:  # EWOULDBLOCK: a job's exclusive lock
         return True
+    except OSError:  # not a file flock can lock (no job made it)
+        return False
     finally:
         os.close(fd)  # drops the shared lock, if taken
     return False
