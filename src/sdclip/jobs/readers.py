@@ -16,6 +16,7 @@ import json
 import os
 import stat
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -375,19 +376,12 @@ class ImageFolder(CaptionSource):
                 return None
             images.append(rel)
         if not images:
-            counts: dict[str, int] = {}
-            for _, _, names in _walk(self.path):
-                for name in names:
-                    if not name.startswith("."):
-                        suffix = os.path.splitext(name)[1] or "(no suffix)"
-                        counts[suffix] = counts.get(suffix, 0) + 1
-            found = ", ".join(f"{n} {suffix}" for suffix, n in _most(counts)[:5]) if counts else "nothing else"
-            return f"no image ({', '.join(IMAGE_SUFFIXES)}) in the folder or its subfolders (hidden folders skipped); found {found}"
+            found = _most(Counter(os.path.splitext(name)[1] or "(no suffix)" for name in _files(self.path)))
+            return (f"no image ({', '.join(IMAGE_SUFFIXES)}) in the folder or its subfolders (hidden folders "
+                    f"skipped); found {found or 'nothing else'}")
         said = f"{len(images)} image(s), none with a {self.caption_extension} caption file (--caption-extension)"
-        beside = _suffixes_beside(self.path, images)
-        if beside:
-            said += "; beside them: " + ", ".join(f"{n} {suffix}" for suffix, n in beside[:5])
-        return said
+        beside = _most(_suffixes_beside(self.path, images))
+        return said + (f"; beside them: {beside}" if beside else "")
 
     def start_seek(self) -> object:
         return (0, 0) if self.lines else 0
@@ -458,31 +452,33 @@ class ImageFolder(CaptionSource):
 NAME_NOT_UTF8 = "the file name is not UTF-8: rename the image (and its caption file)"
 
 
-def _walk(root: Path) -> Iterator[tuple[str, list[str], list[str]]]:
-    """os.walk as `ImageFolder.images` walks: hidden folders skipped, links to folders not followed."""
-    for folder, dirs, names in os.walk(root):
+def _files(root: Path) -> Iterator[str]:
+    """The names of the files `ImageFolder.images` walks past (hidden folders skipped, links to folders not
+    followed), hidden files left out."""
+    for _, dirs, names in os.walk(root):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        yield folder, dirs, names
+        yield from (name for name in names if not name.startswith("."))
 
 
-def _suffixes_beside(root: Path, images: list[str]) -> list[tuple[str, int]]:
-    """The suffixes of the files named as an image but not an image (`cat.caption` beside `cat.png`), most
-    frequent first: one listing per folder that holds the images."""
+def _suffixes_beside(root: Path, images: list[str]) -> Counter:
+    """The suffixes of the files named as an image but not an image (`cat.caption` beside `cat.png`): one
+    listing per folder that holds the images."""
     stems: dict[str, set[str]] = {}
     for rel in images:
         folder, name = os.path.split(rel)
         stems.setdefault(folder, set()).add(os.path.splitext(name)[0])
-    counts: dict[str, int] = {}
+    counts: Counter = Counter()
     for folder, wanted in stems.items():
         for name in os.listdir(root / folder):
             stem, suffix = os.path.splitext(name)
             if stem in wanted and suffix and suffix.lower() not in IMAGE_SUFFIXES:
-                counts[suffix] = counts.get(suffix, 0) + 1
-    return _most(counts)
+                counts[suffix] += 1
+    return counts
 
 
-def _most(counts: dict[str, int]) -> list[tuple[str, int]]:
-    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+def _most(counts: Counter, shown: int = 5) -> str:
+    """Counts as "12 .caption, 3 .json": the most frequent first (then by name, so a message is the same every run)."""
+    return ", ".join(f"{n} {key}" for key, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:shown])
 
 
 def _printable(rel: str) -> str:
