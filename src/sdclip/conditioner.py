@@ -118,15 +118,17 @@ class Conditioner:
                    fingerprint=loaded.fingerprint, row_limit=row_limit, t5_width=getattr(loaded, "t5_width", None),
                    tokenizers=getattr(loaded, "tokenizers", None))
 
-    def prepare(self, text: str | tuple) -> Prepared:
+    def prepare(self, text: str | tuple, *, spans: bool = True) -> Prepared:
         """syntax → tokenizer → layout for one text (no encoder), refused past `row_limit` rows. A tuple
-        (prompt, prompt_2, prompt_3) gives each encoder its own text (diffusers' convention)."""
+        (prompt, prompt_2, prompt_3) gives each encoder its own text (diffusers' convention). spans=False:
+        the rows' sizes alone are read (sdclip.prepare.prepare)."""
         if not isinstance(text, (str, tuple)):
             raise TypeError(f"prompts must be str, got {type(text).__name__}")
         tables = [self.encoders[e].config.vocab for e in vector_roles(self.family)]
         check_token_table(self.tokenizer, tables, self.embeddings)
         return prepare(text, self.options, self.family, self.tokenizer, self.embeddings.vector_counts(),
-                       row_limit=self.row_limit, t5_tokenizer=self.t5_tokenizer, tokenizers=self.tokenizers)
+                       row_limit=self.row_limit, t5_tokenizer=self.t5_tokenizer, tokenizers=self.tokenizers,
+                       spans=spans)
 
     def __call__(
         self,

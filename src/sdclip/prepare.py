@@ -21,7 +21,7 @@ from sdclip.syntax import parse
 from sdclip.syntax.prefix import sequence_prefix
 from sdclip.syntax.prompt import Prompt, Sequence
 from sdclip.tokenizer.clip import Tokenizer
-from sdclip.tokenizer.stream import TokenStream
+from sdclip.tokenizer.stream import SpansNeeded, TokenStream
 
 #: characters a summary (`prepare(stop_after=…)`) tokenizes of a part first; doubled until its rows suffice
 SUMMARY_CHARS = 1024
@@ -69,7 +69,7 @@ class Prepared:
         blocks = self.family.sequence_blocks if self.family is not None else ((0,),)
         out = []
         for block in blocks:
-            sizes = [sum(sum(row) for row in part.rows[block[0]].keep) for part in self.parts]
+            sizes = [sum(row.count(True) for row in part.rows[block[0]].keep) for part in self.parts]
             out.append(sum(sizes) if self.prompt.combine == "concat" else max(sizes))
         return tuple(out)
 
@@ -121,6 +121,7 @@ def prepare(
     t5_tokenizer=None,  # noqa: ANN001 (sdclip.tokenizer.t5.T5Tokenizer)
     tokenizers: Mapping[str, object] | None = None,
     stop_after: int | None = None,
+    spans: bool = True,
 ) -> Prepared:
     """Parse `text` in the options' dialect and lay every part out for each of the family's encoders, each
     role through its kind's lane (sdclip.lanes): one loop for one prompt and per-encoder prompts alike.
@@ -131,7 +132,11 @@ def prepare(
     soon as its layout passes it — never after building them all (RowLimitError).
     stop_after: a summary (`sdclip inspect`): the first `stop_after` rows exact, then stop — parts are
     counted, not parsed, past them, and each part is tokenized from a prefix that doubles until its rows
-    pass them (see `Prepared.stopped`); time and memory stay bounded whatever the prompt's size."""
+    pass them (see `Prepared.stopped`); time and memory stay bounded whatever the prompt's size.
+    spans=False: for a caller that reads only the rows' sizes, what they drop and the prompt (the embed
+    scan's check): the streams may hold no token spans (`NO_SPANS`), all else is the same — the same tokens,
+    and the same layouts, which read a span only to name text they drop (such a text is laid out again, with
+    spans). Working the spans out was most of a short caption's tokenizing (CLIP: 73 → 12 µs)."""
     per_role = role_texts(text, family)
     lanes = lanes_of(family)
     role_tokenizers = tokenizers_for(family, tokenizers_by_name(tokenizer, t5_tokenizer, tokenizers))
@@ -157,47 +162,56 @@ def prepare(
                 f"the per-encoder prompts split into different numbers of parts ({len(main.parts)} vs {len(p.parts)} "
                 f"for {t[:40]!r}): AND / blend must match across prompt, prompt_2 and prompt_3"
             )
-    streams: dict[tuple, TokenStream] = {}  # one stream per (lane, tokenizer, text, part): CLIP-L and -G share it
-    parts: list[PreparedPart] = []
-    used = 0
-    cut = False
-    for k, part in enumerate(main.parts):
-        if stop_after is not None and used > stop_after:
-            break
-        chars = SUMMARY_CHARS
-        while True:  # once; a summary's prefix doubles until it holds the rows shown
-            left = None if row_limit is None else row_limit - used
-            if limited and left is not None and left < 1:
-                raise RowLimitError(
-                    f"this prompt needs more than row_limit={row_limit} rows of {family.length} slots "
-                    f"({len(main.parts)} AND parts): use fewer parts, or raise row_limit (--row-limit)"
-                )
-            rows: list[Rows] = []
-            role_streams: list[TokenStream] = []
-            role_seqs: list[Sequence] = []
-            for e, (role, lane) in enumerate(zip(family.roles, lanes)):
-                t = per_role[e]
-                seq = parsed[t].parts[k].sequence
-                whole = True
-                if stop_after is not None and options.layout in PREFIX_LAYOUTS:
-                    seq, whole = sequence_prefix(seq, chars)
-                    cut = cut or not whole
-                given = RoleInput(options, family, role, e, role_tokenizers[e], left, tuple(rows))
-                key = (lane.kind, id(role_tokenizers[e]), t, k, chars if stop_after is not None else 0)
-                if key not in streams:
-                    streams[key] = lane.tokenize(seq, t, given, embeddings)
-                rows.append(lane.lay_out(streams[key], given))
-                role_streams.append(streams[key])
-                role_seqs.append(seq)
-            if stop_after is not None and cut and len(rows[0]) <= stop_after - used + 1:
-                chars, cut = chars * 2, False
-                continue
-            used += max((len(r) for r, lane in zip(rows, lanes) if lane.row_limited), default=0)
-            one_stream = all(s is role_streams[0] for s in role_streams)
-            one_seq = all(s is role_seqs[0] for s in role_seqs)
-            parts.append(PreparedPart(part.weight, role_streams[0], tuple(rows), role_seqs[0],
-                                      () if one_stream else tuple(role_streams), () if one_seq else tuple(role_seqs)))
-            break
+
+    def lay_out_parts(spans: bool) -> tuple[list[PreparedPart], bool]:
+        streams: dict[tuple, TokenStream] = {}  # one per (lane, tokenizer, text, part): CLIP-L and -G share it
+        parts: list[PreparedPart] = []
+        used = 0
+        cut = False
+        for k, part in enumerate(main.parts):
+            if stop_after is not None and used > stop_after:
+                break
+            chars = SUMMARY_CHARS
+            while True:  # once; a summary's prefix doubles until it holds the rows shown
+                left = None if row_limit is None else row_limit - used
+                if limited and left is not None and left < 1:
+                    raise RowLimitError(
+                        f"this prompt needs more than row_limit={row_limit} rows of {family.length} slots "
+                        f"({len(main.parts)} AND parts): use fewer parts, or raise row_limit (--row-limit)"
+                    )
+                rows: list[Rows] = []
+                role_streams: list[TokenStream] = []
+                role_seqs: list[Sequence] = []
+                for e, (role, lane) in enumerate(zip(family.roles, lanes)):
+                    t = per_role[e]
+                    seq = parsed[t].parts[k].sequence
+                    whole = True
+                    if stop_after is not None and options.layout in PREFIX_LAYOUTS:
+                        seq, whole = sequence_prefix(seq, chars)
+                        cut = cut or not whole
+                    given = RoleInput(options, family, role, e, role_tokenizers[e], left, tuple(rows))
+                    key = (lane.kind, id(role_tokenizers[e]), t, k, chars if stop_after is not None else 0)
+                    if key not in streams:
+                        streams[key] = lane.tokenize(seq, t, given, embeddings, spans)
+                    rows.append(lane.lay_out(streams[key], given))
+                    role_streams.append(streams[key])
+                    role_seqs.append(seq)
+                if stop_after is not None and cut and len(rows[0]) <= stop_after - used + 1:
+                    chars, cut = chars * 2, False
+                    continue
+                used += max((len(r) for r, lane in zip(rows, lanes) if lane.row_limited), default=0)
+                one_stream = all(s is role_streams[0] for s in role_streams)
+                one_seq = all(s is role_seqs[0] for s in role_seqs)
+                parts.append(PreparedPart(part.weight, role_streams[0], tuple(rows), role_seqs[0],
+                                          () if one_stream else tuple(role_streams),
+                                          () if one_seq else tuple(role_seqs)))
+                break
+        return parts, cut
+
+    try:
+        parts, cut = lay_out_parts(spans)
+    except SpansNeeded:  # spans=False, and a layout names the text it dropped: laid out again, with spans
+        parts, cut = lay_out_parts(True)
     if stop_after is None:
         return Prepared(main, tuple(parts), family)
     omitted = len(main.parts) - len(parts) + main.parts_omitted

@@ -70,8 +70,11 @@ class Lane(Protocol):
     def missing_tokenizer(self, family: Family) -> str:
         """The one-line error for a family of this kind prepared without its tokenizer."""
 
-    def tokenize(self, seq: TextSequence, text: str, given: RoleInput, embeddings: Mapping[str, int] | None) -> TokenStream:
-        """One part's Sequence → this kind's TokenStream (weights and source spans kept)."""
+    def tokenize(self, seq: TextSequence, text: str, given: RoleInput, embeddings: Mapping[str, int] | None,
+                 spans: bool = True) -> TokenStream:
+        """One part's Sequence → this kind's TokenStream (weights and source spans kept). spans=False: a caller
+        that reads only the rows' sizes (the embed scan): a lane may leave the spans out (`NO_SPANS`), all
+        else the same."""
 
     def lay_out(self, stream: TokenStream, given: RoleInput) -> Rows:
         """A TokenStream → this role's rows (its layout registry)."""

@@ -41,11 +41,13 @@ class ClipLane:
     def missing_tokenizer(self, family: Family) -> str:
         return f"family {family.name} needs a CLIP tokenizer ({self.tokenizer_name}=)"
 
-    def tokenize(self, seq: Sequence, text: str, given: RoleInput, embeddings: Mapping[str, int] | None) -> TokenStream:
+    def tokenize(self, seq: Sequence, text: str, given: RoleInput, embeddings: Mapping[str, int] | None,
+                 spans: bool = True) -> TokenStream:
         """Each fragment tokenized on its own (AUTOMATIC1111), embeddings found as the options say, then the
         token weights normalised (ComfyUI_ADV_CLIP_emb)."""
         options = given.options
-        stream = tokenize(seq, given.tokenizer, embeddings, source=text, embedding_match=options.embedding_match)
+        stream = tokenize(seq, given.tokenizer, embeddings, source=text, embedding_match=options.embedding_match,
+                          spans=spans)
         return normalize_token_weights(stream, options.token_normalization)
 
     def lay_out(self, stream: TokenStream, given: RoleInput) -> Rows:

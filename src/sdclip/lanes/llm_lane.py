@@ -155,8 +155,10 @@ class LLMLane:
         return (f"family {family.name} needs its LLM tokenizer ({self.tokenizer_name}=: the model's tokenizer/ folder; "
                 "sdclip inspect --llm-tokenizer DIR)")
 
-    def tokenize(self, seq: Sequence, text: str, given: RoleInput, embeddings: Mapping[str, int] | None) -> TokenStream:
-        """The prompt inside the family's template, tokenized as one text (sdclip.tokenizer.llm)."""
+    def tokenize(self, seq: Sequence, text: str, given: RoleInput, embeddings: Mapping[str, int] | None,
+                 spans: bool = True) -> TokenStream:
+        """The prompt inside the family's template, tokenized as one text (sdclip.tokenizer.llm); spans are
+        always kept (their mapping also gives each token its weight)."""
         spec = _spec(given.role)
         template = "{}" if is_negative(text) and not spec.negative_template else spec.template
         note = weight_note(given.options, given.family, given.role) if _weighted(seq) else None

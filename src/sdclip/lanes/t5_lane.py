@@ -37,11 +37,12 @@ class T5Lane:
     def missing_tokenizer(self, family: Family) -> str:
         return f"family {family.name} needs a T5 tokenizer ({self.tokenizer_name}=: the model's tokenizer_3 / tokenizer_2 folder)"
 
-    def tokenize(self, seq: Sequence, text: str, given: RoleInput, embeddings: Mapping[str, int] | None) -> TokenStream:
+    def tokenize(self, seq: Sequence, text: str, given: RoleInput, embeddings: Mapping[str, int] | None,
+                 spans: bool = True) -> TokenStream:
         """The whole text (or each fragment, t5_split="fragments") through SentencePiece, untruncated: the
         layout cuts it. Embedding references are left out (T5 has no textual-inversion vectors)."""
         tok = cleaning(given.tokenizer, given.role.masking.clean) if given.role.masking is not None else given.tokenizer
-        return tokenize_t5(seq, tok, None, source=text, split=given.options.t5_split).stream
+        return tokenize_t5(seq, tok, None, source=text, split=given.options.t5_split, spans=spans).stream
 
     def lay_out(self, stream: TokenStream, given: RoleInput) -> Rows:
         options, role = given.options, given.role

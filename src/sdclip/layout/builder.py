@@ -23,7 +23,8 @@ class RowBuilder:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def emit(self, members: list[int], keep: list[bool] | None = None) -> None:
+    def emit(self, members: list[int] | range, keep: list[bool] | None = None) -> None:
+        """One row of the stream's tokens at `members` (a range: a slice of the stream, copied at C speed)."""
         spec, s = self.spec, self.stream
         if len(members) > spec.capacity:
             raise AssertionError("row overflow")  # internal invariant
@@ -33,9 +34,13 @@ class RowBuilder:
                 f"({len(s)} tokens): use layout 'truncate' or 'compress', or raise row_limit (--row-limit)"
             )
         pad = spec.capacity - len(members)
-        self.ids.append([BOS] + [s.ids[i] for i in members] + [EOS] + [spec.pad_id] * pad)
-        self.weights.append([1.0] + [s.weights[i] for i in members] + [1.0] * (pad + 1))
-        self.tokens.append([-1] + list(members) + [-1] * (pad + 1))
+        if isinstance(members, range) and members.step == 1:
+            ids, weights = s.ids[members.start:members.stop], s.weights[members.start:members.stop]
+        else:
+            ids, weights = [s.ids[i] for i in members], [s.weights[i] for i in members]
+        self.ids.append([BOS, *ids, EOS] + [spec.pad_id] * pad)
+        self.weights.append([1.0, *weights] + [1.0] * (pad + 1))
+        self.tokens.append([-1, *members] + [-1] * (pad + 1))
         self.keep.append(keep if keep is not None else [True] * spec.length)
         self.eos.append(len(members) + 1)
 

@@ -41,6 +41,9 @@ def chunk_a1111(stream: TokenStream, spec: LayoutSpec) -> Rows:
     """AUTOMATIC1111's tokenize_line, token for token (sd_hijack_clip.py)."""
     b = RowBuilder(stream, spec)
     cap = spec.capacity
+    if len(stream) <= cap and not stream.runs and not stream.breaks:  # the loop below on a one-row text:
+        b.emit(range(len(stream)))  # every token in the one row (a chunk is never full: no comma backtrack)
+        return b.finish(len(stream))
     runs = run_lengths(stream)
     chunk: list[int] = []
     last_comma = -1
@@ -181,7 +184,7 @@ def chunk_compel(stream: TokenStream, spec: LayoutSpec) -> Rows:
             n = _compel_split(stream, lo, hi, cap, runs, inside)
             if n > cap:
                 raise ValueError(f"an embedding of {n} vectors cannot fit in a row of {cap} tokens")
-            b.emit(list(range(lo, lo + n)))
+            b.emit(range(lo, lo + n))
             lo += n
             if lo >= hi:
                 break

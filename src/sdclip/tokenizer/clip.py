@@ -22,7 +22,7 @@ import regex
 from sdclip.tokenizer import normalize as norm
 from sdclip.tokenizer.normalize import NORMALIZATIONS
 from sdclip.syntax.prompt import Sequence
-from sdclip.tokenizer.stream import FIRST_VECTOR_ID, TokenStream
+from sdclip.tokenizer.stream import FIRST_VECTOR_ID, NO_SPANS, TokenStream
 from sdclip.tokenizer.source_spans import fragment_spans
 from sdclip.tokenizer.vocab import (
     BOS_TEXT,
@@ -318,6 +318,7 @@ def tokenize(
     *,
     source: str = "",
     embedding_match: str = "word",
+    spans: bool = True,
 ) -> TokenStream:
     """One Sequence → one TokenStream.
 
@@ -331,12 +332,13 @@ def tokenize(
     of a loaded name occur (longest name first among those starting with the same id), they are replaced
     by its vectors, even inside a longer word (`foxeasynegative` → fox + the vectors of `easynegative`)
     but never across fragments. "word" leaves text fragments alone (the syntax stage found whole words).
-    `stream.fragments[i]` is the index of the fragment token i came from.
+    `stream.fragments[i]` is the index of the fragment token i came from. spans=False: no spans are worked
+    out (`NO_SPANS`, for a caller that reads only the rows' sizes); ids, weights and the rest are the same.
     """
     if embedding_match not in EMBEDDING_MATCHES:
         raise ValueError(f"unknown embedding_match {embedding_match!r}; choose one of {', '.join(EMBEDDING_MATCHES)}")
     known = embeddings or {}
-    stream = TokenStream(source=source)
+    stream = TokenStream(source=source) if spans else TokenStream(source=source, spans=NO_SPANS)
     origin = getattr(stream, "fragments", None)
     if origin is None:
         origin = []
@@ -366,14 +368,17 @@ def tokenize(
                 raise UnknownEmbeddingError(frag.text, known)
             add_vectors(frag.text, frag.weight, (frag.start, end), index)
         else:
-            ids, spans = tokenizer.encode_with_spans(frag.text)
-            spans = fragment_spans(frag.text, frag.start, end, spans, source)  # the text may be rewritten
+            if spans:
+                ids, found = tokenizer.encode_with_spans(frag.text)
+                found = fragment_spans(frag.text, frag.start, end, found, source)  # the text may be rewritten
+            else:
+                ids, found = tokenizer.encode(frag.text), NO_SPANS  # encode: encode_with_spans' ids alone
             if lookup and any(i in lookup for i in ids):
-                _replace_ids(ids, spans, lookup, frag.weight, index, stream, origin, add_vectors)
+                _replace_ids(ids, found, lookup, frag.weight, index, stream, origin, add_vectors)
                 continue
             stream.ids.extend(ids)
             stream.weights.extend([frag.weight] * len(ids))
-            stream.spans.extend(spans)
+            stream.spans.extend(found)
             origin.extend([index] * len(ids))
     return stream
 

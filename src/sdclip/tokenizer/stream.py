@@ -34,3 +34,36 @@ class TokenStream:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+class SpansNeeded(Exception):
+    """Raised where a stream built without spans (`NO_SPANS`) is asked for one: its caller lays the text out
+    again with spans. Not a ValueError: it never means the text itself is bad."""
+
+
+class _NoSpans:
+    """A stream's spans where its caller reads only the rows' sizes (the embed scan's check): what the
+    tokenizer adds is not kept, and any read raises SpansNeeded, so a layout reporting dropped text (the
+    only layout step that reads spans) sends the text back to the full path instead of reading nothing."""
+
+    def append(self, span: tuple[int, int]) -> None:
+        pass
+
+    def extend(self, spans: object) -> None:
+        pass
+
+    def __getitem__(self, index: object) -> tuple[int, int]:
+        raise SpansNeeded
+
+    def __iter__(self):  # noqa: ANN204
+        raise SpansNeeded
+
+    def __len__(self) -> int:
+        raise SpansNeeded
+
+    def __repr__(self) -> str:
+        return "NO_SPANS"
+
+
+#: the spans of every stream built with spans=False (it holds nothing, so one object serves all)
+NO_SPANS: list[tuple[int, int]] = _NoSpans()  # type: ignore[assignment]

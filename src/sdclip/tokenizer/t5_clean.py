@@ -61,7 +61,8 @@ class CleaningTokenizer:
         return getattr(self._inner, name)
 
     def encode(self, text: str) -> list[int]:
-        return self.encode_with_spans(text)[0]
+        """encode_with_spans' ids, without mapping spans back."""
+        return self._inner.encode(self._clean(text))
 
     def encode_with_spans(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         cleaned = self._clean(text)
