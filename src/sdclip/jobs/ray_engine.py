@@ -61,6 +61,9 @@ class ShardActor:
             except OSError as exc:  # the driver's one line names the file that failed, as the local engine's
                 exc.sdclip_file = failed_file(exc, self.work, int(k))  # type: ignore[attr-defined] - pickled along
                 raise
+            except JobError as exc:  # kept as said: Ray Data appends its retry advice to the message on the way
+                exc.sdclip_line = str(exc)  # type: ignore[attr-defined]
+                raise
         return {"record": records}
 
 
@@ -149,7 +152,7 @@ def run_ray(job: Job, *, address: str | None = None, workers: int = 1,
         except Exception as exc:  # a worker's one-line error (changed input, full disk) arrives wrapped by Ray
             inner = _root_cause(exc)
             if isinstance(inner, JobError):
-                raise JobError(str(inner)) from None
+                raise JobError(getattr(inner, "sdclip_line", str(inner))) from None
             if isinstance(inner, OSError):
                 failed = getattr(inner, "sdclip_file", "a shard")  # ShardActor names the file
                 raise os_error(inner, failed, len(job.manifest.shards)) from None  # type: ignore[union-attr]
