@@ -21,6 +21,7 @@ import base64
 import bisect
 import sys
 from array import array
+from itertools import chain
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -79,6 +80,20 @@ class T5Tokens:
         return out
 
 
+class _WordIds(dict):
+    """word → the Unigram model's ids of `▁word`; a miss asks the model (bounded: _WORD_CACHE words)."""
+
+    def __init__(self, backend):  # noqa: ANN001 (tokenizers.Tokenizer)
+        super().__init__()
+        self._backend = backend
+
+    def __missing__(self, word: str) -> tuple[int, ...]:
+        if len(self) >= _WORD_CACHE:
+            self.clear()
+        ids = self[word] = tuple(t.id for t in self._backend.model.tokenize("▁" + word))
+        return ids
+
+
 class T5Tokenizer:
     """A T5 SentencePiece-Unigram tokenizer over `tokenizers`. Build with `from_folder` / `from_file`."""
 
@@ -96,7 +111,7 @@ class T5Tokenizer:
         self._word_split = word_split
         #: first characters of the added tokens (`</s>`, `<extra_id_0>`…): a text holding none has no added token
         self._added_starts = frozenset(t.content[0] for t in backend.get_added_tokens_decoder().values() if t.content)
-        self._word_ids: dict[str, tuple[int, ...]] = {}  #: word → its ids (bounded: _WORD_CACHE)
+        self._word_ids = _WordIds(backend)  #: word → its ids, each word tokenized once (see `encode`)
 
     # construction -----------------------------------------------------------------------------------
 
@@ -191,15 +206,7 @@ class T5Tokenizer:
         words = self._plain_words(text)
         if words is None:
             return list(self._encoding(text).ids)
-        out: list[int] = []
-        for word in words:
-            ids = self._word_ids.get(word)
-            if ids is None:
-                if len(self._word_ids) >= _WORD_CACHE:
-                    self._word_ids.clear()
-                ids = self._word_ids[word] = tuple(t.id for t in self._tok.model.tokenize("▁" + word))
-            out.extend(ids)
-        return out
+        return list(chain.from_iterable(map(self._word_ids.__getitem__, words)))
 
     def _plain_words(self, text: str) -> list[str] | None:
         """The words `tokenizers` hands the Unigram model one by one, or None where Python cannot find them
@@ -210,12 +217,11 @@ class T5Tokenizer:
         (the space is its only whitespace, and no `▁` is left to split at); tested against `encode` itself."""
         if not self._word_split or type(text) is not str or not text.isascii():
             return None
-        starts = self._added_starts
-        if starts and any(c in text for c in starts):
+        if not self._added_starts.isdisjoint(text):
             return None
         normalizer = self._tok.normalizer
         normal = normalizer.normalize_str(text) if normalizer is not None else text
-        if not (normal.isascii() and normal.isprintable()) or (starts and any(c in normal for c in starts)):
+        if not (normal.isascii() and normal.isprintable() and self._added_starts.isdisjoint(normal)):
             return None
         return normal.split()
 
