@@ -65,10 +65,23 @@ def fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def drop_cached(fd: int) -> None:
+    """Let the kernel free a synced file's pages now (posix_fadvise DONTNEED; where there is none, nothing).
+
+    A job writes gigabytes it does not read back: left cached, each new shard's pages come from memory the
+    kernel must find (on this project's 2-core VM the writer's CPU per 512 KiB SD3 row was 1.6 ms, 0.6 ms
+    once the last shard's freed pages are reused), and they push out files that are read again."""
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is not None:
+        with contextlib.suppress(OSError):
+            advise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
 @contextlib.contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
+def atomic_path(final: Path, cached: bool = True) -> Iterator[Path]:
     """Yields a temporary path beside `final`; on success it is fsynced and renamed to `final`, on any
-    failure (disk full included) removed."""
+    failure (disk full included) removed. `cached=False`: its pages leave the page cache once on disk
+    (`drop_cached`), for bulk results nothing reads back soon (the job's shards)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.{os.getpid()}.", suffix=TMP_SUFFIX, dir=final.parent)
     os.close(fd)
@@ -79,6 +92,8 @@ def atomic_path(final: Path) -> Iterator[Path]:
         os.chmod(tmp, file_mode())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+            if not cached:
+                drop_cached(f.fileno())
         os.replace(tmp, final)
         fsync_dir(final.parent)
     except BaseException:

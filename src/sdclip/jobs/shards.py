@@ -12,7 +12,7 @@ import json
 import struct
 from pathlib import Path
 
-from sdclip.outputs import TMP_SUFFIX, atomic_path, sha256_file
+from sdclip.outputs import TMP_SUFFIX, atomic_path
 
 #: shard metadata `sdclip_shard`: "2" = a repeated caption may be stored once (a reference row, below); shards
 #: without it store every row
@@ -51,20 +51,25 @@ def write_shard(final: Path, tensors: dict, metadata: dict[str, str]) -> tuple[s
     """Write a safetensors shard atomically; returns (sha256, size in bytes).
 
     Written with sdclip's own streaming writer (plain `os` writes), not safetensors' `save_file`: a full disk
-    is then an `OSError` (ENOSPC) the job reports in one line, where the Rust writer raised a
-    `SafetensorError` holding the OS error as text."""
+    is then an `OSError` (ENOSPC) naming `final`, which the job reports in one line, where the Rust writer
+    raised a `SafetensorError` holding the OS error as text. Header and tensors are written in order, so the
+    sha256 is taken from the bytes as they go out, and the file is never read back."""
     from sdclip.safetensors_stream import StreamingSafetensors
 
     specs = {name: (t.dtype, tuple(t.shape)) for name, t in tensors.items()}
-    with atomic_path(final) as tmp:
-        out = StreamingSafetensors(tmp, specs, metadata)
-        try:
-            for name, t in tensors.items():
-                out.write(name, 0, t)
-        finally:
-            out.close()
-        digest = sha256_file(tmp)
-        size = tmp.stat().st_size
+    try:
+        with atomic_path(final, cached=False) as tmp:
+            out = StreamingSafetensors(tmp, specs, metadata, hashed=True)
+            try:
+                for name, t in tensors.items():
+                    out.write(name, 0, t)
+            finally:
+                out.close()
+            digest = out.sha256()
+            size = tmp.stat().st_size
+    except OSError as exc:
+        exc.filename = str(final)
+        raise
     return digest, size
 
 
