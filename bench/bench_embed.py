@@ -142,7 +142,7 @@ REAL_BUILDERS = {"sd1": lambda n: build_pipeline("sd1", n, "fp32"), "sdxl": lamb
 #: takes 1–4 minutes on the 2 cores. Bare rows/s at load ≈ 6: sd1 23, wan 2.2 (49 tokens, masked); a T5-XXL
 #: row of 512 unmasked positions (flux, chroma) ≈ 7 s of its one layer, 256 (sd3) ≈ 3 s.
 REAL_RUNS = {"sd1": (1024, 128, 32), "sdxl": (512, 64, 32), "sd3": (24, 6, 6), "flux": (12, 3, 3),
-             "wan": (128, 32, 32), "chroma": (12, 3, 3)}
+             "wan": (96, 24, 24), "chroma": (12, 3, 3)}
 
 
 def real_model(family: str, root: Path, layers: int = 1) -> Path:
@@ -659,7 +659,9 @@ def families_only(args) -> None:  # noqa: ANN001
             print(C.md_table(["family", "format (bf16, 40-token caption, real widths)", "bytes / caption"], brows))
     default = args.ratio_families == (REAL_RATIO_FAMILIES if real else RATIO_FAMILIES)
     # a subset run (--ratio-families wan) gets its own file: it never overwrites the all-families figures
-    name = "embed_families" + ("_real" if real else "") + ("" if default else "_" + "_".join(families))
+    deep = real and args.ratio_layers != 1  # another depth: its own file (embed_families_real_layers4...)
+    name = ("embed_families" + ("_real" if real else "") + (f"_layers{args.ratio_layers}" if deep else "")
+            + ("" if default else "_" + "_".join(families)))
     print("wrote", C.write_json(name, raw))
 
 
