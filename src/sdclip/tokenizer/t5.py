@@ -112,6 +112,12 @@ class T5Tokenizer:
         #: first characters of the added tokens (`</s>`, `<extra_id_0>`…): a text holding none has no added token
         self._added_starts = frozenset(t.content[0] for t in backend.get_added_tokens_decoder().values() if t.content)
         self._word_ids = _WordIds(backend)  #: word → its ids, each word tokenized once (see `encode`)
+        #: the normaliser leaves each printable ASCII character as it is, so a printable ASCII text too: it
+        #: works grapheme by grapheme (tokenizers' normalizers/precompiled.rs @12c2952), and there each
+        #: such character is a grapheme of its own
+        normalizer = backend.normalizer
+        self._ascii_kept = word_split and (normalizer is None or all(
+            normalizer.normalize_str(c) == c for c in map(chr, range(0x20, 0x7F))))
 
     # construction -----------------------------------------------------------------------------------
 
@@ -219,6 +225,8 @@ class T5Tokenizer:
             return None
         if not self._added_starts.isdisjoint(text):
             return None
+        if self._ascii_kept and text.isprintable():
+            return text.split()  # its normal form is itself (see __init__)
         normalizer = self._tok.normalizer
         normal = normalizer.normalize_str(text) if normalizer is not None else text
         if not (normal.isascii() and normal.isprintable() and self._added_starts.isdisjoint(normal)):

@@ -19,12 +19,16 @@ from typing import Any
 
 def wan_clean(text: str) -> str:
     """diffusers' Wan `prompt_clean`."""
+    if text.isascii() and text.isprintable() and "&" not in text:
+        # what the steps below make of it: ftfy.fix_text and html.unescape return it unchanged (no entity), and
+        # its only whitespace is " "
+        return " ".join(text.split())
     try:
         import ftfy
     except ImportError:
         ftfy = None
-    if ftfy is not None and not (text.isascii() and text.isprintable() and "&" not in text):
-        text = ftfy.fix_text(text)  # (printable ASCII without an entity is what fix_text returns unchanged)
+    if ftfy is not None:
+        text = ftfy.fix_text(text)
     text = html.unescape(html.unescape(text)).strip()
     return re.sub(r"\s+", " ", text).strip()
 
