@@ -82,6 +82,9 @@ class CaptionEncoder:
         self.has_pooled = bool(fam.pooled_roles)
         #: role index → the token block holding it (None: pooled only, Flux's CLIP-L)
         self.block_of = {i: b for b, block in enumerate(fam.sequence_blocks) for i in block}
+        #: per role, the most token_counts can hold: its block's T_b (a pooled-only role: one row)
+        self.limits = tuple(self.targets[self.block_of[e]] if e in self.block_of else fam.length
+                            for e in range(len(fam.roles)))
         self._empty: list[torch.Tensor] | None = None
         #: results of captions that occur again later in the job (text → (row tensors, last index))
         self.keep: dict[str, tuple[dict[str, torch.Tensor], int]] = {}
@@ -145,63 +148,101 @@ class CaptionEncoder:
         for i, t in enumerate(texts):
             where.setdefault(t, []).append(i)
         out: dict[str, torch.Tensor] = {}
-        for t in where:
-            if t in self.keep:
-                self._place(out, n, [where[t]], [self.keep[t][0]])
+        kept = [t for t in where if t in self.keep]
+        if kept:
+            self._place(out, n, [where[t] for t in kept], _stack([self.keep[t][0] for t in kept]))
         todo = [t for t in where if t not in self.keep]
         for lo in range(0, len(todo), self.spec.batch_size):
             batch = todo[lo : lo + self.spec.batch_size]
             prepared = {t: self.cond.prepare(t) for t in batch}
             pos = self.cond.encode(batch, prepared=prepared).positive
-            offsets = _block_offsets([prepared[t].block_slots() for t in batch])
-            rows = [self._row(pos, b, prepared[t], offsets) for b, t in enumerate(batch)]
+            rows = self._rows(pos, [prepared[t] for t in batch])
             self._place(out, n, [where[t] for t in batch], rows)
-            for t, row in zip(batch, rows):
+            for j, t in enumerate(batch):
                 last = int(reuse_until[where[t][0]]) if reuse_until is not None else -1
-                if last > position:
-                    self.keep[t] = (row, last)
+                if last > position:  # its own copy of the placed row: a view would keep the whole shard alive
+                    self.keep[t] = ({name: out[name][where[t][0]].clone() for name in rows}, last)
         return out
 
-    def _place(self, out: dict[str, torch.Tensor], n: int, at: list[list[int]], rows: list[dict]) -> None:
-        """Rows j into the [n, …] outputs at positions at[j] (allocated on first use, on the CPU, floats in the
-        store dtype): filled batch by batch, so a shard's rows exist once, not as rows and then a stack; one
-        copy per batch from the encoder's device."""
-        for name in rows[0]:
-            block = torch.stack([r[name] for r in rows])
-            block = (block.to(self.store) if block.is_floating_point() else block).cpu()
+    def _place(self, out: dict[str, torch.Tensor], n: int, at: list[list[int]], rows: dict[str, torch.Tensor]) -> None:
+        """Rows j of `rows` ([B, …] per key, on the CPU) into the [n, …] outputs at positions at[j] (allocated on
+        first use, floats in the store dtype): filled batch by batch with one copy per key, so a shard's rows
+        exist once, not as rows and then a stack. A batch of captions seen once, in input order (the usual
+        case) is one slice copy that also converts the dtype; otherwise one indexed copy."""
+        dst = [p for positions in at for p in positions]
+        src = [j for j, positions in enumerate(at) for _ in positions]
+        lo, hi = dst[0], dst[0] + len(dst)
+        in_order = len(src) == len(at) and dst == list(range(lo, hi))
+        dst_t = None if in_order else torch.tensor(dst, dtype=torch.long)
+        src_t = None if len(src) == len(at) else torch.tensor(src, dtype=torch.long)
+        for name, block in rows.items():
             if name not in out:
-                out[name] = torch.empty((n, *block.shape[1:]), dtype=block.dtype)
-            for j, positions in enumerate(at):
-                out[name][positions] = block[j]
+                dtype = self.store if block.is_floating_point() else block.dtype
+                out[name] = torch.empty((n, *block.shape[1:]), dtype=dtype)
+            if dst_t is None:
+                out[name][lo:hi].copy_(block)
+            else:
+                block = block if src_t is None else block.index_select(0, src_t)
+                out[name].index_copy_(0, dst_t, block.to(out[name].dtype))
 
     def forget_before(self, position: int) -> None:
         """Drop kept results whose caption does not occur at or after index `position`."""
         for t in [t for t, v in self.keep.items() if v[1] < position]:
             del self.keep[t]
 
-    def _row(self, pos, b: int, prep, offsets: list[int]) -> dict[str, torch.Tensor]:  # noqa: ANN001
-        """Caption b of a batch: each block cut back to its own length, then cut or padded to T_b."""
-        from sdclip.assemble.combine import pad_with_empty
-
-        natural = prep.block_slots()
-        empties = self.empty_blocks()
-        blocks, masks = [], []
-        for k, (off, size, target) in enumerate(zip(offsets, natural, self.targets)):
-            own = pos.embeds[b, off : off + size]
-            blocks.append(own[:target] if size >= target else pad_with_empty(own, target, empties[k].to(own.dtype)))
-            if pos.mask is not None:
-                m = pos.mask[b, off : off + min(size, target)]
-                masks.append(torch.cat([m, m.new_zeros(target - m.shape[0])]))
-        row = {"prompt_embeds": torch.cat(blocks, dim=0)}
+    def _rows(self, pos, prepared: list) -> dict[str, torch.Tensor]:  # noqa: ANN001
+        """A batch's rows, [B, …] per key: each caption's token blocks cut back to their own lengths, then cut or
+        padded to T_b (see `fit_blocks`), moved off the encoder's device once (floats in the store dtype there;
+        on the CPU `_place` converts them as it copies)."""
+        slots = [p.block_slots() for p in prepared]
+        sizes = torch.tensor(slots, dtype=torch.long, device=pos.embeds.device).reshape(len(slots), -1)
+        offsets = _block_offsets(slots)
+        rows = {"prompt_embeds": fit_blocks(pos.embeds, sizes, offsets, self.targets, self.empty_blocks())}
         if self.has_pooled and pos.pooled is not None:
-            row["pooled_prompt_embeds"] = pos.pooled[b]
-        if masks:
-            row["attention_mask"] = torch.cat(masks)
-        limits = [self.targets[self.block_of[e]] if e in self.block_of else self.family.length
-                  for e in range(len(self.family.roles))]
-        row["token_counts"] = torch.tensor([role_tokens(prep, e, limits[e]) for e in range(len(limits))],
-                                           dtype=torch.int32)
-        return row
+            rows["pooled_prompt_embeds"] = pos.pooled
+        if pos.mask is not None:
+            rows["attention_mask"] = fit_blocks(pos.mask, sizes, offsets, self.targets, None)
+        if pos.embeds.device.type != "cpu":
+            rows = {k: (v.to(self.store) if v.is_floating_point() else v).cpu() for k, v in rows.items()}
+        rows["token_counts"] = torch.tensor([[role_tokens(p, e, limit) for e, limit in enumerate(self.limits)]
+                                             for p in prepared], dtype=torch.int32)
+        return rows
+
+
+def fit_blocks(seq: torch.Tensor, sizes: torch.Tensor, offsets: list[int], targets: tuple[int, ...],
+               empties: list[torch.Tensor] | None) -> torch.Tensor:
+    """[B, N, …] batch conditioning (or a [B, N] mask) → [B, sum T_b, …]: block b of caption i is its own
+    sizes[i, b] slots from offsets[b], cut to T_b, else followed by the empty prompt's block b as
+    `sdclip.assemble.combine.pad_with_empty` pads (whole empty blocks, then its last slots); a mask's padding
+    is 0 (`empties` None). One gather per block; a block every caption fills is a view."""
+    B, N = seq.shape[:2]
+    ends = [*offsets[1:], N]
+    out = []
+    for k, (off, end, target) in enumerate(zip(offsets, ends, targets)):
+        size = sizes[:, k : k + 1]
+        if bool((size >= target).all()):
+            out.append(seq[:, off : off + target])
+            continue
+        width = end - off  # the block's slots in this batch: caption i's own are [i·width, i·width + size)
+        flat = seq[:, off:end].reshape(B * width, *seq.shape[2:])
+        j = torch.arange(target, device=seq.device)[None, :]
+        own = torch.arange(B, device=seq.device)[:, None] * width + j
+        if empties is None:
+            source, pad = torch.cat([flat, flat.new_zeros(1)]), torch.full_like(own, B * width)
+        else:
+            empty = empties[k].to(device=seq.device, dtype=seq.dtype)
+            L = empty.shape[0]
+            missing = target - size
+            whole = missing // L * L
+            p = j - size  # the slot's place in the padding: whole empty blocks, then the empty block's last slots
+            pad = B * width + torch.where(p < whole, p % L, p - missing + L)
+            source = torch.cat([flat, empty])
+        out.append(source[torch.where(j < size, own, pad)])
+    return out[0] if len(out) == 1 else torch.cat(out, dim=1)
+
+
+def _stack(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {name: torch.stack([r[name] for r in rows]) for name in rows[0]}
 
 
 def _block_offsets(slots: list[tuple[int, ...]]) -> list[int]:
