@@ -388,7 +388,23 @@ def test_t5_encode_word_by_word_equals_the_pipeline(t5_folders, kind):
             assert got == ref(text, add_special_tokens=False).input_ids, text
         assert tok.encode(text) == got  # the remembered words give the same ids
     assert len(texts) / 4 < split < len(texts)  # both ways taken
+    assert tok._ascii_kept  # the SentencePiece table keeps printable ASCII: such a text skips it
     assert T5Tokenizer.from_file(t5_folders["legacy"] / "tokenizer.json", pipeline="file")._plain_words("a b") is None
+
+
+def test_t5_words_of_a_normaliser_that_changes_ascii(t5_folders):
+    """A normaliser that rewrites ASCII (here the table, then lower-casing): the words come from its output."""
+    from tokenizers import Tokenizer, normalizers
+
+    from sdclip.tokenizer.t5 import T5Tokenizer
+
+    backend = Tokenizer.from_file(str(t5_folders["json"] / "tokenizer.json"))
+    backend.normalizer = normalizers.Sequence([backend.normalizer, normalizers.Lowercase()])
+    tok = T5Tokenizer(backend, word_split=True)
+    assert not tok._ascii_kept
+    for text in ["A Red FOX", "MiXeD   case\tTAB", "ＡＢＣ fox", "x </s> Y", ""] + SPANLESS_CAPTIONS[:8]:
+        assert tok.encode(text) == list(tok._encoding(text).ids), text
+    assert tok._plain_words("A Red FOX") == ["a", "red", "fox"]
 
 
 def test_layout_one_row_fast_paths_equal_the_token_loop():
