@@ -139,17 +139,21 @@ REAL_BUILDERS = {"sd1": lambda n: build_pipeline("sd1", n, "fp32"), "sdxl": lamb
                  "sd3": lambda n: _real_pipeline("sd3", n), "flux": lambda n: _real_pipeline("flux", n),
                  "wan": lambda n: _t5_only("wan", n), "chroma": lambda n: _t5_only("chroma", n)}
 #: family → (captions, shard size, batch) of the real-width ratio at one layer: each family's run (2 repeats)
-#: takes 1–4 minutes on the 2 cores. Bare rows/s at load ≈ 6: sd1 23, wan 2.2 (49 tokens, masked); a T5-XXL
-#: row of 512 unmasked positions (flux, chroma) ≈ 7 s of its one layer, 256 (sd3) ≈ 3 s.
+#: takes 1–4 minutes on the idle 2 cores (6–7 at load 8). Bare rows/s at load 7–9: sd1 13, sdxl 5.8, sd3 0.77,
+#: flux 0.16 (T5-XXL over 512 unmasked positions: ~3 CPU-s a row for its one layer), wan 1.2 and chroma 0.64
+#: (masked: rows cut to their length bucket).
 REAL_RUNS = {"sd1": (1024, 128, 32), "sdxl": (512, 64, 32), "sd3": (24, 6, 6), "flux": (12, 3, 3),
-             "wan": (96, 24, 24), "chroma": (12, 3, 3)}
+             "wan": (96, 24, 24), "chroma": (48, 12, 12)}
 
 
 def real_model(family: str, root: Path, layers: int = 1) -> Path:
     """A diffusers folder of the family at its released encoders' widths and its tokenizers' real lengths
     (CLIP 77; T5 256 for SD3, 512 for Flux / Wan / Chroma), `layers` transformer layers per encoder, random
     weights, saved as diffusers saves the pipeline (the builders bench_embed.build_pipeline,
-    bench_sd3_flux.build, tests/tiny_t5_families): what a user's run does per row, at 1/12–1/32 of the depth.
+    bench_sd3_flux.build, tests/tiny_t5_families): what a user's run does per row, at 1/12–1/32 of the depth
+    (a tower read at its penultimate layer runs one block fewer: SDXL's CLIP-L, one layer deep, runs none).
+    The command's own per-row costs (fitting, hashing, writing) grow with the width, not the depth: at one
+    layer they weigh ~12–32× more than at the released depth, so this ratio is still a lower bound.
 
     Vocabulary: the CLIP tokenizers are the real BPE (49,408 ids, the packaged OpenAI merges) and their
     embedding tables 49,408 rows. T5 and umT5 use the tests' 600-piece SentencePiece (the real ones, 32,128 /
@@ -261,6 +265,8 @@ def family_ratio(family: str, root: Path, caps: list[str], caps_file: Path, shar
             "marginal_rows_s": marginal, "scan_s": best["scan_s"], "total_s": best["total_s"],
             "whole_rows_s_with_startup": len(caps) / best["total_s"], "ratio_steady": steady / bare,
             "ratio_marginal": marginal / bare, "bare_rows_cpu_s": bare_c, "marginal_rows_cpu_s": marginal_c,
+            # cores this process got (CPU-s per wall-s): under load the two sides' shares differ, their CPU per row not
+            "bare_cores": bare / bare_c, "steady_cores": steady / steady_c,
             "ratio_marginal_cpu": marginal_c / bare_c}
 
 
@@ -601,7 +607,7 @@ def main() -> None:
 
 
 RATIO_FAMILIES = "sd1,sdxl,sd3,flux,wan,chroma,qwen-image,z-image"
-REAL_RATIO_FAMILIES = "sd1,sdxl,sd3,flux,wan"  #: chroma's run is Flux's T5 again (~3 min): on request
+REAL_RATIO_FAMILIES = "sd1,sdxl,sd3,flux,wan,chroma"
 
 
 def families_only(args) -> None:  # noqa: ANN001
