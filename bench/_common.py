@@ -92,6 +92,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def commit() -> str:
+    """The commit measured, "+src changes" when src/ differs from it (a shared tree: others edit it meanwhile)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=REPO, capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" +src changes" if dirty else "")
+
+
 def machine(device: str = "cpu") -> dict:
     """What the numbers were measured on."""
     import torch
@@ -105,6 +117,7 @@ def machine(device: str = "cpu") -> dict:
         "python": platform.python_version(),
         "device": device,
         "load_average_1min": round(os.getloadavg()[0], 2),
+        "commit": commit(),
     }
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
