@@ -24,7 +24,7 @@ def truncate(stream: TokenStream, spec: LayoutSpec) -> Rows:
             members.extend(range(i, i + n))
             i += n
         b.emit(members)
-    else:  # the loop's result without a run: the first `capacity` tokens (~100 µs less a CLIP row)
+    else:  # what the loop keeps where no run is: the first `capacity` tokens, without a step per token
         i = min(len(stream), spec.capacity)
         b.emit(range(i))
     dropped = list(range(i, len(stream)))
