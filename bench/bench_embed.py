@@ -219,7 +219,7 @@ RATIO_MODELS = {"tiny": lambda family, root, layers: family_model(family, root),
 def family_ratio(family: str, root: Path, caps: list[str], caps_file: Path, shard: int, dtype: str = "fp32",
                  repeats: int = 2, batch: int = BATCH, width: str = "tiny", layers: int = 1) -> dict:
     """Whole `sdclip embed` rows/s ÷ sdclip's bare encoder rows/s (Conditioner.encode on the same batches of
-    BATCH captions, model loaded, warmed up), one family. Two whole-command figures, both free of start-up
+    `batch` captions, model loaded, warmed up), one family. Two whole-command figures, both free of start-up
     (model load, process start): `steady` (the encoding phase: reading, encoding, fitting, hashing, writing
     per shard after the first) and `marginal` (steady plus the validation scan's time per caption: what one
     more caption costs the whole command). Interleaved, best of `repeats` each: the machine is shared. Also per
