@@ -168,3 +168,60 @@ def test_a_batch_whose_blocks_all_fill_their_slots_is_not_copied_before_it_is_pl
         first = seq[i, :9] if s >= 9 else pad_with_empty(seq[i, :s], 9, empties[0])
         assert torch.equal(got[i], torch.cat([first, seq[i, 10:17]]))
     assert fit_blocks(seq, sizes[:, 1:], [10], (7,), empties[1:])._base is seq
+
+
+# ---- the next batch's layouts are made in a helper thread while this one encodes -------------------------------
+@pytest.mark.parametrize("family", ["sd1", "wan", "qwen-image"])
+def test_layouts_made_by_many_threads_at_once_equal_serial_ones(family, tmp_path_factory, monkeypatch):
+    """`Conditioner.prepare` from 8 threads at once (the same captions and different ones), with the
+    tokenizers' memo caches starting afresh every few words (the CLIP piece cache, T5's word cache) and the
+    GIL handed over every microsecond: every layout equals the one a single thread makes."""
+    import sys
+    import threading
+
+    import sdclip.tokenizer.clip as clip_tok
+    import sdclip.tokenizer.t5 as t5_tok
+
+    cond = conditioner(family, "diffusers" if family != "sd1" else "a1111", tmp_path_factory)
+    texts = [f"{i % 5}, a (red:1.2) fox, {' '.join(['misty', 'forest', 'castle', 'boat'][: i % 4 + 1])} number {i}"
+             for i in range(24)]
+    serial = [cond.prepare(t) for t in texts]
+    monkeypatch.setattr(clip_tok, "_CACHE_LIMIT", 4)
+    monkeypatch.setattr(t5_tok, "_WORD_CACHE", 4)
+    wrong: list[str] = []
+
+    def work(k: int) -> None:
+        order = texts[k::2] + texts if k % 2 else texts[::-1]  # the same captions, and different ones, at once
+        for _ in range(2):
+            wrong.extend(t for t in order if cond.prepare(t) != serial[texts.index(t)])
+
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(before)
+    assert not wrong
+
+
+@pytest.mark.parametrize("family", ["sdxl", "wan", "qwen-image"])
+def test_rows_with_layouts_made_ahead_equal_rows_made_in_turn(family, tmp_path_factory, monkeypatch):
+    """PREFETCH: each batch's layouts made in the helper thread while the previous batch encodes give the rows
+    of layouts made in turn (every key bit-identical), and the helper thread is gone once a shard is done."""
+    import threading
+
+    import sdclip.jobs.encode as encode
+
+    cond = conditioner(family, "diffusers", tmp_path_factory)
+    spec = JobSpec(model="-", captions="-", out="-", options=asdict(cond.options), batch_size=2)
+    got = {}
+    for ahead in (False, True):
+        monkeypatch.setattr(encode, "PREFETCH", ahead)
+        got[ahead], _ = run_shards(CaptionEncoder(spec, cond), CAPTIONS, shard=7)
+    for a, b in zip(got[False], got[True]):
+        assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert not [t for t in threading.enumerate() if t.name.startswith("sdclip-prepare")]
