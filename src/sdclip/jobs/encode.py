@@ -28,9 +28,9 @@ from sdclip.jobs.plan import JobSpec
 
 #: make the next batch's layouts (tokenising: 190–450 µs of Python a caption) in a helper thread while this
 #: batch encodes (torch releases the GIL in its ops). Off: no measurable gain on 2 cores, where the helper takes
-#: CPU from torch's two threads (A/B in one process, alternating, 4 × 512 captions, load 5–7, rows/s median
-#: off → on: tiny Wan 28 → 35 then 24 → 25, tiny SDXL 18 → 20, real-width 1-layer SD1 12 → 13; without the
-#: GIL hand-over below it was slower: Wan 28 → 21, SDXL 17 → 14). Re-measure on an idle or wider machine.
+#: CPU from torch's two threads (A/B in one process, alternating, 4 runs, rows/s median off → on; load ≈ 2:
+#: tiny Wan 562 → 559, tiny SDXL 245 → 237, real-width 1-layer SD1 110 → 111; load 5–7: Wan 28 → 35 and
+#: 24 → 25, SDXL 18 → 20; without the GIL hand-over in `_layouts` it was slower: Wan 28 → 21, SDXL 17 → 14).
 PREFETCH = False
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
