@@ -347,8 +347,6 @@ def test_scan_with_the_spanless_check_equals_the_scan_before(tmp_path, encoders,
     assert manifest["errors"] and manifest["truncated"]["count"] and manifest["warnings"]["count"]
 
 
-@pytest.mark.xfail(strict=True, reason="CaptionEncoder.check must call self.cond.prepare(text, spans=False) "
-                                       "(sdclip/jobs/encode.py, the lead's one-line change): remove this mark then")
 def test_the_check_reads_spanless_rows(monkeypatch, encoders):
     enc = encoders("sd1")
     seen: list[bool] = []

@@ -170,7 +170,7 @@ def test_a_batch_whose_blocks_all_fill_their_slots_is_not_copied_before_it_is_pl
     assert fit_blocks(seq, sizes[:, 1:], [10], (7,), empties[1:])._base is seq
 
 
-# ---- the next batch's layouts are made in a helper thread while this one encodes -------------------------------
+# ---- Conditioner.prepare is safe from several threads (a library caller may prepare in threads) ----------------
 @pytest.mark.parametrize("family", ["sd1", "wan", "qwen-image"])
 def test_layouts_made_by_many_threads_at_once_equal_serial_ones(family, tmp_path_factory, monkeypatch):
     """`Conditioner.prepare` from 8 threads at once (the same captions and different ones), with the
@@ -206,22 +206,3 @@ def test_layouts_made_by_many_threads_at_once_equal_serial_ones(family, tmp_path
     finally:
         sys.setswitchinterval(before)
     assert not wrong
-
-
-@pytest.mark.parametrize("family", ["sdxl", "wan", "qwen-image"])
-def test_rows_with_layouts_made_ahead_equal_rows_made_in_turn(family, tmp_path_factory, monkeypatch):
-    """PREFETCH: each batch's layouts made in the helper thread while the previous batch encodes give the rows
-    of layouts made in turn (every key bit-identical), and the helper thread is gone once a shard is done."""
-    import threading
-
-    import sdclip.jobs.encode as encode
-
-    cond = conditioner(family, "diffusers", tmp_path_factory)
-    spec = JobSpec(model="-", captions="-", out="-", options=asdict(cond.options), batch_size=2)
-    got = {}
-    for ahead in (False, True):
-        monkeypatch.setattr(encode, "PREFETCH", ahead)
-        got[ahead], _ = run_shards(CaptionEncoder(spec, cond), CAPTIONS, shard=7)
-    for a, b in zip(got[False], got[True]):
-        assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
-    assert not [t for t in threading.enumerate() if t.name.startswith("sdclip-prepare")]

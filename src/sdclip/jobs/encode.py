@@ -18,20 +18,12 @@ the trainer formats turn into their masks and varlen lengths.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 from sdclip.jobs.plan import JobSpec
 
-#: make the next batch's layouts (tokenising: 190–450 µs of Python a caption) in a helper thread while this
-#: batch encodes (torch releases the GIL in its ops). Off: no measurable gain on 2 cores, where the helper takes
-#: CPU from torch's two threads (A/B in one process, alternating, 4 runs, rows/s median off → on; load ≈ 2:
-#: tiny Wan 562 → 559, tiny SDXL 245 → 237, real-width 1-layer SD1 110 → 111; load 5–7: Wan 28 → 35 and
-#: 24 → 25, SDXL 18 → 20; without the GIL hand-over in `_layouts` it was slower: Wan 28 → 21, SDXL 17 → 14).
-PREFETCH = False
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -112,7 +104,7 @@ class CaptionEncoder:
         conditioning), a single part's weight (`a photo, 16:9` is text `16` with weight 9) only a warning.
         A caption some block cannot hold, or whose T5 / LLM tokens the layout cut at max_sequence_length,
         reads as longer than the row (so the scan counts and lists it as truncated)."""
-        prep = self.cond.prepare(text)
+        prep = self.cond.prepare(text, spans=False)  # the check reads no token span (plan.scan)
         warnings = list(prep.prompt.warnings)
         if prep.prompt.combine == "and":
             if len(prep.prompt.parts) > 1:
@@ -161,7 +153,8 @@ class CaptionEncoder:
             self._place(out, n, [where[t] for t in kept], _stack([self.keep[t][0] for t in kept]))
         todo = [t for t in where if t not in self.keep]
         batches = [todo[lo : lo + self.spec.batch_size] for lo in range(0, len(todo), self.spec.batch_size)]
-        for batch, prepared in zip(batches, self._prepared(batches)):
+        for batch in batches:
+            prepared = {t: self.cond.prepare(t) for t in batch}
             pos = self.cond.encode(batch, prepared=prepared).positive
             rows = self._rows(pos, [prepared[t] for t in batch])
             self._place(out, n, [where[t] for t in batch], rows)
@@ -169,28 +162,6 @@ class CaptionEncoder:
                 last = int(reuse_until[where[t][0]]) if reuse_until is not None else -1
                 if last > position:  # its own copy of the placed row: a view would keep the whole shard alive
                     self.keep[t] = ({name: out[name][where[t][0]].clone() for name in rows}, last)
-        return out
-
-    def _prepared(self, batches: list[list[str]]):  # noqa: ANN202
-        """Each batch's layouts, in order; with PREFETCH the next batch's are made in one helper thread while
-        the caller encodes this one (at most one batch ahead; the thread ends with the shard)."""
-        if not PREFETCH or len(batches) < 2:
-            yield from map(self._layouts, batches)
-            return
-        with ThreadPoolExecutor(1, thread_name_prefix="sdclip-prepare") as pool:
-            ahead = pool.submit(self._layouts, batches[0])
-            for i in range(len(batches)):
-                now = ahead.result()
-                if i + 1 < len(batches):
-                    ahead = pool.submit(self._layouts, batches[i + 1])
-                yield now
-
-    def _layouts(self, batch: list[str]) -> dict:
-        """`Conditioner.prepare` of each caption (pure Python and the Rust tokenizers: it holds the GIL)."""
-        out = {}
-        for t in batch:
-            out[t] = self.cond.prepare(t)
-            time.sleep(0)  # hand the GIL over between captions: an encoding thread waits a caption, not 5 ms
         return out
 
     def _place(self, out: dict[str, torch.Tensor], n: int, at: list[list[int]], rows: dict[str, torch.Tensor]) -> None:
