@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 from sdclip.outputs import TMP_SUFFIX, atomic_path
@@ -36,15 +37,22 @@ def header_rows(header: dict) -> int:
     return int(header["index"]["shape"][0]) + (int(refs["shape"][0]) if isinstance(refs, dict) else 0)
 
 
-def write_bytes_atomic(final: Path, data: bytes) -> None:
-    """Write `data` to `final` atomically; an OSError names `final` (a failed write names no file, a failed
-    open its temporary), so a job can say which of its files it could not write."""
+@contextlib.contextmanager
+def atomic_naming_final(final: Path, cached: bool = True) -> Iterator[Path]:
+    """`atomic_path(final)`, with any OSError naming `final` (a failed write names no file, a failed open its
+    temporary), so a job can say which of its files it could not write."""
     try:
-        with atomic_path(final) as tmp:
-            tmp.write_bytes(data)
+        with atomic_path(final, cached) as tmp:
+            yield tmp
     except OSError as exc:
         exc.filename = str(final)
         raise
+
+
+def write_bytes_atomic(final: Path, data: bytes) -> None:
+    """Write `data` to `final` atomically; an OSError names `final`."""
+    with atomic_naming_final(final) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_shard(final: Path, tensors: dict, metadata: dict[str, str]) -> tuple[str, int]:
@@ -57,19 +65,15 @@ def write_shard(final: Path, tensors: dict, metadata: dict[str, str]) -> tuple[s
     from sdclip.safetensors_stream import StreamingSafetensors
 
     specs = {name: (t.dtype, tuple(t.shape)) for name, t in tensors.items()}
-    try:
-        with atomic_path(final, cached=False) as tmp:
-            out = StreamingSafetensors(tmp, specs, metadata, hashed=True)
-            try:
-                for name, t in tensors.items():
-                    out.write(name, 0, t)
-            finally:
-                out.close()
-            digest = out.sha256()
-            size = tmp.stat().st_size
-    except OSError as exc:
-        exc.filename = str(final)
-        raise
+    with atomic_naming_final(final, cached=False) as tmp:
+        out = StreamingSafetensors(tmp, specs, metadata, hashed=True)
+        try:
+            for name, t in tensors.items():
+                out.write(name, 0, t)
+        finally:
+            out.close()
+        digest = out.sha256()
+        size = tmp.stat().st_size
     return digest, size
 
 
