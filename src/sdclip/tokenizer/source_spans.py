@@ -86,9 +86,13 @@ class SourceMap:
 
     def _of(self, key: int, text: str, start: int, end: int) -> list[int] | None:
         if key not in self._where:  # None: the text is its source slice (the common case)
-            verbatim = not self.source or self.source[start:end] == text
+            verbatim = is_verbatim(self.source, text, start, end)
             self._where[key] = None if verbatim else align(text, self.source[start:end])
         return self._where[key]
+
+    def verbatim(self, key: int, text: str, start: int, end: int) -> bool:
+        """Whether the fragment's text is its source slice: its spans then map by a shift (`shifted`)."""
+        return self._of(key, text, start, end) is None
 
     def start(self, key: int, text: str, start: int, end: int, offset: int) -> int:
         """Where the character at `offset` of the fragment's text stands in the source."""
@@ -107,6 +111,11 @@ class SourceMap:
         return min(start + where[min(offset, len(where) - 1) - 1] + 1, end)
 
 
+def is_verbatim(source: str, text: str, start: int, end: int) -> bool:
+    """No source, or a fragment's text that is its source slice [start, end)."""
+    return not source or source[start:end] == text
+
+
 def shifted(a: int, b: int, lo: int, hi: int) -> tuple[int, int]:
     """The span (a, b) of a fragment's text whose source slice is that very text, starting at `lo`: moved by
     `lo`, clipped to the slice's end `hi` (SourceMap's verbatim case, without a call per token)."""
@@ -118,7 +127,7 @@ def fragment_spans(text: str, start: int, end: int, spans: list[tuple[int, int]]
     """Spans in one fragment's `text` → source-prompt spans. Without a source (or where the text is its source
     slice) `start + offset`, clipped to `end`, as before."""
     hi = max(start, end)
-    if not source or source[start:hi] == text:
+    if is_verbatim(source, text, start, hi):
         return [shifted(a, b, start, hi) for a, b in spans]
     where = SourceMap(source)
     out = []

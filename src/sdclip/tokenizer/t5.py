@@ -429,7 +429,7 @@ def tokenize_t5(
         t_ids, t_spans = tokenizer.encode_with_spans(text)
         where = SourceMap(source)
         # a piece whose text is its source slice maps by a shift (SourceMap's verbatim case, no call per token)
-        shift = [None if f.kind == "break" or where._of(k, f.text, f.start, max(f.start, f.end)) is not None
+        shift = [None if f.kind == "break" or not where.verbatim(k, f.text, f.start, max(f.start, f.end))
                  else f.start - bounds[k] for k, (_, f) in enumerate(pieces)]
         if len(pieces) == 1 and shift[0] is not None:  # one verbatim piece (most captions): the loop below, batched
             lo, hi, w = shift[0], max(pieces[0][1].start, pieces[0][1].end), pieces[0][1].weight
