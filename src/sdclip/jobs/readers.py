@@ -333,16 +333,8 @@ class ImageFolder(CaptionSource):
 
     def images(self) -> Iterator[str]:
         """Relative image paths (POSIX), sorted, walked lazily one folder at a time."""
-        def walk(folder: Path, rel: str) -> Iterator[str]:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-            for e in entries:
-                name = f"{rel}{e.name}"
-                if e.is_dir(follow_symlinks=False) and not e.name.startswith("."):
-                    yield from walk(Path(e.path), name + "/")
-                elif e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES:
-                    yield name
-
-        return walk(self.path, "")
+        return (rel for rel, e in _entries(self.path)
+                if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES)
 
     def sidecar(self, rel: str) -> Path:
         return self.path / (os.path.splitext(rel)[0] + self.caption_extension)
@@ -376,7 +368,8 @@ class ImageFolder(CaptionSource):
                 return None
             images.append(rel)
         if not images:
-            found = _most(Counter(os.path.splitext(name)[1] or "(no suffix)" for name in _files(self.path)))
+            found = _most(Counter(os.path.splitext(e.name)[1] or "(no suffix)" for _, e in _entries(self.path)
+                                  if not e.is_dir() and not e.name.startswith(".")))  # files, as os.walk sorts them
             return (f"no image ({', '.join(IMAGE_SUFFIXES)}) in the folder or its subfolders (hidden folders "
                     f"skipped); found {found or 'nothing else'}")
         said = f"{len(images)} image(s), none with a {self.caption_extension} caption file (--caption-extension)"
@@ -452,12 +445,15 @@ class ImageFolder(CaptionSource):
 NAME_NOT_UTF8 = "the file name is not UTF-8: rename the image (and its caption file)"
 
 
-def _files(root: Path) -> Iterator[str]:
-    """The names of the files `ImageFolder.images` walks past (hidden folders skipped, links to folders not
-    followed), hidden files left out."""
-    for _, dirs, names in os.walk(root):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        yield from (name for name in names if not name.startswith("."))
+def _entries(folder: Path, rel: str = "") -> Iterator[tuple[str, os.DirEntry]]:
+    """(relative POSIX path, entry) of everything below `folder` not walked into, sorted, walked lazily one
+    folder at a time: hidden folders skipped, links to folders not followed (what `ImageFolder.images` reads)."""
+    for e in sorted(os.scandir(folder), key=lambda e: e.name):
+        path = f"{rel}{e.name}"
+        if e.is_dir(follow_symlinks=False) and not e.name.startswith("."):
+            yield from _entries(Path(e.path), path + "/")
+        else:
+            yield path, e
 
 
 def _suffixes_beside(root: Path, images: list[str]) -> Counter:
